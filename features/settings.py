@@ -1,0 +1,78 @@
+"""One typed settings object, read from the environment (prefix ``AFTERSALES_``) and an optional ``.env`` file.
+
+Nothing is read or created at import time: call :func:`get_settings` where settings are needed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service. Override any field with ``AFTERSALES_<FIELD>`` (e.g. ``AFTERSALES_MARKET=US``)."""
+
+    model_config = SettingsConfigDict(env_prefix="AFTERSALES_", env_file=".env", extra="ignore")
+
+    # Where things live
+    data_dir: Path = Field(PROJECT_ROOT / "data" / "default", description="Data folder read by commands by default.")
+    models_dir: Path = Field(PROJECT_ROOT / "models", description="Local MLflow store, snapshots and model cards.")
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; default: SQLite database models/mlflow.db."
+    )
+    mlflow_artifact_root: str | None = Field(None, description="Artifact root; default: models/artifacts.")
+    market: str = Field("CN", description="Market whose public holidays and shopping events apply (CN, US, GB, DE, BR).")
+    summer_sale: str = Field("07-15", description="Month-day of the configurable summer sale (MM-DD).")
+    summer_sale_days: int = Field(3, description="Length of the summer sale in days.")
+
+    # Review decisions
+    review_db_url: str | None = Field(None, description="SQLAlchemy URL of the review decision store; default SQLite.")
+
+    # Online feature store for serving
+    redis_url: str | None = Field(None, description="redis:// URL of an optional online feature store.")
+
+    # Serving
+    api_keys: list[str] = Field(default_factory=list, description="Accepted API keys; empty = no authentication.")
+    max_batch_size: int = Field(10_000, description="Largest batch accepted by /v1/tickets/score-batch.")
+
+    # Ticket triage policy thresholds (business settings, not code)
+    p1_escalation: float = Field(0.60, description="Escalation probability at or above which a ticket is P1.")
+    p2_escalation: float = Field(0.35, description="Escalation probability at or above which a ticket is P2.")
+    p3_escalation: float = Field(0.15, description="Escalation probability at or above which a ticket is P3.")
+    risk_review_abuse: float = Field(0.70, description="Abuse risk at or above which a refund goes to risk review.")
+    auto_approve_max_amount: float = Field(50.0, description="Largest refund that may be auto-approved.")
+    high_merchant_risk: float = Field(0.80, description="Merchant risk percentile that marks a risky merchant.")
+
+    # Serial returners
+    review_capacity: int = Field(50, description="Accounts the risk team can review per cycle (queue size).")
+
+    @property
+    def tracking_uri(self) -> str:
+        """The MLflow tracking URI in force (SQLite under models/ unless configured)."""
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.models_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_root(self) -> str:
+        """Where MLflow stores artifacts for experiments this project creates."""
+        return self.mlflow_artifact_root or (self.models_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def review_db(self) -> str:
+        """SQLAlchemy URL of the review decision store."""
+        return self.review_db_url or f"sqlite:///{(self.models_dir / 'reviews.db').resolve()}"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Account and merchant feature snapshots that serving loads at start."""
+        return self.models_dir / "snapshots"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment on first use."""
+    return Settings()
