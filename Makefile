@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh clone: `make demo` (main job) and `make test` (tests).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint install bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or run: make PY=python3 ...)"; exit 1; }
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python -q -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install the locked dependencies
+
+demo: $(STAMP) ## generate the default world, train and register every model, print where things are
+	$(BIN)/aftersales demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check features training serving tests benchmarks
+
+test: $(STAMP) ## ruff + the whole test suite
+	$(BIN)/ruff check features training serving tests benchmarks
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
+
+bench: $(STAMP) ## print the benchmark figures (not run by CI)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lock: ## re-resolve requirements.lock from pyproject.toml (needs the registry)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra peers --python-version 3.11 -o requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

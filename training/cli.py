@@ -1,0 +1,279 @@
+"""The ``aftersales`` command line: one entry point for data, training, evaluation, forecasts, queues and serving.
+
+Model-specific commands live beside their model's training code and are imported only when called, so
+``aftersales --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+# Command name -> "module:attribute" of a click.Command, imported on first use.
+LAZY_HELP: dict[str, str] = {
+    "forecast": "Forecast daily return volume P10/P50/P90 after an origin date.",
+    "staff": "Turn a forecast into agents per day and channel (Erlang C, backlog).",
+    "flag-accounts": "Write the review queue of abnormal returners, sized to capacity.",
+    "review": "Record and list the risk team's review decisions.",
+    "rank-merchants": "Rank merchants by their complaint risk in the coming period.",
+    "report": "Write a static HTML report of every model's results.",
+    "return-volume": "Rolling-origin backtest of the return-volume forecast.",
+    "serial-returners": "Evaluate the serial-returner detector on later time.",
+    "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
+    "ticket-triage": "Evaluate the ticket escalation model on later tickets.",
+}
+LAZY_COMMANDS: dict[str, str] = {
+    "forecast": "training.return_volume:forecast_cmd",
+    "staff": "training.return_volume:staff_cmd",
+    "flag-accounts": "training.serial_returners:flag_accounts_cmd",
+    "review": "training.serial_returners:review_group",
+    "rank-merchants": "training.merchant_risk:rank_merchants_cmd",
+    "report": "training.report:report_cmd",
+}
+LAZY_BACKTESTS: dict[str, str] = {
+    "return-volume": "training.return_volume:backtest_cmd",
+}
+LAZY_EVALUATIONS: dict[str, str] = {
+    "serial-returners": "training.serial_returners:evaluate_cmd",
+    "merchant-risk": "training.merchant_risk:evaluate_cmd",
+    "ticket-triage": "training.ticket_triage:evaluate_cmd",
+}
+# Training order matters: triage reads the account and merchant snapshots the other two write.
+TRAINERS: dict[str, str] = {
+    "return-volume": "training.return_volume:train",
+    "merchant-risk": "training.merchant_risk:train",
+    "serial-returners": "training.serial_returners:train",
+    "ticket-triage": "training.ticket_triage:train",
+}
+
+
+def _resolve(target: str):
+    module, attr = target.split(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ModuleNotFoundError, AttributeError) as e:
+        raise click.ClickException(f"{target} is not available in this build ({e})") from e
+
+
+class LazyGroup(click.Group):
+    """A click group whose listed subcommands are imported only when invoked (or when help lists them)."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            return _resolve(self.lazy[name])
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        # Listing lazy commands must not import them all: show their names with a pointer to --help.
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy:
+                rows.append((name, LAZY_HELP.get(name, f"(see `{ctx.command_path} {name} --help`)")))
+            else:
+                cmd = super().get_command(ctx, name)
+                if cmd is not None and not cmd.hidden:
+                    rows.append((name, cmd.get_short_help_str(limit=70)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _settings():
+    from features.settings import get_settings
+
+    return get_settings()
+
+
+def _data_option(f):
+    return click.option(
+        "--data", "data_dir", type=click.Path(path_type=Path), default=None,
+        help="Data folder holding the contract tables (default: AFTERSALES_DATA_DIR or data/default).",
+    )(f)
+
+
+def _data_dir(data_dir: Path | None) -> Path:
+    path = data_dir or _settings().data_dir
+    if not path.is_dir():
+        raise click.ClickException(
+            f"data folder {path} not found: make one with `aftersales generate --out {path}` "
+            "or import real data with `aftersales import-online-retail FILE --out DIR`"
+        )
+    return path
+
+
+@click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """After-sales risk and forecasting service.
+
+    Typical flow: `aftersales generate --out data/default`, `aftersales validate --data data/default`,
+    `aftersales train all --data data/default`, `aftersales models`, `aftersales serve`. Settings come from
+    AFTERSALES_* environment variables (see README).
+    """
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Folder to write the world to.")
+@click.option("--seed", default=42, show_default=True, help="Random seed: same seed, same bytes.")
+@click.option("--accounts", default=20_000, show_default=True, help="Number of customer accounts.")
+@click.option("--merchants", default=400, show_default=True, help="Number of merchants.")
+@click.option("--start", default="2023-01-01", show_default=True, help="First day (YYYY-MM-DD).")
+@click.option("--days", default=730, show_default=True, help="Number of days simulated.")
+@click.option("--market", default="CN", show_default=True, help="Market whose holidays apply (CN, US, GB, DE, BR).")
+def generate(out_dir: Path, seed: int, accounts: int, merchants: int, start: str, days: int, market: str) -> None:
+    """Write a synthetic after-sales world (all contract tables plus truth/ with the ground truth)."""
+    from features.synthetic import generate_world
+
+    t0 = time.perf_counter()
+    summary = generate_world(out_dir, seed=seed, accounts=accounts, merchants=merchants, start=start, days=days,
+                             market=market, progress=True)
+    click.echo(f"wrote {out_dir} in {time.perf_counter() - t0:.1f}s")
+    for k, v in summary.items():
+        if k.endswith("rows") or isinstance(v, int):
+            click.echo(f"  {k}: {v}")
+
+
+@main.command("import-online-retail")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Data folder to write.")
+@click.option("--merchant", default="online_retail", show_default=True, help="merchant_id given to every row.")
+def import_online_retail(files: tuple[Path, ...], out_dir: Path, merchant: str) -> None:
+    """Convert UCI Online Retail (II) files (CSV, CSV.gz, XLSX, Parquet) into contract tables.
+
+    Sales invoices become orders; each cancellation invoice (C...) becomes one return request; other rows go to
+    OUT/import_rejects.csv with a reason.
+    """
+    from features.contract import ContractError
+    from features.online_retail import import_online_retail as run_import
+
+    try:
+        summary = run_import(list(files), out_dir, merchant_id=merchant, progress=True)
+    except ContractError as e:
+        raise click.ClickException(str(e)) from e
+    for k, v in summary.items():
+        click.echo(f"  {k}: {v}")
+
+
+@main.command()
+@_data_option
+@click.option("--rejects-dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write rejects.csv (default: DATA/_validation).")
+def validate(data_dir: Path | None, rejects_dir: Path | None) -> None:
+    """Check a data folder against the input contract; write rejected rows with the rule each broke.
+
+    Exits 1 when a file cannot be used at all (unreadable, missing a required column); rejected rows alone do not fail.
+    """
+    from features.contract import ContractError, load_dataset
+
+    data_dir = _data_dir(data_dir)
+    try:
+        ds = load_dataset(data_dir)
+    except ContractError as e:
+        raise click.ClickException(str(e)) from e
+    path = ds.write_rejects(rejects_dir or data_dir / "_validation")
+    click.echo(ds.summary().to_string(index=False))
+    click.echo(f"\n{ds.n_rejected} rows rejected; details in {path}")
+
+
+@main.command()
+@click.argument("model", type=click.Choice([*TRAINERS, "all"]))
+@_data_option
+def train(model: str, data_dir: Path | None) -> None:
+    """Train MODEL (or all), evaluate it on held-out later time against baselines, register it in MLflow.
+
+    The `champion` alias moves to the new version only when it beats the current champion on the model's
+    primary backtest metric.
+    """
+    data_dir = _data_dir(data_dir)
+    names = list(TRAINERS) if model == "all" else [model]
+    settings = _settings()
+    for name in names:
+        click.secho(f"== training {name} on {data_dir}", bold=True)
+        t0 = time.perf_counter()
+        summary = _resolve(TRAINERS[name])(data_dir, settings) or {}
+        for k, v in summary.items():
+            click.echo(f"  {k}: {v}")
+        click.echo(f"  ({time.perf_counter() - t0:.1f}s)")
+
+
+@main.group(cls=LazyGroup, lazy=LAZY_BACKTESTS)
+def backtest() -> None:
+    """Rolling-origin backtests against baselines (printed and logged to MLflow)."""
+
+
+@main.group(cls=LazyGroup, lazy=LAZY_EVALUATIONS)
+def evaluate() -> None:
+    """Evaluate a model on later time than it trained on, against baselines (printed and logged to MLflow)."""
+
+
+@main.command()
+def models() -> None:
+    """List registered models, their versions, aliases and primary metrics."""
+    from training import registry
+
+    frame = registry.list_models(_settings())
+    if frame.empty:
+        click.echo("no registered models yet: run `aftersales train all --data DIR`")
+        return
+    click.echo(frame.to_string(index=False))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=3000, show_default=True, help="Port to listen on.")
+@click.option("--workers", default=1, show_default=True, help="Worker processes.")
+def serve(host: str, port: int, workers: int) -> None:
+    """Start the BentoML HTTP service (models loaded by MLflow alias `champion`)."""
+    bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
+    cmd = [bentoml, "serve", "serving.service:AfterSalesService", "--host", host, "--port", str(port)]
+    if workers != 1:
+        cmd += ["--api-workers", str(workers)]
+    click.echo(" ".join(cmd))
+    raise SystemExit(subprocess.call(cmd))
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Where to write the synthetic world (default: AFTERSALES_DATA_DIR or data/default).")
+@click.option("--seed", default=42, show_default=True, help="Random seed of the world.")
+@click.option("--fresh", is_flag=True, help="Regenerate the world even if it exists.")
+def demo(out_dir: Path | None, seed: int, fresh: bool) -> None:
+    """Generate the default world, train and register every model, and say where everything is."""
+    from features.synthetic import generate_world
+
+    settings = _settings()
+    out_dir = out_dir or settings.data_dir
+    if fresh or not (out_dir / "orders.parquet").exists():
+        click.secho(f"== generating the default synthetic world in {out_dir}", bold=True)
+        generate_world(out_dir, seed=seed, progress=True)
+    else:
+        click.echo(f"== using the existing world in {out_dir} (--fresh to regenerate)")
+    ctx = click.get_current_context()
+    ctx.invoke(validate, data_dir=out_dir, rejects_dir=None)
+    available = [n for n, t in TRAINERS.items() if importlib.util.find_spec(t.split(":")[0]) is not None]
+    for name in available:
+        ctx.invoke(train, model=name, data_dir=out_dir)
+    click.secho("\n== registered models", bold=True)
+    ctx.invoke(models)
+    click.echo(
+        f"\ndata: {out_dir}\nMLflow: {settings.tracking_uri}\n"
+        f"open the MLflow UI: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000\n"
+        "start the service: .venv/bin/aftersales serve   (OpenAPI docs at http://127.0.0.1:3000/docs)"
+    )
+
+
+if __name__ == "__main__":
+    main()
