@@ -1,0 +1,448 @@
+"""Every MLflow call of the project: tracking, model logging, the model registry and the promotion gate.
+
+Other modules never import mlflow; they go through this API::
+
+    with registry.start_run("return_volume", run_name="train", settings=settings):
+        registry.log_params({...}); registry.log_metrics({...})
+        result = registry.log_and_register("return_volume", model, X.head(5), primary_metric="holiday_wape",
+                                           metric_value=0.12, higher_is_better=False, settings=settings)
+    loaded = registry.load_champion("return_volume", settings=settings)
+
+Models are our own fitted python objects (scikit-learn contract); they are logged with the ``mlflow.sklearn`` flavor in
+cloudpickle format, so ``load_champion`` returns the very object training fitted (with its native booster). Serving
+resolves the ``champion`` alias to a version number once and pins it. Stages are not used (deprecated in MLflow 3).
+
+mlflow is imported inside functions: importing this module does no I/O and costs nothing, so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import pandas as pd
+
+from features.settings import Settings, get_settings
+
+CHAMPION = "champion"
+MODEL_ARTIFACT = "model"  # name= of the logged model inside its run
+
+# Model-version tags written by log_and_register and read back by the gate and by list_models.
+TAG_METRIC = "primary_metric"
+TAG_VALUE = "primary_metric_value"
+TAG_HIGHER = "higher_is_better"
+TAG_VALIDATED = "data_validated"
+TAG_GATE = "gate_reason"
+
+# Packages recorded as the model's pip requirements. Passing them explicitly skips MLflow's requirement inference,
+# which re-loads the model in a subprocess (seconds per model) and guesses no better than the lock file does.
+_MODEL_REQUIREMENTS = ("scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "cloudpickle")
+
+
+class ModelNotFound(LookupError):
+    """No registered champion (or no registered model) under the requested name."""
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    """Outcome of :func:`log_and_register`: the new version and what the promotion gate decided."""
+
+    name: str
+    version: int
+    promoted: bool
+    reason: str
+    champion_version: int | None  # the champion after the gate ran
+    champion_value: float | None  # its primary metric value
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A champion resolved to a pinned version, with the fitted python object and the metrics of its run."""
+
+    name: str
+    version: int
+    model: Any
+    metrics: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Set-up
+
+
+_quieted = False
+
+
+def _quiet_mlflow() -> None:
+    """Silence MLflow chatter that says nothing actionable here; real errors still surface."""
+    global _quieted
+    # Re-applied on every call (idempotent): test runners and notebooks reset warning filters.
+    warnings.filterwarnings("ignore", message=".*Setuptools is replacing distutils.*")
+    # Schema hint about int columns and missing values: our models are loaded as python objects, not through
+    # pyfunc schema enforcement, so the hint does not apply.
+    warnings.filterwarnings("ignore", category=UserWarning, message=r"Hint: Inferred schema contains integer")
+    if _quieted:
+        return
+    # GitPython is optional for MLflow; without git it warns on every run.
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # The SQLite store logs every alembic migration step at INFO when a fresh database is created.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for name in ("mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.store.model_registry.abstract_store"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    class _DropKnown(logging.Filter):
+        # Warnings about choices this module makes on purpose: cloudpickle (our own trusted models, which skops
+        # cannot serialize), objects without predict (logged without the pyfunc flavor), and the pyfunc JSON
+        # serving-input check, which fails for pandas categoricals that JSON cannot carry; serving here never goes
+        # through pyfunc JSON, it calls the loaded object's predict with frames it builds itself.
+        noise = ("pickle or cloudpickle format", "Model was missing function", "Setuptools is replacing distutils",
+                 "Failed to validate serving input example")
+
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not any(n in record.getMessage() for n in self.noise)
+
+    for name in ("mlflow.sklearn", "mlflow.models.model", "mlflow.utils.environment"):
+        logging.getLogger(name).addFilter(_DropKnown())
+    _quieted = True
+
+
+def _local_path(uri: str) -> Path | None:
+    """The local filesystem path behind a sqlite:/// or file: URI (None for remote stores)."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        # sqlite:////abs/path.db -> path "//abs/path.db"; sqlite:///rel.db -> "/rel.db"
+        raw = uri[len("sqlite:///"):]
+        return Path(unquote(raw)) if raw and raw != ":memory:" else None
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" and uri:
+        return Path(uri)
+    return None
+
+
+def configure(settings: Settings | None = None) -> str:
+    """Point MLflow at the project's tracking store (SQLite under models/ by default), creating folders as needed.
+
+    Returns the tracking URI in force. Safe to call many times.
+    """
+    import mlflow
+
+    settings = settings or get_settings()
+    _quiet_mlflow()
+    uri = settings.tracking_uri
+    db = _local_path(uri)
+    if db is not None and urlparse(uri).scheme == "sqlite":
+        db.parent.mkdir(parents=True, exist_ok=True)
+    art = _local_path(settings.artifact_root)
+    if art is not None:
+        art.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def _client(settings: Settings | None):
+    from mlflow import MlflowClient
+
+    uri = configure(settings)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(model_name: str, settings: Settings) -> str:
+    """The experiment of a model (named after it), created with its artifacts under settings.artifact_root."""
+    client = _client(settings)
+    exp = client.get_experiment_by_name(model_name)
+    if exp is not None:
+        return exp.experiment_id
+    location = f"{settings.artifact_root.rstrip('/')}/{model_name}"
+    return client.create_experiment(model_name, artifact_location=location)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Runs and logging
+
+
+@contextmanager
+def start_run(model_name: str, run_name: str | None = None, settings: Settings | None = None,
+              tags: dict | None = None) -> Iterator[Any]:
+    """Open an MLflow run in the model's experiment; yields the active run, ends it (FAILED on exception)."""
+    import mlflow
+
+    settings = settings or get_settings()
+    exp_id = _experiment_id(model_name, settings)
+    str_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=str_tags) as run:
+        yield run
+
+
+def _scalar(value: Any) -> float | None:
+    """A plain float, or None for values MLflow cannot store (None, NaN, inf, non-numbers)."""
+    if value is None:
+        return None
+    try:
+        f = float(value)  # numpy scalars, 0-d arrays, bools, numeric strings (tag values)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def log_params(params: dict) -> None:
+    """Log run parameters; None values are skipped, numpy scalars and other objects are stringified."""
+    import mlflow
+
+    clean = {}
+    for k, v in params.items():
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        clean[str(k)] = v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
+    if clean:
+        mlflow.log_params(clean)
+
+
+def log_metrics(metrics: dict, step: int | None = None) -> None:
+    """Log numeric metrics; None, NaN and infinite values are skipped (MLflow would reject or mislead with them)."""
+    import mlflow
+
+    clean = {str(k): f for k, v in metrics.items() if (f := _scalar(v)) is not None}
+    if clean:
+        mlflow.log_metrics(clean, step=step)
+
+
+def log_figure(fig, path: str) -> None:
+    """Log a matplotlib figure as a PNG artifact at ``path`` and close it (figures left open leak memory)."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    try:
+        mlflow.log_figure(fig, path if path.endswith(".png") else f"{path}.png")
+    finally:
+        plt.close(fig)
+
+
+def log_table(df: pd.DataFrame, path: str) -> None:
+    """Log a data frame as a CSV artifact at ``path`` (index kept only when it is named)."""
+    keep_index = any(n is not None for n in df.index.names)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / Path(path).name
+        df.to_csv(local, index=keep_index)
+        log_artifact(local, str(Path(path).parent) if Path(path).parent != Path(".") else None)
+
+
+def log_text(text: str, path: str) -> None:
+    """Log a string as a text artifact at ``path``."""
+    import mlflow
+
+    mlflow.log_text(text, path)
+
+
+def log_artifact(local_path, artifact_path: str | None = None) -> None:
+    """Log a local file (or a folder, recursively) under ``artifact_path`` of the active run."""
+    import mlflow
+
+    local_path = Path(local_path)
+    if local_path.is_dir():
+        mlflow.log_artifacts(str(local_path), artifact_path)
+    else:
+        mlflow.log_artifact(str(local_path), artifact_path)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model logging, registration and the promotion gate
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in _MODEL_REQUIREMENTS:
+        try:
+            reqs.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _signature(model: Any, input_example: pd.DataFrame) -> tuple[Any, bool]:
+    """(signature, predict_ok): inputs from the example, outputs from model.predict(example) when it works."""
+    from mlflow.models import infer_signature
+
+    predict = getattr(model, "predict", None)
+    if callable(predict):
+        try:
+            return infer_signature(input_example, predict(input_example)), True
+        except Exception as e:  # noqa: BLE001 — a predict needing other arguments still deserves an input schema
+            logging.getLogger(__name__).warning(
+                "%s.predict(input_example) failed (%s); logging an input-only signature",
+                type(model).__name__, e,
+            )
+    return infer_signature(input_example), False
+
+
+def _better(challenger: float, champion: float, higher_is_better: bool) -> bool:
+    return challenger > champion if higher_is_better else challenger < champion
+
+
+def _version_value(client, name: str, mv, metric: str) -> float | None:
+    """A version's value of ``metric``: its gate tag when it was registered on that metric, else its run's metric."""
+    if mv.tags.get(TAG_METRIC) == metric and TAG_VALUE in mv.tags:
+        return _scalar(mv.tags[TAG_VALUE])
+    if mv.run_id:
+        return _scalar(client.get_run(mv.run_id).data.metrics.get(metric))
+    return None
+
+
+def _champion(client, name: str):
+    """The model version holding the champion alias, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, primary_metric: str,
+                     metric_value: float, higher_is_better: bool, settings: Settings | None = None,
+                     extra_metrics: dict | None = None, data_validated: bool = True) -> RegisterResult:
+    """Log a fitted model with signature and input example, register a new version and run the promotion gate.
+
+    The ``champion`` alias moves to the new version only when the data it trained on passed validation and either
+    there is no champion yet or the new version is strictly better on ``primary_metric`` than the champion.
+    Uses the active run, or opens one in the model's experiment when none is active.
+    """
+    import mlflow
+    import mlflow.sklearn
+
+    settings = settings or get_settings()
+    if not isinstance(input_example, pd.DataFrame):
+        raise TypeError(f"input_example must be a pandas DataFrame, got {type(input_example).__name__}")
+    if mlflow.active_run() is None:
+        with start_run(model_name, run_name="register", settings=settings):
+            return log_and_register(model_name, model, input_example, primary_metric, metric_value,
+                                    higher_is_better, settings, extra_metrics, data_validated)
+
+    client = _client(settings)
+    value = _scalar(metric_value)
+    signature, predict_ok = _signature(model, input_example)
+    example = input_example if predict_ok else None  # MLflow would try (and fail) to predict on it
+    if example is None:
+        log_table(input_example, "model_input_example.csv")
+    info = mlflow.sklearn.log_model(
+        model, name=MODEL_ARTIFACT, signature=signature, input_example=example,
+        serialization_format="cloudpickle",  # skops (the 3.x default) cannot store arbitrary classes
+        pip_requirements=_requirements(), registered_model_name=model_name,
+    )
+    version = int(info.registered_model_version)
+    # Logged with model_id: the values belong to this logged model (MLflow 3 LoggedModel), not only to the run,
+    # so two versions registered from one run keep their own metrics.
+    model_metrics = {str(k): f for k, v in {primary_metric: value, **(extra_metrics or {})}.items()
+                     if (f := _scalar(v)) is not None}
+    if model_metrics:
+        mlflow.log_metrics(model_metrics, model_id=info.model_id)
+
+    tags = {TAG_METRIC: primary_metric, TAG_HIGHER: str(bool(higher_is_better)).lower(),
+            TAG_VALIDATED: str(bool(data_validated)).lower()}
+    if value is not None:
+        tags[TAG_VALUE] = repr(value)
+    for k, v in tags.items():
+        client.set_model_version_tag(model_name, str(version), k, v)
+
+    # The promotion gate.
+    current = _champion(client, model_name)
+    champ_version = int(current.version) if current is not None else None
+    champ_value = _version_value(client, model_name, current, primary_metric) if current is not None else None
+    direction = "higher" if higher_is_better else "lower"
+    if not data_validated:
+        promoted, reason = False, "refused: trained on data that failed validation"
+    elif value is None:
+        promoted, reason = False, f"refused: {primary_metric} is missing or not finite ({metric_value!r})"
+    elif current is None:
+        promoted, reason = True, f"promoted: no champion yet ({primary_metric}={value:.6g})"
+    elif champ_value is None:
+        promoted, reason = True, (f"promoted: champion v{champ_version} has no {primary_metric} to compare "
+                                  f"(challenger {value:.6g})")
+    elif _better(value, champ_value, higher_is_better):
+        promoted, reason = True, (f"promoted: {primary_metric} {value:.6g} beats champion v{champ_version} "
+                                  f"{champ_value:.6g} ({direction} is better)")
+    else:
+        promoted, reason = False, (f"refused: {primary_metric} {value:.6g} does not beat champion "
+                                   f"v{champ_version} {champ_value:.6g} ({direction} is better)")
+    if promoted:
+        client.set_registered_model_alias(model_name, CHAMPION, str(version))
+        champ_version, champ_value = version, value
+    client.set_model_version_tag(model_name, str(version), TAG_GATE, reason)
+    mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower(), TAG_GATE: reason})
+    return RegisterResult(model_name, version, promoted, reason, champ_version, champ_value)
+
+
+def load_champion(model_name: str, settings: Settings | None = None) -> LoadedModel:
+    """Resolve the ``champion`` alias to a version number and load that pinned version's fitted python object."""
+    import mlflow.sklearn
+
+    settings = settings or get_settings()
+    client = _client(settings)
+    mv = _champion(client, model_name)
+    if mv is None:
+        raise ModelNotFound(
+            f"no champion for '{model_name}' in {settings.tracking_uri}; "
+            f"run `aftersales train {model_name.replace('_', '-')}`"
+        )
+    # Loading by version, not by alias: the alias may move while we load, the version may not.
+    model = mlflow.sklearn.load_model(f"models:/{model_name}/{mv.version}")
+    return LoadedModel(model_name, int(mv.version), model, _version_metrics(client, mv), mv.run_id)
+
+
+def _version_metrics(client, mv) -> dict[str, float]:
+    """Metrics of a version: its run's, overridden by those logged on its own logged model, then its gate value."""
+    metrics = dict(client.get_run(mv.run_id).data.metrics) if mv.run_id else {}
+    if getattr(mv, "model_id", None):
+        logged = client.get_logged_model(mv.model_id).metrics or []
+        for m in sorted(logged, key=lambda m: m.timestamp):
+            metrics[m.key] = m.value
+    if mv.tags.get(TAG_METRIC) and (value := _scalar(mv.tags.get(TAG_VALUE))) is not None:
+        metrics[mv.tags[TAG_METRIC]] = value
+    return metrics
+
+
+def list_models(settings: Settings | None = None) -> pd.DataFrame:
+    """Every registered model version with its aliases and primary metric (newest version first per model)."""
+    from mlflow.exceptions import MlflowException
+
+    columns = ["name", "version", "aliases", "created", "primary_metric", "value", "run_id"]
+    settings = settings or get_settings()
+    db = _local_path(settings.tracking_uri)
+    if urlparse(settings.tracking_uri).scheme == "sqlite" and db is not None and not db.exists():
+        return pd.DataFrame(columns=columns)  # nothing registered yet; don't create a database just to say so
+    client = _client(settings)
+    rows = []
+    try:
+        versions = list(client.search_model_versions(max_results=10_000))
+    except MlflowException:
+        versions = []
+    aliases: dict[str, dict[str, list[str]]] = {}
+    for name in {mv.name for mv in versions}:
+        by_version: dict[str, list[str]] = {}
+        for alias, ver in client.get_registered_model(name).aliases.items():
+            by_version.setdefault(str(ver), []).append(alias)
+        aliases[name] = by_version
+    for mv in versions:
+        rows.append({
+            "name": mv.name,
+            "version": int(mv.version),
+            "aliases": ",".join(sorted(aliases.get(mv.name, {}).get(str(mv.version), []))),
+            "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC").floor("s"),
+            "primary_metric": mv.tags.get(TAG_METRIC, ""),
+            "value": _scalar(mv.tags.get(TAG_VALUE)),
+            "run_id": mv.run_id,
+        })
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values(["name", "version"], ascending=[True, False], ignore_index=True)
