@@ -204,7 +204,8 @@ def _merchants(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     defect_bad = defect_norm * np.where(risky & (kind != 0), rng.uniform(2.5, 5.0, n), 1.0)
     deteriorates = risky & (rng.random(n) < 1 / 3)
     onset = rng.integers(int(w.days * 0.3), max(int(w.days * 0.3) + 1, int(w.days * 0.85)), n)
-    onset = np.maximum(onset, join_day + 60)
+    # At least two months after joining and a month before the end, so both states are observable.
+    onset = np.minimum(np.maximum(onset, join_day + 60), w.days - 30)
     # Day from which the merchant is in its bad state (never for normal merchants, always for risky ones).
     bad_from = np.where(risky, np.where(deteriorates, onset, -10**6), 10**9)
     return {"size": size, "category": category, "join_day": join_day, "tenure_days": tenure_days,
@@ -355,7 +356,7 @@ def _lines(rng: np.random.Generator, w: _World, orders: dict[str, Arr], acc: dic
             "unit_price": price, "quantity": qty, "amount": amount, "region": region, "ordered_s": ordered_s,
             "promised_s": promised_s, "delivered_s": deliv_s, "delivered": delivered, "lost": lost & ~not_yet,
             "bad": bad, "late_mean": late_mean, "wardrobe_event": orders["wardrobe_event"][oi],
-            "gift": w.gift_day[day] & (rng.random(n) < 0.5), "first_line": line_no == 1}
+            "gift": w.gift_day[day] & (rng.random(n) < 0.6), "first_line": line_no == 1}
 
 
 def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[str, Arr],
@@ -369,21 +370,23 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
     pattern = np.where(known, acc["pattern"][ai], P_NORMAL)
     abusing = known & (day >= acc["abuse_start"][ai])
     pat = np.where(abusing, pattern, P_NORMAL)
-    gift = np.where(ln["gift"], 1.5, 1.0)
+    gift = np.where(ln["gift"], 2.0, 1.0)  # unwanted presents
     defect = np.where(ln["bad"], mer["defect_bad"][m], mer["defect_norm"][m])
     late_days = np.where(ln["delivered"], (ln["delivered_s"] - ln["promised_s"]) / DAY, 0.0)
     h = np.zeros((n, len(REASONS)))
     q = CAT_QUALITY[cat] * defect
     h[:, R_DEF] = q * 0.6
     h[:, R_NAD] = q * 0.4
-    h[:, R_WRONG] = 0.004 * mer["attitude"][m] ** 0.5
+    small_claims = np.where(cat == GROCERY, 0.5, 1.0)  # cheap perishables: fewer claims worth the effort
+    h[:, R_WRONG] = 0.004 * mer["attitude"][m] ** 0.5 * small_claims
     h[:, R_FIT] = CAT_FIT[cat] * prop * gift
     h[:, R_MIND] = CAT_MIND[cat] * prop * gift
-    h[:, R_DAMAGED] = 0.005 * (1 + 0.4 * ln["late_mean"])
+    h[:, R_DAMAGED] = 0.005 * (1 + 0.4 * ln["late_mean"]) * small_claims
     h[:, R_NOTREC] = np.where(ln["lost"], 0.85, np.where(late_days > 5, 0.05, 0.0))
-    h[:, R_OTHER] = 0.003
+    h[:, R_OTHER] = 0.003 * small_claims
     serial = pat == P_SERIAL
-    h[serial, R_MIND] = np.maximum(h[serial, R_MIND] * 6, 0.45)
+    # Serial returners send back most non-perishables (groceries rarely come back, even from them).
+    h[serial, R_MIND] = np.maximum(h[serial, R_MIND] * 6, np.where(cat[serial] == GROCERY, 0.03, 0.45))
     h[serial, R_FIT] *= 4
     rwr = pat == P_RWR
     h[rwr, R_NOTREC] += 0.22 * ln["delivered"][rwr]
@@ -449,6 +452,15 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
             "item_returned": returned[o], "returned_null": returned_null[o], "order_null": order_null[o]}
 
 
+COMPLAINT_LAG_DAYS = 42
+
+
+def _complaint_ramp(mer: dict[str, Arr], m: Arr, since_onset: Arr) -> Arr:
+    """Customers' complaint readiness at a deteriorating merchant: low at onset, full after ~6 weeks; else 1."""
+    ramp = 0.1 + 0.9 * np.clip(since_onset / COMPLAINT_LAG_DAYS, 0, 1)
+    return np.where(mer["deteriorates"][m] & (since_onset >= 0), ramp, 1.0)
+
+
 def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[str, Arr], acc: dict[str, Arr],
              mer: dict[str, Arr]) -> dict[str, Arr]:
     """Customer-service cases from returns, late/lost parcels, quality problems and inquiries; escalation."""
@@ -474,7 +486,7 @@ def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[s
     # (b) Logistics: late parcels (more, the later) and lost ones, one case per order.
     fl = np.where(ln["first_line"])[0]
     late_days = (ln["delivered_s"][fl] - ln["promised_s"][fl]) / DAY
-    p_late = np.where(ln["lost"][fl], 0.7, np.clip(0.09 * (late_days - 0.5), 0, 0.6))
+    p_late = np.where(ln["lost"][fl], 0.7, np.clip(0.07 * (late_days - 0.8), 0, 0.6))
     sel = rng.random(len(fl)) < p_late
     li = fl[sel]
     span = np.where(ln["lost"][li], 10.0, np.maximum(late_days[sel], 0.6))
@@ -488,7 +500,7 @@ def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[s
     m = ln["merchant"]
     line_late = np.where(ln["delivered"], (ln["delivered_s"] - ln["promised_s"]) / DAY, 0.0)
     since_onset = ln["day"] - mer["bad_from"][m]
-    ramp = np.where(mer["deteriorates"][m] & (since_onset >= 0), 0.15 + 0.85 * np.clip(since_onset / 35, 0, 1), 1.0)
+    ramp = _complaint_ramp(mer, m, since_onset)
     p_c = mer["attitude"][m] * ramp * (0.0015 + 0.03 * (line_late > 2) + 0.03 * (line_late > 5) + 0.12 * q_ret
                                        + 0.12 * ln["lost"])
     sel = rng.random(n) < p_c
@@ -545,7 +557,8 @@ def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[s
     lateness = np.where(ln["delivered"][li], (ln["delivered_s"][li] - ln["promised_s"][li]) / DAY,
                         np.where(ln["lost"][li], 10.0, 0.0))
     lateness = np.clip(lateness, 0, 15)
-    bad_now = tday >= mer["bad_from"][m]
+    # The platform's view of a merchant gone bad builds up with its reputation (same lag as complaints).
+    bad_now = (tday >= mer["bad_from"][m]) * _complaint_ramp(mer, m, tday - mer["bad_from"][m])
     anger = rng.standard_normal(n_t) + 0.35 * np.minimum(repeat, 3) + 0.1 * lateness
     chan_w = np.tile(CHANNEL_SHARE, (n_t, 1))
     chan_w[:, 1] *= np.exp(0.5 * np.clip(anger, 0, None))  # angry customers call
@@ -891,7 +904,7 @@ Models must never train on these files; they are for evaluation and sanity check
   merchant lateness (exponential with the merchant's current mean) + event congestion; ~0.4% lost (more for late
   merchants) -> null delivered_at; parcels not yet delivered at the end are null too.
 - **Returns**: per-line hazards by cause: quality (defective / not_as_described) = category rate x merchant defect
-  rate; size_fit (apparel, shoes) and changed_mind = category rate x account propensity x 1.5 for December gifts;
+  rate; size_fit (apparel, shoes) and changed_mind = category rate x account propensity x 2 for December gifts (60% of December lines before Christmas);
   damaged_in_transit grows with merchant lateness; not_received for lost or very late parcels. Delays: change of
   mind / fit lognormal around the category median (apparel 11 days), quality ~5 days, damage ~1.5 days; gifts
   come back after Dec 26 (January wave). ~3% of returns have a null order_id. Refunds are full for problems and
@@ -906,7 +919,7 @@ Models must never train on these files; they are for evaluation and sanity check
   live in households of 2-3 sharing an address (20% of those also a card).
 - **Merchants**: ~8% of incumbents and ~18% of newcomers are risky (late deliveries, quality, or both); a third of
   them deteriorate at a random day (30-85% into the period): before it they look normal. After onset lateness and
-  quality returns rise at once, while complaints per problem ramp up over ~5 weeks (complaints lag).
+  quality returns rise at once, while complaints per problem (and the merchant term of escalation) ramp up over ~6 weeks (complaints lag).
 - **Tickets**: from returns (by reason), from late (probability grows with lateness) and lost parcels (logistics),
   complaints/quality cases from problems (scaled by merchant attitude), inquiries (~2.8% of orders, 30% without
   an order) and follow-ups (unresolved cases come back). Channels chat/app/email/phone/other; angry customers call.
