@@ -62,6 +62,7 @@ GUEST_ORDER_SHARE = 0.08
 ABUSE_SHARE = {P_SERIAL: 0.012, P_WARDROBE: 0.008, P_RWR: 0.006, P_RING: 0.009}
 # Ticket escalation model (log-odds contributions); the intercept is calibrated to ESCALATION_RATE.
 ESCALATION_RATE = 0.12
+COMPLAINT_LAG_DAYS = 42  # customers' complaints reach their full rate ~6 weeks after a merchant's trouble starts
 CASE_LOGIT = np.array([0.0, 0.4, -0.2, 1.3, 0.3, 0.6, -1.1, -0.5])
 CHANNEL_LOGIT = np.array([0.0, 0.45, 0.1, -0.2, 0.0])
 ESCALATION_CAUSES = ("case_type", "merchant_risk", "high_amount", "late_delivery", "repeat_contact", "abuser_dispute",
@@ -111,8 +112,12 @@ def _ts(seconds: Arr, null: Arr | None = None) -> pa.Array:
     return pa.array(us, mask=null, type=pa.timestamp("us", tz="UTC"))
 
 
-def _day_grid(start: pd.Timestamp, days: int, market: str, settings: Settings) -> _World:
-    """Daily order demand: weekly cycle, shopping-event spikes with ramps, Christmas run-up, Spring Festival dip."""
+def _day_grid(rng: np.random.Generator, start: pd.Timestamp, days: int, market: str, settings: Settings) -> _World:
+    """Daily order demand: weekly cycle, shopping-event spikes with ramps, Christmas run-up, Spring Festival dip.
+
+    Each event instance has its own intensity (+-20%), and every day a small shock (promotions, weather), so last
+    year's figures scaled are a fair but imperfect guide.
+    """
     dates = pd.date_range(start, periods=days, freq="D")
     end = dates[-1]
     ev = market_events(market, start - pd.Timedelta(days=30), end + pd.Timedelta(days=30), settings)
@@ -124,19 +129,20 @@ def _day_grid(start: pd.Timestamp, days: int, market: str, settings: Settings) -
               "cyber_monday": (2.5, 1.0, 0, 0), "double_12": (2.0, 1.2, 1, 0), "summer_sale": (1.5, 1.0, 0, 0)}
     for name, (peak, pre, n_pre, n_post) in shapes.items():
         for d in offset[(ev["name"] == name).to_numpy()]:
+            peak_i = 1 + (peak - 1) * rng.uniform(0.8, 1.2)
             for k in range(1, n_pre + 1):
                 if 0 <= d - k < days:
                     spike[d - k] = max(spike[d - k], pre)
             for k in range(1, n_post + 1):
                 if 0 <= d + k < days:
-                    spike[d + k] = max(spike[d + k], 1 + (peak - 1) / 2)
+                    spike[d + k] = max(spike[d + k], 1 + (peak_i - 1) / 2)
             if 0 <= d < days:
-                spike[d] = max(spike[d], peak)
+                spike[d] = max(spike[d], peak_i)
     hol = ev[(ev["kind"] == "holiday") & (ev["name"] != "spring_festival")]
     for d, size in zip(((hol["date"] - start).dt.days).to_numpy(), hol["size"].to_numpy(), strict=True):
         if 0 <= d < days:
             spike[d] = max(spike[d], 1.15 if size >= SIZE_CLASSES["medium"] else 1.05)
-    demand *= spike
+    demand *= spike * np.exp(rng.normal(0, 0.07, days))
     # Christmas gift buying ramps up over the three weeks before; the days themselves are quiet.
     month, dom = dates.month.to_numpy(), dates.day.to_numpy()
     xmas_ramp = (month == 12) & (dom >= 1) & (dom <= 22)
@@ -189,8 +195,8 @@ class _MerchantSampler:
 
 def _merchants(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     """Merchant size (heavy tailed), category focus, tenure, latent late-delivery and quality-defect rates."""
-    size = (rng.pareto(1.1, n) + 1.0) ** 1.3
-    size = np.minimum(size, np.quantile(size, 0.995))
+    # Heavy tailed but not absurdly so: a few big merchants, a long tail of small ones.
+    size = np.exp(rng.normal(0.0, 1.0, n))
     category = rng.choice(len(CATEGORIES), n, p=CAT_SHARE)
     new = rng.random(n) < 0.25  # a quarter join during the simulated period
     join_day = np.where(new, rng.integers(14, max(15, int(w.days * 0.9)), n), 0)
@@ -208,9 +214,32 @@ def _merchants(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     onset = np.minimum(np.maximum(onset, join_day + 60), w.days - 30)
     # Day from which the merchant is in its bad state (never for normal merchants, always for risky ones).
     bad_from = np.where(risky, np.where(deteriorates, onset, -10**6), 10**9)
+    # Temporary troubles at otherwise normal merchants (a carrier change, a bad batch): 30-90 days of late
+    # deliveries or defects; complaints follow with the same lag as for deteriorating merchants.
+    has_ep = ~risky & (rng.random(n) < 0.2)
+    ep_start = np.where(has_ep, rng.integers(60, max(61, w.days - 30), n), 10**9)
+    ep_start = np.maximum(ep_start, join_day + 30)
+    ep_end = ep_start + rng.integers(30, 91, n)
+    ep_kind = rng.choice(2, n)  # 0 late deliveries, 1 defects
+    ep_late = late_norm + np.where(ep_kind == 0, rng.uniform(1.5, 3.5, n), 0.0)
+    ep_defect = defect_norm * np.where(ep_kind == 1, rng.uniform(2.5, 4.5, n), 1.0)
     return {"size": size, "category": category, "join_day": join_day, "tenure_days": tenure_days,
             "late_norm": late_norm, "defect_norm": defect_norm, "late_bad": late_bad, "defect_bad": defect_bad,
-            "attitude": attitude, "risky": risky, "kind": kind, "deteriorates": deteriorates, "bad_from": bad_from}
+            "attitude": attitude, "risky": risky, "kind": kind, "deteriorates": deteriorates, "bad_from": bad_from,
+            "ep_start": ep_start, "ep_end": ep_end, "ep_late": ep_late, "ep_defect": ep_defect}
+
+
+def _merchant_state(mer: dict[str, Arr], m: Arr, day: Arr) -> tuple[Arr, Arr, Arr, Arr]:
+    """Each (merchant, day): mean extra delivery days, defect multiplier, whether it is in a bad state, and the
+    customers' complaint readiness (low when trouble has just started: complaints lag the operational signals)."""
+    bad = day >= mer["bad_from"][m]
+    episode = (day >= mer["ep_start"][m]) & (day < mer["ep_end"][m])
+    late = np.where(bad, mer["late_bad"][m], np.where(episode, mer["ep_late"][m], mer["late_norm"][m]))
+    defect = np.where(bad, mer["defect_bad"][m], np.where(episode, mer["ep_defect"][m], mer["defect_norm"][m]))
+    since = np.where(episode, day - mer["ep_start"][m], day - mer["bad_from"][m])
+    ramp = np.where((mer["deteriorates"][m] & bad) | episode,
+                    0.1 + 0.9 * np.clip(since / COMPLAINT_LAG_DAYS, 0, 1), 1.0)
+    return late, defect, bad | episode, ramp
 
 
 def _accounts(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
@@ -219,6 +248,8 @@ def _accounts(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     join_day = np.where(existing, 0, rng.integers(0, max(1, w.days - 30), n))
     activity = rng.gamma(0.9, 1 / 0.9, n)
     propensity = np.exp(rng.normal(-0.1, 0.45, n))
+    # Bracketers: honest customers who order several sizes and send the rest back. Many returns, no abuse.
+    bracketer = rng.random(n) < 0.05
     region = rng.choice(len(REGIONS), n, p=REGION_SHARE)
     pattern = np.zeros(n, dtype=np.int64)
     perm = rng.permutation(n)
@@ -245,7 +276,9 @@ def _accounts(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     abuse_start = np.where(abuser, start, 10**9)
     join_day = np.where(abuser, np.minimum(join_day, np.maximum(start - 30, 0)), join_day)
     activity = np.where(pattern == P_SERIAL, np.maximum(activity, 0.6) * 1.5, activity)
+    bracketer &= pattern == P_NORMAL
     return {"join_day": join_day, "activity": activity, "propensity": propensity, "region": region,
+            "bracketer": bracketer,
             "pattern": pattern, "ring_id": ring_id, "abuse_start": abuse_start}
 
 
@@ -283,9 +316,9 @@ def _orders(rng: np.random.Generator, w: _World, acc: dict[str, Arr], mer: dict[
     if len(wardrobers) and len(market_majors):
         wa, we = np.meshgrid(wardrobers, market_majors, indexing="ij")
         wa, we = wa.ravel(), we.ravel()
-        keep = (we >= acc["abuse_start"][wa]) & (we >= 7) & (rng.random(len(wa)) < 0.75)
+        keep = (we >= acc["abuse_start"][wa]) & (we >= 7) & (rng.random(len(wa)) < 0.5)
         wa, we = wa[keep], we[keep]
-        k = 1 + rng.poisson(0.6, len(wa))
+        k = 1 + rng.poisson(0.4, len(wa))
         wa, we = np.repeat(wa, k), np.repeat(we, k)
         wd = we - rng.integers(1, 7, len(we))
         account = np.concatenate([account, wa])
@@ -332,12 +365,10 @@ def _lines(rng: np.random.Generator, w: _World, orders: dict[str, Arr], acc: dic
     ordered_s = orders["ordered_s"][oi]
     promise_days = (rng.integers(2, 5, n_orders) + (REGION_EXTRA_DAYS >= 1.0)[region[first]])[oi]
     promised_s = (ordered_s // DAY + promise_days) * DAY + 20 * 3600
-    bad = day >= mer["bad_from"][m]
-    late_mean = np.where(bad, mer["late_bad"][m], mer["late_norm"][m])
+    late_mean, defect, bad, ramp = _merchant_state(mer, m, day)
     # One delivery per order: draw per order, share across its lines.
     o_m = orders["merchant"]
-    o_bad = orders["day"] >= mer["bad_from"][o_m]
-    o_late_mean = np.where(o_bad, mer["late_bad"][o_m], mer["late_norm"][o_m])
+    o_late_mean = _merchant_state(mer, o_m, orders["day"])[0]
     o_region = region[first]
     o_days = (_lognormal_days(rng, 2.2, 0.3, n_orders) + REGION_EXTRA_DAYS[o_region]
               + rng.exponential(1.0, n_orders) * o_late_mean
@@ -355,7 +386,7 @@ def _lines(rng: np.random.Generator, w: _World, orders: dict[str, Arr], acc: dic
     return {"order": oi, "line_no": line_no, "merchant": m, "account": a, "day": day, "category": cat,
             "unit_price": price, "quantity": qty, "amount": amount, "region": region, "ordered_s": ordered_s,
             "promised_s": promised_s, "delivered_s": deliv_s, "delivered": delivered, "lost": lost & ~not_yet,
-            "bad": bad, "late_mean": late_mean, "wardrobe_event": orders["wardrobe_event"][oi],
+            "bad": bad, "late_mean": late_mean, "defect": defect, "ramp": ramp, "wardrobe_event": orders["wardrobe_event"][oi],
             "gift": w.gift_day[day] & (rng.random(n) < 0.6), "first_line": line_no == 1}
 
 
@@ -371,7 +402,7 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
     abusing = known & (day >= acc["abuse_start"][ai])
     pat = np.where(abusing, pattern, P_NORMAL)
     gift = np.where(ln["gift"], 2.0, 1.0)  # unwanted presents
-    defect = np.where(ln["bad"], mer["defect_bad"][m], mer["defect_norm"][m])
+    defect = ln["defect"]
     late_days = np.where(ln["delivered"], (ln["delivered_s"] - ln["promised_s"]) / DAY, 0.0)
     h = np.zeros((n, len(REASONS)))
     q = CAT_QUALITY[cat] * defect
@@ -379,7 +410,8 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
     h[:, R_NAD] = q * 0.4
     small_claims = np.where(cat == GROCERY, 0.5, 1.0)  # cheap perishables: fewer claims worth the effort
     h[:, R_WRONG] = 0.004 * mer["attitude"][m] ** 0.5 * small_claims
-    h[:, R_FIT] = CAT_FIT[cat] * prop * gift
+    bracket = np.where(known & acc["bracketer"][ai], 4.0, 1.0)
+    h[:, R_FIT] = CAT_FIT[cat] * prop * gift * bracket
     h[:, R_MIND] = CAT_MIND[cat] * prop * gift
     h[:, R_DAMAGED] = 0.005 * (1 + 0.4 * ln["late_mean"]) * small_claims
     h[:, R_NOTREC] = np.where(ln["lost"], 0.85, np.where(late_days > 5, 0.05, 0.0))
@@ -452,15 +484,6 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
             "item_returned": returned[o], "returned_null": returned_null[o], "order_null": order_null[o]}
 
 
-COMPLAINT_LAG_DAYS = 42
-
-
-def _complaint_ramp(mer: dict[str, Arr], m: Arr, since_onset: Arr) -> Arr:
-    """Customers' complaint readiness at a deteriorating merchant: low at onset, full after ~6 weeks; else 1."""
-    ramp = 0.1 + 0.9 * np.clip(since_onset / COMPLAINT_LAG_DAYS, 0, 1)
-    return np.where(mer["deteriorates"][m] & (since_onset >= 0), ramp, 1.0)
-
-
 def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[str, Arr], acc: dict[str, Arr],
              mer: dict[str, Arr]) -> dict[str, Arr]:
     """Customer-service cases from returns, late/lost parcels, quality problems and inquiries; escalation."""
@@ -499,10 +522,10 @@ def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[s
     q_ret[r_line[np.isin(reason, [R_DEF, R_NAD, R_WRONG])]] = True
     m = ln["merchant"]
     line_late = np.where(ln["delivered"], (ln["delivered_s"] - ln["promised_s"]) / DAY, 0.0)
-    since_onset = ln["day"] - mer["bad_from"][m]
-    ramp = _complaint_ramp(mer, m, since_onset)
+    ramp = ln["ramp"]
     p_c = mer["attitude"][m] * ramp * (0.0015 + 0.03 * (line_late > 2) + 0.03 * (line_late > 5) + 0.12 * q_ret
                                        + 0.12 * ln["lost"])
+    p_c_line = p_c
     sel = rng.random(n) < p_c
     li = np.where(sel)[0]
     anchor = np.where(ln["delivered"][li], ln["delivered_s"][li], ln["promised_s"][li])
@@ -558,7 +581,8 @@ def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[s
                         np.where(ln["lost"][li], 10.0, 0.0))
     lateness = np.clip(lateness, 0, 15)
     # The platform's view of a merchant gone bad builds up with its reputation (same lag as complaints).
-    bad_now = (tday >= mer["bad_from"][m]) * _complaint_ramp(mer, m, tday - mer["bad_from"][m])
+    _, _, bad_state, ramp_now = _merchant_state(mer, m, tday)
+    bad_now = bad_state * ramp_now
     anger = rng.standard_normal(n_t) + 0.35 * np.minimum(repeat, 3) + 0.1 * lateness
     chan_w = np.tile(CHANNEL_SHARE, (n_t, 1))
     chan_w[:, 1] *= np.exp(0.5 * np.clip(anger, 0, None))  # angry customers call
@@ -594,7 +618,8 @@ def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[s
     text = _ticket_text(rng, t["case"], rt, li, anger, repeat, lateness, ln)
     return {"line": li, "case": t["case"], "created": t["created"], "amount": amount, "has_order": t["has_order"],
             "channel": channel, "escalated": escalated, "open": open_, "resolved": resolved, "text": text,
-            "cause": cause, "p_escalate": p_esc, "account": a, "merchant": m}
+            "cause": cause, "p_escalate": p_esc, "account": a, "merchant": m, "p_complaint_line": p_c_line,
+            "day": tday}
 
 
 _TEMPLATES = {
@@ -646,6 +671,8 @@ def _links(rng: np.random.Generator, acc: dict[str, Arr]) -> tuple[Arr, Arr, Arr
     vals[hh, 0] = vals[head, 0]
     share_pay = rng.random(len(hh)) < 0.2
     vals[hh[share_pay], 2] = vals[head[share_pay], 2]
+    share_dev = rng.random(len(hh)) < 0.3  # the family tablet
+    vals[hh[share_dev], 1] = vals[head[share_dev], 1]
     # Rings: most members use the same device; many the same card or address.
     ring = np.where(acc["ring_id"] >= 0)[0]
     if len(ring):
@@ -662,7 +689,13 @@ def _links(rng: np.random.Generator, acc: dict[str, Arr]) -> tuple[Arr, Arr, Arr
     extra = np.where(rng.random(n) < 0.2)[0]
     acc_idx = np.concatenate([acc_idx, extra])
     link_type = np.concatenate([link_type, np.full(len(extra), "device")])
-    link_val = np.concatenate([link_val, rng.integers(1, 2**62, len(extra), dtype=np.int64)])
+    extra_val = rng.integers(1, 2**62, len(extra), dtype=np.int64)
+    # Some second devices are shared public ones (an office PC, a shop's tablet): many unrelated accounts on one
+    # device, so a shared device alone is not proof of a ring either.
+    public = rng.random(len(extra)) < 0.07
+    pool = rng.integers(1, 2**62, max(3, n // 2000), dtype=np.int64)
+    extra_val[public] = pool[rng.integers(0, len(pool), int(public.sum()))]
+    link_val = np.concatenate([link_val, extra_val])
     o = np.lexsort((link_type, acc_idx))
     prefix = np.char.add(np.array([t[:3] for t in types])[np.argmax(link_type[o][:, None] == types, axis=1)], "_")
     hexed = np.char.add(prefix, np.char.mod("%016x", link_val[o].astype(np.uint64)))
@@ -724,7 +757,7 @@ def generate_world(out_dir: Path | str, seed: int = 42, accounts: int = 20_000, 
         steps.set_postfix_str(label)
         steps.update(1)
 
-    w = _day_grid(pd.Timestamp(start), int(days), market, settings)
+    w = _day_grid(rng, pd.Timestamp(start), int(days), market, settings)
     ev = market_events(market, w.start, w.start + pd.Timedelta(days=days - 1), settings)
     big = ev[ev["size"] >= SIZE_CLASSES["medium"]]
     event_days = np.unique(((big["date"] - w.start).dt.days).to_numpy())
@@ -822,6 +855,31 @@ def generate_world(out_dir: Path | str, seed: int = 42, accounts: int = 20_000, 
     return summary
 
 
+def _complaint_risk(w: _World, mer: dict[str, Arr], ln: dict[str, Arr], tk: dict[str, Arr]) -> Arr:
+    """Latent complaint risk: expected complaints per order line over the last 180 days, from the generator's own
+    probabilities (complaint cases per line plus escalations of the merchant's other cases), not from the draws.
+
+    Merchants with few recent lines are pulled toward the rate their final-state lateness and defects imply.
+    """
+    n_m = len(mer["size"])
+    recent_l = ln["day"] >= w.days - 180
+    lines = np.bincount(ln["merchant"][recent_l], minlength=n_m).astype(float)
+    expected = np.bincount(ln["merchant"][recent_l], weights=tk["p_complaint_line"][recent_l], minlength=n_m)
+    recent_t = (tk["day"] >= w.days - 180) & (tk["case"] != C_COMPLAINT)
+    expected += np.bincount(tk["merchant"][recent_t], weights=tk["p_escalate"][recent_t], minlength=n_m)
+    # Prior from the final-state rates (lateness is exponential with the merchant's mean over a base that meets
+    # the promise), scaled to the observed overall level.
+    late_end = np.where(mer["risky"], mer["late_bad"], mer["late_norm"])
+    defect_end = np.where(mer["risky"], mer["defect_bad"], mer["defect_norm"])
+    p_late2, p_late5 = np.exp(-2.0 / np.maximum(late_end, 1e-6)), np.exp(-5.0 / np.maximum(late_end, 1e-6))
+    p_lost = 0.004 + 0.02 * np.minimum(late_end, 3.0)
+    prior = mer["attitude"] * (0.0015 + 0.03 * p_late2 + 0.03 * p_late5
+                               + 0.12 * CAT_QUALITY[mer["category"]] * defect_end + 0.12 * p_lost)
+    prior *= expected.sum() / max(float((prior * lines).sum()), 1e-9)
+    k = 30.0  # pseudo-lines of prior
+    return (expected + k * prior) / (lines + k)
+
+
 def _write_truth(tdir: Path, w: _World, acc: dict[str, Arr], mer: dict[str, Arr], ln: dict[str, Arr],
                  tk: dict[str, Arr], acc_ids: pa.Array, mer_ids: pa.Array, ticket_ids: pa.Array, seed: int,
                  market: str) -> None:
@@ -838,18 +896,10 @@ def _write_truth(tdir: Path, w: _World, acc: dict[str, Arr], mer: dict[str, Arr]
         "abuse_start": pa_day(acc["abuse_start"], ~abuser),
         "joined_at": pa_day(acc["join_day"], np.zeros(len(abuser), bool)),
         "return_propensity": pa.array(acc["propensity"]),
+        "bracketer": pa.array(acc["bracketer"]),
     })
     _write(accounts, tdir / "accounts.parquet")
-    # Latent complaint risk: the merchant's expected complaint rate per order line in its final state, from its
-    # lateness and defect rates (not from realised complaints).
-    late_end = np.where(mer["risky"], mer["late_bad"], mer["late_norm"])
-    defect_end = np.where(mer["risky"], mer["defect_bad"], mer["defect_norm"])
-    cat_q = CAT_QUALITY[mer["category"]]
-    # Lateness is exponential with the merchant's mean on top of a base that roughly meets the promise.
-    p_late2, p_late5 = np.exp(-2.0 / np.maximum(late_end, 1e-6)), np.exp(-5.0 / np.maximum(late_end, 1e-6))
-    p_lost = 0.004 + 0.02 * np.minimum(late_end, 3.0)
-    complaint_risk = mer["attitude"] * (0.0015 + 0.03 * p_late2 + 0.03 * p_late5 + 0.12 * cat_q * defect_end
-                                        + 0.12 * p_lost)
+    complaint_risk = _complaint_risk(w, mer, ln, tk)
     onset_null = ~mer["deteriorates"]
     merchants = pa.table({
         "merchant_id": mer_ids,
@@ -865,6 +915,8 @@ def _write_truth(tdir: Path, w: _World, acc: dict[str, Arr], mer: dict[str, Arr]
         "late_days_bad": pa.array(np.round(mer["late_bad"], 4)),
         "defect_rate_normal": pa.array(np.round(mer["defect_norm"], 4)),
         "defect_rate_bad": pa.array(np.round(mer["defect_bad"], 4)),
+        "episode_start": pa_day(mer["ep_start"], mer["ep_start"] >= w.days),
+        "episode_end": pa_day(mer["ep_end"], mer["ep_start"] >= w.days),
     })
     _write(merchants, tdir / "merchants.parquet")
     tickets = pa.table({
@@ -886,16 +938,20 @@ Models must never train on these files; they are for evaluation and sanity check
 ## Files
 - `accounts.parquet`: account_id, is_abuser, pattern (normal, serial, wardrobing, refund_without_return, ring),
   ring_id (rings only), abuse_start (day the behaviour starts; null for normal accounts), joined_at,
-  return_propensity (latent multiplier on change-of-mind and fit returns).
-- `merchants.parquet`: merchant_id, complaint_risk (latent expected complaints per order line in the merchant's final
-  state, from its lateness and defect rates), risky, deteriorates_at (onset of the bad state for merchants that
-  deteriorate; null otherwise), category (focus), tenure_start, size, risk_type, late/defect rates before/after.
+  return_propensity (latent multiplier on change-of-mind and fit returns), bracketer (honest customers who order
+  several sizes and return the rest: many fit returns, not abuse).
+- `merchants.parquet`: merchant_id, complaint_risk (latent: expected complaints per order line over the last 180
+  days, from the generator's probabilities rather than its draws; complaint = complaint case or escalated case with
+  the merchant; shrunk toward the final-state rate for merchants with few recent lines), risky, deteriorates_at (onset of the bad state for merchants that
+  deteriorate; null otherwise), category (focus), tenure_start, size, risk_type, late/defect rates before/after,
+  episode_start/episode_end (a temporary trouble at a normal merchant; null if none).
 - `tickets.parquet`: ticket_id, escalation_cause (the largest driver of an escalated case; `none` when it did not
   escalate), escalated_latent (the outcome, also for cases still open at the end where `escalated` is null),
   p_escalate (the probability the generator used).
 
 ## Mechanics
-- **Orders**: weekly cycle; growth from accounts joining over time; spikes on shopping events (11.11 x5,
+- **Orders**: weekly cycle; a small daily shock (lognormal, sigma 0.07); each event instance's intensity varies
+  +-20%; growth from accounts joining over time; spikes on shopping events (11.11 x5,
   Black Friday x4, 618 x3.2, Cyber Monday x2.5, 12.12 x2, summer sale x1.5) with pre-sale ramps; Christmas gift
   buying ramps over Dec 1-22; Spring Festival (CN) dips orders and shuts logistics down (parcels wait until it
   ends). ~8% guest orders (null account_id). Merchants are heavy-tailed in size, focused on one category, and a
@@ -910,16 +966,21 @@ Models must never train on these files; they are for evaluation and sanity check
   come back after Dec 26 (January wave). ~3% of returns have a null order_id. Refunds are full for problems and
   abusers, sometimes reduced by a restocking share for changes of mind. item_returned is false for not_received,
   most damaged_in_transit and abusers' claims; ~2% null.
+- **Bracketers**: 5% of normal accounts order several sizes and return the rest (4x fit returns): heavy returners
+  who are not abusers (flagged `bracketer` in accounts.parquet).
 - **Abuse** (~3.5% of accounts; many start only later in the period): serial returners (2.5x orders after onset,
   change-of-mind returns >= 45% of lines); wardrobing (apparel/shoes bought 1-6 days before events and holidays,
   returned 1-5 days after the event, full refund); refund without return (extra not_received / damaged claims on
   delivered parcels, item_returned false); rings of 4-8 accounts sharing device (90%), payment (65%), address (55%)
   values, each member only mildly elevated (2x change-of-mind/fit, a few refund-without-return claims).
-- **Links**: every account has address, device, payment, phone, email; 20% a second device; 12% of normal accounts
-  live in households of 2-3 sharing an address (20% of those also a card).
+- **Links**: every account has address, device, payment, phone, email; 20% a second device (7% of those a shared
+  public device used by many unrelated accounts); 12% of normal accounts live in households of 2-3 sharing an
+  address (20% of those also a card, 30% a device). Sharing alone is not proof of a ring.
 - **Merchants**: ~8% of incumbents and ~18% of newcomers are risky (late deliveries, quality, or both); a third of
-  them deteriorate at a random day (30-85% into the period): before it they look normal. After onset lateness and
-  quality returns rise at once, while complaints per problem (and the merchant term of escalation) ramp up over ~6 weeks (complaints lag).
+  them deteriorate at a random day (30-85% into the period): before it they look normal. A fifth of the normal
+  merchants have one temporary episode (30-90 days of late deliveries or defects: a carrier change, a bad batch). After onset lateness and
+  quality returns rise at once, while complaints per problem (and the merchant term of escalation) ramp up over ~6 weeks (complaints lag);
+  the same holds during episodes.
 - **Tickets**: from returns (by reason), from late (probability grows with lateness) and lost parcels (logistics),
   complaints/quality cases from problems (scaled by merchant attitude), inquiries (~2.8% of orders, 30% without
   an order) and follow-ups (unresolved cases come back). Channels chat/app/email/phone/other; angry customers call.
