@@ -226,7 +226,7 @@ def _merchants(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     return {"size": size, "category": category, "join_day": join_day, "tenure_days": tenure_days,
             "late_norm": late_norm, "defect_norm": defect_norm, "late_bad": late_bad, "defect_bad": defect_bad,
             "attitude": attitude, "risky": risky, "kind": kind, "deteriorates": deteriorates, "bad_from": bad_from,
-            "ep_start": ep_start, "ep_end": ep_end, "ep_late": ep_late, "ep_defect": ep_defect}
+            "ep_start": ep_start, "ep_end": ep_end, "ep_kind": ep_kind, "ep_late": ep_late, "ep_defect": ep_defect}
 
 
 def _merchant_state(mer: dict[str, Arr], m: Arr, day: Arr) -> tuple[Arr, Arr, Arr, Arr]:
@@ -386,7 +386,8 @@ def _lines(rng: np.random.Generator, w: _World, orders: dict[str, Arr], acc: dic
     return {"order": oi, "line_no": line_no, "merchant": m, "account": a, "day": day, "category": cat,
             "unit_price": price, "quantity": qty, "amount": amount, "region": region, "ordered_s": ordered_s,
             "promised_s": promised_s, "delivered_s": deliv_s, "delivered": delivered, "lost": lost & ~not_yet,
-            "bad": bad, "late_mean": late_mean, "defect": defect, "ramp": ramp, "wardrobe_event": orders["wardrobe_event"][oi],
+            "bad": bad, "late_mean": late_mean, "defect": defect, "ramp": ramp,
+            "wardrobe_event": orders["wardrobe_event"][oi],
             "gift": w.gift_day[day] & (rng.random(n) < 0.6), "first_line": line_no == 1}
 
 
@@ -464,6 +465,10 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
     ev_back = w.start_s + we * DAY + rng.integers(1, 6, k) * DAY + rng.integers(8 * 3600, 23 * 3600, k)
     req = np.where(wr, np.maximum(ev_back, deliv + 3600), req)
     req = req + rng.integers(0, 3600, k)
+    # Weekly cycle of requests: many weekend returns wait for Monday (drop-off points, people's routines).
+    dow = ((req // DAY) + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
+    wait = np.where(dow >= 5, rng.random(k) < 0.2, False)
+    req = np.where(wait, req + (7 - dow) * DAY, req)
     keep = req <= w.end_s - 60
     idx, reason, req = idx[keep], reason[keep], req[keep]
     k = len(idx)
@@ -746,6 +751,11 @@ def generate_world(out_dir: Path | str, seed: int = 42, accounts: int = 20_000, 
     if accounts < 50 or merchants < 5 or days < 60:
         raise ValueError(f"world too small (accounts={accounts}, merchants={merchants}, days={days}): "
                          "use at least 50 accounts, 5 merchants and 60 days")
+    first = pd.Timestamp(start)
+    last_day = first + pd.Timedelta(days=int(days))
+    if last_day > pd.Timestamp.now().normalize() + pd.Timedelta(days=1):
+        raise ValueError(f"the world would end on {last_day.date()}, in the future: the input contract rejects "
+                         "future timestamps, so choose an earlier --start or fewer --days")
     t0 = time.perf_counter()
     settings = settings or Settings()
     out = Path(out_dir)
@@ -917,6 +927,8 @@ def _write_truth(tdir: Path, w: _World, acc: dict[str, Arr], mer: dict[str, Arr]
         "defect_rate_bad": pa.array(np.round(mer["defect_bad"], 4)),
         "episode_start": pa_day(mer["ep_start"], mer["ep_start"] >= w.days),
         "episode_end": pa_day(mer["ep_end"], mer["ep_start"] >= w.days),
+        "episode_type": pa.array(np.array(["late_delivery", "quality"])[mer["ep_kind"]],
+                                 mask=mer["ep_start"] >= w.days, type=pa.string()),
     })
     _write(merchants, tdir / "merchants.parquet")
     tickets = pa.table({
@@ -941,53 +953,56 @@ Models must never train on these files; they are for evaluation and sanity check
   return_propensity (latent multiplier on change-of-mind and fit returns), bracketer (honest customers who order
   several sizes and return the rest: many fit returns, not abuse).
 - `merchants.parquet`: merchant_id, complaint_risk (latent: expected complaints per order line over the last 180
-  days, from the generator's probabilities rather than its draws; complaint = complaint case or escalated case with
-  the merchant; shrunk toward the final-state rate for merchants with few recent lines), risky, deteriorates_at (onset of the bad state for merchants that
-  deteriorate; null otherwise), category (focus), tenure_start, size, risk_type, late/defect rates before/after,
-  episode_start/episode_end (a temporary trouble at a normal merchant; null if none).
+  days, from the generator's probabilities rather than its draws; complaint = complaint case or escalated case
+  with the merchant; shrunk toward the final-state rate for merchants with few recent lines), risky,
+  deteriorates_at (onset of the bad state for merchants that deteriorate; null otherwise), category (focus),
+  tenure_start, size, risk_type, late/defect rates before/after, episode_start/episode_end/episode_type (a temporary
+  trouble at a normal merchant: late_delivery or quality; null if none).
 - `tickets.parquet`: ticket_id, escalation_cause (the largest driver of an escalated case; `none` when it did not
   escalate), escalated_latent (the outcome, also for cases still open at the end where `escalated` is null),
   p_escalate (the probability the generator used).
 
 ## Mechanics
 - **Orders**: weekly cycle; a small daily shock (lognormal, sigma 0.07); each event instance's intensity varies
-  +-20%; growth from accounts joining over time; spikes on shopping events (11.11 x5,
-  Black Friday x4, 618 x3.2, Cyber Monday x2.5, 12.12 x2, summer sale x1.5) with pre-sale ramps; Christmas gift
-  buying ramps over Dec 1-22; Spring Festival (CN) dips orders and shuts logistics down (parcels wait until it
-  ends). ~8% guest orders (null account_id). Merchants are heavy-tailed in size, focused on one category, and a
-  quarter join during the period. Lines: 1 + Poisson(0.35) per order.
+  +-20%; growth from accounts joining over time; spikes on shopping events (11.11 x5, Black Friday x4, 618 x3.2,
+  Cyber Monday x2.5, 12.12 x2, summer sale x1.5) with pre-sale ramps; Christmas gift buying ramps over Dec 1-22;
+  Spring Festival (CN) dips orders and shuts logistics down (parcels wait until it ends). ~8% guest orders (null
+  account_id). Merchants are heavy-tailed in size, focused on one category, and a quarter join during the period.
+  Lines: 1 + Poisson(0.35) per order.
 - **Delivery**: promised 2-5 days after ordering (more in the remote region); actual = lognormal base + region +
   merchant lateness (exponential with the merchant's current mean) + event congestion; ~0.4% lost (more for late
   merchants) -> null delivered_at; parcels not yet delivered at the end are null too.
 - **Returns**: per-line hazards by cause: quality (defective / not_as_described) = category rate x merchant defect
-  rate; size_fit (apparel, shoes) and changed_mind = category rate x account propensity x 2 for December gifts (60% of December lines before Christmas);
-  damaged_in_transit grows with merchant lateness; not_received for lost or very late parcels. Delays: change of
-  mind / fit lognormal around the category median (apparel 11 days), quality ~5 days, damage ~1.5 days; gifts
-  come back after Dec 26 (January wave). ~3% of returns have a null order_id. Refunds are full for problems and
-  abusers, sometimes reduced by a restocking share for changes of mind. item_returned is false for not_received,
-  most damaged_in_transit and abusers' claims; ~2% null.
+  rate; size_fit (apparel, shoes) and changed_mind = category rate x account propensity x 2 for December gifts
+  (60% of December lines before Christmas); damaged_in_transit grows with merchant lateness; not_received for lost
+  or very late parcels. Delays: change of mind / fit lognormal around the category median (apparel 11 days),
+  quality ~5 days, damage ~1.5 days; gifts come back after Dec 26 (January wave). A fifth of weekend requests wait
+  until Monday (weekly cycle). ~3% of returns have a null order_id. Refunds are full for problems and abusers,
+  sometimes reduced by a restocking share for changes of mind. item_returned is false for not_received, most
+  damaged_in_transit and abusers' claims; ~2% null.
 - **Bracketers**: 5% of normal accounts order several sizes and return the rest (4x fit returns): heavy returners
   who are not abusers (flagged `bracketer` in accounts.parquet).
 - **Abuse** (~3.5% of accounts; many start only later in the period): serial returners (2.5x orders after onset,
   change-of-mind returns >= 45% of lines); wardrobing (apparel/shoes bought 1-6 days before events and holidays,
   returned 1-5 days after the event, full refund); refund without return (extra not_received / damaged claims on
-  delivered parcels, item_returned false); rings of 4-8 accounts sharing device (90%), payment (65%), address (55%)
-  values, each member only mildly elevated (2x change-of-mind/fit, a few refund-without-return claims).
+  delivered parcels, item_returned false); rings of 4-8 accounts sharing device (90%), payment (65%), address
+  (55%) values, each member only mildly elevated (2x change-of-mind/fit, a few refund-without-return claims).
 - **Links**: every account has address, device, payment, phone, email; 20% a second device (7% of those a shared
   public device used by many unrelated accounts); 12% of normal accounts live in households of 2-3 sharing an
   address (20% of those also a card, 30% a device). Sharing alone is not proof of a ring.
 - **Merchants**: ~8% of incumbents and ~18% of newcomers are risky (late deliveries, quality, or both); a third of
   them deteriorate at a random day (30-85% into the period): before it they look normal. A fifth of the normal
-  merchants have one temporary episode (30-90 days of late deliveries or defects: a carrier change, a bad batch). After onset lateness and
-  quality returns rise at once, while complaints per problem (and the merchant term of escalation) ramp up over ~6 weeks (complaints lag);
-  the same holds during episodes.
+  merchants have one temporary episode (30-90 days of late deliveries or defects: a carrier change, a bad batch).
+  After onset lateness and quality returns rise at once, while complaints per problem (and the merchant term of
+  escalation) ramp up over ~6 weeks (complaints lag); the same holds during episodes.
 - **Tickets**: from returns (by reason), from late (probability grows with lateness) and lost parcels (logistics),
-  complaints/quality cases from problems (scaled by merchant attitude), inquiries (~2.8% of orders, 30% without
-  an order) and follow-ups (unresolved cases come back). Channels chat/app/email/phone/other; angry customers call.
+  complaints/quality cases from problems (scaled by merchant attitude), inquiries (~2.8% of orders, 30% without an
+  order) and follow-ups (unresolved cases come back). Channels chat/app/email/phone/other; angry customers call.
   Escalation ~12%: logistic in case type, merchant in bad state, amount, lateness, repeat contacts in 30 days,
   abuser, daily ticket load, customer anger (reflected in the text's angry phrases) and channel. Resolution time
   lognormal (~18 h median), longer in peaks and x3 for escalated; cases open at the end have null escalated and
   resolved_at.
 - **Review decisions**: ~1.25% of accounts (30-300), decided in the first 60% of the period; 70% drawn from the
-  heaviest returners, 30% random; truth = abuser whose behaviour had started by the decision day; 5% reviewer error.
+  heaviest returners, 30% random; truth = abuser whose behaviour had started by the decision day; 5% reviewer
+  error.
 """

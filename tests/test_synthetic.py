@@ -60,6 +60,17 @@ def test_volume_follows_accounts(tmp_path):
 def test_rejects_tiny_world(tmp_path):
     with pytest.raises(ValueError, match="too small"):
         generate_world(tmp_path, accounts=10, progress=False)
+    with pytest.raises(ValueError, match="in the future"):
+        generate_world(tmp_path, start=str(pd.Timestamp.now().date()), days=90, progress=False)
+
+
+@pytest.mark.parametrize("market", ["US", "DE"])
+def test_other_markets_load_cleanly(tmp_path, market):
+    generate_world(tmp_path, accounts=300, merchants=15, start="2023-09-01", days=150, market=market, progress=False)
+    ds = load_dataset(tmp_path)
+    assert ds.n_rejected == 0 and len(ds.orders) > 1000
+    daily = ds.orders.groupby(_day(ds.orders["ordered_at"])).size()
+    assert daily[pd.Timestamp("2023-11-24")] > 2 * daily["2023-10-01":"2023-10-31"].median()  # Black Friday
 
 
 def test_loads_with_zero_rejects(world, ds):
@@ -191,7 +202,8 @@ def test_ring_members_share_links_households_share_addresses(ds, truth):
 
 def test_risky_merchants_draw_more_complaints(ds, truth):
     t = ds.tickets
-    complaints = t[t["merchant_id"].notna() & ((t["case_type"] == "complaint") | (t["escalated"] == True))]  # noqa: E712
+    is_complaint = (t["case_type"] == "complaint") | (t["escalated"] == True)  # noqa: E712
+    complaints = t[t["merchant_id"].notna() & is_complaint]
     m = truth["merchants"].set_index("merchant_id")
     m = m.join(ds.orders.groupby("merchant_id").size().rename("lines")).join(
         complaints.groupby("merchant_id").size().rename("complaints")).fillna({"lines": 0, "complaints": 0})
@@ -253,3 +265,31 @@ def test_truth_files_and_readme(world, truth):
     assert {"ticket_id", "escalation_cause"} <= set(truth["tickets"].columns)
     assert "Mechanics" in (world[0] / "truth" / "README.md").read_text()
     assert np.isclose(world[1]["abusive_accounts"], truth["accounts"]["is_abuser"].sum())
+
+
+def test_weekly_cycle_in_return_requests(ds):
+    dow = ds.returns["requested_at"].dt.day_of_week.value_counts()
+    assert dow[0] > 1.25 * dow[[1, 2, 3]].mean() and dow[[5, 6]].mean() < dow[[1, 2, 3]].mean()
+
+
+def test_merchant_episodes_raise_lateness_while_they_last(ds, truth):
+    m = truth["merchants"]
+    ep = m[m["episode_start"].notna()]
+    assert len(ep) >= 3 and not ep["risky"].any()
+    late_ep = ep[ep["episode_type"] == "late_delivery"]  # quality episodes change returns, not delivery time
+    assert len(late_ep) >= 1
+    o = ds.orders.merge(late_ep[["merchant_id", "episode_start", "episode_end"]], on="merchant_id")
+    inside = (o["ordered_at"] >= o["episode_start"]) & (o["ordered_at"] < o["episode_end"])
+    late = (o["delivered_at"] - o["promised_delivery_at"]).dt.total_seconds() / 86_400
+    assert late[inside].mean() > late[~inside].mean() + 0.5
+
+
+def test_cli_generate(tmp_path):
+    from click.testing import CliRunner
+
+    from training.cli import main
+
+    res = CliRunner().invoke(main, ["generate", "--out", str(tmp_path / "w"), "--accounts", "200", "--merchants",
+                                    "10", "--days", "90", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert "orders_rows" in res.output and (tmp_path / "w" / "truth" / "README.md").exists()
