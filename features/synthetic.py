@@ -830,7 +830,7 @@ def generate_world(out_dir: Path | str, seed: int = 42, accounts: int = 20_000, 
         "order_id": _take(order_ids, ln["order"][tl], null=~tk["has_order"]),
         "case_type": pa.array(CASE_TYPES).take(pa.array(tk["case"])),
         "channel": pa.array(CHANNELS).take(pa.array(tk["channel"])),
-        "amount": pa.array(np.round(tk["amount"], 2).astype(np.float64)),
+        "amount": pa.array(np.round(tk["amount"], 2).astype(np.float64), mask=~tk["has_order"]),  # no order, no amount
         "text": pa.array(tk["text"], type=pa.string()),
         "escalated": pa.array(tk["escalated"], mask=open_, type=pa.bool_()),
         "resolved_at": _ts(tk["resolved"], null=open_),
