@@ -1,8 +1,10 @@
 """The input data contract (``shared/CONTRACT.md``): table specs, loading and row-level validation.
 
 Every row either comes out accepted or goes to the rejects frame with its table, row number, field and the rule it
-broke; ``rows_in == accepted + rejected`` holds for every table. A file that cannot be read, or that lacks a required
-column, raises :class:`ContractError` naming the file and column.
+broke; ``rows_in == accepted + rejected`` holds for every table. A row that breaks several rules is rejected once,
+under the first rule it broke (columns in contract order, then cross-column, cross-table and uniqueness rules), and
+counted once. A file that cannot be read, or that lacks a required column, raises :class:`ContractError` naming the file
+and column.
 """
 
 from __future__ import annotations
@@ -55,6 +57,11 @@ class Column:
     unknown_to: str | None = None  # map values outside `allowed` to this value instead of rejecting
     event_time: bool = False  # a time at which something happened: must not lie in the future
 
+    @property
+    def is_id(self) -> bool:
+        """Identifier columns get export clean-up (``13085.0`` -> ``13085``); free text does not."""
+        return self.name.endswith("_id")
+
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -101,7 +108,8 @@ TABLES: dict[str, TableSpec] = {
             Column("account_id", "str"),
             Column("merchant_id", "str", required=True),
             _ts("requested_at", required=True),
-            Column("reason", "str", allowed=RETURN_REASONS, unknown_to="other"),
+            # An empty reason is "other" (the default, not counted); a reason outside the list is remapped and counted.
+            Column("reason", "str", default="other", allowed=RETURN_REASONS, unknown_to="other"),
             Column("quantity", "int", required=True, min_value=0, min_exclusive=True),
             Column("refund_amount", "float", required=True, min_value=0),
             Column("item_returned", "bool"),
@@ -164,6 +172,11 @@ class TableReport:
     rejected: int = 0
     by_rule: dict[str, int] = field(default_factory=dict)
     remapped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        """Rows in == accepted + rejected (no row is lost silently)."""
+        return self.rows_in == self.accepted + self.rejected
 
 
 @dataclass
@@ -242,10 +255,17 @@ def find_table_file(data_dir: Path, table: str) -> Path | None:
 
 def read_raw(path: Path) -> pd.DataFrame:
     """Read a table file as it is: CSV values stay strings, Parquet keeps its types."""
+    path = Path(path)
+    csv_args = {"dtype": str, "keep_default_na": False, "na_values": [""], "encoding": "utf-8"}
+    if not (path.is_dir() or path.suffix == ".parquet"):
+        try:  # the pyarrow parser is ~4x faster; anything it refuses is re-read below for a precise message
+            return pd.read_csv(path, engine="pyarrow", **csv_args)
+        except Exception:  # noqa: BLE001, S110 - the C parser below either reads it or names the problem
+            pass
     try:
         if path.is_dir() or path.suffix == ".parquet":
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+        return pd.read_csv(path, **csv_args)
     except UnicodeDecodeError as e:
         raise ContractError(path, f"cannot be read: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except pd.errors.EmptyDataError as e:
@@ -257,10 +277,22 @@ def read_raw(path: Path) -> pd.DataFrame:
 def normalise_ids(s: pd.Series) -> pd.Series:
     """IDs as strings; float-looking IDs from exports (``13085.0``) become ``13085``; blanks become null."""
     if pd.api.types.is_float_dtype(s):
-        out = s.astype("Int64").astype("string")
-    else:
-        out = s.astype("string").str.strip()
-        out = out.str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
+        # Whole floats are integer IDs written as floats; any other float keeps its text form rather than crash.
+        whole = s.notna() & (s == np.round(s))
+        out = s.astype("string")
+        if whole.any():
+            out[whole] = s[whole].astype("int64").astype("string")
+        return out
+    out = _clean_text(s)
+    dotted = out.str.contains(".", regex=False).fillna(False)  # the regex only runs where it can match
+    if dotted.any():
+        out[dotted] = out[dotted].str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
+    return out
+
+
+def _clean_text(s: pd.Series) -> pd.Series:
+    """Text as pandas strings, surrounding blanks stripped, empty values null."""
+    out = s.astype("string").str.strip()
     return out.mask(out == "", pd.NA)
 
 
@@ -284,47 +316,58 @@ def _parse_bool(s: pd.Series) -> pd.Series:
 
 def _coerce(col: Column, raw: pd.Series) -> tuple[pd.Series, pd.Series]:
     """Return the typed column and a mask of values present in the input that could not be parsed."""
-    present = raw.notna() & (raw.astype("string").str.strip() != "").fillna(False)
     if col.kind == "str":
-        return normalise_ids(raw), pd.Series(False, index=raw.index)
+        if col.allowed is not None:  # category codes: `Chat ` is chat
+            return _clean_text(raw).str.lower(), pd.Series(False, index=raw.index)
+        out = normalise_ids(raw) if col.is_id else _clean_text(raw)
+        return out, pd.Series(False, index=raw.index)
+    if pd.api.types.is_string_dtype(raw) or raw.dtype == object:
+        present = _clean_text(raw).notna()
+    else:
+        present = raw.notna()
     if col.kind == "timestamp":
         out = _parse_timestamps(raw)
     elif col.kind == "bool":
         out = _parse_bool(raw)
+    elif col.kind == "int" and pd.api.types.is_integer_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        out = raw.astype("Int64")
     else:
-        num = pd.to_numeric(raw, errors="coerce")
+        # float64 (NaN for missing) keeps the finite/whole checks simple whatever the input dtype was.
+        num = pd.to_numeric(raw, errors="coerce").astype("float64")
+        ok = np.isfinite(num)
         if col.kind == "int":
-            whole = num.notna() & np.isfinite(num) & (num == np.round(num))
-            num = num.where(whole)
-            out = num.astype("Int64")
-        else:
-            out = num.where(np.isfinite(num)).astype("Float64")
+            ok &= num == np.round(num)
+        out = num.where(ok).astype("Int64" if col.kind == "int" else "Float64")
     return out, present & out.isna()
 
 
 def _record_json(frame: pd.DataFrame) -> pd.Series:
+    """The rejected rows as they were read, one JSON object each (missing values as null)."""
+    text = frame.astype("string").astype(object)
+    text = text.where(frame.notna(), None)
     return pd.Series(
-        [json.dumps(r, default=str, ensure_ascii=False)[:2000] for r in frame.astype("string").to_dict("records")],
+        [json.dumps(r, ensure_ascii=False)[:2000] for r in text.to_dict("records")],
         index=frame.index,
     )
 
 
 class _Violations:
-    """Collects the first broken rule per row (later rules still count in the per-rule tally)."""
+    """The first broken rule per row; a row is rejected once and counted once, under that rule."""
 
     def __init__(self, index: pd.Index):
         self.field = pd.Series(pd.NA, index=index, dtype="string")
         self.rule = pd.Series(pd.NA, index=index, dtype="string")
         self.value = pd.Series(pd.NA, index=index, dtype="string")
         self.by_rule: dict[str, int] = {}
+        self.remapped: dict[str, pd.Series] = {}  # column -> rows whose unknown value was mapped
 
     def add(self, mask: pd.Series, fld: str, rule: str, values: pd.Series | None = None) -> None:
         mask = mask.fillna(False).astype(bool)
-        n = int(mask.sum())
+        new = mask & self.rule.isna()
+        n = int(new.sum())
         if not n:
             return
         self.by_rule[f"{fld}: {rule}"] = self.by_rule.get(f"{fld}: {rule}", 0) + n
-        new = mask & self.rule.isna()
         self.field[new] = fld
         self.rule[new] = rule
         if values is not None:
@@ -336,14 +379,23 @@ class _Violations:
 
 
 def validate_table(
-    spec: TableSpec, raw: pd.DataFrame, source: Path | str, now: pd.Timestamp | None = None
+    spec: TableSpec, raw: pd.DataFrame, source: Path | str, now: pd.Timestamp | None = None,
+    check_unique: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame, TableReport, _Violations]:
-    """Type and check one table; return (accepted, rejects, report, violations for cross-table rules)."""
+    """Type and check one table's own rules.
+
+    Returns ``(typed, raw, report, violations)``: ``typed`` holds every row (accepted or not) with contract types,
+    ``raw`` the rows as read (index 0..n-1), and ``violations`` the first rule each row broke. ``load_dataset`` adds
+    the cross-table rules and then splits accepted from rejected rows; ``check_unique=False`` leaves the uniqueness
+    rule to the caller so that it runs last, among rows that passed every other rule.
+    """
     source = str(source)
     missing = [c.name for c in spec.columns if c.required and c.name not in raw.columns]
     if missing:
-        raise ContractError(source, f"required column missing (table {spec.name}; columns found: "
-                            f"{', '.join(map(str, raw.columns)) or 'none'})", column=missing[0])
+        raise ContractError(source, f"required column{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(missing)} missing (table {spec.name}; columns found: "
+                            f"{', '.join(map(str, raw.columns)) or 'none'}). Add the column or rename the one "
+                            f"that holds it; see shared/CONTRACT.md", column=missing[0])
     raw = raw.reset_index(drop=True)
     now = now if now is not None else pd.Timestamp.now(tz="UTC")
     out = pd.DataFrame(index=raw.index)
@@ -363,10 +415,8 @@ def validate_table(
         if col.allowed is not None:
             outside = typed.notna() & ~typed.isin(col.allowed)
             if col.unknown_to is not None:
-                remapped = int(outside.sum()) + int((typed.isna() & ~col.required).sum())
-                if remapped:
-                    report.remapped[col.name] = remapped
-                typed = typed.where(~outside, col.unknown_to).fillna(col.unknown_to)
+                v.remapped[col.name] = outside  # counted once the rejected rows are known (see _tally)
+                typed = typed.where(~outside, col.unknown_to)
             else:
                 v.add(outside, col.name, f"must be one of {', '.join(col.allowed)}", raw[col.name])
         if col.min_value is not None:
@@ -378,20 +428,38 @@ def validate_table(
     for table, later, earlier, rule in ORDERING_RULES:
         if table == spec.name:
             v.add(out[later] < out[earlier], later, f"must be {rule.split(' ', 1)[1]}", raw.get(later))
-    if spec.unique:
-        dup = out.duplicated(list(spec.unique), keep="first") & out[list(spec.unique)].notna().all(axis=1)
-        v.add(dup & ~v.mask, "+".join(spec.unique), "must be unique (later duplicate rejected)")
+    if check_unique:
+        check_uniqueness(spec, out, v)
     extra = [c for c in raw.columns if c not in spec.names]
     for c in extra:  # columns not in the contract are kept and ignored
         out[c] = raw[c]
-    report.by_rule = dict(v.by_rule)
+    _tally(report, v)
     return out, raw, report, v
+
+
+def _tally(report: TableReport, v: _Violations) -> None:
+    """Copy rule counts into the report; remapped values count only on accepted rows, so counts match the output."""
+    report.by_rule = dict(v.by_rule)
+    report.remapped = {c: n for c, m in v.remapped.items() if (n := int((m & ~v.mask).sum()))}
+
+
+def check_uniqueness(spec: TableSpec, typed: pd.DataFrame, v: _Violations) -> None:
+    """Reject later duplicates of the table's key among rows no other rule rejected (the first valid row wins)."""
+    if not spec.unique:
+        return
+    key = list(spec.unique)
+    alive = typed.loc[~v.mask, key]
+    dup = alive.duplicated(keep="first") & alive.notna().all(axis=1)
+    v.add(dup.reindex(typed.index, fill_value=False), "+".join(key), "must be unique (later duplicate rejected)",
+          typed[key[0]])
 
 
 def _finish(spec_name: str, out: pd.DataFrame, raw: pd.DataFrame, v: _Violations, report: TableReport):
     bad = v.mask
+    _tally(report, v)
     rejects = pd.DataFrame({
         "table": spec_name,
+        # 1-based data row in the file (a CSV's header is not counted: file line = row + 1)
         "row": (raw.index[bad] + 1).astype(int),
         "field": v.field[bad].values,
         "rule": v.rule[bad].values,
@@ -448,19 +516,20 @@ def load_dataset(
             frames[name], raws[name] = empty_table(name), None
             reports[name] = TableReport(name, "")
             continue
-        out, raw, report, v = validate_table(spec, read_raw(path), path, now=now)
+        out, raw, report, v = validate_table(spec, read_raw(path), path, now=now, check_unique=False)
         frames[name], raws[name], reports[name], viols[name] = out, raw, report, v
     # Cross-table rules on returns: the order must exist when given, and the return cannot precede it.
     r, v = frames["returns"], viols["returns"]
     o_ok = frames["orders"].loc[~viols["orders"].mask]
     first_order = o_ok.groupby("order_id", observed=True)["ordered_at"].min()
     given = r["order_id"].notna()
-    known = r["order_id"].isin(first_order.index)
-    v.add(given & ~known, "order_id", "must refer to an order in orders", raws["returns"]["order_id"])
-    ordered_at = r["order_id"].map(first_order)
+    ordered_at = r["order_id"].map(first_order)  # a join, much faster than isin() on arrow strings
+    known = ordered_at.notna()
+    v.add(given & ~known, "order_id", "must refer to an accepted order in orders", raws["returns"]["order_id"])
     v.add(known & (r["requested_at"] < ordered_at), "requested_at", "must be >= the order's ordered_at",
           raws["returns"]["requested_at"])
-    reports["returns"].by_rule = dict(v.by_rule)
+    for name, viol in viols.items():  # uniqueness last: a key is taken by the first row that passed everything else
+        check_uniqueness(TABLES[name], frames[name], viol)
     accepted, rejects = {}, []
     for name in TABLES:
         if raws[name] is None:
