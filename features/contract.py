@@ -257,21 +257,26 @@ def read_raw(path: Path) -> pd.DataFrame:
     """Read a table file as it is: CSV values stay strings, Parquet keeps its types."""
     path = Path(path)
     csv_args = {"dtype": str, "keep_default_na": False, "na_values": [""], "encoding": "utf-8"}
+    frame = None
     if not (path.is_dir() or path.suffix == ".parquet"):
         try:  # the pyarrow parser is ~4x faster; anything it refuses is re-read below for a precise message
-            return pd.read_csv(path, engine="pyarrow", **csv_args)
-        except Exception:  # noqa: BLE001, S110 - the C parser below either reads it or names the problem
-            pass
+            frame = pd.read_csv(path, engine="pyarrow", **csv_args)
+        except Exception:  # noqa: BLE001 - the C parser below either reads it or names the problem
+            frame = None
     try:
-        if path.is_dir() or path.suffix == ".parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path, **csv_args)
+        if frame is None and (path.is_dir() or path.suffix == ".parquet"):
+            frame = pd.read_parquet(path)
+        elif frame is None:
+            frame = pd.read_csv(path, **csv_args)
     except UnicodeDecodeError as e:
         raise ContractError(path, f"cannot be read: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except pd.errors.EmptyDataError as e:
         raise ContractError(path, "cannot be read: the file is empty (not even a header row)") from e
     except Exception as e:  # noqa: BLE001 - any reader failure is the same user problem
         raise ContractError(path, f"cannot be read: {type(e).__name__}: {e}") from e
+    # Spreadsheet exports pad headers with blanks (and a BOM that the parsers do not always strip).
+    frame.columns = [str(c).lstrip("\ufeff").strip() for c in frame.columns]
+    return frame
 
 
 def normalise_ids(s: pd.Series) -> pd.Series:

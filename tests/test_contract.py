@@ -389,6 +389,13 @@ def test_float_ids_from_exports_become_integers(tmp_path):
 
 
 def test_float_id_column_from_parquet(tmp_path):
+    write_world(tmp_path, base_world(), fmt="parquet")
+    orders = pd.read_parquet(tmp_path / "orders.parquet")
+    orders["account_id"] = [13085.0, 13085.0, None]  # what a float export of a numeric ID looks like
+    orders.to_parquet(tmp_path / "orders.parquet", index=False)
+    ds = load_dataset(tmp_path, now=NOW)
+    assert ds.orders["account_id"].tolist()[:2] == ["13085", "13085"] and pd.isna(ds.orders["account_id"].iloc[2])
+    assert ds.orders["account_id"].dtype == "string"
     ids = normalise_ids(pd.Series([13085.0, None, 1.5]))
     assert ids.tolist() == ["13085", pd.NA, "1.5"]  # a non-whole float keeps its text instead of crashing
 
@@ -477,6 +484,23 @@ def test_corrupt_gzip_names_the_file(tmp_path):
     (tmp_path / "orders.csv").unlink()
     (tmp_path / "orders.csv.gz").write_bytes(gzip.compress(b"order_id,merchant_id\n")[:15])
     with pytest.raises(ContractError, match=r"orders\.csv\.gz: cannot be read"):
+        load_dataset(tmp_path, now=NOW)
+
+
+def test_excel_bom_padded_header_and_multiline_text(tmp_path):
+    write_world(tmp_path, base_world())
+    text = (tmp_path / "tickets.csv").read_text().replace("item too small", '"item too\nsmall"')
+    text = text.replace("ticket_id,", " ticket_id ,", 1)
+    (tmp_path / "tickets.csv").write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))  # Excel's UTF-8 BOM
+    ds = load_dataset(tmp_path, now=NOW)
+    assert ds.n_rejected == 0 and ds.tickets["text"].iloc[0] == "item too\nsmall"
+
+
+def test_ragged_csv_names_the_file(tmp_path):
+    write_world(tmp_path, base_world())
+    with (tmp_path / "orders.csv").open("a") as f:
+        f.write("o9,1,a1,m1,2024-01-10,x,1,1,GB,,,surplus,fields\n")
+    with pytest.raises(ContractError, match=r"orders\.csv: cannot be read"):
         load_dataset(tmp_path, now=NOW)
 
 
