@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     # Serial returners
     review_capacity: int = Field(50, description="Accounts the risk team can review per cycle (queue size).")
 
+    # Merchant complaint risk (training/merchant_risk.py)
+    merchant_horizon_days: int = Field(60, description="Label window: complaints per order in the days after as-of.")
+    merchant_snapshot_every_days: int = Field(14, description="Days between the as-of snapshots training uses.")
+    merchant_warmup_days: int = Field(90, description="History before the first training snapshot.")
+    merchant_test_fraction: float = Field(0.3, description="Share of the latest matured snapshots held out for test.")
+    merchant_min_label_orders: int = Field(20, description="Orders in the label window a merchant needs to be scored.")
+    merchant_new_days: int = Field(90, description="Merchants trading fewer days than this are flagged new_merchant.")
+
     @property
     def tracking_uri(self) -> str:
         """The MLflow tracking URI in force (SQLite under models/ unless configured)."""

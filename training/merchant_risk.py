@@ -1,0 +1,408 @@
+"""Merchant complaint risk: backtest over as-of snapshots, baselines, MLflow logging, and the CLI commands.
+
+The backtest builds merchant snapshots every ``merchant_snapshot_every_days`` days (features as of the day, label =
+complaints per order in the next ``merchant_horizon_days`` days). The latest matured snapshots are the test set; the
+models train only on snapshots whose label window closed before the first test as-of date (what a model trained on
+that day could have known). Both models (LambdaRank and Poisson) and both baselines (last period's complaint rate
+and count) are scored on the same test snapshots; the better model on NDCG@50 is refitted on every matured snapshot,
+registered, and promoted by the gate on NDCG@50.
+
+Metrics per test snapshot, averaged, among merchants with at least ``merchant_min_label_orders`` orders in the label
+window (a rate over fewer orders is noise): NDCG@20 and @50 with graded relevance (quantile bins of the label rate:
+top 3% = 4, 90-97% = 3, 75-90% = 2, 50-75% = 1), precision at the top decile (share of the top 10% by score whose
+label rate is in the top 10%), and Spearman correlation of score and label rate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+
+from features.contract import ContractError, load_dataset
+from features.merchants import (
+    FEATURES,
+    AsOfError,
+    MerchantEvents,
+    MerchantRiskModel,
+    build_features,
+    build_snapshots,
+    prepare_events,
+    relevance_grades,
+    sort_ranking,
+)
+from features.settings import Settings, get_settings
+
+MODEL_NAME = "merchant_risk"
+PRIMARY_METRIC = "ndcg_at_50"
+METHODS = ("lambdarank", "poisson", "baseline_rate", "baseline_count")
+BASELINES = {"baseline_rate": "baseline_rate", "baseline_count": "baseline_count"}
+TARGET_NDCG_GAIN = 0.10
+SNAPSHOT_COLUMNS = ["merchant_id", "merchant_risk_score", "merchant_risk_percentile", "expected_complaints",
+                    "late_delivery_rate", "complaint_rate_90d", "top_reason"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Snapshots and metrics
+
+
+def snapshot_dates(events: MerchantEvents, settings: Settings, matured_by: pd.Timestamp | None = None) -> list:
+    """As-of dates every ``merchant_snapshot_every_days`` whose label window closes by ``matured_by`` (data end).
+
+    Counted back from the last matured date so the newest possible snapshot is always included.
+    """
+    horizon = pd.Timedelta(days=settings.merchant_horizon_days)
+    last = (matured_by or events.end) - horizon
+    first = events.start + pd.Timedelta(days=settings.merchant_warmup_days)
+    if last < first:
+        raise ValueError(
+            f"data from {events.start.date()} to {events.end.date()} is too short: merchant risk needs "
+            f"{settings.merchant_warmup_days} days of history plus a {settings.merchant_horizon_days}-day label window"
+        )
+    step = pd.Timedelta(days=settings.merchant_snapshot_every_days)
+    dates = []
+    d = last
+    while d >= first:
+        dates.append(d)
+        d -= step
+    return sorted(dates)
+
+
+def split_dates(dates: list, settings: Settings) -> tuple[list, list]:
+    """(train, test): the latest share of snapshots is test; train labels must close before the first test date."""
+    n_test = max(1, math.ceil(len(dates) * settings.merchant_test_fraction))
+    test = dates[-n_test:]
+    horizon = pd.Timedelta(days=settings.merchant_horizon_days)
+    train = [d for d in dates if d + horizon <= test[0]]
+    if len(train) < 2:
+        raise ValueError(f"only {len(train)} training snapshots mature before the first test date {test[0].date()}: "
+                         "use data covering a longer period")
+    return train, test
+
+
+def ndcg_at_k(gains_by_score: np.ndarray, k: int) -> float:
+    """NDCG@k of relevance grades listed in the order the scores rank them (exponential gain 2^g - 1)."""
+    g = np.asarray(gains_by_score, float)
+    discount = 1.0 / np.log2(np.arange(2, min(k, len(g)) + 2))
+    dcg = np.sum((2 ** g[:k] - 1) * discount)
+    ideal = np.sum((2 ** np.sort(g)[::-1][:k] - 1) * discount)
+    return float(dcg / ideal) if ideal > 0 else float("nan")
+
+
+def ranking_metrics(frame: pd.DataFrame, score: str, min_orders: int) -> dict[str, float]:
+    """NDCG@20/@50, precision at the top decile and Spearman of ``score`` for one snapshot's merchants."""
+    from scipy.stats import spearmanr
+
+    ok = frame[frame["label_orders"] >= min_orders]
+    if len(ok) < 10:
+        return {}
+    ranked = sort_ranking(ok, score)
+    grades = relevance_grades(ranked.assign(as_of=0), min_orders).to_numpy()
+    k = max(1, math.ceil(0.1 * len(ranked)))
+    kth = np.sort(ranked["label_rate"].to_numpy())[::-1][k - 1]
+    rho = spearmanr(ranked[score], ranked["label_rate"]).statistic
+    return {"ndcg_at_20": ndcg_at_k(grades, 20), "ndcg_at_50": ndcg_at_k(grades, 50),
+            "precision_at_decile": float(np.mean(ranked["label_rate"].to_numpy()[:k] >= kth)),
+            "spearman": float(rho) if np.isfinite(rho) else float("nan")}
+
+
+def evaluate_scores(scored: pd.DataFrame, methods: list[str], min_orders: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(summary, per snapshot): each method's metrics per test snapshot and their mean over snapshots."""
+    rows = []
+    for as_of, snap in scored.groupby("as_of", sort=True):
+        for m in methods:
+            met = ranking_metrics(snap, m, min_orders)
+            if met:
+                rows.append({"as_of": as_of, "method": m, **met})
+    per = pd.DataFrame(rows)
+    if per.empty:
+        raise ValueError(f"no test snapshot has 10 merchants with {min_orders}+ orders in its label window")
+    summary = per.groupby("method", sort=False).mean(numeric_only=True).reindex(methods)
+    return summary, per
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Backtest
+
+
+@dataclass
+class Backtest:
+    """What the backtest measured: metrics per method, per snapshot, the scored test rows and the chosen model."""
+
+    summary: pd.DataFrame
+    per_snapshot: pd.DataFrame
+    scored: pd.DataFrame
+    chosen: str
+    train_dates: list
+    test_dates: list
+
+    @property
+    def best_baseline(self) -> str:
+        return str(self.summary.loc[list(BASELINES), "ndcg_at_50"].idxmax())
+
+    def gain(self, metric: str = "ndcg_at_50") -> float:
+        """The chosen model's margin over the better baseline on ``metric``."""
+        base = self.summary.loc[list(BASELINES), metric].max()
+        return float(self.summary.loc[self.chosen, metric] - base)
+
+
+def model_params(settings: Settings) -> dict:
+    """Hyperparameters of both models (one place, logged to MLflow)."""
+    return {"n_estimators": 300, "learning_rate": 0.03, "num_leaves": 15, "min_child_samples": 40,
+            "feature_fraction": 0.8, "min_label_orders": settings.merchant_min_label_orders, "num_threads": 1}
+
+
+def backtest(events: MerchantEvents, settings: Settings, echo=click.echo) -> Backtest:
+    """Train both models on early snapshots, score them and the baselines on later ones, pick by NDCG@50."""
+    dates = snapshot_dates(events, settings)
+    train_dates, test_dates = split_dates(dates, settings)
+    echo(f"  snapshots: {len(train_dates)} train ({train_dates[0].date()}..{train_dates[-1].date()}), "
+         f"{len(test_dates)} test ({test_dates[0].date()}..{test_dates[-1].date()}), "
+         f"label window {settings.merchant_horizon_days} days")
+    t0 = time.perf_counter()
+    train = build_snapshots(events, train_dates, settings.merchant_horizon_days)
+    test = build_snapshots(events, test_dates, settings.merchant_horizon_days)
+    echo(f"  features: {len(train):,} train and {len(test):,} test merchant-snapshots ({time.perf_counter() - t0:.1f}s)")
+    scored = test.copy()
+    for kind in ("lambdarank", "poisson"):
+        t0 = time.perf_counter()
+        model = MerchantRiskModel(kind=kind, **model_params(settings)).fit(train)
+        scored[kind] = model.predict(test)
+        echo(f"  fitted {kind} on {len(train):,} rows ({time.perf_counter() - t0:.1f}s)")
+    for name, col in BASELINES.items():
+        scored[name] = scored[col]
+    summary, per = evaluate_scores(scored, list(METHODS), settings.merchant_min_label_orders)
+    chosen = str(summary.loc[["lambdarank", "poisson"], PRIMARY_METRIC].idxmax())
+    return Backtest(summary, per, scored, chosen, train_dates, test_dates)
+
+
+def lift_table(scored: pd.DataFrame, methods: list[str], min_orders: int) -> pd.DataFrame:
+    """Complaint-rate lift per score decile (10 = riskiest) for each method, pooled over test snapshots."""
+    ok = scored[scored["label_orders"] >= min_orders]
+    overall = ok["label_complaints"].sum() / ok["label_orders"].sum()
+    rows = []
+    for m in methods:
+        # Deciles within each snapshot, ties by merchant_id like the ranking itself.
+        pos = ok.sort_values(["as_of", m, "merchant_id"], ascending=[True, True, False]).groupby("as_of").cumcount()
+        n = ok.groupby("as_of")["merchant_id"].transform("size").loc[pos.index]
+        decile = (np.floor(pos / n * 10) + 1).clip(1, 10).astype(int)
+        agg = ok.loc[pos.index].groupby(decile.to_numpy())[["label_complaints", "label_orders"]].sum()
+        for d, r in agg.iterrows():
+            rows.append({"method": m, "decile": int(d), "lift": r["label_complaints"] / r["label_orders"] / overall})
+    return pd.DataFrame(rows)
+
+
+def lift_figure(lift: pd.DataFrame):
+    """Lift chart: actual complaint rate of each score decile over the average, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m, part in lift.groupby("method", sort=False):
+        ax.plot(part["decile"], part["lift"], marker="o", label=m, linestyle="-" if "baseline" not in m else "--")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("score decile (10 = riskiest)")
+    ax.set_ylabel("complaint rate / average")
+    ax.set_title("Merchant complaint risk: lift on held-out later snapshots")
+    ax.set_xticks(range(1, 11))
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _log_backtest(bt: Backtest, settings: Settings) -> None:
+    """Params, metrics (every method), per-snapshot table and the lift chart into the active MLflow run."""
+    from training import registry
+
+    registry.log_params({**model_params(settings), "chosen": bt.chosen,
+                         "horizon_days": settings.merchant_horizon_days,
+                         "snapshot_every_days": settings.merchant_snapshot_every_days,
+                         "train_snapshots": len(bt.train_dates), "test_snapshots": len(bt.test_dates),
+                         "first_test_as_of": str(bt.test_dates[0].date()), "features": ",".join(FEATURES)})
+    metrics = {f"{m}_{k}": v for m, row in bt.summary.iterrows() for k, v in row.items()}
+    metrics |= {k: bt.summary.loc[bt.chosen, k] for k in bt.summary.columns}  # the chosen model's, unprefixed
+    metrics |= {"ndcg_at_50_gain_over_best_baseline": bt.gain("ndcg_at_50"),
+                "precision_at_decile_gain_over_best_baseline": bt.gain("precision_at_decile")}
+    registry.log_metrics(metrics)
+    registry.log_table(bt.per_snapshot, "tables/backtest_per_snapshot.csv")
+    registry.log_table(bt.summary.reset_index(names="method"), "tables/backtest_summary.csv")
+    lift = lift_table(bt.scored, list(METHODS), settings.merchant_min_label_orders)
+    registry.log_table(lift, "tables/lift.csv")
+    registry.log_figure(lift_figure(lift), "plots/lift.png")
+
+
+def _report(bt: Backtest, echo=click.echo) -> list[str]:
+    """Print the metric table and the targets; return the target lines."""
+    echo(bt.summary.round(4).to_string())
+    base = bt.best_baseline
+    gain = bt.gain("ndcg_at_50")
+    p_model = bt.summary.loc[bt.chosen, "precision_at_decile"]
+    p_base = bt.summary.loc[list(BASELINES), "precision_at_decile"].max()
+    lines = [
+        f"chosen model: {bt.chosen} (better NDCG@50 of the two on the test snapshots)",
+        f"target NDCG@50 >= best baseline + {TARGET_NDCG_GAIN:.2f}: {bt.summary.loc[bt.chosen, 'ndcg_at_50']:.4f} vs "
+        f"{base} {bt.summary.loc[base, 'ndcg_at_50']:.4f} (gain {gain:+.4f}) -> "
+        f"{'MET' if gain >= TARGET_NDCG_GAIN else 'NOT MET'}",
+        f"target precision@decile above the best baseline: {p_model:.4f} vs {p_base:.4f} -> "
+        f"{'MET' if p_model > p_base else 'NOT MET'}",
+    ]
+    for line in lines:
+        echo(line)
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Ranking and the serving snapshot
+
+
+def _load(data_dir: Path, out_dir: Path, echo=click.echo) -> MerchantEvents:
+    """Load and validate the data, write its rejects to ``out_dir``, and prepare the merchant events."""
+    ds = load_dataset(data_dir)
+    path = ds.write_rejects(out_dir)
+    echo(f"  {ds.n_rejected} rows rejected by the input contract (details in {path})")
+    return prepare_events(ds)
+
+
+def rank_as_of(model: MerchantRiskModel, events: MerchantEvents, as_of, settings: Settings) -> pd.DataFrame:
+    """Every merchant known on ``as_of`` ranked by the fitted model (merchants without recent orders flagged)."""
+    features = build_features(events, as_of, horizon_days=settings.merchant_horizon_days,
+                              new_merchant_days=settings.merchant_new_days)
+    return model.rank(features)
+
+
+def write_serving_snapshot(ranking: pd.DataFrame, settings: Settings) -> Path:
+    """Write the merchant snapshot ticket triage loads: ``snapshots_dir/merchants.parquet`` (SNAPSHOT_COLUMNS)."""
+    n = len(ranking)
+    # Percentile of risk: 1.0 for the riskiest merchant, by rank so ties stay deterministic.
+    pct = 1.0 - (ranking["rank"].to_numpy() - 1) / max(n, 1)
+    snap = pd.DataFrame({
+        "merchant_id": ranking["merchant_id"].astype("string"),
+        "merchant_risk_score": ranking["score"].astype(float),
+        "merchant_risk_percentile": pct,
+        "expected_complaints": ranking["expected_complaints"].astype(float),
+        "late_delivery_rate": ranking["late_delivery_rate"].astype(float),
+        "complaint_rate_90d": ranking["complaint_rate_90d"].astype(float),
+        "top_reason": ranking["reasons"].str.split("; ").str[0].astype("string"),
+    })
+    settings.snapshots_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.snapshots_dir / "merchants.parquet"
+    snap.to_parquet(path, index=False)
+    return path
+
+
+def write_ranking(ranking: pd.DataFrame, out: Path) -> Path:
+    """Write the ranking as CSV (default) or Parquet, by the file's suffix."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        ranking.to_parquet(out, index=False)
+    else:
+        ranking.to_csv(out, index=False)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def train(data_dir: Path, settings: Settings) -> dict:
+    """Backtest both models against the baselines, refit the better on every matured snapshot, register it
+    (promoted by the gate on NDCG@50) and write the serving snapshot as of the data's last day."""
+    from training import registry
+
+    data_dir = Path(data_dir)
+    events = _load(data_dir, settings.models_dir / "merchant_risk", click.echo)
+    with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
+        bt = backtest(events, settings)
+        _report(bt)
+        _log_backtest(bt, settings)
+        all_dates = snapshot_dates(events, settings)
+        click.echo(f"  refitting {bt.chosen} on all {len(all_dates)} matured snapshots")
+        final = MerchantRiskModel(kind=bt.chosen, **model_params(settings)).fit(
+            build_snapshots(events, all_dates, settings.merchant_horizon_days))
+        ranking = rank_as_of(final, events, events.end, settings)
+        registry.log_table(ranking.head(100), "tables/top_merchants.csv")
+        example = build_features(events, events.end)[list(FEATURES)].head(5)
+        result = registry.log_and_register(
+            MODEL_NAME, final, input_example=example, primary_metric=PRIMARY_METRIC,
+            metric_value=bt.summary.loc[bt.chosen, PRIMARY_METRIC], higher_is_better=True, settings=settings,
+            extra_metrics={k: bt.summary.loc[bt.chosen, k] for k in bt.summary.columns})
+    snap = write_serving_snapshot(ranking, settings)
+    s = bt.summary
+    return {
+        "model": bt.chosen, "version": result.version, "promoted": result.promoted, "gate": result.reason,
+        **{f"{m} ndcg@20/@50, p@10%, spearman": " / ".join(f"{s.loc[m, c]:.3f}" for c in s.columns) for m in METHODS},
+        "ndcg@50 gain over best baseline": round(bt.gain(), 4),
+        "merchants ranked as of": f"{len(ranking)} on {events.end.date()}", "snapshot": str(snap),
+    }
+
+
+@click.command("merchant-risk")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data folder holding the contract tables (default: AFTERSALES_DATA_DIR or data/default).")
+def evaluate_cmd(data_dir: Path | None) -> None:
+    """Backtest the merchant complaint ranking on later snapshots than it trained on, against two baselines.
+
+    Prints NDCG@20/@50, precision at the top decile and Spearman for the LambdaRank and Poisson models and for
+    last period's complaint rate and count, the targets (NDCG@50 at least 0.10 above the better baseline, precision
+    at the top decile above it), and logs all of it with a lift chart to MLflow (experiment merchant_risk).
+    """
+    from training import registry
+
+    settings = get_settings()
+    data_dir = data_dir or settings.data_dir
+    try:
+        events = _load(data_dir, settings.models_dir / "merchant_risk", click.echo)
+        with registry.start_run(MODEL_NAME, run_name="evaluate", settings=settings):
+            bt = backtest(events, settings)
+            lines = _report(bt)
+            _log_backtest(bt, settings)
+            registry.log_text("\n".join(lines), "targets.txt")
+    except (ContractError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+@click.command("rank-merchants")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data folder holding the contract tables (default: AFTERSALES_DATA_DIR or data/default).")
+@click.option("--as-of", "as_of", default=None,
+              help="Last day whose data may be used (YYYY-MM-DD; default: the data's last day).")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Ranking file to write (.csv or .parquet).")
+@click.option("--top", type=int, default=None, help="Write only the N riskiest merchants (default: all).")
+@click.option("--snapshot/--no-snapshot", default=True, show_default=True,
+              help="Also write the serving snapshot models/snapshots/merchants.parquet.")
+def rank_merchants_cmd(data_dir: Path | None, as_of: str | None, out: Path, top: int | None, snapshot: bool) -> None:
+    """Rank merchants by the complaints per order expected in the coming period, with reasons and flags.
+
+    Uses the registered champion of merchant_risk (train it with `aftersales train merchant-risk --data DIR`).
+    Writes merchant_id, score, rank, expected_complaints, reasons, flag (no_orders_in_window, new_merchant) and
+    context columns; every merchant known on the as-of date is ranked, ties broken by merchant_id.
+    """
+    from training import registry
+
+    settings = get_settings()
+    data_dir = data_dir or settings.data_dir
+    try:
+        events = _load(data_dir, out.parent, click.echo)
+        day = events.check_as_of(as_of if as_of is not None else events.end)
+        loaded = registry.load_champion(MODEL_NAME, settings=settings)
+        ranking = rank_as_of(loaded.model, events, day, settings)
+    except registry.ModelNotFound as e:
+        raise click.ClickException(str(e)) from e
+    except (ContractError, AsOfError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    if snapshot:
+        click.echo(f"  serving snapshot: {write_serving_snapshot(ranking, settings)}")
+    written = write_ranking(ranking.head(top) if top else ranking, out)
+    flagged = (ranking["flag"] != "").sum()
+    click.echo(f"ranked {len(ranking)} merchants as of {day.date()} with {MODEL_NAME} v{loaded.version} "
+               f"({flagged} flagged); wrote {min(len(ranking), top or len(ranking))} rows to {written}")
+    click.echo(ranking.head(10)[["rank", "merchant_id", "score", "expected_complaints", "flag", "reasons"]]
+               .to_string(index=False, max_colwidth=90))
