@@ -1,0 +1,1077 @@
+"""Ticket escalation features and the fitted :class:`TicketTriageModel` (scikit-learn contract, native LightGBM).
+
+A ticket is scored from what is known when it is created: its own fields (case type, channel, amount, hour, day of
+week, holiday period, first-message text), its order's context (order age, delivery lateness known at creation, the
+reason of a return requested before the ticket), the account's history and the merchant's signals.
+
+Two ways to get the same feature vector, one contract:
+
+* **Training** (:func:`build_training_features`): every history column is computed *point in time* from the data
+  folder, strictly before the ticket's ``created_at``, with :func:`account_history` and :func:`merchant_signals`.
+  The same two functions, called with ``times = snapshot time``, produce snapshot values with identical meaning.
+* **Serving** (:meth:`TicketTriageModel.score_one`, :meth:`TicketTriageModel.score_batch`): history columns come
+  from the account and merchant snapshot rows (``models/snapshots/accounts.parquet`` and ``merchants.parquet``),
+  read by *column name*: a model column and a snapshot column with the same name mean the same thing
+  (:data:`SNAPSHOT_COLUMNS`). ``score_one`` builds the vector with plain Python (no pandas per request) and calls the
+  native booster; ``score_batch`` is the vectorised twin and agrees with it to 1e-9 (tested).
+
+Time stamps are handled as integer microseconds since the epoch (UTC) on both paths, so both compute the same floats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.contract import CASE_TYPES, CHANNELS, RETURN_REASONS, Dataset
+
+Arr = np.ndarray
+Row = Mapping[str, Any]  # one ticket / account / merchant / order as a plain mapping (a JSON object, a snapshot row)
+
+DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CASE_CODE = {c: i for i, c in enumerate(CASE_TYPES)}
+CHANNEL_CODE = {c: i for i, c in enumerate(CHANNELS)}
+REASON_CODE = {r: i for i, r in enumerate(RETURN_REASONS)}
+
+# Cheap text features: keyword families (lower-case substrings) and hashed word uni/bigrams into a few buckets.
+KEYWORDS: dict[str, tuple[str, ...]] = {
+    "kw_broken": ("broken", "broke", "damaged", "cracked", "defect"),
+    "kw_fake": ("fake", "counterfeit", "not as described", "not the original"),
+    "kw_not_arrived": ("never arrived", "not arrived", "not received", "never received", "lost"),
+    "kw_late": ("late", "delay", "tracking", "where is my"),
+    "kw_repeat": ("third time", "second time", "again", "already asked", "contacted you"),
+    "kw_angry": ("unacceptable", "worst", "ridiculous", "scam", "disgusting"),
+    "kw_legal": ("lawyer", "legal", "court", "police", "consumer protection"),
+    "kw_money_back": ("money back", "refund", "chargeback"),
+}
+N_HASH = 32
+_TOKEN = re.compile(r"[a-z0-9']+")
+
+CALENDAR_FEATURES = ("is_holiday", "is_shopping_event", "event_size", "days_until_major", "days_since_major",
+                     "in_event_window")
+# Columns taken from the account and merchant snapshots at serving time (computed point in time for training).
+ACCOUNT_FEATURES = ("prior_tickets_30d", "returns_30d", "return_rate_90d", "refund_without_return_90d")
+MERCHANT_FEATURES = ("late_delivery_rate", "complaint_rate_90d")
+TICKET_FEATURES = (
+    "case_type", "channel", "amount", "has_order", "hour", "dow", *CALENDAR_FEATURES,
+    "order_age_days", "lateness_days", "delivered_by_creation", "return_reason", "days_since_return",
+    "text_len", "n_exclaim", *KEYWORDS, *(f"txt_{i:02d}" for i in range(N_HASH)),
+)
+FEATURES: tuple[str, ...] = (*TICKET_FEATURES, *ACCOUNT_FEATURES, *MERCHANT_FEATURES)
+CATEGORICAL = ("case_type", "channel", "return_reason")
+# Where each history column comes from at serving time (documented mapping; same name = same meaning).
+SNAPSHOT_COLUMNS: dict[str, str] = {
+    **{c: f"accounts.parquet:{c}" for c in ACCOUNT_FEATURES},
+    **{c: f"merchants.parquet:{c}" for c in MERCHANT_FEATURES},
+}
+# Order context a ticket may carry (or that comes from the order snapshot), in microseconds / reason name.
+ORDER_CONTEXT = ("ordered_at", "promised_delivery_at", "delivered_at", "return_reason", "return_requested_at")
+
+# Windows of the history aggregates (in days), written out so snapshots can say how they were computed.
+WINDOW_SHORT, WINDOW_LONG = 30, 90
+_IDX = {f: i for i, f in enumerate(FEATURES)}
+_NAN = float("nan")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Time helpers (integer microseconds since the epoch, UTC)
+
+
+def to_us(value: Any) -> float:
+    """One timestamp (ISO string, datetime, pd.Timestamp, epoch seconds) as float microseconds; NaN when missing.
+
+    Naive times are UTC, as in the input contract. Microseconds below 2**53 are exact in a float64.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return _NAN
+    if isinstance(value, str):
+        if not value:
+            return _NAN
+        value = datetime.fromisoformat(value)
+    elif isinstance(value, int | float):
+        return float(int(round(value * 1_000_000)))
+    if value is pd.NaT:
+        return _NAN
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a timestamp, got {type(value).__name__} {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return float((value - _EPOCH) // pd.Timedelta(microseconds=1).to_pytimedelta())
+
+
+def series_us(s: pd.Series) -> Arr:
+    """A timestamp column as float microseconds since the epoch (NaN where missing); naive values are UTC."""
+    if s.isna().all():
+        return np.full(len(s), np.nan)
+    if not isinstance(s.dtype, pd.DatetimeTZDtype):
+        if pd.api.types.is_datetime64_dtype(s.dtype):
+            s = s.dt.tz_localize("UTC")
+        else:  # ISO strings, datetimes, Timestamps (the JSON / object columns a caller sends)
+            s = pd.to_datetime(s, utc=True, format="ISO8601")
+    raw = s.dt.tz_convert("UTC").to_numpy(dtype="datetime64[us]")
+    ints = raw.view(np.int64)
+    return np.where(np.isnat(raw), np.nan, ints.astype(np.float64))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Calendar: a day -> features table, built once, so serving never calls pandas per request
+
+
+@dataclass
+class CalendarTable:
+    """Calendar features (:data:`CALENDAR_FEATURES`) per day for a market, precomputed for a range of years.
+
+    Days outside the range are computed on first use and cached (a one-off cost of milliseconds).
+    """
+
+    market: str
+    summer_sale: str = "07-15"
+    summer_sale_days: int = 3
+    first_year: int = 2010
+    last_year: int = 2040
+
+    def __post_init__(self) -> None:
+        self._first_day = int(pd.Timestamp(f"{self.first_year}-01-01").value // (DAY_US * 1000))
+        self._values = self._compute(pd.Timestamp(f"{self.first_year}-01-01"),
+                                     pd.Timestamp(f"{self.last_year}-12-31"))
+        self._extra: dict[int, tuple[float, ...]] = {}
+
+    def _compute(self, start: pd.Timestamp, end: pd.Timestamp) -> Arr:
+        from features.calendar import calendar_features
+        from features.settings import Settings
+
+        settings = Settings(market=self.market, summer_sale=self.summer_sale, summer_sale_days=self.summer_sale_days)
+        cal = calendar_features(pd.date_range(start, end, freq="D"), self.market, settings)
+        return cal[list(CALENDAR_FEATURES)].to_numpy(dtype=np.float64)
+
+    def _outside(self, day: int) -> tuple[float, ...]:
+        if day not in self._extra:
+            ts = pd.Timestamp(day * DAY_US * 1000)
+            self._extra[day] = tuple(float(v) for v in self._compute(ts, ts)[0])
+        return self._extra[day]
+
+    def day(self, day: int) -> tuple[float, ...] | list[float]:
+        """Calendar features of one day (days since the epoch)."""
+        i = day - self._first_day
+        if 0 <= i < len(self._values):
+            return self._values[i].tolist()
+        return self._outside(day)
+
+    def days(self, days: Arr) -> Arr:
+        """Calendar features of many days (int array of days since the epoch), shape (n, 6)."""
+        i = days.astype(np.int64) - self._first_day
+        inside = (i >= 0) & (i < len(self._values))
+        out = np.empty((len(days), len(CALENDAR_FEATURES)), dtype=np.float64)
+        out[inside] = self._values[i[inside]]
+        for k in np.flatnonzero(~inside):
+            out[k] = self._outside(int(days[k]))
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Text
+
+
+def text_features(text: str | None) -> list[float]:
+    """Length, exclamation marks, keyword-family flags and hashed word uni/bigram counts of a first message.
+
+    Hashing uses crc32 (stable across processes, unlike ``hash``), so training and serving bucket alike.
+    """
+    if not text or not isinstance(text, str):
+        return [0.0] * (2 + len(KEYWORDS) + N_HASH)
+    low = text.lower()
+    out = [float(len(text)), float(text.count("!"))]
+    out += [1.0 if any(k in low for k in kws) else 0.0 for kws in KEYWORDS.values()]
+    buckets = [0.0] * N_HASH
+    tokens = _TOKEN.findall(low)
+    for tok in tokens:
+        buckets[zlib.crc32(tok.encode()) % N_HASH] += 1.0
+    for a, b in zip(tokens, tokens[1:], strict=False):
+        buckets[zlib.crc32(f"{a} {b}".encode()) % N_HASH] += 1.0
+    return out + buckets
+
+
+def text_matrix(texts: pd.Series | Sequence[str | None]) -> Arr:
+    """:func:`text_features` for many messages (each distinct text is processed once)."""
+    s = pd.Series(texts, dtype="object")
+    codes, uniques = pd.factorize(s, use_na_sentinel=True)
+    table = np.array([text_features(t) for t in uniques] + [text_features(None)], dtype=np.float64)
+    return table[np.where(codes < 0, len(uniques), codes)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Assembling the feature vector: one row (plain Python) and many rows (numpy), same arithmetic
+
+
+def _code(table: Mapping[str, int], value: Any) -> float:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return _NAN
+    return float(table.get(str(value), table.get("other", -1)))
+
+
+def _num(value: Any) -> float:
+    """A number from a JSON value or snapshot cell; None/NA/NaN/unparseable -> NaN."""
+    if value is None or value is pd.NA:
+        return _NAN
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return _NAN
+
+
+def _order_part(created: float, ordered: float, promised: float, delivered: float, rr_code: float,
+                rr_time: float) -> list[float]:
+    """Order age, delivery lateness as known at creation, return reason and its age (one ticket)."""
+    if math.isnan(ordered):
+        age = lateness = by_creation = _NAN
+    else:
+        age = (created - ordered) / DAY_US
+        known = not math.isnan(delivered) and delivered <= created  # a delivery after creation is not known yet
+        by_creation = 1.0 if known else 0.0
+        lateness = _NAN if math.isnan(promised) else ((delivered if known else created) - promised) / DAY_US
+    if math.isnan(rr_time) or rr_time > created:  # only returns requested before the ticket
+        rr_code = since = _NAN
+    else:
+        since = (created - rr_time) / DAY_US
+    return [age, lateness, by_creation, rr_code, since]
+
+
+def _order_part_batch(created: Arr, ordered: Arr, promised: Arr, delivered: Arr, rr_code: Arr, rr_time: Arr) -> Arr:
+    """Vectorised :func:`_order_part`."""
+    has = ~np.isnan(ordered)
+    known = ~np.isnan(delivered) & (delivered <= created)
+    age = np.where(has, (created - ordered) / DAY_US, np.nan)
+    by_creation = np.where(has, known.astype(np.float64), np.nan)
+    end = np.where(known, delivered, created)
+    lateness = np.where(has & ~np.isnan(promised), (end - promised) / DAY_US, np.nan)
+    ok = ~np.isnan(rr_time) & (rr_time <= created)
+    since = np.where(ok, (created - rr_time) / DAY_US, np.nan)
+    return np.column_stack([age, lateness, by_creation, np.where(ok, rr_code, np.nan), since])
+
+
+def assemble_one(ticket: Row, order: Row | None, account: Row | None, merchant: Row | None,
+                 calendar: CalendarTable) -> list[float]:
+    """The feature vector (:data:`FEATURES` order) of one ticket, in plain Python.
+
+    ``order`` holds :data:`ORDER_CONTEXT` values (a ticket's own fields of those names take precedence);
+    ``account`` / ``merchant`` hold the history columns by name; a missing mapping or column gives NaN.
+    """
+    created = to_us(ticket.get("created_at"))
+    if math.isnan(created):
+        raise ValueError("ticket.created_at is required (ISO 8601 timestamp)")
+    c = int(created)
+    ctx = {k: ticket[k] if ticket.get(k) is not None else (order or {}).get(k) for k in ORDER_CONTEXT}
+    has_order = 0.0 if ticket.get("order_id") in (None, "") else 1.0
+    day = c // DAY_US
+    vec = [_code(CASE_CODE, ticket.get("case_type")), _code(CHANNEL_CODE, ticket.get("channel")),
+           _num(ticket.get("amount")), has_order, float((c // HOUR_US) % 24), float((day + 3) % 7)]
+    vec += calendar.day(day)
+    vec += _order_part(created, to_us(ctx["ordered_at"]), to_us(ctx["promised_delivery_at"]),
+                       to_us(ctx["delivered_at"]), _code(REASON_CODE, ctx["return_reason"]),
+                       to_us(ctx["return_requested_at"]))
+    vec += text_features(ticket.get("text"))
+    acc = account or {}
+    # A ticket may carry fresher counts than the snapshot (the ticket system knows its own contacts).
+    vec += [_num(ticket[f] if ticket.get(f) is not None else acc.get(f)) for f in ACCOUNT_FEATURES]
+    mer = merchant or {}
+    vec += [_num(mer.get(f)) for f in MERCHANT_FEATURES]
+    return vec
+
+
+def _codes(s: pd.Series, table: Mapping[str, int]) -> Arr:
+    vals = s.astype("object")
+    mapped = vals.map(lambda v: table.get(str(v), table.get("other", -1)) if isinstance(v, str) else np.nan)
+    return mapped.to_numpy(dtype=np.float64)
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index, dtype="float64")
+
+
+def _numbers(frame: pd.DataFrame, name: str) -> Arr:
+    return pd.to_numeric(_column(frame, name), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def assemble_batch(tickets: pd.DataFrame, context: pd.DataFrame, history: pd.DataFrame,
+                   calendar: CalendarTable) -> Arr:
+    """The feature matrix (n, len(FEATURES)) of many tickets; rows aligned across the three frames.
+
+    ``context`` has :data:`ORDER_CONTEXT` columns (times as timestamps, reason as text); ``history`` has the
+    :data:`ACCOUNT_FEATURES` and :data:`MERCHANT_FEATURES` columns (NaN where unknown).
+    """
+    n = len(tickets)
+    created = series_us(tickets["created_at"])
+    if np.isnan(created).any():
+        raise ValueError("tickets.created_at is required (ISO 8601 timestamp) for every ticket")
+    c = created.astype(np.int64)
+    day = c // DAY_US
+    if "order_id" in tickets:
+        oid = tickets["order_id"].astype("object")
+        has_order = (oid.notna() & (oid != "")).to_numpy(dtype=bool)
+    else:
+        has_order = np.zeros(n, bool)
+    times = {k: series_us(_column(context, k)) if k in context else np.full(n, np.nan)
+             for k in ("ordered_at", "promised_delivery_at", "delivered_at", "return_requested_at")}
+    rr = _codes(_column(context, "return_reason"), REASON_CODE)
+    parts = [
+        np.column_stack([_codes(tickets["case_type"], CASE_CODE), _codes(tickets["channel"], CHANNEL_CODE),
+                         _numbers(tickets, "amount"), has_order.astype(np.float64),
+                         ((c // HOUR_US) % 24).astype(np.float64), ((day + 3) % 7).astype(np.float64)]),
+        calendar.days(day),
+        _order_part_batch(created, times["ordered_at"], times["promised_delivery_at"], times["delivered_at"], rr,
+                          times["return_requested_at"]),
+        text_matrix(_column(tickets, "text")),
+        np.column_stack([_numbers(history, f) for f in (*ACCOUNT_FEATURES, *MERCHANT_FEATURES)]),
+    ]
+    return np.hstack(parts)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Point-in-time history (training, and snapshots with times = snapshot time)
+
+
+def _keys(*series: pd.Series) -> list[Arr]:
+    """Integer codes of IDs shared across several columns (-1 for missing)."""
+    allv = pd.concat([s.astype("string").reset_index(drop=True) for s in series], ignore_index=True)
+    codes, _ = pd.factorize(allv, use_na_sentinel=True)
+    out, start = [], 0
+    for s in series:
+        out.append(codes[start:start + len(s)].astype(np.int64))
+        start += len(s)
+    return out
+
+
+def window_sum(ev_key: Arr, ev_time: Arr, ev_weight: Arr, q_key: Arr, q_time: Arr, window_days: float) -> Arr:
+    """For each query (key, time): the sum of event weights with the same key and time in [time - window, time).
+
+    Strictly before the query time, so an event at the query's own instant (the ticket itself) never counts.
+    Exact at microsecond resolution: times are replaced by their rank among all the times involved.
+    """
+    ok = (ev_key >= 0) & ~np.isnan(ev_time)
+    ev_key, ev_time, ev_weight = ev_key[ok], ev_time[ok], ev_weight[ok]
+    lo_time = q_time - window_days * DAY_US
+    uniq = np.unique(np.concatenate([ev_time, q_time, lo_time]))
+    m = np.int64(len(uniq) + 1)
+    comp = ev_key * m + np.searchsorted(uniq, ev_time)
+    order = np.argsort(comp, kind="stable")
+    comp = comp[order]
+    cum = np.concatenate([[0.0], np.cumsum(ev_weight[order], dtype=np.float64)])
+    qk = np.maximum(q_key, 0)
+    hi = np.searchsorted(comp, qk * m + np.searchsorted(uniq, q_time), side="left")
+    lo = np.searchsorted(comp, qk * m + np.searchsorted(uniq, lo_time), side="left")
+    return np.where(q_key >= 0, cum[hi] - cum[lo], np.nan)
+
+
+def account_history(ds: Dataset, account_ids: pd.Series, times: Arr) -> pd.DataFrame:
+    """The account columns of :data:`ACCOUNT_FEATURES` as of each time (strictly before it), point in time.
+
+    * ``prior_tickets_30d``: the account's tickets created in the 30 days before;
+    * ``returns_30d``: its return requests in the 30 days before;
+    * ``return_rate_90d``: return requests / order lines in the 90 days before (lines 0 -> divided by 1);
+    * ``refund_without_return_90d``: its return requests with item_returned false in the 90 days before.
+
+    Guests (null account_id) get NaN. ``times`` are float microseconds (see :func:`series_us`).
+    """
+    o, r, t = ds.orders, ds.returns, ds.tickets
+    q, ko, kr, kt = _keys(account_ids, o["account_id"], r["account_id"], t["account_id"])
+    o_t, r_t, t_t = series_us(o["ordered_at"]), series_us(r["requested_at"]), series_us(t["created_at"])
+    ones_r = np.ones(len(r))
+    rwr = (r["item_returned"] == False).fillna(False).to_numpy(dtype=np.float64)  # noqa: E712 — nullable bool
+    lines = window_sum(ko, o_t, np.ones(len(o)), q, times, WINDOW_LONG)
+    ret90 = window_sum(kr, r_t, ones_r, q, times, WINDOW_LONG)
+    return pd.DataFrame({
+        "prior_tickets_30d": window_sum(kt, t_t, np.ones(len(t)), q, times, WINDOW_SHORT),
+        "returns_30d": window_sum(kr, r_t, ones_r, q, times, WINDOW_SHORT),
+        "return_rate_90d": ret90 / np.maximum(lines, 1.0),
+        "refund_without_return_90d": window_sum(kr, r_t, rwr, q, times, WINDOW_LONG),
+    }, index=account_ids.index)
+
+
+def order_table(orders: pd.DataFrame) -> pd.DataFrame:
+    """One row per order: first ordered_at, latest promise, delivered_at (null unless every line was delivered)."""
+    g = orders.groupby("order_id", sort=False, observed=True)
+    out = pd.DataFrame({
+        "merchant_id": g["merchant_id"].first(),
+        "ordered_at": g["ordered_at"].min(),
+        "promised_delivery_at": g["promised_delivery_at"].max(),
+        "delivered_at": g["delivered_at"].max(),
+    })
+    pending = g["delivered_at"].count() < g.size()
+    out.loc[pending, "delivered_at"] = pd.NaT
+    return out
+
+
+def _complaints(tickets: pd.DataFrame) -> tuple[pd.Series, Arr]:
+    """Merchant complaints (contract: a complaint case with a merchant, or an escalated case with a merchant)
+    and the time each became known: a complaint case when opened, an escalation when the case closed."""
+    t = tickets[tickets["merchant_id"].notna()]
+    is_complaint = (t["case_type"] == "complaint").to_numpy()
+    escalated = t["escalated"].fillna(False).to_numpy(dtype=bool)
+    created, resolved = series_us(t["created_at"]), series_us(t["resolved_at"])
+    # An escalation without a close time is taken as known a week after opening (contract allows it; rare).
+    known = np.where(is_complaint, created, np.where(np.isnan(resolved), created + 7 * DAY_US, resolved))
+    keep = is_complaint | escalated
+    return t["merchant_id"][keep], known[keep]
+
+
+def merchant_signals(ds: Dataset, merchant_ids: pd.Series, times: Arr, orders: pd.DataFrame | None = None
+                     ) -> pd.DataFrame:
+    """The merchant columns of :data:`MERCHANT_FEATURES` as of each time (strictly before it), point in time.
+
+    * ``late_delivery_rate``: of the merchant's orders whose promised delivery fell in the 90 days before, the share
+      not delivered by the promise (a late order is known to be late from the promised time on);
+    * ``complaint_rate_90d``: merchant complaints that became known in the 90 days before / orders placed in them.
+
+    NaN when the merchant had no orders in the window (new or unknown merchants). ``orders`` is
+    :func:`order_table` of ``ds.orders`` when the caller already has it.
+    """
+    ot = order_table(ds.orders) if orders is None else orders
+    c_ids, c_time = _complaints(ds.tickets)
+    q, ko, kc = _keys(merchant_ids, ot["merchant_id"], c_ids)
+    promised = series_us(ot["promised_delivery_at"])
+    delivered = series_us(ot["delivered_at"])
+    late = (np.isnan(delivered) | (delivered > promised)).astype(np.float64)
+    due = window_sum(ko, promised, np.ones(len(ot)), q, times, WINDOW_LONG)
+    n_late = window_sum(ko, promised, late, q, times, WINDOW_LONG)
+    placed = window_sum(ko, series_us(ot["ordered_at"]), np.ones(len(ot)), q, times, WINDOW_LONG)
+    n_compl = window_sum(kc, c_time, np.ones(len(c_time)), q, times, WINDOW_LONG)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return pd.DataFrame({
+            "late_delivery_rate": np.where(due > 0, n_late / due, np.nan),
+            "complaint_rate_90d": np.where(placed > 0, n_compl / placed, np.nan),
+        }, index=merchant_ids.index)
+
+
+def us_series(values: Arr, index: pd.Index | None = None) -> pd.Series:
+    """Float microseconds since the epoch (NaN = missing) back to a ``datetime64[us, UTC]`` column, exactly."""
+    ints = np.where(np.isnan(values), np.iinfo(np.int64).min, values).astype(np.int64)  # int64 min is NaT
+    return pd.Series(ints.view("datetime64[us]"), index=index).dt.tz_localize("UTC")
+
+
+def latest_before(ev_key: Arr, ev_time: Arr, q_key: Arr, q_time: Arr) -> Arr:
+    """For each query (key, time): the index of the latest event with that key at or before the time, else -1."""
+    if len(ev_key) == 0:
+        return np.full(len(q_key), -1, dtype=np.int64)
+    uniq = np.unique(np.concatenate([ev_time, q_time]))
+    m = np.int64(len(uniq) + 1)
+    comp = ev_key * m + np.searchsorted(uniq, ev_time)
+    order = np.argsort(comp, kind="stable")
+    comp = comp[order]
+    qk = np.maximum(q_key, 0)
+    j = np.searchsorted(comp, qk * m + np.searchsorted(uniq, q_time), side="right") - 1
+    jj = np.maximum(j, 0)
+    hit = (q_key >= 0) & (j >= 0) & (comp[jj] // m == qk)
+    return np.where(hit, order[jj], -1)
+
+
+def order_context(ds: Dataset, order_ids: pd.Series, times: Arr, orders: pd.DataFrame | None = None
+                  ) -> pd.DataFrame:
+    """:data:`ORDER_CONTEXT` of each (order, time): the order's times, and its latest return requested by then.
+
+    A delivery after ``time`` is left in (the feature code ignores deliveries after the ticket's creation); the
+    return is the latest one requested at or before ``time`` (later returns are invisible).
+    """
+    ot = order_table(ds.orders) if orders is None else orders
+    pos = pd.Index(ot.index.astype("string")).get_indexer(order_ids.astype("string"))
+    out = pd.DataFrame(index=order_ids.index)
+    for col in ("ordered_at", "promised_delivery_at", "delivered_at"):
+        vals = series_us(ot[col])
+        out[col] = us_series(np.where(pos >= 0, vals[np.maximum(pos, 0)] if len(vals) else np.nan, np.nan),
+                             order_ids.index)
+    r = ds.returns[ds.returns["order_id"].notna()]
+    q, kr = _keys(order_ids, r["order_id"])
+    r_t = series_us(r["requested_at"])
+    src = latest_before(kr, r_t, q, times)
+    hit, s = src >= 0, np.maximum(src, 0)
+    reasons = r["reason"].astype("object").to_numpy()
+    out["return_reason"] = pd.Series(np.where(hit, reasons[s] if len(r) else None, None), index=order_ids.index,
+                                     dtype="object")
+    out["return_requested_at"] = us_series(np.where(hit, r_t[s] if len(r) else np.nan, np.nan), order_ids.index)
+    return out
+
+
+@dataclass
+class TicketFeatures:
+    """Training features of labelled and unlabelled tickets, in time order (``X`` and ``meta`` share the index)."""
+
+    X: pd.DataFrame  # FEATURES columns
+    meta: pd.DataFrame  # ticket_id, created_at, resolved_at, case_type, account_id, merchant_id, escalated
+
+
+def build_training_features(ds: Dataset, calendar: CalendarTable, progress: Any = None) -> TicketFeatures:
+    """Point-in-time features of every ticket in ``ds`` (nothing known after a ticket's creation is used).
+
+    ``progress`` is an optional callable taking a message (e.g. ``click.echo``).
+    """
+    say = progress or (lambda _msg: None)
+    t = ds.tickets.sort_values(["created_at", "ticket_id"], kind="stable").reset_index(drop=True)
+    if t.empty:
+        raise ValueError(f"{ds.source}: no tickets (tickets.parquet/.csv absent or every row rejected); "
+                         "the escalation model needs the tickets table")
+    times = series_us(t["created_at"])
+    say(f"features: order context of {len(t):,} tickets")
+    ot = order_table(ds.orders)
+    ctx = order_context(ds, t["order_id"], times, ot)
+    say("features: account history (point in time)")
+    acc = account_history(ds, t["account_id"], times)
+    say("features: merchant signals (point in time)")
+    mer = merchant_signals(ds, t["merchant_id"], times, ot)
+    say("features: ticket, calendar and text")
+    X = assemble_batch(t, ctx, pd.concat([acc, mer], axis=1), calendar)
+    meta = t[["ticket_id", "created_at", "resolved_at", "case_type", "channel", "account_id", "merchant_id",
+              "amount", "escalated"]].copy()
+    return TicketFeatures(pd.DataFrame(X, columns=list(FEATURES)), meta)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Snapshots for serving: the same point-in-time functions, evaluated at the snapshot time
+
+SNAPSHOT_FILES = {"accounts": "ticket_triage_accounts.parquet", "merchants": "ticket_triage_merchants.parquet",
+                  "orders": "ticket_triage_orders.parquet"}
+ORDER_SNAPSHOT_DAYS = 180  # tickets about older orders are rare; older orders score with unknown order context
+
+
+def data_end(ds: Dataset) -> pd.Timestamp:
+    """The last instant the data folder knows about (latest order, return, ticket or resolution), plus 1 µs."""
+    parts = [ds.orders["ordered_at"], ds.returns["requested_at"], ds.tickets["created_at"], ds.tickets["resolved_at"]]
+    last = max(s.max() for s in parts if s.notna().any())
+    return last + pd.Timedelta(microseconds=1)
+
+
+def feature_snapshots(ds: Dataset, as_of: pd.Timestamp) -> dict[str, pd.DataFrame]:
+    """Account, merchant and order context as of ``as_of``, computed by the training functions (no train/serve skew).
+
+    accounts: account_id + :data:`ACCOUNT_FEATURES` (accounts active in the last 90 days; others are new: zeros);
+    merchants: merchant_id + :data:`MERCHANT_FEATURES`; orders: order_id + :data:`ORDER_CONTEXT` for orders placed
+    in the last :data:`ORDER_SNAPSHOT_DAYS` days, with deliveries and returns after ``as_of`` hidden.
+    """
+    as_of = pd.Timestamp(as_of)
+    at = to_us(as_of)
+    lo = as_of - pd.Timedelta(days=WINDOW_LONG)
+    ids = pd.concat([ds.orders.loc[ds.orders["ordered_at"] >= lo, "account_id"],
+                     ds.returns.loc[ds.returns["requested_at"] >= lo, "account_id"],
+                     ds.tickets.loc[ds.tickets["created_at"] >= lo, "account_id"]]).dropna().astype("string")
+    acc_ids = pd.Series(pd.unique(ids), dtype="string", name="account_id")
+    acc = account_history(ds, acc_ids, np.full(len(acc_ids), at)).assign(account_id=acc_ids)
+    ot = order_table(ds.orders)
+    mer_ids = pd.Series(pd.unique(ot["merchant_id"].astype("string")), dtype="string", name="merchant_id")
+    mer = merchant_signals(ds, mer_ids, np.full(len(mer_ids), at), ot).assign(merchant_id=mer_ids)
+    recent = ot[(ot["ordered_at"] >= as_of - pd.Timedelta(days=ORDER_SNAPSHOT_DAYS)) & (ot["ordered_at"] < as_of)]
+    o_ids = pd.Series(recent.index.astype("string"), dtype="string", name="order_id")
+    ctx = order_context(ds, o_ids, np.full(len(o_ids), at), ot)
+    ctx.loc[ctx["delivered_at"] >= as_of, "delivered_at"] = pd.NaT  # not delivered yet as of the snapshot
+    ctx.insert(0, "order_id", o_ids)
+    return {"accounts": acc[["account_id", *ACCOUNT_FEATURES]], "merchants": mer[["merchant_id", *MERCHANT_FEATURES]],
+            "orders": ctx.reset_index(drop=True)}
+
+
+@dataclass
+class ServingSnapshots:
+    """Account, merchant and order rows for scoring, keyed by ID (plain dicts, so a lookup costs no pandas)."""
+
+    accounts: dict[str, dict[str, Any]]
+    merchants: dict[str, dict[str, Any]]
+    orders: dict[str, dict[str, Any]]
+    sources: dict[str, list[str]]  # which files each came from
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        """The same rows as data frames indexed by ID (for :meth:`TicketTriageModel.score_batch`)."""
+        return {k: pd.DataFrame.from_dict(getattr(self, k), orient="index") for k in ("accounts", "merchants",
+                                                                                       "orders")}
+
+
+def _read_keyed(paths: list, key: str) -> tuple[pd.DataFrame, list[str]]:
+    """Outer-join the snapshot files that exist on ``key``; a later file's columns win where names clash."""
+    out, used = None, []
+    for p in paths:
+        if not p.exists():
+            continue
+        f = pd.read_parquet(p)
+        if key not in f.columns:
+            raise ValueError(f"{p}: snapshot lacks its key column '{key}'; rewrite it with `aftersales train`")
+        f = f.drop_duplicates(key, keep="last").set_index(f[key].astype("string")).drop(columns=[key])
+        out = f if out is None else out.drop(columns=[c for c in f.columns if c in out.columns]).join(f, how="outer")
+        used.append(str(p))
+    return (out if out is not None else pd.DataFrame()), used
+
+
+def load_serving_snapshots(snapshots_dir) -> ServingSnapshots:
+    """Read the snapshots serving needs for triage from ``snapshots_dir`` (settings.snapshots_dir).
+
+    Accounts: ``accounts.parquet`` (serial returners: abuse_score, abuse_percentile, ...) joined with
+    ``ticket_triage_accounts.parquet`` (the model's history columns, computed by the training function, which win on
+    shared names). Merchants: ``merchants.parquet`` (merchant risk) joined with ``ticket_triage_merchants.parquet``.
+    Orders: ``ticket_triage_orders.parquet``. Missing files give empty lookups (scoring then reports defaults).
+    """
+    from pathlib import Path
+
+    d = Path(snapshots_dir)
+    acc, acc_src = _read_keyed([d / "accounts.parquet", d / SNAPSHOT_FILES["accounts"]], "account_id")
+    mer, mer_src = _read_keyed([d / "merchants.parquet", d / SNAPSHOT_FILES["merchants"]], "merchant_id")
+    orders, o_src = _read_keyed([d / SNAPSHOT_FILES["orders"]], "order_id")
+
+    def rows(f: pd.DataFrame) -> dict[str, dict[str, Any]]:
+        f = f.astype(object).where(f.notna(), None)
+        return {str(k): v for k, v in zip(f.index, f.to_dict("records"), strict=True)}
+
+    return ServingSnapshots(rows(acc), rows(mer), rows(orders),
+                            {"accounts": acc_src, "merchants": mer_src, "orders": o_src})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reasons a person reads, from feature values (pred_contrib costs ~1.2 ms per row: too slow for the hot path)
+
+ReasonRule = tuple[str, str]  # (code, description of when it fires)
+REASON_RULES: tuple[ReasonRule, ...] = (
+    ("case_type", "the case type escalates at least 1.5x as often as tickets overall (learned on training data)"),
+    ("channel", "the contact channel escalates at least 1.3x as often as tickets overall"),
+    ("late_delivery", "the parcel was 2+ days late when the ticket was opened (delivered late or still on its way)"),
+    ("return_reason", "the order's return reason escalates at least 1.3x as often as tickets overall"),
+    ("repeat_contact", "the customer opened another ticket in the last 30 days"),
+    ("angry_message", "the first message is angry (!, strong words) or threatens legal action"),
+    ("repeat_in_text", "the first message says it is a repeated contact"),
+    ("high_amount", "the amount is in the top 10% of tickets"),
+    ("merchant_late", "the merchant's 90-day late-delivery rate is in the top 10% of tickets"),
+    ("merchant_complaints", "the merchant's 90-day complaint rate is in the top 10% of tickets"),
+    ("account_returns", "the account's 30-day returns or refunds without return are in the top 10% of tickets"),
+    ("peak_period", "the ticket was opened in a holiday/shopping-event peak window"),
+)
+REASON_CODES = tuple(code for code, _ in REASON_RULES)
+
+
+def _g(v: Any, name: str) -> Any:
+    """Feature ``name`` of a row vector (list) or a feature matrix (2-D array: a column)."""
+    i = _IDX[name]
+    return v[:, i] if isinstance(v, np.ndarray) and v.ndim == 2 else v[i]
+
+
+def _lift_of(table: Arr, code: Any) -> Any:
+    """Lift of a categorical code from a lookup table (codes may be NaN: lift 0)."""
+    if isinstance(code, np.ndarray):
+        ok = ~np.isnan(code)
+        out = np.zeros(len(code))
+        out[ok] = table[code[ok].astype(np.int64)]
+        return out
+    return 0.0 if math.isnan(code) else float(table[int(code)])
+
+
+class TicketTriageModel:
+    """Escalation probability of a new ticket: LightGBM binary classifier plus isotonic (or Platt) calibration.
+
+    scikit-learn contract: ``__init__`` stores parameters, ``fit(X, y)`` learns (``X`` = :data:`FEATURES` columns in
+    time order: the last ``calibration_fraction`` of the rows is the later slice used for early stopping and
+    calibration), ``predict(X)`` returns calibrated probabilities. Serving uses :meth:`score_one` (one ticket, plain
+    Python, native booster, well under 1 ms) and :meth:`score_batch` (vectorised); both give the same numbers.
+    """
+
+    def __init__(self, num_boost_round: int = 1000, learning_rate: float = 0.05, num_leaves: int = 31,
+                 min_child_samples: int = 50, feature_fraction: float = 0.8, bagging_fraction: float = 0.8,
+                 lambda_l2: float = 1.0, early_stopping_rounds: int = 50, calibration: str = "isotonic",
+                 calibration_fraction: float = 0.2, num_threads: int = 2, seed: int = 0, market: str = "CN",
+                 summer_sale: str = "07-15", summer_sale_days: int = 3):
+        self.num_boost_round = num_boost_round
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.feature_fraction = feature_fraction
+        self.bagging_fraction = bagging_fraction
+        self.lambda_l2 = lambda_l2
+        self.early_stopping_rounds = early_stopping_rounds
+        self.calibration = calibration
+        self.calibration_fraction = calibration_fraction
+        self.num_threads = num_threads
+        self.seed = seed
+        self.market = market
+        self.summer_sale = summer_sale
+        self.summer_sale_days = summer_sale_days
+
+    # ---- fitting -----------------------------------------------------------------------------------------------
+
+    def _matrix(self, X: pd.DataFrame | Arr) -> Arr:
+        if isinstance(X, pd.DataFrame):
+            missing = [f for f in FEATURES if f not in X.columns]
+            if missing:
+                raise ValueError(f"ticket feature frame lacks columns {missing[:5]}: build it with "
+                                 "features.tickets.build_training_features")
+            return X[list(FEATURES)].to_numpy(dtype=np.float64)
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != len(FEATURES):
+            raise ValueError(f"expected a (n, {len(FEATURES)}) feature matrix, got shape {X.shape}")
+        return X
+
+    def fit(self, X: pd.DataFrame | Arr, y) -> TicketTriageModel:
+        """Fit booster and calibrator on ``X`` (time-ordered feature rows) and ``y`` (1 = escalated)."""
+        import lightgbm as lgb
+
+        if self.calibration not in ("isotonic", "platt"):
+            raise ValueError(f"calibration must be 'isotonic' or 'platt', got {self.calibration!r}")
+        Xm = self._matrix(X)
+        y = np.asarray(y, dtype=np.float64)
+        if len(y) != len(Xm) or np.isnan(y).any() or not np.isin(y, (0.0, 1.0)).all():
+            raise ValueError("y must be 0/1 labels, one per row of X, with no missing values "
+                             "(drop unlabelled tickets first)")
+        n_cal = int(round(len(y) * self.calibration_fraction))
+        if n_cal < 50 or len(y) - n_cal < 100 or y[:-n_cal].min() == y[:-n_cal].max():
+            raise ValueError(f"too few labelled tickets to fit and calibrate ({len(y)} rows, {int(y.sum())} "
+                             "escalated): need a few hundred with both outcomes")
+        fit_X, fit_y, cal_X, cal_y = Xm[:-n_cal], y[:-n_cal], Xm[-n_cal:], y[-n_cal:]
+        params = {
+            "objective": "binary", "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_child_samples, "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction, "bagging_freq": 1, "lambda_l2": self.lambda_l2,
+            "cat_smooth": 10, "num_threads": self.num_threads, "seed": self.seed, "verbose": -1,
+            "deterministic": True,
+        }
+        cats = [_IDX[c] for c in CATEGORICAL]
+        train_set = lgb.Dataset(fit_X, fit_y, feature_name=list(FEATURES), categorical_feature=cats,
+                                free_raw_data=True)
+        valid = lgb.Dataset(cal_X, cal_y, reference=train_set)
+        booster = lgb.train(params, train_set, self.num_boost_round, valid_sets=[valid],
+                            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
+        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        # Keep only the trees early stopping chose: predict() then needs no num_iteration argument.
+        self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=self.best_iteration_))
+        margin = self.booster_.predict(cal_X, raw_score=True)
+        self._fit_calibrator(margin, cal_y)
+        self._fit_reasons(fit_X, fit_y)
+        self.calendar_ = CalendarTable(self.market, self.summer_sale, self.summer_sale_days)
+        self.n_features_in_ = len(FEATURES)
+        self.feature_names_in_ = np.array(FEATURES, dtype=object)
+        self.base_rate_ = float(fit_y.mean())
+        self.n_train_, self.n_calibration_ = len(fit_y), n_cal
+        return self
+
+    def _fit_calibrator(self, margin: Arr, y: Arr) -> None:
+        """Map raw margins to probabilities on the later slice; stored as plain arrays / two floats."""
+        if self.calibration == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(margin, y)
+            self.cal_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
+            self.cal_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
+            self.platt_ = None
+        else:
+            from sklearn.linear_model import LogisticRegression
+
+            lr = LogisticRegression(C=1e6).fit(margin.reshape(-1, 1), y)
+            self.platt_ = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+            self.cal_x_ = self.cal_y_ = None
+
+    def _fit_reasons(self, X: Arr, y: Arr) -> None:
+        """Lifts and top-decile thresholds that drive the human-readable reasons (learned on the fit slice)."""
+        base = max(float(y.mean()), 1e-9)
+
+        def lift_table(col: str, n: int) -> Arr:
+            code = X[:, _IDX[col]]
+            out = np.zeros(n)
+            for k in range(n):
+                sel = code == k
+                if sel.sum() >= 30:  # too few tickets say nothing
+                    out[k] = float(y[sel].mean()) / base
+            return out
+
+        self.case_lift_ = lift_table("case_type", len(CASE_TYPES))
+        self.channel_lift_ = lift_table("channel", len(CHANNELS))
+        self.reason_lift_ = lift_table("return_reason", len(RETURN_REASONS))
+        q = {c: float(np.nanquantile(X[:, _IDX[c]], 0.9)) if np.isfinite(X[:, _IDX[c]]).any() else np.inf
+             for c in ("amount", "late_delivery_rate", "complaint_rate_90d", "returns_30d",
+                       "refund_without_return_90d")}
+        self.reason_thresholds_ = q
+        fired = self._reason_flags(X)
+        self.reason_lift_by_rule_ = np.array(
+            [float(y[f].mean()) / base if f.sum() >= 30 else 1.0 for f in fired.T], dtype=np.float64)
+        self.reason_order_ = [int(i) for i in np.argsort(-self.reason_lift_by_rule_, kind="stable")]
+
+    def _check(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise RuntimeError("TicketTriageModel is not fitted: call fit(X, y) or load the registered champion")
+
+    # ---- batch prediction ---------------------------------------------------------------------------------------
+
+    def _calibrate(self, margin: Arr) -> Arr:
+        if self.platt_ is not None:
+            a, b = self.platt_
+            return 1.0 / (1.0 + np.exp(-(a * margin + b)))
+        return np.interp(margin, self.cal_x_, self.cal_y_)
+
+    def predict_margin(self, X: pd.DataFrame | Arr) -> Arr:
+        """Raw booster margins (log-odds before calibration)."""
+        self._check()
+        return self.booster_.predict(self._matrix(X), raw_score=True, num_threads=self.num_threads)
+
+    def predict(self, X: pd.DataFrame | Arr) -> Arr:
+        """Calibrated escalation probability of each feature row."""
+        return self._calibrate(self.predict_margin(X))
+
+    def predict_proba(self, X: pd.DataFrame | Arr) -> Arr:
+        """scikit-learn style (n, 2) array: [P(not escalated), P(escalated)]."""
+        p = self.predict(X)
+        return np.column_stack([1.0 - p, p])
+
+    # ---- reasons -------------------------------------------------------------------------------------------------
+
+    def _reason_flags(self, v: Any) -> Any:
+        """Which reason rules fire, in :data:`REASON_CODES` order, for a row (list) or a matrix (bool (n, R))."""
+        th = self.reason_thresholds_
+        flags = [
+            _lift_of(self.case_lift_, _g(v, "case_type")) >= 1.5,
+            _lift_of(self.channel_lift_, _g(v, "channel")) >= 1.3,
+            _g(v, "lateness_days") >= 2.0,
+            _lift_of(self.reason_lift_, _g(v, "return_reason")) >= 1.3,
+            _g(v, "prior_tickets_30d") >= 1.0,
+            (_g(v, "kw_angry") + _g(v, "kw_legal") + _g(v, "n_exclaim")) >= 1.0,
+            _g(v, "kw_repeat") >= 1.0,
+            _g(v, "amount") >= th["amount"],
+            _g(v, "late_delivery_rate") >= th["late_delivery_rate"],
+            _g(v, "complaint_rate_90d") >= th["complaint_rate_90d"],
+            (_g(v, "returns_30d") >= max(th["returns_30d"], 1.0))
+            | (_g(v, "refund_without_return_90d") >= max(th["refund_without_return_90d"], 1.0)),
+            _g(v, "in_event_window") >= 1.0,
+        ]
+        if isinstance(v, np.ndarray) and v.ndim == 2:
+            return np.column_stack(flags)
+        return [bool(f) for f in flags]
+
+    def _reason_text(self, code: str, v: Any) -> str:
+        """The sentence for one fired reason, with the ticket's own values."""
+        if code == "case_type":
+            k = int(v[_IDX["case_type"]])
+            return f"'{CASE_TYPES[k]}' cases escalate {self.case_lift_[k]:.1f}x as often as the average ticket"
+        if code == "channel":
+            k = int(v[_IDX["channel"]])
+            return f"contacts by {CHANNELS[k]} escalate {self.channel_lift_[k]:.1f}x as often as average"
+        if code == "late_delivery":
+            late = v[_IDX["lateness_days"]]
+            if v[_IDX["delivered_by_creation"]] >= 1.0:
+                return f"the parcel arrived {late:.1f} days after the promised date"
+            return f"the parcel is still not delivered, {late:.1f} days after the promised date"
+        if code == "return_reason":
+            return f"return requested as '{RETURN_REASONS[int(v[_IDX['return_reason']])]}'"
+        if code == "repeat_contact":
+            n = int(v[_IDX["prior_tickets_30d"]])
+            return f"the customer's {n + 1}{_ordinal(n + 1)} contact in 30 days"
+        if code == "angry_message":
+            if v[_IDX["kw_legal"]] >= 1.0:
+                return "the first message threatens legal action"
+            return "the first message is angry"
+        if code == "repeat_in_text":
+            return "the customer says they have contacted us before about this"
+        if code == "high_amount":
+            return f"high amount {v[_IDX['amount']]:.2f} (top 10% of tickets)"
+        if code == "merchant_late":
+            return f"the merchant delivered {v[_IDX['late_delivery_rate']]:.0%} of orders late in the last 90 days"
+        if code == "merchant_complaints":
+            return (f"the merchant drew {v[_IDX['complaint_rate_90d']]:.1%} complaints per order in the last "
+                    "90 days (top 10%)")
+        if code == "account_returns":
+            return (f"the account returned {int(v[_IDX['returns_30d']])} items in 30 days, "
+                    f"{int(v[_IDX['refund_without_return_90d']])} refunds without return in 90 days")
+        if code == "peak_period":
+            return "opened during a holiday / shopping-event peak, when queues are long"
+        return code
+
+    def _reasons_row(self, v: Any, fired: Any, max_reasons: int) -> tuple[list[str], list[str]]:
+        """The strongest fired rules (by their escalation lift on training data), as codes and sentences."""
+        idx = [i for i in self.reason_order_ if fired[i]][:max_reasons]
+        return [REASON_CODES[i] for i in idx], [self._reason_text(REASON_CODES[i], v) for i in idx]
+
+    # ---- serving -------------------------------------------------------------------------------------------------
+
+    def score_one(self, ticket: Row, account: Row | None = None, merchant: Row | None = None,
+                  order: Row | None = None, max_reasons: int = 3) -> dict[str, Any]:
+        """Score one ticket (hot path: plain Python, native booster with one thread, no pandas).
+
+        ``ticket``: contract ticket fields (created_at required; case_type, channel, amount, text, account_id,
+        merchant_id, order_id), optionally order context (:data:`ORDER_CONTEXT`) and fresher account counts
+        (e.g. ``prior_tickets_30d``). ``account`` / ``merchant`` / ``order``: snapshot rows, None when the ID is
+        not in the snapshot. Returns escalation_probability, reasons, reason_codes and which defaults were used:
+        guest (no account_id), unknown_account, unknown_merchant, order_context_missing, defaults_used.
+        """
+        self._check()
+        guest = ticket.get("account_id") in (None, "")
+        unknown_account = not guest and account is None
+        unknown_merchant = ticket.get("merchant_id") not in (None, "") and merchant is None
+        has_order = ticket.get("order_id") not in (None, "")
+        order_missing = has_order and order is None and ticket.get("ordered_at") is None
+        defaults = []
+        if unknown_account:
+            account = NEW_ACCOUNT  # an account without a snapshot row had no activity: a new account
+            defaults.append("account history: none on record (new account)")
+        if unknown_merchant:
+            defaults.append("merchant signals: unknown merchant (no recent orders)")
+        if order_missing:
+            defaults.append("order context: order not in the snapshot (age, lateness, return reason unknown)")
+        v = assemble_one(ticket, order, account, merchant, self.calendar_)
+        margin = float(self.booster_.predict(np.array([v], dtype=np.float64), raw_score=True, num_threads=1)[0])
+        if self.platt_ is not None:
+            a, b = self.platt_
+            p = 1.0 / (1.0 + math.exp(-(a * margin + b)))
+        else:
+            p = float(np.interp(margin, self.cal_x_, self.cal_y_))
+        codes, texts = self._reasons_row(v, self._reason_flags(v), max_reasons)
+        return {"ticket_id": ticket.get("ticket_id"), "escalation_probability": p, "reasons": texts,
+                "reason_codes": codes, "guest": guest, "unknown_account": unknown_account,
+                "unknown_merchant": unknown_merchant, "order_context_missing": order_missing,
+                "defaults_used": defaults}
+
+    def features_batch(self, tickets: pd.DataFrame, accounts: pd.DataFrame | None = None,
+                       merchants: pd.DataFrame | None = None, orders: pd.DataFrame | None = None
+                       ) -> tuple[Arr, pd.DataFrame]:
+        """Feature matrix of many tickets from snapshot frames (indexed by ID, or with an ID column), and flags."""
+        self._check()
+        t = tickets.reset_index(drop=True)
+        n = len(t)
+
+        def ids(col: str) -> pd.Series:
+            s = t[col].astype("string") if col in t else pd.Series(pd.NA, index=t.index, dtype="string")
+            return s.mask(s == "")
+
+        def lookup(frame: pd.DataFrame | None, key: str, cols: Sequence[str], keys: pd.Series
+                   ) -> tuple[pd.DataFrame, Arr]:
+            if frame is None or frame.empty:
+                return pd.DataFrame(index=t.index, columns=list(cols), dtype="object"), np.zeros(n, bool)
+            f = frame.set_index(frame[key].astype("string")) if key in frame.columns else frame
+            f = f[~f.index.duplicated(keep="last")]
+            pos = pd.Index(f.index.astype("string")).get_indexer(keys)
+            found = pos >= 0
+            safe, hit = np.maximum(pos, 0), pd.Series(found, index=t.index)
+            out = pd.DataFrame(index=t.index)
+            for c in cols:  # positional take keeps each column's dtype (no per-value conversion)
+                if c in f.columns and len(f):
+                    out[c] = f[c].iloc[safe].set_axis(t.index).where(hit)
+                else:
+                    out[c] = np.nan
+            return out, found
+
+        acc_id, mer_id, ord_id = ids("account_id"), ids("merchant_id"), ids("order_id")
+        acc, acc_found = lookup(accounts, "account_id", ACCOUNT_FEATURES, acc_id)
+        mer, mer_found = lookup(merchants, "merchant_id", MERCHANT_FEATURES, mer_id)
+        ctx, ord_found = lookup(orders, "order_id", ORDER_CONTEXT, ord_id)
+        guest = acc_id.isna().to_numpy()
+        unknown_account = ~guest & ~acc_found
+        unknown_merchant = mer_id.notna().to_numpy() & ~mer_found
+        for c in ACCOUNT_FEATURES:
+            vals = pd.to_numeric(acc[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            vals = np.where(unknown_account, NEW_ACCOUNT[c], vals)
+            if c in t:  # the ticket's own (fresher) value wins, as in score_one
+                own = pd.to_numeric(t[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                vals = np.where(np.isnan(own), vals, own)
+            acc[c] = vals
+        order_given = pd.Series(False, index=t.index)
+        for c in ORDER_CONTEXT:
+            if c in t:  # the ticket's own order fields win, as in score_one
+                own = t[c].astype(object)
+                order_given |= own.notna() if c == "ordered_at" else False
+                ctx[c] = own.where(own.notna(), ctx[c])
+        order_missing = ord_id.notna().to_numpy() & ~ord_found & ~order_given.to_numpy()
+        X = assemble_batch(t, ctx, pd.concat([acc, mer], axis=1), self.calendar_)
+        flags = pd.DataFrame({"guest": guest, "unknown_account": unknown_account,
+                              "unknown_merchant": unknown_merchant, "order_context_missing": order_missing})
+        return X, flags
+
+    def score_batch(self, tickets: pd.DataFrame, accounts: pd.DataFrame | None = None,
+                    merchants: pd.DataFrame | None = None, orders: pd.DataFrame | None = None,
+                    max_reasons: int = 3, reasons: bool = True) -> pd.DataFrame:
+        """Score many tickets at once (vectorised twin of :meth:`score_one`; same numbers to 1e-9).
+
+        ``accounts`` / ``merchants`` / ``orders``: snapshot frames indexed by ID or with the ID column. Returns one
+        row per ticket, in input order: ticket_id, escalation_probability, reasons, reason_codes (lists; empty when
+        ``reasons=False``), guest, unknown_account, unknown_merchant, order_context_missing.
+        """
+        X, flags = self.features_batch(tickets, accounts, merchants, orders)
+        margin = self.booster_.predict(X, raw_score=True, num_threads=self.num_threads) if len(X) else np.zeros(0)
+        out = pd.DataFrame({"ticket_id": tickets["ticket_id"].to_numpy() if "ticket_id" in tickets else None,
+                            "escalation_probability": self._calibrate(margin)})
+        codes: list[list[str]] = [[] for _ in range(len(X))]
+        texts: list[list[str]] = [[] for _ in range(len(X))]
+        if reasons and len(X):
+            fired = self._reason_flags(X)
+            for i in range(len(X)):
+                codes[i], texts[i] = self._reasons_row(X[i], fired[i], max_reasons)
+        out["reasons"] = texts
+        out["reason_codes"] = codes
+        return pd.concat([out, flags], axis=1)
+
+
+# The history of an account the snapshots do not know: no tickets, no returns in the windows (a new account).
+NEW_ACCOUNT: dict[str, float] = {c: 0.0 for c in ACCOUNT_FEATURES}
+
+
+def _ordinal(n: int) -> str:
+    return "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Triage = score + policy (what the ticket endpoints answer)
+
+
+def _unit_or_none(value: Any) -> float | None:
+    """A snapshot score as a float clipped to [0, 1], or None when absent (a bad cell must not fail a request)."""
+    x = _num(value)
+    return None if math.isnan(x) else min(max(x, 0.0), 1.0)
+
+
+def triage_one(model: TicketTriageModel, ticket: Row, account: Row | None, merchant: Row | None,
+               order: Row | None, settings: Any) -> dict[str, Any]:
+    """Escalation probability, priority, action and reasons of one ticket (the single-ticket endpoint's answer).
+
+    abuse_risk = the account snapshot's ``abuse_score``; merchant_risk = the merchant snapshot's
+    ``merchant_risk_percentile`` (None when unknown). ``reasons`` lists why the escalation risk is what it is, then
+    why the policy chose the priority and action; both lists are also returned apart.
+    """
+    from features.triage_policy import decide
+
+    out = model.score_one(ticket, account, merchant, order)
+    abuse = _unit_or_none((account or {}).get("abuse_score"))
+    mrisk = _unit_or_none((merchant or {}).get("merchant_risk_percentile"))
+    amount = _num(ticket.get("amount"))
+    priority, action, why = decide(out["escalation_probability"], abuse, mrisk,
+                                   None if math.isnan(amount) else amount, ticket.get("case_type"), settings)
+    out.update(priority=priority, action=action, abuse_risk=abuse, merchant_risk=mrisk,
+               escalation_reasons=out["reasons"], policy_reasons=why, reasons=[*out["reasons"], *why])
+    return out
+
+
+def triage_batch(model: TicketTriageModel, tickets: pd.DataFrame, accounts: pd.DataFrame | None,
+                 merchants: pd.DataFrame | None, orders: pd.DataFrame | None, settings: Any,
+                 reasons: bool = True) -> pd.DataFrame:
+    """:func:`triage_one` for many tickets (vectorised); one row per ticket in input order."""
+    from features.triage_policy import decide_batch
+
+    scored = model.score_batch(tickets, accounts, merchants, orders, reasons=reasons)
+    t = tickets.reset_index(drop=True)
+
+    def snap_col(frame: pd.DataFrame | None, key: str, col: str) -> Arr:
+        if frame is None or frame.empty or col not in frame.columns or key not in t:
+            return np.full(len(t), np.nan)
+        f = frame.set_index(frame[key].astype("string")) if key in frame.columns else frame
+        f = f[~f.index.duplicated(keep="last")]
+        vals = pd.to_numeric(f[col], errors="coerce").reindex(t[key].astype("string")).to_numpy(
+            dtype=np.float64, na_value=np.nan)
+        return np.clip(vals, 0.0, 1.0)
+
+    abuse = snap_col(accounts, "account_id", "abuse_score")
+    mrisk = snap_col(merchants, "merchant_id", "merchant_risk_percentile")
+    amount = t["amount"] if "amount" in t else None
+    pol = decide_batch(scored["escalation_probability"].to_numpy(), abuse, mrisk, amount, t["case_type"], settings,
+                       reasons=reasons)
+    scored["priority"], scored["action"] = pol["priority"].to_numpy(), pol["action"].to_numpy()
+    scored["abuse_risk"] = np.where(np.isnan(abuse), None, abuse)
+    scored["merchant_risk"] = np.where(np.isnan(mrisk), None, mrisk)
+    scored["escalation_reasons"] = scored["reasons"]
+    scored["policy_reasons"] = pol["reasons"] if reasons else [[] for _ in range(len(t))]
+    scored["reasons"] = [[*a, *b] for a, b in zip(scored["escalation_reasons"], scored["policy_reasons"],
+                                                  strict=True)]
+    return scored

@@ -1,0 +1,390 @@
+"""Ticket triage: train, evaluate against the case-type baseline on later tickets, log to MLflow, register.
+
+``aftersales train ticket-triage --data DIR`` (:func:`train`) and ``aftersales evaluate ticket-triage --data DIR``
+(:data:`evaluate_cmd`). The split is by time: the model learns from earlier tickets whose outcome was known at the
+cut-off (resolved before it) and is measured on tickets created after it. Tickets whose ``escalated`` is null are
+unlabelled: left out of training and metrics, and counted. The baseline, in the same run, is the escalation rate of
+the ticket's case type learned on the training tickets.
+"""
+
+from __future__ import annotations
+
+import time
+import timeit
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+
+from features.contract import ContractError, Dataset, load_dataset
+from features.settings import Settings, get_settings
+from features.tickets import (
+    FEATURES,
+    SNAPSHOT_FILES,
+    CalendarTable,
+    TicketFeatures,
+    TicketTriageModel,
+    build_training_features,
+    data_end,
+    feature_snapshots,
+    load_serving_snapshots,
+)
+
+MODEL_NAME = "ticket_triage"
+PRIMARY_METRIC = "roc_auc"
+TARGET_LIFT = 0.05  # ROC-AUC above the case-type baseline on the default world
+TEST_FRACTION = 0.2
+# A data folder where more than this share of ticket rows broke the contract is suspect: register, don't promote.
+MAX_REJECTED_SHARE = 0.10
+
+
+@dataclass
+class TimeSplit:
+    """Row positions (into the time-ordered features) of the training and test tickets, and what was left out."""
+
+    train: np.ndarray
+    test: np.ndarray
+    cutoff: pd.Timestamp
+    n_unlabelled: int
+    n_label_after_cutoff: int  # labelled earlier tickets whose outcome was only known after the cut-off
+
+
+def time_split(meta: pd.DataFrame, test_fraction: float = TEST_FRACTION) -> TimeSplit:
+    """Train on tickets created (and resolved) before the cut-off, test on tickets created at or after it.
+
+    The cut-off is the (1 - test_fraction) quantile of labelled tickets' creation times. A training ticket must have
+    its outcome known by the cut-off (resolved before it, or no resolution time given): at that moment nobody knew
+    how later-resolved cases would end.
+    """
+    if not 0.0 < test_fraction < 0.9:
+        raise ValueError(f"test_fraction must be in (0, 0.9), got {test_fraction}")
+    labelled = meta["escalated"].notna().to_numpy()
+    if labelled.sum() < 200:
+        raise ValueError(f"only {int(labelled.sum())} tickets have a known outcome (escalated not null): "
+                         "need at least 200 to train and evaluate; use a longer period of data")
+    created = meta["created_at"]
+    cutoff = created[labelled].quantile(1.0 - test_fraction)
+    known_by_cut = (meta["resolved_at"].isna() | (meta["resolved_at"] < cutoff)).to_numpy()
+    before = (created < cutoff).to_numpy()
+    train = np.flatnonzero(labelled & before & known_by_cut)
+    test = np.flatnonzero(labelled & ~before)
+    return TimeSplit(train, test, cutoff, int((~labelled).sum()), int((labelled & before & ~known_by_cut).sum()))
+
+
+class CaseTypeBaseline:
+    """The baseline: each ticket gets the escalation rate of its case type on the training tickets."""
+
+    def fit(self, case_type: pd.Series, y: np.ndarray) -> CaseTypeBaseline:
+        """Learn the rate per case type (and the overall rate for types not seen in training)."""
+        self.rates_ = pd.Series(np.asarray(y, float), index=case_type.astype("object").to_numpy()).groupby(
+            level=0).mean()
+        self.overall_ = float(np.mean(y))
+        return self
+
+    def predict(self, case_type: pd.Series) -> np.ndarray:
+        """The rate of each ticket's case type."""
+        return case_type.astype("object").map(self.rates_).fillna(self.overall_).to_numpy(dtype=float)
+
+
+def reliability_table(y: np.ndarray, p: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Equal-count bins of predicted probability: tickets, mean predicted and observed escalation rate."""
+    order = np.argsort(p, kind="stable")
+    groups = np.array_split(order, bins)
+    rows = [{"bin": i + 1, "tickets": len(g), "p_min": float(p[g].min()), "p_max": float(p[g].max()),
+             "mean_predicted": float(p[g].mean()), "observed_rate": float(y[g].mean())}
+            for i, g in enumerate(groups) if len(g)]
+    return pd.DataFrame(rows)
+
+
+def metrics(y: np.ndarray, p: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """ROC-AUC, PR-AUC, Brier score, log loss and expected calibration error (10 equal-count bins)."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    rel = reliability_table(y, p)
+    ece = float((rel["tickets"] * (rel["mean_predicted"] - rel["observed_rate"]).abs()).sum() / len(y))
+    return {
+        f"{prefix}roc_auc": float(roc_auc_score(y, p)),
+        f"{prefix}pr_auc": float(average_precision_score(y, p)),
+        f"{prefix}brier": float(brier_score_loss(y, p)),
+        f"{prefix}log_loss": float(log_loss(y, np.clip(p, 1e-6, 1 - 1e-6))),
+        f"{prefix}ece": ece,
+        f"{prefix}mean_predicted": float(np.mean(p)),
+    }
+
+
+def slice_table(meta: pd.DataFrame, X: pd.DataFrame, y: np.ndarray, p: np.ndarray, b: np.ndarray) -> pd.DataFrame:
+    """Metrics on the slices that matter: each case type, holiday/event peaks, guests, phone contacts."""
+    from sklearn.metrics import roc_auc_score
+
+    slices = {f"case_type={c}": (meta["case_type"] == c).to_numpy() for c in sorted(meta["case_type"].unique())}
+    slices |= {
+        "peak_window": X["in_event_window"].to_numpy() >= 1,
+        "off_peak": X["in_event_window"].to_numpy() < 1,
+        "guest": meta["account_id"].isna().to_numpy(),
+        "channel=phone": (meta["channel"] == "phone").to_numpy(),
+        "no_order": X["has_order"].to_numpy() < 1,
+    }
+    rows = []
+    for name, m in slices.items():
+        m = np.asarray(m, dtype=bool)
+        both = m.sum() > 0 and 0 < y[m].sum() < m.sum()
+        rows.append({"slice": name, "tickets": int(m.sum()), "escalation_rate": float(y[m].mean()) if m.any() else None,
+                     "mean_predicted": float(p[m].mean()) if m.any() else None,
+                     "roc_auc": float(roc_auc_score(y[m], p[m])) if both else None,
+                     "baseline_roc_auc": float(roc_auc_score(y[m], b[m])) if both and np.ptp(b[m]) > 0 else None})
+    return pd.DataFrame(rows)
+
+
+def calibration_figure(rel_model: pd.DataFrame, rel_base: pd.DataFrame, p: np.ndarray, title: str):
+    """Reliability diagram (model and case-type baseline) above a histogram of the model's probabilities."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, hx) = plt.subplots(2, 1, figsize=(6, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    ax.plot(rel_model["mean_predicted"], rel_model["observed_rate"], marker="o", label="model (calibrated)")
+    ax.plot(rel_base["mean_predicted"], rel_base["observed_rate"], marker="s", alpha=0.7, label="case-type baseline")
+    ax.set_ylabel("observed escalation rate")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    hx.hist(p, bins=40, range=(0, 1), color="tab:blue", alpha=0.7)
+    hx.set_xlabel("predicted escalation probability (later tickets)")
+    hx.set_ylabel("tickets")
+    fig.tight_layout()
+    return fig
+
+
+def model_params(settings: Settings, calibration: str = "isotonic") -> dict:
+    """Hyperparameters of the escalation model (one thread: the machine's 2 cores are shared)."""
+    return {"calibration": calibration, "num_threads": 1, "market": settings.market,
+            "summer_sale": settings.summer_sale, "summer_sale_days": settings.summer_sale_days}
+
+
+@dataclass
+class Evaluation:
+    """Everything the time-split evaluation produced."""
+
+    model: TicketTriageModel
+    split: TimeSplit
+    metrics: dict[str, float]
+    reliability: pd.DataFrame
+    reliability_baseline: pd.DataFrame
+    slices: pd.DataFrame
+    figure: object
+    fit_seconds: float
+
+
+def evaluate(feats: TicketFeatures, settings: Settings, test_fraction: float = TEST_FRACTION,
+             calibration: str = "isotonic", echo=click.echo) -> Evaluation:
+    """Fit on earlier tickets, score later ones; model and case-type baseline side by side."""
+    split = time_split(feats.meta, test_fraction)
+    X, meta = feats.X, feats.meta
+    y = meta["escalated"].astype("boolean").fillna(False).to_numpy(dtype=float)
+    tr, te = split.train, split.test
+    echo(f"split at {split.cutoff:%Y-%m-%d %H:%M}: {len(tr):,} training tickets, {len(te):,} later test tickets; "
+         f"{split.n_unlabelled:,} unlabelled left out; {split.n_label_after_cutoff:,} earlier tickets left out "
+         "(outcome known only after the cut-off)")
+    t0 = time.perf_counter()
+    model = TicketTriageModel(**model_params(settings, calibration)).fit(X.iloc[tr], y[tr])
+    fit_s = time.perf_counter() - t0
+    echo(f"fitted in {fit_s:.1f}s ({model.best_iteration_} trees, {calibration} calibration on the last "
+         f"{model.n_calibration_:,} training tickets)")
+    p = model.predict(X.iloc[te])
+    base = CaseTypeBaseline().fit(meta["case_type"].iloc[tr], y[tr]).predict(meta["case_type"].iloc[te])
+    yt = y[te]
+    raw = 1.0 / (1.0 + np.exp(-model.predict_margin(X.iloc[te])))  # the booster's own probability
+    m = {**metrics(yt, p), **metrics(yt, base, "baseline_"), **metrics(yt, raw, "uncalibrated_")}
+    m["roc_auc_lift"] = m["roc_auc"] - m["baseline_roc_auc"]
+    m |= {"train_tickets": len(tr), "test_tickets": len(te), "unlabelled_tickets": split.n_unlabelled,
+          "label_after_cutoff_tickets": split.n_label_after_cutoff, "test_escalation_rate": float(yt.mean()),
+          "trees": model.best_iteration_, "fit_seconds": fit_s}
+    rel, rel_b = reliability_table(yt, p), reliability_table(yt, base)
+    fig = calibration_figure(rel, rel_b, p, f"Ticket escalation, tickets from {split.cutoff:%Y-%m-%d} "
+                                            f"(n={len(te):,})")
+    return Evaluation(model, split, m, rel, rel_b, slice_table(meta.iloc[te], X.iloc[te], yt, p, base), fig, fit_s)
+
+
+def report_lines(m: dict[str, float]) -> list[str]:
+    """The figures a person reads, with the target verdict."""
+    lift = m["roc_auc_lift"]
+    verdict = "met" if lift >= TARGET_LIFT else "NOT met"
+    return [
+        f"ROC-AUC {m['roc_auc']:.4f} vs case-type baseline {m['baseline_roc_auc']:.4f}: {lift:+.4f} "
+        f"(target >= +{TARGET_LIFT:.2f}: {verdict})",
+        f"PR-AUC  {m['pr_auc']:.4f} vs baseline {m['baseline_pr_auc']:.4f} (test escalation rate "
+        f"{m['test_escalation_rate']:.3f})",
+        f"Brier   {m['brier']:.4f} vs baseline {m['baseline_brier']:.4f} (uncalibrated booster "
+        f"{m['uncalibrated_brier']:.4f}); ECE {m['ece']:.4f}; mean predicted {m['mean_predicted']:.3f}",
+    ]
+
+
+def _load(data_dir: Path, out_dir: Path, echo=click.echo) -> tuple[Dataset, bool]:
+    """Load and validate the data folder, write its rejects beside our outputs, say how many rows were rejected."""
+    try:
+        ds = load_dataset(data_dir)
+    except ContractError as e:
+        raise click.ClickException(str(e)) from e
+    path = ds.write_rejects(out_dir)
+    echo(f"{data_dir}: {ds.n_rejected:,} rows rejected by the contract (details in {path})")
+    if not ds.has("tickets"):
+        raise click.ClickException(f"{data_dir}: no tickets table (tickets.parquet / tickets.csv): the escalation "
+                                   "model learns from past tickets; add the platform's ticket export")
+    rep = ds.reports["tickets"]
+    share = rep.rejected / max(rep.rows_in, 1)
+    if share > MAX_REJECTED_SHARE:
+        echo(f"warning: {share:.0%} of ticket rows were rejected: the model is registered but not promoted")
+    return ds, share <= MAX_REJECTED_SHARE
+
+
+def _features(ds: Dataset, settings: Settings, echo=click.echo) -> TicketFeatures:
+    cal = CalendarTable(settings.market, settings.summer_sale, settings.summer_sale_days)
+    return build_training_features(ds, cal, progress=echo)
+
+
+def _log_evaluation(ev: Evaluation, settings: Settings, extra_params: dict | None = None) -> None:
+    from training import registry
+
+    registry.log_params({**model_params(settings, ev.model.calibration), "cutoff": str(ev.split.cutoff), "n_features": len(FEATURES), **(extra_params or {})})
+    registry.log_metrics(ev.metrics)
+    registry.log_figure(ev.figure, "plots/calibration.png")
+    registry.log_table(ev.reliability, "tables/reliability.csv")
+    registry.log_table(ev.reliability_baseline, "tables/reliability_baseline.csv")
+    registry.log_table(ev.slices, "tables/slices.csv")
+    registry.log_text("\n".join(report_lines(ev.metrics)), "targets.txt")
+
+
+def write_snapshots(ds: Dataset, settings: Settings) -> dict[str, Path]:
+    """The account, merchant and order context serving needs, as of the end of the data (same code as training)."""
+    snaps = feature_snapshots(ds, data_end(ds))
+    settings.snapshots_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, frame in snaps.items():
+        paths[name] = settings.snapshots_dir / SNAPSHOT_FILES[name]
+        frame.to_parquet(paths[name], index=False)
+    return paths
+
+
+def train(data_dir: Path, settings: Settings) -> dict:
+    """Evaluate on later tickets, refit on every labelled ticket, register (gate on ROC-AUC), write snapshots."""
+    from training import registry
+
+    t_start = time.perf_counter()
+    out_dir = settings.models_dir / MODEL_NAME
+    ds, validated = _load(Path(data_dir), out_dir)
+    feats = _features(ds, settings)
+    ev = evaluate(feats, settings)
+    for line in report_lines(ev.metrics):
+        click.echo(line)
+    click.echo(ev.reliability.round(4).to_string(index=False))
+    # The registered model: same settings refitted on every ticket whose outcome is known (the evaluated fit is
+    # five months staler); the gate compares the time-split ROC-AUC measured above.
+    labelled = np.flatnonzero(feats.meta["escalated"].notna().to_numpy())
+    y = feats.meta["escalated"].astype("boolean").fillna(False).to_numpy(dtype=float)
+    t0 = time.perf_counter()
+    final = TicketTriageModel(**model_params(settings)).fit(feats.X.iloc[labelled], y[labelled])
+    refit_s = time.perf_counter() - t0
+    click.echo(f"refitted on all {len(labelled):,} labelled tickets in {refit_s:.1f}s ({final.best_iteration_} trees)")
+    with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
+        _log_evaluation(ev, settings, {"test_fraction": TEST_FRACTION, "refit_on_all_labelled": True,
+                                       "refit_tickets": len(labelled)})
+        registry.log_metrics({"refit_seconds": refit_s, "refit_trees": final.best_iteration_})
+        result = registry.log_and_register(
+            MODEL_NAME, final, input_example=feats.X.iloc[labelled[-5:]], primary_metric=PRIMARY_METRIC,
+            metric_value=ev.metrics["roc_auc"], higher_is_better=True, settings=settings,
+            extra_metrics={k: ev.metrics[k] for k in ("baseline_roc_auc", "roc_auc_lift", "pr_auc", "brier",
+                                                      "ece")},
+            data_validated=validated)
+    paths = write_snapshots(ds, settings)
+    m = ev.metrics
+    return {
+        "tickets": len(feats.meta), "train_tickets": m["train_tickets"], "test_tickets": m["test_tickets"],
+        "unlabelled_tickets": m["unlabelled_tickets"], "cutoff": str(ev.split.cutoff.date()),
+        "roc_auc": round(m["roc_auc"], 4), "baseline_roc_auc": round(m["baseline_roc_auc"], 4),
+        "roc_auc_lift": round(m["roc_auc_lift"], 4), "pr_auc": round(m["pr_auc"], 4),
+        "baseline_pr_auc": round(m["baseline_pr_auc"], 4), "brier": round(m["brier"], 4),
+        "baseline_brier": round(m["baseline_brier"], 4), "ece": round(m["ece"], 4),
+        "target_met": m["roc_auc_lift"] >= TARGET_LIFT, "version": result.version, "promoted": result.promoted,
+        "gate": result.reason, "snapshots": ", ".join(str(p) for p in paths.values()),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+
+
+def measure_latency(model: TicketTriageModel, ds: Dataset, snapshots_dir: Path, n_calls: int = 10_000,
+                    n_batch: int = 10_000) -> dict[str, float]:
+    """score_one latency (timeit over ``n_calls`` calls on varied tickets) and score_batch time for ``n_batch``."""
+    snaps = load_serving_snapshots(snapshots_dir)
+    tickets = ds.tickets.drop(columns=["escalated", "resolved_at"])
+    tickets = tickets.sample(n_batch, replace=len(tickets) < n_batch, random_state=0).reset_index(drop=True)
+    records = tickets.astype(object).where(tickets.notna(), None).to_dict("records")
+    for r in records:
+        r["created_at"] = r["created_at"].isoformat()  # as a JSON request would carry it
+    calls = [(r, snaps.accounts.get(r["account_id"]), snaps.merchants.get(r["merchant_id"]),
+              snaps.orders.get(r["order_id"])) for r in records]
+    it = iter(calls * (n_calls // len(calls) + 1))
+
+    def one() -> None:
+        model.score_one(*next(it))
+
+    one_s = timeit.timeit(one, number=n_calls) / n_calls
+    frames = snaps.frames()
+    model.score_batch(tickets.head(100), frames["accounts"], frames["merchants"], frames["orders"])  # warm-up
+    t0 = time.perf_counter()
+    model.score_batch(tickets, frames["accounts"], frames["merchants"], frames["orders"])
+    batch_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.score_batch(tickets, frames["accounts"], frames["merchants"], frames["orders"], reasons=False)
+    batch_nr_s = time.perf_counter() - t0
+    return {"score_one_us": one_s * 1e6, "score_batch_10k_s": batch_s, "score_batch_10k_no_reasons_s": batch_nr_s}
+
+
+@click.command("ticket-triage")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Data folder holding the contract tables (default: AFTERSALES_DATA_DIR or data/default).")
+@click.option("--test-fraction", default=TEST_FRACTION, show_default=True,
+              help="Share of labelled tickets, the latest, held out as the test period.")
+@click.option("--calibration", type=click.Choice(["isotonic", "platt"]), default="isotonic", show_default=True,
+              help="How raw scores become probabilities (fitted on the latest training slice).")
+@click.option("--latency/--no-latency", default=True, show_default=True,
+              help="Also time score_one (10,000 calls) and score_batch (10,000 tickets).")
+def evaluate_cmd(data_dir: Path | None, test_fraction: float, calibration: str, latency: bool) -> None:
+    """Evaluate the ticket escalation model on later tickets against the case-type baseline.
+
+    Fits on tickets created (and resolved) before a cut-off, scores the later ones, prints ROC-AUC, PR-AUC, Brier
+    score and a reliability table for the model and the baseline, and logs them with a calibration plot to MLflow
+    (run 'evaluate' of the ticket_triage experiment; nothing is registered).
+    """
+    from training import registry
+
+    settings = get_settings()
+    data_dir = data_dir or settings.data_dir
+    if not Path(data_dir).is_dir():
+        raise click.ClickException(f"data folder {data_dir} not found: make one with "
+                                   f"`aftersales generate --out {data_dir}`")
+    out_dir = settings.models_dir / MODEL_NAME / "evaluate"
+    ds, _ = _load(Path(data_dir), out_dir)
+    feats = _features(ds, settings)
+    ev = evaluate(feats, settings, test_fraction, calibration)
+    lines = report_lines(ev.metrics)
+    for line in lines:
+        click.echo(line)
+    click.echo("\nreliability (10 equal-count bins of predicted probability, later tickets):")
+    click.echo(ev.reliability.round(4).to_string(index=False))
+    click.echo("\nslices:")
+    click.echo(ev.slices.round(4).to_string(index=False))
+    lat = {}
+    if latency:
+        snap_dir = out_dir / "snapshots"
+        for name, frame in feature_snapshots(ds, data_end(ds)).items():
+            snap_dir.mkdir(parents=True, exist_ok=True)
+            frame.to_parquet(snap_dir / SNAPSHOT_FILES[name], index=False)
+        lat = measure_latency(ev.model, ds, snap_dir)
+        click.echo(f"\nscore_one: {lat['score_one_us']:.0f} µs per call (timeit, 10,000 calls); score_batch: "
+                   f"{lat['score_batch_10k_s']:.3f}s for 10,000 tickets with reasons, "
+                   f"{lat['score_batch_10k_no_reasons_s']:.3f}s without")
+    with registry.start_run(MODEL_NAME, run_name="evaluate", settings=settings):
+        _log_evaluation(ev, settings, {"test_fraction": test_fraction})
+        registry.log_metrics(lat)
