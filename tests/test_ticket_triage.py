@@ -1,0 +1,128 @@
+"""Ticket triage training: time split, beating the case-type baseline, calibration, MLflow registration, CLI."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from features.contract import load_dataset
+from features.settings import Settings, get_settings
+from features.synthetic import generate_world
+from features.tickets import SNAPSHOT_FILES, CalendarTable, TicketTriageModel, build_training_features
+from training import registry
+from training.cli import main
+from training.ticket_triage import CaseTypeBaseline, evaluate, measure_latency, reliability_table, time_split
+
+WORLD = dict(seed=5, accounts=2000, merchants=60, start="2023-06-01", days=400, market="CN", progress=False)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("triage_world")
+    generate_world(out, **WORLD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def feats(world):
+    return build_training_features(load_dataset(world), CalendarTable("CN", first_year=2023, last_year=2025))
+
+
+@pytest.fixture(scope="session")
+def evaluation(feats):
+    return evaluate(feats, Settings(), echo=lambda *_: None)
+
+
+def test_time_split_trains_on_earlier_tickets_and_counts_unlabelled(feats):
+    meta = feats.meta
+    split = time_split(meta, test_fraction=0.25)
+    created, resolved = meta["created_at"], meta["resolved_at"]
+    assert created.iloc[split.train].max() < split.cutoff <= created.iloc[split.test].min()
+    assert (resolved.iloc[split.train] < split.cutoff).all()  # outcomes known at the cut-off
+    assert meta["escalated"].iloc[np.concatenate([split.train, split.test])].notna().all()
+    assert split.n_unlabelled == int(meta["escalated"].isna().sum()) > 0
+    assert split.n_label_after_cutoff > 0  # cases open at the cut-off are left out, not leaked
+    n_lab = int(meta["escalated"].notna().sum())
+    assert len(split.train) + len(split.test) + split.n_label_after_cutoff == n_lab
+    assert len(split.test) == pytest.approx(0.25 * n_lab, rel=0.02)
+    with pytest.raises(ValueError, match="test_fraction"):
+        time_split(meta, 0.95)
+
+
+def test_model_beats_the_case_type_baseline(evaluation):
+    m = evaluation.metrics
+    assert m["roc_auc"] - m["baseline_roc_auc"] >= 0.05
+    assert m["pr_auc"] > m["baseline_pr_auc"] and m["brier"] < m["baseline_brier"]
+    assert m["test_tickets"] > 500 and m["train_tickets"] > 2 * m["test_tickets"]
+
+
+def test_probabilities_are_calibrated(evaluation):
+    m, rel = evaluation.metrics, evaluation.reliability
+    assert abs(m["mean_predicted"] - m["test_escalation_rate"]) < 0.04
+    assert m["ece"] < 0.05
+    assert rel["observed_rate"].iloc[-1] > 4 * max(rel["observed_rate"].iloc[0], 0.01)  # it separates
+    assert rel["tickets"].sum() == m["test_tickets"]
+    assert evaluation.figure.axes and evaluation.slices["slice"].str.startswith("case_type=").sum() >= 5
+
+
+def test_reliability_table_and_baseline_by_hand():
+    y = np.array([0, 0, 1, 1, 0, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    rel = reliability_table(y, p, bins=2)
+    assert rel["tickets"].tolist() == [3, 3]
+    assert rel["observed_rate"].tolist() == pytest.approx([1 / 3, 2 / 3])
+    base = CaseTypeBaseline().fit(pd.Series(["refund", "refund", "complaint"]), np.array([0.0, 1.0, 1.0]))
+    assert base.predict(pd.Series(["complaint", "refund", "inquiry"])).tolist() == pytest.approx([1.0, 0.5, 2 / 3])
+
+
+def test_latency_measurement_runs_on_the_serving_path(world, evaluation, tmp_path):
+    from features.tickets import data_end, feature_snapshots
+
+    ds = load_dataset(world)
+    for name, frame in feature_snapshots(ds, data_end(ds)).items():
+        frame.to_parquet(tmp_path / SNAPSHOT_FILES[name], index=False)
+    lat = measure_latency(evaluation.model, ds, tmp_path, n_calls=300, n_batch=1000)
+    assert 0 < lat["score_one_us"] < 50_000 and 0 < lat["score_batch_10k_s"] < 30
+
+
+@pytest.fixture()
+def models_dir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("AFTERSALES_MODELS_DIR", str(tmp_path / "models"))
+    get_settings.cache_clear()
+    yield tmp_path / "models"
+    get_settings.cache_clear()
+
+
+def test_cli_train_registers_and_evaluate_reports(world, models_dir):
+    res = CliRunner().invoke(main, ["train", "ticket-triage", "--data", str(world)])
+    assert res.exit_code == 0, res.output
+    assert "vs case-type baseline" in res.output and "promoted: True" in res.output
+    assert "0 rows rejected" in res.output and (models_dir / "ticket_triage" / "rejects.csv").exists()
+    settings = Settings(models_dir=models_dir)
+    loaded = registry.load_champion("ticket_triage", settings=settings)
+    assert loaded.version == 1 and isinstance(loaded.model, TicketTriageModel)
+    assert loaded.metrics["roc_auc"] > loaded.metrics["baseline_roc_auc"] + 0.05
+    assert all((settings.snapshots_dir / f).exists() for f in SNAPSHOT_FILES.values())
+    assert list(models_dir.rglob("calibration.png"))  # the plot went to MLflow's artifact store
+    # The refitted champion scores a ticket through the hot path.
+    out = loaded.model.score_one({"ticket_id": "T", "created_at": "2024-07-05T10:00:00Z", "case_type": "complaint",
+                                  "channel": "phone", "account_id": None, "text": "Worst service ever!"})
+    assert 0.0 <= out["escalation_probability"] <= 1.0 and out["guest"]
+
+    res = CliRunner().invoke(main, ["evaluate", "ticket-triage", "--data", str(world), "--no-latency"])
+    assert res.exit_code == 0, res.output
+    assert "reliability" in res.output and "ROC-AUC" in res.output and "slices" in res.output
+
+
+def test_cli_without_tickets_says_what_to_do(world, tmp_path, models_dir):
+    data = tmp_path / "no_tickets"
+    data.mkdir()
+    for name in ("orders.parquet", "returns.parquet"):
+        shutil.copy(world / name, data / name)
+    res = CliRunner().invoke(main, ["train", "ticket-triage", "--data", str(data)])
+    assert res.exit_code != 0 and "no tickets table" in res.output

@@ -1,0 +1,305 @@
+"""Ticket features and the fitted TicketTriageModel: point in time, no future data, serving paths agree."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.calendar import calendar_features
+from features.contract import load_dataset
+from features.settings import Settings
+from features.synthetic import generate_world
+from features.tickets import (
+    ACCOUNT_FEATURES,
+    CALENDAR_FEATURES,
+    FEATURES,
+    KEYWORDS,
+    N_HASH,
+    NEW_ACCOUNT,
+    SNAPSHOT_FILES,
+    CalendarTable,
+    TicketTriageModel,
+    assemble_one,
+    build_training_features,
+    feature_snapshots,
+    load_serving_snapshots,
+    text_features,
+    triage_batch,
+    triage_one,
+    window_sum,
+)
+
+WORLD = dict(seed=11, accounts=2000, merchants=60, start="2023-06-01", days=400, market="CN", progress=False)
+CAL = CalendarTable("CN", first_year=2023, last_year=2025)  # a short table; other days are computed on demand
+AS_OF = pd.Timestamp("2024-04-15", tz="UTC")  # snapshot time for the serving tests: score tickets after it
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tickets_world")
+    generate_world(out, **WORLD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ds(world):
+    return load_dataset(world)
+
+
+@pytest.fixture(scope="session")
+def feats(ds):
+    return build_training_features(ds, CAL)
+
+
+@pytest.fixture(scope="session")
+def model(feats) -> TicketTriageModel:
+    meta = feats.meta
+    lab = (meta["escalated"].notna() & (meta["created_at"] < AS_OF)).to_numpy()
+    y = meta["escalated"].astype("boolean").fillna(False).to_numpy(dtype=float)
+    return TicketTriageModel(num_threads=1, num_boost_round=200).fit(feats.X[lab], y[lab])
+
+
+@pytest.fixture(scope="session")
+def snapshots(ds, tmp_path_factory):
+    """Snapshot files as of AS_OF, plus an accounts.parquet from 'another model' with a clashing column."""
+    d = tmp_path_factory.mktemp("snapshots")
+    snaps = feature_snapshots(ds, AS_OF)
+    for name, frame in snaps.items():
+        frame.to_parquet(d / SNAPSHOT_FILES[name], index=False)
+    acc = snaps["accounts"][["account_id"]].copy()
+    acc["abuse_score"] = np.linspace(0.0, 1.0, len(acc))
+    acc["returns_30d"] = -99.0  # a different definition elsewhere must not reach the model
+    acc.to_parquet(d / "accounts.parquet", index=False)
+    mer = snaps["merchants"][["merchant_id"]].copy()
+    mer["merchant_risk_percentile"] = np.linspace(0.0, 1.0, len(mer))
+    mer.to_parquet(d / "merchants.parquet", index=False)
+    return d, load_serving_snapshots(d)
+
+
+# ---- point in time, by hand ------------------------------------------------------------------------------------
+
+
+def _write(folder: Path, name: str, rows: list[dict]) -> None:
+    pd.DataFrame(rows).to_csv(folder / f"{name}.csv", index=False)
+
+
+@pytest.fixture()
+def tiny(tmp_path) -> Path:
+    o = dict(quantity=1, amount=40.0, line_no=1, merchant_id="M1")
+    _write(tmp_path, "orders", [
+        dict(order_id="O3", account_id="A2", ordered_at="2024-01-01T10:00:00Z",
+             promised_delivery_at="2024-01-04T00:00:00Z", delivered_at="2024-01-03T00:00:00Z", **o),
+        dict(order_id="O1", account_id="A1", ordered_at="2024-03-01T10:00:00Z",
+             promised_delivery_at="2024-03-05T00:00:00Z", delivered_at="2024-03-08T12:00:00Z", **o),
+        dict(order_id="O2", account_id="A1", ordered_at="2024-03-10T10:00:00Z",
+             promised_delivery_at="2024-03-14T00:00:00Z", delivered_at="", **o),
+    ])
+    r = dict(account_id="A1", merchant_id="M1", quantity=1, refund_amount=40.0)
+    _write(tmp_path, "returns", [
+        dict(return_id="R1", order_id="O1", requested_at="2024-03-09T00:00:00Z", reason="defective",
+             item_returned="false", **r),
+        dict(return_id="R2", order_id="O1", requested_at="2024-03-20T00:00:00Z", reason="not_as_described",
+             item_returned="true", **r),
+    ])
+    t = dict(merchant_id="M1", channel="chat", amount=40.0, text="Where is my parcel?")
+    _write(tmp_path, "tickets", [
+        dict(ticket_id="T1", created_at="2024-03-07T10:00:00Z", account_id="A1", order_id="O1", case_type="logistics",
+             escalated="false", resolved_at="2024-03-07T20:00:00Z", **t),
+        dict(ticket_id="T2", created_at="2024-03-12T10:00:00Z", account_id="A1", order_id="O1", case_type="refund",
+             escalated="false", resolved_at="2024-03-12T20:00:00Z", **t),
+        dict(ticket_id="T3", created_at="2024-03-15T10:00:00Z", account_id="", order_id="", case_type="complaint",
+             escalated="true", resolved_at="2024-03-16T10:00:00Z", **t),
+        dict(ticket_id="T4", created_at="2024-03-20T10:00:00Z", account_id="A2", order_id="O3", case_type="other",
+             escalated="", resolved_at="", **t),
+    ])
+    return tmp_path
+
+
+def test_point_in_time_values_by_hand(tiny):
+    f = build_training_features(load_dataset(tiny), CAL)
+    X = f.X.set_index(f.meta["ticket_id"].to_numpy())
+    # T1: parcel promised 03-05, not delivered when the ticket opens on 03-07 10:00 -> 2 days 10 h late so far.
+    assert X.loc["T1", "delivered_by_creation"] == 0.0
+    assert X.loc["T1", "lateness_days"] == pytest.approx(2 + 10 / 24)
+    assert math.isnan(X.loc["T1", "return_reason"]) and X.loc["T1", "prior_tickets_30d"] == 0.0
+    # T2: delivered 3.5 days late; return R1 (defective, 3 days 10 h before) visible, R2 (later) not.
+    assert X.loc["T2", "delivered_by_creation"] == 1.0 and X.loc["T2", "lateness_days"] == pytest.approx(3.5)
+    assert X.loc["T2", "return_reason"] == 0.0  # defective
+    assert X.loc["T2", "days_since_return"] == pytest.approx(3 + 10 / 24)
+    assert X.loc["T2", "order_age_days"] == pytest.approx(11.0)
+    assert X.loc["T2", "prior_tickets_30d"] == 1.0 and X.loc["T2", "returns_30d"] == 1.0
+    assert X.loc["T2", "refund_without_return_90d"] == 1.0
+    assert X.loc["T2", "return_rate_90d"] == pytest.approx(1 / 2)  # 1 return, 2 order lines (O1, O2)
+    # Merchant at T2: promises due before 03-12: O3 on time, O1 late -> 1/2; no complaint known yet.
+    assert X.loc["T2", "late_delivery_rate"] == pytest.approx(0.5) and X.loc["T2", "complaint_rate_90d"] == 0.0
+    # T3 is a guest: no account history at all.
+    assert all(math.isnan(X.loc["T3", c]) for c in ACCOUNT_FEATURES) and X.loc["T3", "has_order"] == 0.0
+    # T4: O2's promise (03-14) has passed undelivered -> late 2/3; T3's complaint case is known -> 1 per 3 orders.
+    assert X.loc["T4", "late_delivery_rate"] == pytest.approx(2 / 3)
+    assert X.loc["T4", "complaint_rate_90d"] == pytest.approx(1 / 3)
+
+
+def test_window_sum_counts_strictly_before_the_query():
+    ev_key = np.array([0, 0, 0, 1])
+    ev_t = np.array([10.0, 20.0, 30.0, 20.0]) * 86_400e6
+    q_key = np.array([0, 0, 1, -1])
+    q_t = np.array([30.0, 45.0, 20.0, 30.0]) * 86_400e6
+    got = window_sum(ev_key, ev_t, np.ones(4), q_key, q_t, window_days=20)
+    # [10, 30) holds days 10 and 20; [25, 45) holds day 30; key 1's event at the query instant is excluded.
+    assert got[:3].tolist() == [2.0, 1.0, 0.0] and math.isnan(got[3])
+
+
+def _truncate(ds, cut: pd.Timestamp):
+    """The data folder as it looked at ``cut``: later rows gone, later deliveries and outcomes unknown."""
+    o = ds.orders[ds.orders["ordered_at"] < cut].copy()
+    o.loc[o["delivered_at"] >= cut, "delivered_at"] = pd.NaT
+    r = ds.returns[ds.returns["requested_at"] < cut].copy()
+    t = ds.tickets[ds.tickets["created_at"] < cut].copy()
+    late = t["resolved_at"] >= cut
+    t.loc[late, "resolved_at"] = pd.NaT
+    t["escalated"] = t["escalated"].mask(late)
+    return dataclasses.replace(ds, tables={**ds.tables, "orders": o, "returns": r, "tickets": t})
+
+
+def test_features_do_not_change_when_later_data_is_removed(ds, feats):
+    cut = pd.Timestamp("2024-02-10 12:00", tz="UTC")
+    early = build_training_features(_truncate(ds, cut), CAL)
+    full = feats.X[(feats.meta["created_at"] < cut).to_numpy()].reset_index(drop=True)
+    assert len(early.X) == len(full) > 1000
+    assert early.meta["ticket_id"].tolist() == feats.meta["ticket_id"][: len(full)].tolist()
+    pd.testing.assert_frame_equal(early.X, full, check_exact=True)
+    # ... and the test has teeth: the history columns do react to earlier data.
+    ds_less = _truncate(ds, pd.Timestamp("2024-01-01", tz="UTC"))
+    moved = build_training_features(dataclasses.replace(ds, tables={**ds.tables, "returns": ds_less.returns}), CAL)
+    assert not np.allclose(moved.X["returns_30d"].fillna(-1), feats.X["returns_30d"].fillna(-1))
+
+
+def test_text_features_are_stable_and_cheap():
+    v = text_features("This is the third time I contact you! I will contact my lawyer.")
+    kw = dict(zip(KEYWORDS, v[2:2 + len(KEYWORDS)], strict=True))
+    assert v[1] == 1.0 and kw["kw_repeat"] == 1.0 and kw["kw_legal"] == 1.0 and kw["kw_broken"] == 0.0
+    n_tokens = 13
+    assert sum(v[2 + len(KEYWORDS):]) == n_tokens + (n_tokens - 1)  # every uni- and bigram lands in a bucket
+    assert len(v) == 2 + len(KEYWORDS) + N_HASH and text_features(None) == [0.0] * len(v)
+    assert v == text_features("This is the third time I contact you! I will contact my lawyer.")
+
+
+def test_calendar_table_matches_calendar_features():
+    days = pd.to_datetime(["2023-11-11", "2024-06-20", "2026-12-25"])  # the last one is outside the table
+    expected = calendar_features(days, "CN", Settings(market="CN"))[list(CALENDAR_FEATURES)].to_numpy(float)
+    day_idx = (days.values.astype("datetime64[D]").astype(np.int64))
+    assert np.array_equal(CAL.days(day_idx), expected)
+    assert [list(CAL.day(int(d))) for d in day_idx] == expected.tolist()
+
+
+# ---- the fitted model ------------------------------------------------------------------------------------------
+
+
+def test_model_follows_the_sklearn_contract(feats, model):
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TicketTriageModel().predict(feats.X.head())
+    assert "num_leaves" in vars(TicketTriageModel()) and not hasattr(TicketTriageModel(), "booster_")
+    p = model.predict(feats.X.head(50))
+    assert p.shape == (50,) and ((p >= 0) & (p <= 1)).all()
+    assert np.allclose(model.predict_proba(feats.X.head(50)).sum(axis=1), 1.0)
+    again = pickle.loads(pickle.dumps(model))
+    assert np.array_equal(again.predict(feats.X.head(50)), p)
+    with pytest.raises(ValueError, match="0/1 labels"):
+        TicketTriageModel().fit(feats.X.head(500), np.full(500, np.nan))
+
+
+def _requests(ds, n: int = 400) -> pd.DataFrame:
+    """Tickets after the snapshot, as the ticket system sends them, with guests and unknown IDs mixed in."""
+    t = ds.tickets[ds.tickets["created_at"] >= AS_OF].drop(columns=["escalated", "resolved_at"])
+    t = t.sample(min(n, len(t)), random_state=1).reset_index(drop=True)
+    t["account_id"] = t["account_id"].astype("object")
+    t["merchant_id"] = t["merchant_id"].astype("object")
+    t["order_id"] = t["order_id"].astype("object")
+    t.loc[0:9, "account_id"] = "A-NEW-CUSTOMER"
+    t.loc[10:14, "merchant_id"] = "M-NEW-SHOP"
+    t.loc[15:19, "order_id"] = "O-NOT-IN-SNAPSHOT"
+    t.loc[20:24, "account_id"] = None
+    t.loc[25, "prior_tickets_30d"] = 4.0  # the ticket system may send a fresher count
+    return t
+
+
+def _as_json(t: pd.DataFrame) -> list[dict]:
+    recs = t.astype(object).where(t.notna(), None).to_dict("records")
+    for r in recs:
+        r["created_at"] = r["created_at"].isoformat()
+        r.pop("prior_tickets_30d") if r.get("prior_tickets_30d") is None else None
+    return recs
+
+
+def test_score_one_equals_score_batch(ds, model, snapshots):
+    _, snaps = snapshots
+    t = _requests(ds)
+    frames = snaps.frames()
+    batch = model.score_batch(t, frames["accounts"], frames["merchants"], frames["orders"])
+    ones = [model.score_one(r, snaps.accounts.get(r["account_id"]), snaps.merchants.get(r["merchant_id"]),
+                            snaps.orders.get(r["order_id"])) for r in _as_json(t)]
+    p1 = np.array([o["escalation_probability"] for o in ones])
+    assert np.abs(p1 - batch["escalation_probability"].to_numpy()).max() <= 1e-9
+    assert [o["reasons"] for o in ones] == batch["reasons"].tolist()
+    for flag in ("guest", "unknown_account", "unknown_merchant", "order_context_missing"):
+        assert [o[flag] for o in ones] == batch[flag].tolist()
+    assert batch["escalation_probability"].nunique() > 5  # a spread (isotonic steps), not a constant
+    # Feature vectors agree too, NaN for NaN.
+    X, _ = model.features_batch(t, frames["accounts"], frames["merchants"], frames["orders"])
+    r0 = _as_json(t)[30]
+    v = assemble_one(r0, snaps.orders.get(r0["order_id"]), snaps.accounts.get(r0["account_id"]),
+                     snaps.merchants.get(r0["merchant_id"]), model.calendar_)
+    assert np.array_equal(np.array(v), X[30], equal_nan=True)
+
+
+def test_unknown_ids_get_defaults_and_say_so(ds, model, snapshots):
+    _, snaps = snapshots
+    recs = _as_json(_requests(ds))
+    new = model.score_one(recs[0], None, snaps.merchants.get(recs[0]["merchant_id"]),
+                          snaps.orders.get(recs[0]["order_id"]))
+    assert new["unknown_account"] and not new["guest"] and "new account" in new["defaults_used"][0]
+    X, flags = model.features_batch(_requests(ds).head(30), *[snaps.frames()[k] for k in ("accounts", "merchants",
+                                                                                           "orders")])
+    acc_cols = [FEATURES.index(c) for c in ACCOUNT_FEATURES]
+    assert (X[:10][:, acc_cols] == [NEW_ACCOUNT[c] for c in ACCOUNT_FEATURES]).all()
+    assert flags["unknown_account"][:10].all() and flags["unknown_merchant"][10:15].all()
+    assert flags["order_context_missing"][15:20].all() and flags["guest"][20:25].all()
+    assert np.isnan(X[20:25][:, acc_cols]).all()  # guests: no history, as in training
+    shop = model.score_one(recs[10], snaps.accounts.get(recs[10]["account_id"]), None, None)
+    assert shop["unknown_merchant"] and any("merchant" in d for d in shop["defaults_used"])
+    # A fresher count sent with the ticket wins over the snapshot.
+    X26, _ = model.features_batch(_requests(ds).iloc[25:26], snaps.frames()["accounts"])
+    assert X26[0, FEATURES.index("prior_tickets_30d")] == 4.0
+
+
+def test_snapshot_history_columns_come_from_the_training_function(ds, snapshots):
+    _, snaps = snapshots
+    acc_id = next(iter(snaps.accounts))
+    row = snaps.accounts[acc_id]
+    assert row["returns_30d"] != -99.0 and 0.0 <= row["abuse_score"] <= 1.0  # ours win, theirs are kept
+    snap = feature_snapshots(ds, AS_OF)["accounts"].set_index("account_id").loc[acc_id]
+    assert row["return_rate_90d"] == pytest.approx(snap["return_rate_90d"])
+
+
+def test_triage_adds_priority_action_and_policy_reasons(ds, model, snapshots):
+    _, snaps = snapshots
+    t = _requests(ds, 120)
+    settings = Settings()
+    frames = snaps.frames()
+    batch = triage_batch(model, t, frames["accounts"], frames["merchants"], frames["orders"], settings)
+    for i, r in enumerate(_as_json(t)[:60]):
+        one = triage_one(model, r, snaps.accounts.get(r["account_id"]), snaps.merchants.get(r["merchant_id"]),
+                         snaps.orders.get(r["order_id"]), settings)
+        row = batch.iloc[i]
+        assert (one["priority"], one["action"]) == (row["priority"], row["action"])
+        assert one["reasons"] == row["reasons"] and one["policy_reasons"][0].startswith("escalation probability")
+        assert one["abuse_risk"] == (None if row["abuse_risk"] is None else pytest.approx(row["abuse_risk"]))
+    strict = triage_batch(model, t, frames["accounts"], frames["merchants"], frames["orders"],
+                          Settings(p3_escalation=0.0, p2_escalation=0.0, p1_escalation=0.0))
+    assert (strict["priority"] == "P1").all()  # thresholds are read from the settings passed in
