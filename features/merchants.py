@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
 from features.contract import Dataset
 
@@ -258,6 +259,46 @@ def _in(t: Arr, lo: int, hi: int) -> Arr:
     return (t >= lo) & (t < hi)
 
 
+def _late_counts(ev: MerchantEvents, lo: int, hi: int, grace_days: int = 0) -> tuple[Arr, Arr]:
+    """(late, due) orders per merchant among orders whose promise + grace passed in [lo, hi).
+
+    Lateness is known the moment the promise (+ grace) passes undelivered, so this never looks past ``hi``.
+    """
+    if grace_days not in (0, VERY_LATE_DAYS):
+        raise ValueError(f"grace_days must be 0 or {VERY_LATE_DAYS}")
+    due = _in(ev.o_promise + grace_days * DAY, lo, hi)
+    on_time = ev.o_on_time3 if grace_days else ev.o_on_time
+    return _count(ev.o_m, due & ~on_time, ev.n_merchants), _count(ev.o_m, due, ev.n_merchants)
+
+
+def _complaint_counts(ev: MerchantEvents, lo: int, hi: int, known_by: int) -> Arr:
+    """Complaints per merchant among tickets created in [lo, hi), as known at ``known_by`` (seconds).
+
+    A complaint case is known when created; an escalation only once its ticket is resolved.
+    """
+    known = ev.t_complaint_case | (ev.t_escalated & (ev.t_resolved < known_by))
+    return _count(ev.t_m, known & _in(ev.t_created, lo, hi) & (ev.t_created < known_by), ev.n_merchants)
+
+
+def _cutoff(day: pd.Timestamp) -> int:
+    """First second after the as-of day (UTC): nothing at or after it may be used."""
+    return int((day + pd.Timedelta(days=1)).timestamp())
+
+
+def late_delivery_counts(events: MerchantEvents, as_of, days: int = 90, grace_days: int = 0) -> pd.DataFrame:
+    """Raw (unshrunk) late and due orders per merchant over the ``days`` up to ``as_of`` (what the rates shrink)."""
+    cut = _cutoff(events.check_as_of(as_of))
+    late, due = _late_counts(events, cut - days * DAY, cut, grace_days)
+    return pd.DataFrame({"late": late, "due": due}, index=pd.Index(events.merchant_ids, name="merchant_id"))
+
+
+def complaint_counts(events: MerchantEvents, as_of, days: int = 90) -> pd.Series:
+    """Raw complaints per merchant known by the end of ``as_of`` among tickets created in the ``days`` before."""
+    cut = _cutoff(events.check_as_of(as_of))
+    return pd.Series(_complaint_counts(events, cut - days * DAY, cut, cut),
+                     index=pd.Index(events.merchant_ids, name="merchant_id"), name="complaints")
+
+
 def build_features(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DAYS,
                    new_merchant_days: int = NEW_MERCHANT_DAYS) -> FeatureFrame:
     """Every merchant known by the end of ``as_of`` with its features, using only what was known by then.
@@ -266,7 +307,7 @@ def build_features(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DA
     than ``new_merchant_days`` are flagged ``new_merchant``. Raises :class:`AsOfError` outside the data's days.
     """
     day = events.check_as_of(as_of)
-    cut = int((day + pd.Timedelta(days=1)).timestamp())  # first second that may not be used
+    cut = _cutoff(day)
     ev, n_m = events, events.n_merchants
     known = ev.first_seen < cut
 
@@ -301,10 +342,8 @@ def build_features(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DA
     # Late deliveries: only orders whose promise (or promise + VERY_LATE_DAYS) has passed, windowed by that moment.
     late, very_late = {}, {}
     for w in ("30", "prev60", "90", "365"):
-        due = _in(ev.o_promise, *windows[w])
-        late[w] = shrunk(_count(ev.o_m, due & ~ev.o_on_time, n_m), _count(ev.o_m, due, n_m))
-        due2 = _in(ev.o_promise + VERY_LATE_DAYS * DAY, *windows[w])
-        very_late[w] = shrunk(_count(ev.o_m, due2 & ~ev.o_on_time3, n_m), _count(ev.o_m, due2, n_m))
+        late[w] = shrunk(*_late_counts(ev, *windows[w], grace_days=0))
+        very_late[w] = shrunk(*_late_counts(ev, *windows[w], grace_days=VERY_LATE_DAYS))
     f["late_rate_30d"], f["late_rate_90d"] = late["30"][0], late["90"][0]
     for w in ("30", "90", "365"):
         f[f"very_late_rate_{w}d"] = very_late[w][0]
@@ -322,12 +361,9 @@ def build_features(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DA
     f["return_rate_90d"] = shrunk(_count(ev.r_m, r90, n_m), orders["90"], "poisson")[0]
 
     # Complaints known by the cutoff: complaint cases when created, escalations once resolved.
-    created = ev.t_created < cut
-    complaint_known = created & (ev.t_complaint_case | (ev.t_escalated & (ev.t_resolved < cut)))
     comp = {}
     for w in (*windows, "base"):
-        k = _count(ev.t_m, complaint_known & _in(ev.t_created, *(window(BASELINE_DAYS) if w == "base" else windows[w])),
-                   n_m)
+        k = _complaint_counts(ev, *(window(BASELINE_DAYS) if w == "base" else windows[w]), known_by=cut)
         comp[w] = (k, *shrunk(k, orders[w], "poisson"))
     f["complaint_count_90d"] = comp["90"][0]
     for w in ("30", "90", "180", "365"):
@@ -380,7 +416,7 @@ def build_labels(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DAYS
     if day + pd.Timedelta(days=horizon_days) > events.end:
         raise AsOfError(f"the {horizon_days}-day label window after {day.date()} ends after the data's last day "
                         f"{events.end.date()}: the label has not matured; pick an earlier as-of date")
-    lo = int((day + pd.Timedelta(days=1)).timestamp())
+    lo = _cutoff(day)
     hi = lo + horizon_days * DAY
     ev, n_m = events, events.n_merchants
     orders = _count(ev.o_m, _in(ev.o_t, lo, hi), n_m)
@@ -428,7 +464,7 @@ def relevance_grades(frame: SnapshotFrame, min_orders: int,
 _LGB_COMMON = {"verbose": -1, "deterministic": True, "force_row_wise": True, "feature_pre_filter": False}
 
 
-class MerchantRiskModel:
+class MerchantRiskModel(BaseEstimator):
     """Merchant complaint ranker with the scikit-learn contract; one fitted object serves training and serving.
 
     ``kind="poisson"`` ranks by the expected complaints per order of a LightGBM Poisson model fitted on complaint
@@ -500,7 +536,8 @@ class MerchantRiskModel:
 
     def predict(self, X: pd.DataFrame) -> Arr:
         """Ranking score per merchant (higher = more complaints to come); Poisson: expected complaints per order."""
-        return self._booster.predict(self._check(X), num_threads=self.num_threads)
+        X = self._check(X)  # before touching the booster: an unfitted model says so
+        return self._booster.predict(X, num_threads=self.num_threads)
 
     def expected_rate(self, X: pd.DataFrame) -> Arr:
         """Expected complaints per order in the coming window (the Poisson model, whatever ranks)."""
@@ -508,7 +545,8 @@ class MerchantRiskModel:
 
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Each feature's contribution to the ranking score (log scale for Poisson), one column per feature."""
-        contrib = self._booster.predict(self._check(X), pred_contrib=True, num_threads=self.num_threads)
+        data = self._check(X)
+        contrib = self._booster.predict(data, pred_contrib=True, num_threads=self.num_threads)
         return pd.DataFrame(contrib[:, :-1], columns=self.feature_names_, index=X.index)
 
     def reasons(self, X: pd.DataFrame, top: int = 3) -> list[str]:
