@@ -1,0 +1,760 @@
+"""Serial-return accounts: point-in-time account features, the fitted detectors and readable reasons.
+
+``account_features(orders, returns, account_links, as_of)`` describes every account (never a guest: a null account_id
+has no account) with what was known at the end of ``as_of``: nothing dated after that day is read, deliveries that
+had not happened yet count as not delivered. Everything is vectorised over accounts (numpy bincounts, one join of
+returns to their order lines, sparse connected components for linked accounts), so a million accounts take seconds.
+
+Models follow the scikit-learn contract so the object training fits is the object serving loads:
+
+- :class:`ReturnAbnormalityDetector` (cold start, no labels): robust one-sided deviations of the risk features from the
+  population ("how far above a typical account"), scored by an IsolationForest.
+- :class:`SerialReturnerModel`: the detector, plus, once enough review decisions exist, a small LightGBM on all
+  features and the detector's score, calibrated on the latest held-out decisions (Platt). ``explain`` turns
+  LightGBM contributions (``pred_contrib``) or the detector's deviations into sentences a reviewer reads, and names
+  the likely pattern (serial, wardrobing, refund_without_return, ring) from the reasons that dominate.
+
+Account links carry no timestamps in the contract, so the identifier graph is the platform's current one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from features.contract import RETURN_REASONS
+
+Day = pd.Timestamp
+AccountFrame = pd.DataFrame  # one row per account_id (the index), columns FEATURES
+
+US_PER_DAY = 86_400_000_000
+WINDOWS = (30, 90, 365)
+WORN_CATEGORIES = ("apparel", "shoes")
+CLAIM_REASONS = ("not_received", "damaged_in_transit")
+PATTERNS = ("serial", "wardrobing", "refund_without_return", "ring")
+# Wardrobing: a worn-category item ordered at most this many days before a sales event or holiday and sent back
+# at most this many days after it, for a full refund.
+WARDROBE_BEFORE_DAYS = 7
+WARDROBE_AFTER_DAYS = 7
+MIN_EVENT_SIZE = 2  # medium and major events (calendar size classes)
+# An identifier shared by more accounts than this is a hub (a shop's public tablet, a parcel locker address), not a
+# sign that the accounts belong together; it is left out of the link graph.
+MAX_LINK_SHARE = 20
+DAYS_CAP = 730.0
+
+FEATURES: tuple[str, ...] = (
+    "lines_30d", "lines_90d", "lines_365d", "spend_365d", "tenure_days",
+    "returns_30d", "returns_90d", "returns_365d", "return_rate_30d", "return_rate_90d", "return_rate_365d",
+    "refund_365d", "refund_share_365d",
+    "days_order_to_return", "days_delivery_to_return", "days_since_last_return",
+    *(f"share_{r}" for r in RETURN_REASONS), "reason_entropy",
+    "refund_without_return_90d", "refund_without_return_365d", "refund_without_return_share", "claims_365d",
+    "wardrobe_returns_365d", "wardrobe_share",
+    "return_trend", "return_rate_change",
+    "link_group_size", "link_strong_group_size", "link_max_shared_types",
+    "link_group_returns_90d", "link_group_return_rate_90d", "link_group_refund_without_return_365d",
+)
+# The features the cold-start detector looks at: for each, higher means more suspicious.
+DETECTOR_FEATURES: tuple[str, ...] = (
+    "returns_30d", "returns_90d", "returns_365d", "return_rate_90d", "return_rate_365d", "refund_share_365d",
+    "share_changed_mind", "refund_without_return_90d", "refund_without_return_365d", "claims_365d",
+    "wardrobe_returns_365d", "wardrobe_share", "return_trend",
+    "link_strong_group_size", "link_group_returns_90d", "link_group_refund_without_return_365d",
+)
+# Counts are compared on a log scale: 20 returns against 2 is a bigger step than 40 against 22.
+_LOG_FEATURES = {"returns_30d", "returns_90d", "returns_365d", "refund_without_return_90d",
+                 "refund_without_return_365d", "claims_365d", "wardrobe_returns_365d", "link_group_returns_90d",
+                 "link_group_refund_without_return_365d", "link_strong_group_size", "return_trend"}
+# Which abuse pattern a reason points to; features not listed describe context and name no pattern.
+FEATURE_PATTERN: dict[str, str] = {
+    **{f: "serial" for f in ("returns_30d", "returns_90d", "returns_365d", "return_rate_30d", "return_rate_90d",
+                             "return_rate_365d", "refund_365d", "refund_share_365d", "share_changed_mind",
+                             "share_size_fit", "return_trend", "return_rate_change")},
+    **{f: "wardrobing" for f in ("wardrobe_returns_365d", "wardrobe_share")},
+    **{f: "refund_without_return" for f in ("refund_without_return_90d", "refund_without_return_365d",
+                                            "refund_without_return_share", "claims_365d", "share_not_received",
+                                            "share_damaged_in_transit")},
+    **{f: "ring" for f in ("link_group_size", "link_strong_group_size", "link_max_shared_types",
+                           "link_group_returns_90d", "link_group_return_rate_90d",
+                           "link_group_refund_without_return_365d")},
+}
+ANOMALY_FEATURE = "anomaly_score"
+
+
+class AsOfError(ValueError):
+    """An as-of date outside the days the data covers."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dates
+
+
+def as_day(value) -> Day:
+    """A date-like value as a UTC day (midnight, tz-aware)."""
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.normalize()
+
+
+def check_as_of(as_of, span: tuple[Day, Day]) -> Day:
+    """``as_of`` as a UTC day, or :class:`AsOfError` when it lies before the data starts or after it ends.
+
+    The as-of date is the last day whose data may be used; ``span`` is the data's (first day, last day).
+    """
+    day, (first, last) = as_day(as_of), (as_day(span[0]), as_day(span[1]))
+    if day < first:
+        raise AsOfError(f"as-of date {day.date()} is before the data starts ({first.date()}); "
+                        f"choose a day from {first.date()} to {last.date()}")
+    if day > last:
+        raise AsOfError(f"as-of date {day.date()} is after the data ends ({last.date()}): there is nothing to see "
+                        f"after that day; choose a day from {first.date()} to {last.date()}")
+    return day
+
+
+def _us(s: pd.Series) -> np.ndarray:
+    """Microseconds since the epoch (int64, NaT -> INT64_MIN) without going through Python objects."""
+    return np.asarray(s.dt.as_unit("us").array.asi8)
+
+
+def _event_days(market: str, first: Day, last: Day, settings=None) -> np.ndarray:
+    """Sorted day numbers (days since the epoch) of medium and major events and holidays of the market."""
+    from features.calendar import market_events
+
+    ev = market_events(market, first.tz_localize(None), last.tz_localize(None), settings)
+    ev = ev[ev["size"] >= MIN_EVENT_SIZE]
+    return np.unique(ev["date"].to_numpy().astype("datetime64[D]").astype(np.int64))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Account features
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray, default: float = 0.0) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), default)
+
+
+def _group_median(values: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
+    """Median of ``values`` per account position (NaN where an account has none)."""
+    out = np.full(n, np.nan)
+    ok = np.isfinite(values)
+    if ok.any():
+        med = pd.Series(values[ok]).groupby(pos[ok]).median()
+        out[med.index.to_numpy()] = med.to_numpy()
+    return out
+
+
+def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links: pd.DataFrame | None,
+                     as_of, market: str = "CN", settings=None, max_link_share: int = MAX_LINK_SHARE) -> AccountFrame:
+    """Features of every account (index ``account_id``) from what was known at the end of ``as_of``.
+
+    Inputs are contract frames (see ``features.contract``). Accounts are those with an order or a return up to
+    ``as_of``; guests (null account_id) are not accounts and never appear. Columns: :data:`FEATURES`.
+    """
+    as_of = as_day(as_of)
+    cut = int((as_of + pd.Timedelta(days=1)).value // 1000)  # first microsecond after the as-of day
+    o_t, r_t = _us(orders["ordered_at"]), _us(returns["requested_at"])
+    o_keep = (o_t < cut) & orders["account_id"].notna().to_numpy()
+    r_keep = (r_t < cut) & returns["account_id"].notna().to_numpy()
+    codes_o, uniq_o = pd.factorize(orders["account_id"][o_keep])
+    codes_r, uniq_r = pd.factorize(returns["account_id"][r_keep])
+    index = pd.Index(uniq_o).union(pd.Index(uniq_r)).astype("string")
+    index.name = "account_id"
+    n = len(index)
+    pos_o = index.get_indexer(uniq_o)[codes_o] if len(uniq_o) else np.zeros(0, np.int64)
+    pos_r = index.get_indexer(uniq_r)[codes_r] if len(uniq_r) else np.zeros(0, np.int64)
+    f: dict[str, np.ndarray] = {}
+
+    # Orders: volume per window, spend, tenure.
+    ot = o_t[o_keep]
+    age_o = (cut - ot) / US_PER_DAY
+    amount = orders["amount"].to_numpy(dtype=float)[o_keep]
+    for w in WINDOWS:
+        f[f"lines_{w}d"] = np.bincount(pos_o[age_o < w], minlength=n).astype(float)
+    f["spend_365d"] = np.bincount(pos_o[age_o < 365], weights=amount[age_o < 365], minlength=n)
+    first = np.full(n, cut, dtype=np.int64)
+    np.minimum.at(first, pos_o, ot)
+    rt_all = r_t[r_keep]
+    np.minimum.at(first, pos_r, rt_all)
+    f["tenure_days"] = (cut - first) / US_PER_DAY
+
+    # Returns: counts, rates, refunds, reasons, refunds without the goods.
+    age_r = (cut - rt_all) / US_PER_DAY
+    refund = returns["refund_amount"].to_numpy(dtype=float)[r_keep]
+    no_item = returns["item_returned"].eq(False).fillna(False).to_numpy(dtype=bool)[r_keep]
+    reason = pd.Categorical(returns["reason"][r_keep], categories=RETURN_REASONS).codes
+    for w in WINDOWS:
+        cnt = np.bincount(pos_r[age_r < w], minlength=n).astype(float)
+        f[f"returns_{w}d"] = cnt
+        # A return may belong to an order placed before the window: the rate is capped at one per line.
+        f[f"return_rate_{w}d"] = _safe_div(cnt, np.maximum(f[f"lines_{w}d"], cnt))
+    y = age_r < 365
+    f["refund_365d"] = np.bincount(pos_r[y], weights=refund[y], minlength=n)
+    f["refund_share_365d"] = _safe_div(f["refund_365d"], np.maximum(f["spend_365d"], f["refund_365d"]))
+    rc = np.bincount(pos_r[y] * len(RETURN_REASONS) + np.maximum(reason[y], 0),
+                     minlength=n * len(RETURN_REASONS)).reshape(n, len(RETURN_REASONS)).astype(float)
+    p = _safe_div(rc, f["returns_365d"][:, None])
+    for j, r in enumerate(RETURN_REASONS):
+        f[f"share_{r}"] = p[:, j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f["reason_entropy"] = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1)), 0.0).sum(axis=1)
+    q = age_r < 90
+    f["refund_without_return_90d"] = np.bincount(pos_r[q & no_item], minlength=n).astype(float)
+    f["refund_without_return_365d"] = np.bincount(pos_r[y & no_item], minlength=n).astype(float)
+    f["refund_without_return_share"] = _safe_div(f["refund_without_return_365d"], f["returns_365d"])
+    claim = np.isin(reason, [RETURN_REASONS.index(c) for c in CLAIM_REASONS])
+    f["claims_365d"] = np.bincount(pos_r[y & claim], minlength=n).astype(float)
+    last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last, pos_r, rt_all)
+    f["days_since_last_return"] = np.where(last > np.iinfo(np.int64).min, np.minimum((cut - last) / US_PER_DAY,
+                                                                                    DAYS_CAP), DAYS_CAP)
+
+    # Change against the account's own past: the last 90 days against days 91-365.
+    prior = (age_r >= 90) & (age_r < 365)
+    prior_returns = np.bincount(pos_r[prior], minlength=n).astype(float)
+    prior_lines = f["lines_365d"] - f["lines_90d"]
+    f["return_trend"] = (f["returns_90d"] / 90 * 30 + 0.25) / (prior_returns / 275 * 30 + 0.25)
+    f["return_rate_change"] = f["return_rate_90d"] - _safe_div(prior_returns,
+                                                                np.maximum(prior_lines, prior_returns))
+
+    # Returns joined to their order lines: timing, and wardrobing.
+    timing = _return_timing(orders, o_keep, returns, r_keep, y, cut, market, as_of, settings)
+    f["days_order_to_return"] = _group_median(timing["order_days"], pos_r[y], n)
+    f["days_delivery_to_return"] = _group_median(timing["delivery_days"], pos_r[y], n)
+    f["wardrobe_returns_365d"] = np.bincount(pos_r[y][timing["wardrobe"]], minlength=n).astype(float)
+    f["wardrobe_share"] = _safe_div(f["wardrobe_returns_365d"], f["returns_365d"])
+
+    # Linked accounts.
+    f.update(_link_features(account_links, index, f, max_link_share))
+    out = pd.DataFrame({k: f[k] for k in FEATURES}, index=index)
+    out.attrs["as_of"] = str(as_of.date())
+    return out
+
+
+def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFrame, r_keep: np.ndarray,
+                   in_year: np.ndarray, cut: int, market: str, as_of: Day, settings) -> dict[str, np.ndarray]:
+    """For each return of the last 365 days: days from order and from delivery, and whether it looks like wardrobing.
+
+    Wardrobing: an apparel or shoes line ordered shortly before a sales event or holiday, refunded in full (the refund
+    per unit equals the line's unit price) and requested within a week after the event.
+    """
+    r = returns.loc[r_keep, ["order_id", "quantity", "refund_amount"]].loc[in_year]
+    k = len(r)
+    out = {"order_days": np.full(k, np.nan), "delivery_days": np.full(k, np.nan), "wardrobe": np.zeros(k, bool)}
+    has_order = r["order_id"].notna().to_numpy()
+    if not has_order.any():
+        return out
+    req = _us(returns["requested_at"])[r_keep][in_year]
+    ri = pd.DataFrame({"ret": np.arange(k)[has_order], "order_id": r["order_id"][has_order].to_numpy(),
+                       "rqty": r["quantity"].to_numpy()[has_order],
+                       "refund": r["refund_amount"].to_numpy(dtype=float)[has_order]})
+    o_mask = o_keep & orders["order_id"].isin(ri["order_id"]).to_numpy()
+    o = orders.loc[o_mask, ["order_id", "category", "amount", "quantity"]]
+    deliv = _us(orders["delivered_at"])[o_mask]
+    ol = pd.DataFrame({"order_id": o["order_id"].to_numpy(), "worn": o["category"].isin(WORN_CATEGORIES).to_numpy(),
+                       "unit": o["amount"].to_numpy(dtype=float) / o["quantity"].to_numpy(dtype=float),
+                       "ordered": _us(orders["ordered_at"])[o_mask],
+                       # A delivery after the as-of day had not happened yet at the time.
+                       "delivered": np.where((deliv > np.iinfo(np.int64).min) & (deliv < cut), deliv, -1)})
+    m = ri.merge(ol, on="order_id", how="inner", sort=False)
+    if m.empty:
+        return out
+    per_unit = m["refund"].to_numpy() / np.maximum(m["rqty"].to_numpy(), 1)
+    unit = m["unit"].to_numpy()
+    m["full_worn"] = m["worn"].to_numpy() & (np.abs(per_unit - unit) <= 0.02 * unit + 0.01)
+    g = m.groupby("ret", sort=False).agg(ordered=("ordered", "min"), delivered=("delivered", "max"),
+                                         full_worn=("full_worn", "any"))
+    ret = g.index.to_numpy()
+    t = req[ret]
+    out["order_days"][ret] = (t - g["ordered"].to_numpy()) / US_PER_DAY
+    dl = g["delivered"].to_numpy()
+    out["delivery_days"][ret] = np.where(dl > 0, (t - dl) / US_PER_DAY, np.nan)
+    # The latest event day strictly before the request day must fall within a week after the order.
+    o_day = g["ordered"].to_numpy() // US_PER_DAY
+    r_day = t // US_PER_DAY
+    first = pd.Timestamp(int(o_day.min()), unit="D", tz="UTC")
+    ev = _event_days(market, first, as_of, settings)
+    if len(ev):
+        j = np.searchsorted(ev, r_day, side="left") - 1
+        e = ev[np.maximum(j, 0)]
+        near = (j >= 0) & (e >= o_day) & (e - o_day <= WARDROBE_BEFORE_DAYS) & (r_day - e <= WARDROBE_AFTER_DAYS)
+        out["wardrobe"][ret] = near & g["full_worn"].to_numpy()
+    return out
+
+
+def link_pairs(account_links: pd.DataFrame, index: pd.Index, max_link_share: int = MAX_LINK_SHARE) -> pd.DataFrame:
+    """Pairs of accounts (positions in ``index``) sharing identifiers: columns a, b (a < b), shared_types.
+
+    Identifiers held by more than ``max_link_share`` accounts are hubs and are ignored.
+    """
+    empty = pd.DataFrame({"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64), "shared_types": np.zeros(0, int)})
+    if account_links is None or account_links.empty:
+        return empty
+    acc = index.get_indexer(account_links["account_id"])
+    tcode = pd.Categorical(account_links["link_type"]).codes.astype(np.int64)
+    vcode = pd.factorize(account_links["link_value"])[0].astype(np.int64)
+    ok = (acc >= 0) & (vcode >= 0) & (tcode >= 0)
+    key = vcode[ok] * 8 + tcode[ok]  # a value of one type; the same hash under two types is two identifiers
+    lk = pd.DataFrame({"key": key, "acc": acc[ok]}).drop_duplicates()
+    deg = lk.groupby("key")["acc"].transform("size").to_numpy()
+    lk = lk[(deg >= 2) & (deg <= max_link_share)].sort_values(["key", "acc"], kind="stable")
+    if lk.empty:
+        return empty
+    deg = lk.groupby("key")["acc"].transform("size").to_numpy()
+    accs, keys = lk["acc"].to_numpy(), lk["key"].to_numpy()
+    parts = []
+    for d in np.unique(deg):  # identifiers with d holders: all d*(d-1)/2 pairs at once
+        members = accs[deg == d].reshape(-1, d)
+        ktype = (keys[deg == d].reshape(-1, d)[:, 0]) % 8
+        i, j = np.triu_indices(d, k=1)
+        parts.append(pd.DataFrame({"a": members[:, i].ravel(), "b": members[:, j].ravel(),
+                                   "t": np.repeat(ktype, len(i))}))
+    pairs = pd.concat(parts, ignore_index=True).drop_duplicates()
+    return pairs.groupby(["a", "b"], sort=False).size().rename("shared_types").reset_index()
+
+
+def _components(pairs: pd.DataFrame, n: int) -> np.ndarray:
+    if pairs.empty:
+        return np.arange(n)
+    g = coo_matrix((np.ones(len(pairs)), (pairs["a"].to_numpy(), pairs["b"].to_numpy())), shape=(n, n))
+    return connected_components(g, directed=False)[1]
+
+
+def _link_features(account_links: pd.DataFrame | None, index: pd.Index, f: dict[str, np.ndarray],
+                   max_link_share: int) -> dict[str, np.ndarray]:
+    """Group of accounts connected by shared address/device/payment/... and the group's returns."""
+    n = len(index)
+    pairs = link_pairs(account_links, index, max_link_share)
+    label = _components(pairs, n)
+    size = np.bincount(label, minlength=n)[label].astype(float)
+    strong = _components(pairs[pairs["shared_types"] >= 2], n)  # pairs sharing two or more identifiers
+    strong_size = np.bincount(strong, minlength=n)[strong].astype(float)
+    max_types = np.zeros(n)
+    if len(pairs):
+        np.maximum.at(max_types, pairs["a"].to_numpy(), pairs["shared_types"].to_numpy())
+        np.maximum.at(max_types, pairs["b"].to_numpy(), pairs["shared_types"].to_numpy())
+
+    def group_sum(x: np.ndarray) -> np.ndarray:
+        return np.bincount(label, weights=x, minlength=n)[label]
+
+    g_ret, g_lines = group_sum(f["returns_90d"]), group_sum(f["lines_90d"])
+    return {
+        "link_group_size": size, "link_strong_group_size": strong_size, "link_max_shared_types": max_types,
+        "link_group_returns_90d": g_ret - f["returns_90d"],  # the others' returns
+        "link_group_return_rate_90d": np.where(size > 1, _safe_div(g_ret, np.maximum(g_lines, g_ret)), 0.0),
+        "link_group_refund_without_return_365d": group_sum(f["refund_without_return_365d"])
+        - f["refund_without_return_365d"],
+    }
+
+
+def dataset_features(ds, as_of, market: str | None = None, settings=None) -> AccountFrame:
+    """:func:`account_features` for a loaded :class:`features.contract.Dataset`, checking ``as_of`` is in range."""
+    from features.settings import get_settings
+
+    settings = settings or get_settings()
+    day = check_as_of(as_of, ds.time_span())
+    return account_features(ds.orders, ds.returns, ds.account_links, day, market or settings.market, settings)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reasons written for a person
+
+
+def _n(v: float) -> str:
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{v:.0f}" if abs(v - round(v)) < 1e-9 or abs(v) >= 10 else f"{v:.1f}"
+
+
+def _times(v: float, typical: float) -> str:
+    return f", {v / typical:.0f}x the typical account" if typical > 0 and v / typical >= 1.5 else ""
+
+
+_TEXT = {
+    "returns_30d": lambda v, t: f"{_n(v)} returns in 30 days{_times(v, t)} ({_n(t)})",
+    "returns_90d": lambda v, t: f"{_n(v)} returns in 90 days{_times(v, t)} ({_n(t)})",
+    "returns_365d": lambda v, t: f"{_n(v)} returns in 365 days{_times(v, t)} ({_n(t)})",
+    "return_rate_30d": lambda v, t: f"returned {v:.0%} of its order lines in 30 days (typical {t:.0%})",
+    "return_rate_90d": lambda v, t: f"returned {v:.0%} of its order lines in 90 days (typical {t:.0%})",
+    "return_rate_365d": lambda v, t: f"returned {v:.0%} of its order lines in 365 days (typical {t:.0%})",
+    "refund_365d": lambda v, t: f"{v:,.0f} refunded in 365 days{_times(v, t)} ({t:,.0f})",
+    "refund_share_365d": lambda v, t: f"refunds were {v:.0%} of what it spent in 365 days (typical {t:.0%})",
+    "share_changed_mind": lambda v, t: f"{v:.0%} of its returns are 'changed mind' (typical {t:.0%})",
+    "share_size_fit": lambda v, t: f"{v:.0%} of its returns are 'size/fit' (typical {t:.0%})",
+    "share_not_received": lambda v, t: f"{v:.0%} of its returns claim the parcel never arrived (typical {t:.0%})",
+    "share_damaged_in_transit": lambda v, t: f"{v:.0%} of its returns claim damage in transit (typical {t:.0%})",
+    "refund_without_return_90d": lambda v, t: f"{_n(v)} refunds without the item coming back in 90 days"
+                                              f"{_times(v, t)} ({_n(t)})",
+    "refund_without_return_365d": lambda v, t: f"{_n(v)} refunds without the item coming back in 365 days"
+                                               f"{_times(v, t)} ({_n(t)})",
+    "refund_without_return_share": lambda v, t: f"{v:.0%} of its refunds came without the item back "
+                                                f"(typical {t:.0%})",
+    "claims_365d": lambda v, t: f"{_n(v)} 'not received' or 'damaged in transit' claims in 365 days"
+                                f"{_times(v, t)} ({_n(t)})",
+    "wardrobe_returns_365d": lambda v, t: f"{_n(v)} apparel/shoes items returned within a week after a sales event "
+                                          f"or holiday, fully refunded, in 365 days (typical {_n(t)})",
+    "wardrobe_share": lambda v, t: f"{v:.0%} of its returns are worn-category items sent back right after an event "
+                                   f"(typical {t:.0%})",
+    "days_order_to_return": lambda v, t: f"sends items back {_n(v)} days after ordering (typical {_n(t)})",
+    "days_delivery_to_return": lambda v, t: f"sends items back {_n(v)} days after delivery (typical {_n(t)})",
+    "days_since_last_return": lambda v, t: f"last return {_n(v)} days ago",
+    "lines_30d": lambda v, t: f"{_n(v)} order lines in 30 days (typical {_n(t)})",
+    "lines_90d": lambda v, t: f"{_n(v)} order lines in 90 days (typical {_n(t)})",
+    "lines_365d": lambda v, t: f"{_n(v)} order lines in 365 days (typical {_n(t)})",
+    "spend_365d": lambda v, t: f"spent {v:,.0f} in 365 days (typical {t:,.0f})",
+    "tenure_days": lambda v, t: f"account active for {_n(v)} days (typical {_n(t)})",
+    "reason_entropy": lambda v, t: f"return reasons spread {v:.1f} bits (typical {t:.1f})",
+    "return_trend": lambda v, t: f"returning {v:.1f}x as often per month as in its own previous 9 months",
+    "return_rate_change": lambda v, t: f"return rate up {v * 100:.0f} points against its own previous 9 months",
+    "link_group_size": lambda v, t: f"linked to {_n(v - 1)} other accounts by a shared address, device or payment",
+    "link_strong_group_size": lambda v, t: f"shares two or more identifiers (address, device, payment) with "
+                                           f"{_n(v - 1)} other accounts",
+    "link_max_shared_types": lambda v, t: f"shares {_n(v)} identifiers with one other account",
+    "link_group_returns_90d": lambda v, t: f"its linked accounts made {_n(v)} returns in 90 days{_times(v, t)} "
+                                           f"({_n(t)})",
+    "link_group_return_rate_90d": lambda v, t: f"its group of linked accounts returned {v:.0%} of order lines in "
+                                               f"90 days (typical {t:.0%})",
+    "link_group_refund_without_return_365d": lambda v, t: f"its linked accounts got {_n(v)} refunds without "
+                                                          f"returning the item in 365 days",
+}
+
+
+def reason_text(feature: str, value: float, typical: float) -> str:
+    """One sentence a reviewer reads for a feature's value, against the typical account."""
+    fn = _TEXT.get(feature)
+    if fn is None:
+        return f"{feature.replace('_', ' ')} = {_n(value)} (typical {_n(typical)})"
+    return fn(float(value), float(typical))
+
+
+def typical_values(X: AccountFrame) -> pd.Series:
+    """The typical account per feature: the median, or the mean where the median is zero (sparse counts)."""
+    med = X.median(numeric_only=True)
+    mean = X.mean(numeric_only=True)
+    return med.where(med > 0, mean).fillna(0.0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models
+
+
+class ReturnAbnormalityDetector:
+    """Cold-start detector: one-sided robust deviations of the risk features, scored by an IsolationForest.
+
+    Each feature is measured as "how far above the median, in units of the distance from the median to the 95th
+    percentile" (on a log scale for counts) and clipped at zero, so only the suspicious direction counts: an account
+    that returns nothing is not abnormal. ``score`` is the IsolationForest anomaly score in (0, 1).
+    """
+
+    def __init__(self, features: Sequence[str] = DETECTOR_FEATURES, n_estimators: int = 200,
+                 max_samples: int = 1024, random_state: int = 0):
+        self.features = features
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.random_state = random_state
+
+    def _raw(self, X: AccountFrame) -> np.ndarray:
+        missing = [c for c in self.features if c not in X.columns]
+        if missing:
+            raise KeyError(f"account features missing columns {missing}: build them with account_features()")
+        raw = np.array(X[list(self.features)].to_numpy(dtype=float, na_value=np.nan), dtype=float)  # a copy
+        logs = np.array([c in _LOG_FEATURES for c in self.features])
+        raw[:, logs] = np.log1p(np.maximum(raw[:, logs], 0))
+        return np.nan_to_num(raw, nan=0.0)
+
+    def fit(self, X: AccountFrame, y=None) -> ReturnAbnormalityDetector:
+        """Learn each feature's median and spread on the population ``X`` and fit the forest on the deviations."""
+        from sklearn.ensemble import IsolationForest
+
+        raw = self._raw(X)
+        self.median_ = np.median(raw, axis=0)
+        spread = np.quantile(raw, 0.95, axis=0) - self.median_
+        for q in (0.99, 1.0):  # sparse features (most accounts at zero): look further out
+            spread = np.where(spread > 0, spread, np.quantile(raw, q, axis=0) - self.median_)
+        self.scale_ = np.where(spread > 0, spread, 1.0)
+        self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=min(self.max_samples, len(raw)),
+                                       random_state=self.random_state, n_jobs=1).fit(self._z(raw))
+        return self
+
+    def _z(self, raw: np.ndarray) -> np.ndarray:
+        return np.maximum((raw - self.median_) / self.scale_, 0.0)
+
+    def _check(self) -> None:
+        if not hasattr(self, "forest_"):
+            raise RuntimeError("ReturnAbnormalityDetector is not fitted: call fit(features) first")
+
+    def deviations(self, X: AccountFrame) -> pd.DataFrame:
+        """One-sided deviations per feature (0 = typical or below, 1 = at the population's 95th percentile)."""
+        self._check()
+        return pd.DataFrame(self._z(self._raw(X)), index=X.index, columns=list(self.features))
+
+    def score(self, X: AccountFrame) -> np.ndarray:
+        """Anomaly score in (0, 1): about 0.5 for ordinary accounts, towards 1 for the most abnormal."""
+        self._check()
+        return -self.forest_.score_samples(self._z(self._raw(X)))
+
+    predict = score
+
+
+class SerialReturnerModel:
+    """The serial-return model that training fits and serving loads.
+
+    ``fit(X, y)``: ``X`` holds the population (rows whose ``y`` is NaN, or every row when ``y`` is None) and the
+    labelled accounts (1 = confirmed abuse, 0 = cleared) in decision-time order. With fewer than ``min_labels``
+    labels, or fewer than ``min_per_class`` of either class, it stays in cold start: the detector's score.
+
+    Otherwise it learns from the decisions, starting from the detector: a logistic prior on the detector's score
+    (the boosting's ``init_score``), then a small LightGBM on every feature and that score, which corrects the prior
+    where decisions say so. Where the reviewed sample holds no example (a pattern never reviewed), the prior, and so
+    the detector, still ranks. The raw score is calibrated by Platt scaling on out-of-fold scores from contiguous
+    blocks of decisions, so the probability is not the booster's own over-confidence.
+    """
+
+    def __init__(self, min_labels: int = 30, min_per_class: int = 3, n_folds: int = 5,
+                 num_boost_round: int = 120, learning_rate: float = 0.05, num_leaves: int = 7,
+                 background: int = 2000, background_weight: float = 1.0, num_threads: int = 1,
+                 random_state: int = 0, detector_params: dict | None = None):
+        self.min_labels = min_labels
+        self.min_per_class = min_per_class
+        self.n_folds = n_folds
+        self.num_boost_round = num_boost_round
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.background = background
+        self.background_weight = background_weight
+        self.num_threads = num_threads
+        self.random_state = random_state
+        self.detector_params = detector_params
+
+    # -- fitting -----------------------------------------------------------------------------------------------------
+
+    def _params(self, n: int) -> dict:
+        return {"objective": "binary", "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
+                "min_data_in_leaf": max(3, n // 25), "min_sum_hessian_in_leaf": 1e-3, "lambda_l2": 1.0,
+                "feature_fraction": 0.8, "bagging_fraction": 0.9, "bagging_freq": 1, "seed": self.random_state,
+                "num_threads": self.num_threads, "verbose": -1, "deterministic": True, "force_row_wise": True}
+
+    def _fit_raw(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None = None):
+        """(prior, booster): the logistic prior on the detector score and the booster correcting it.
+
+        ``B``: background accounts from the population, weak negatives (positive-unlabelled learning): a few
+        dozen decisions say little on their own about how confirmed abusers differ from everybody else.
+        """
+        import lightgbm as lgb
+
+        anomaly = D[ANOMALY_FEATURE].to_numpy()
+        a, b = _platt(anomaly, y)
+        # The prior may only say "more abnormal, more suspicious"; a biased handful of decisions can say otherwise.
+        prior = (a, b) if a > 0 else (0.0, float(np.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3))))
+        w = np.ones(len(y))
+        if B is not None and len(B):
+            D = pd.concat([D, B])
+            w = np.r_[w, np.full(len(B), self.background_weight * len(y) / len(B))]
+            y = np.r_[y, np.zeros(len(B))]
+        init = prior[0] * D[ANOMALY_FEATURE].to_numpy() + prior[1]
+        data = lgb.Dataset(D, y, weight=w, init_score=init)
+        return prior, lgb.train(self._params(int(w.sum())), data, self.num_boost_round)
+
+    @staticmethod
+    def _raw(D: pd.DataFrame, prior: tuple[float, float], booster) -> np.ndarray:
+        return booster.predict(D, raw_score=True) + prior[0] * D[ANOMALY_FEATURE].to_numpy() + prior[1]
+
+    def fit(self, X: AccountFrame, y: Sequence[float] | np.ndarray | None = None) -> SerialReturnerModel:
+        """Fit the detector on the population and, when the labels allow, the calibrated supervised model."""
+        y_arr = np.full(len(X), np.nan) if y is None else np.asarray(y, dtype=float)
+        if len(y_arr) != len(X):
+            raise ValueError(f"y has {len(y_arr)} values for {len(X)} rows")
+        labelled = ~np.isnan(y_arr)
+        population = X.loc[~labelled] if (~labelled).any() else X
+        self.detector_ = ReturnAbnormalityDetector(**(self.detector_params or {})).fit(population)
+        self.typical_ = typical_values(population[list(FEATURES)])
+        self.anomaly_mean_ = float(np.mean(self.detector_.score(population)))
+        self.n_labels_ = int(labelled.sum())
+        yl = y_arr[labelled]
+        self.n_positive_ = int((yl == 1).sum())
+        n_neg = self.n_labels_ - self.n_positive_
+        self.mode_ = ("supervised" if self.n_labels_ >= self.min_labels
+                      and min(self.n_positive_, n_neg) >= self.min_per_class else "cold_start")
+        self.prior_, self.booster_, self.platt_ = None, None, None
+        if self.mode_ == "supervised":
+            D = self._design(X.loc[labelled])
+            B = None
+            if self.background and (~labelled).any():
+                rng = np.random.default_rng(self.random_state)
+                pick = rng.choice(len(population), min(self.background, len(population)), replace=False)
+                B = self._design(population.iloc[np.sort(pick)])
+            self.platt_ = self._calibrate(D, yl, B)
+            self.prior_, self.booster_ = self._fit_raw(D, yl, B)  # the final model sees every decision
+        return self
+
+    def _calibrate(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None) -> tuple[float, float] | None:
+        """Platt (a, b) on out-of-fold raw scores from contiguous blocks of decisions; None if too few to fit."""
+        oof = np.full(len(y), np.nan)
+        for block in np.array_split(np.arange(len(y)), self.n_folds):
+            rest = np.setdiff1d(np.arange(len(y)), block)
+            if len(np.unique(y[rest])) < 2:
+                continue
+            prior, booster = self._fit_raw(D.iloc[rest], y[rest], B)
+            oof[block] = self._raw(D.iloc[block], prior, booster)
+        ok = ~np.isnan(oof)
+        if ok.sum() < 10 or len(np.unique(y[ok])) < 2:
+            return None
+        a, b = _platt(oof[ok], y[ok])
+        # A slope at or below zero means held-out decisions do not follow the score (too few of one class):
+        # calibrating on it would turn the ranking upside down, so the raw logit is kept.
+        return (a, b) if a > 0 else None
+
+    def _design(self, X: AccountFrame) -> pd.DataFrame:
+        D = X[list(FEATURES)].astype(float).copy()
+        D[ANOMALY_FEATURE] = self.detector_.score(X)
+        return D
+
+    # -- scoring -----------------------------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if not hasattr(self, "detector_"):
+            raise RuntimeError("SerialReturnerModel is not fitted: call fit(features, labels) first")
+
+    def predict(self, X: AccountFrame) -> np.ndarray:
+        """Abuse score per account: a calibrated probability (supervised) or the detector's score (cold start)."""
+        self._check()
+        if self.booster_ is None:
+            return self.detector_.score(X)
+        raw = self._raw(self._design(X), self.prior_, self.booster_)
+        a, b = self.platt_ if self.platt_ is not None else (1.0, 0.0)
+        return 1.0 / (1.0 + np.exp(-(a * raw + b)))
+
+    def contributions(self, X: AccountFrame) -> pd.DataFrame:
+        """Each feature's push towards 'abuse' for each account (positive = more suspicious).
+
+        Supervised: LightGBM ``pred_contrib`` plus the prior's part, with the detector-score share spread over the
+        detector's deviations (that is what the score is made of). Cold start: the detector's deviations.
+        """
+        self._check()
+        dev = self.detector_.deviations(X)
+        if self.booster_ is None:
+            return dev.reindex(columns=list(FEATURES), fill_value=0.0)
+        D = self._design(X)
+        contrib = self.booster_.predict(D, pred_contrib=True)[:, :-1]  # drop the bias column
+        anomaly = contrib[:, len(FEATURES)] + self.prior_[0] * (D[ANOMALY_FEATURE].to_numpy() - self.anomaly_mean_)
+        C = pd.DataFrame(contrib[:, :len(FEATURES)], index=X.index, columns=list(FEATURES))
+        share = dev.div(dev.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
+        C[share.columns] += share.mul(anomaly, axis=0).to_numpy()
+        return C
+
+    def explain(self, X: AccountFrame, top: int = 3) -> pd.DataFrame:
+        """Top reasons (sentences with the account's numbers), the top reason alone and the likely pattern.
+
+        The likely pattern is the one whose strongest feature pushes hardest (a maximum, not a sum: the serial
+        pattern has more features than the others and would win every sum).
+        """
+        C = self.contributions(X)
+        vals = C.to_numpy()
+        cols = np.array(C.columns)
+        order = np.argsort(-vals, axis=1)[:, :top]
+        Xv = X[list(C.columns)].to_numpy(dtype=float, na_value=np.nan)
+        typ = self.typical_.reindex(C.columns).fillna(0.0).to_numpy()
+        pattern_of = np.array([FEATURE_PATTERN.get(c, "") for c in cols])
+        strength = np.column_stack([np.where(pattern_of == p, vals, 0.0).max(axis=1) for p in PATTERNS])
+        best = np.array(PATTERNS)[strength.argmax(axis=1)]
+        patterns = np.where(strength.max(axis=1) > 0, best, "serial")
+        reasons, tops = [], []
+        for i in range(len(C)):
+            texts = [reason_text(cols[j], Xv[i, j], typ[j]) for j in order[i] if vals[i, j] > 0]
+            reasons.append("; ".join(texts))
+            tops.append(texts[0] if texts else "")
+        return pd.DataFrame({"reasons": reasons, "top_reason": tops, "likely_pattern": patterns}, index=X.index)
+
+
+def _platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: (a, b) of p = sigmoid(a * raw + b), fitted by a lightly regularised logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=10.0).fit(np.asarray(raw, dtype=float).reshape(-1, 1), np.asarray(y).astype(int))
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scoring outputs: the review queue and the serving snapshot
+
+SNAPSHOT_COLUMNS = ("account_id", "abuse_score", "abuse_percentile", "likely_pattern", "top_reason",
+                    "returns_30d", "return_rate_90d", "refund_without_return_90d", "link_group_size")
+QUEUE_COLUMNS = ("account_id", "score", "rank", "reasons", "likely_pattern")
+
+
+def review_queue(X: AccountFrame, model: SerialReturnerModel, capacity: int, exclude: Iterable[str] = (),
+                 scores: np.ndarray | None = None, pattern_share: float = 0.1, explore_share: float = 0.0,
+                 pool: int = 20, seed: int = 0) -> pd.DataFrame:
+    """The review queue: ``capacity`` accounts not in ``exclude``, ranked by score, with reasons and likely pattern.
+
+    Most slots go to the highest scores. ``pattern_share`` of the capacity is reserved per pattern (serial,
+    wardrobing, refund_without_return, ring) for the best-scored accounts of that likely pattern within the top
+    ``pool`` x capacity, so no kind of abuse goes unreviewed (and so unlabelled) because another one scores higher.
+    ``explore_share`` of the capacity is drawn at random from that pool below the top ``capacity`` (an audit
+    sample: decisions near the boundary teach the next model most, and give an unbiased check of precision).
+    Column ``slot`` says which rule chose each account. Guests have no account_id and are never queued.
+    """
+    if capacity < 1:
+        raise ValueError(f"capacity must be at least 1 (got {capacity})")
+    s = pd.Series(model.predict(X) if scores is None else np.asarray(scores), index=X.index, name="score")
+    s = s[s.index.notna() & ~s.index.isin(list(exclude))]
+    ranked = s.sort_values(ascending=False, kind="stable").head(max(pool, 1) * capacity)
+    why = model.explain(X.loc[ranked.index])
+    n_explore = int(round(explore_share * capacity))
+    base = capacity - n_explore
+    slot = pd.Series("", index=ranked.index, dtype=object)
+    per_pattern = int(np.floor(pattern_share * capacity))
+    coverage = []
+    for p in PATTERNS:
+        coverage += list(why.index[(why["likely_pattern"] == p).to_numpy()][:per_pattern])
+    coverage = coverage[:base]
+    covered = set(coverage)
+    top = [a for a in ranked.index if a not in covered][:max(base - len(coverage), 0)]
+    slot[top] = "top score"
+    # A coverage account that would have made the top anyway is a top-score pick.
+    in_top = set(ranked.index[:base])
+    slot[coverage] = ["top score" if a in in_top else "pattern coverage" for a in coverage]
+    grey = slot.index[(slot == "").to_numpy() & (np.arange(len(slot)) >= capacity)]
+    if n_explore and len(grey):
+        rng = np.random.default_rng(seed)
+        slot[rng.choice(np.asarray(grey, dtype=object), min(n_explore, len(grey)), replace=False)] = "exploration"
+    # Fill any slot still open (a small pool) with the next scores.
+    left = capacity - int((slot != "").sum())
+    if left > 0:
+        slot[slot.index[(slot == "").to_numpy()][:left]] = "top score"
+    chosen = ranked[(slot != "").to_numpy()].head(capacity)
+    return pd.DataFrame({
+        "account_id": chosen.index.astype("string"), "score": chosen.to_numpy().round(6),
+        "rank": np.arange(1, len(chosen) + 1), "reasons": why.loc[chosen.index, "reasons"].to_numpy(),
+        "likely_pattern": why.loc[chosen.index, "likely_pattern"].to_numpy(),
+        "slot": slot[chosen.index].to_numpy(),
+    })
+
+
+def score_snapshot(X: AccountFrame, model: SerialReturnerModel, scores: np.ndarray | None = None,
+                   explain_top: float = 0.10) -> pd.DataFrame:
+    """Every account's score for serving: :data:`SNAPSHOT_COLUMNS`.
+
+    Reasons are written for the top ``explain_top`` share of accounts (the ones anybody will look at); the rest get
+    an empty top_reason and the pattern 'none'.
+    """
+    s = model.predict(X) if scores is None else np.asarray(scores)
+    pct = pd.Series(s).rank(pct=True, method="average").to_numpy()
+    pattern = np.full(len(X), "none", dtype=object)
+    top_reason = np.full(len(X), "", dtype=object)
+    hot = np.where(pct >= 1 - explain_top)[0]
+    if len(hot):
+        why = model.explain(X.iloc[hot], top=1)
+        pattern[hot] = why["likely_pattern"].to_numpy()
+        top_reason[hot] = why["top_reason"].to_numpy()
+    return pd.DataFrame({
+        "account_id": X.index.astype("string"), "abuse_score": s.round(6), "abuse_percentile": pct.round(6),
+        "likely_pattern": pd.array(pattern, dtype="string"), "top_reason": pd.array(top_reason, dtype="string"),
+        "returns_30d": X["returns_30d"].to_numpy(), "return_rate_90d": X["return_rate_90d"].to_numpy(),
+        "refund_without_return_90d": X["refund_without_return_90d"].to_numpy(),
+        "link_group_size": X["link_group_size"].to_numpy(),
+    })
