@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     merchant_min_label_orders: int = Field(20, description="Orders in the label window a merchant needs to be scored.")
     merchant_new_days: int = Field(90, description="Merchants trading fewer days than this are flagged new_merchant.")
 
+    # Serial returners (training/serial_returners.py, features/accounts.py)
+    serial_min_labels: int = Field(30, description="Review decisions needed before the supervised model replaces "
+                                   "the cold-start detector.")
+    serial_pattern_share: float = Field(0.1, description="Share of the review queue reserved per abuse pattern.")
+    serial_explore_share: float = Field(0.1, description="Share of the review queue drawn at random just below "
+                                        "the top (audit sample that teaches the next model).")
+    serial_review_cooldown_days: int = Field(90, description="Days a cleared account stays out of the queue.")
+    serial_eval_horizon_days: int = Field(182, description="Evaluation: days between training as-of and scoring.")
+    serial_rule_min_returns_90d: int = Field(5, description="Rule baseline: returns in 90 days at or above this...")
+    serial_rule_min_return_rate: float = Field(0.5, description="...and a 90-day return rate at or above this.")
+    serial_num_threads: int = Field(1, description="LightGBM threads for the serial-returner model.")
+
     @property
     def tracking_uri(self) -> str:
         """The MLflow tracking URI in force (SQLite under models/ unless configured)."""
