@@ -1,0 +1,161 @@
+"""Merchant risk training: metrics, the time split, the backtest against baselines, MLflow logging and the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from features.contract import load_dataset
+from features.merchants import prepare_events
+from features.settings import Settings, get_settings
+from features.synthetic import generate_world
+from training.cli import main
+from training.merchant_risk import (
+    BASELINES,
+    SNAPSHOT_COLUMNS,
+    backtest,
+    lift_table,
+    ndcg_at_k,
+    ranking_metrics,
+    snapshot_dates,
+    split_dates,
+)
+
+WORLD = dict(seed=5, accounts=1500, merchants=50, start="2023-01-01", days=420, market="CN", progress=False)
+ENV = {"AFTERSALES_MERCHANT_MIN_LABEL_ORDERS": "10"}
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("merchant_risk_world") / "world"
+    generate_world(out, **WORLD)
+    return out
+
+
+@pytest.fixture(scope="session")
+def events(world):
+    return prepare_events(load_dataset(world))
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory) -> Settings:
+    return Settings(models_dir=tmp_path_factory.mktemp("mr_models"), merchant_min_label_orders=10)
+
+
+@pytest.fixture(scope="session")
+def bt(events, settings):
+    return backtest(events, settings, echo=lambda *_: None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def test_ndcg_at_k():
+    assert ndcg_at_k(np.array([3, 2, 1, 0]), 4) == pytest.approx(1.0)
+    # grades [0, 2]: DCG = 3/log2(3); ideal = 3/log2(2)
+    assert ndcg_at_k(np.array([0, 2]), 2) == pytest.approx((3 / np.log2(3)) / 3)
+    assert ndcg_at_k(np.array([0, 1, 2]), 1) == 0.0
+    assert np.isnan(ndcg_at_k(np.zeros(5), 3))  # nothing relevant: undefined, not 0 or 1
+
+
+def test_ranking_metrics_perfect_and_reversed():
+    n = 200
+    frame = pd.DataFrame({"merchant_id": [f"M{i:03d}" for i in range(n)], "label_orders": 50,
+                          "label_rate": np.linspace(0, 0.2, n)})
+    frame["good"] = frame["label_rate"]
+    frame["bad"] = -frame["label_rate"]
+    good, bad = ranking_metrics(frame, "good", 20), ranking_metrics(frame, "bad", 20)
+    assert good["ndcg_at_50"] == pytest.approx(1.0) and good["precision_at_decile"] == 1.0
+    assert good["spearman"] == pytest.approx(1.0) and bad["spearman"] == pytest.approx(-1.0)
+    assert bad["precision_at_decile"] == 0.0 and bad["ndcg_at_20"] < 0.1
+    # Merchants under the minimum of label orders are left out of the metric.
+    small = frame.assign(label_orders=np.where(frame.index % 2 == 0, 5, 50))
+    assert ranking_metrics(small, "good", 20)["precision_at_decile"] == 1.0
+    assert ranking_metrics(frame.head(5), "good", 20) == {}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Time split and backtest
+
+
+def test_snapshots_mature_and_training_labels_close_before_the_test(events, settings):
+    dates = snapshot_dates(events, settings)
+    horizon = pd.Timedelta(days=settings.merchant_horizon_days)
+    assert dates[-1] + horizon <= events.end and dates[-1] + horizon > events.end - pd.Timedelta(days=14)
+    assert (np.diff(dates) == pd.Timedelta(days=settings.merchant_snapshot_every_days)).all()
+    train, test = split_dates(dates, settings)
+    assert max(train) + horizon <= min(test)  # no label of a training snapshot reaches into test time
+    assert len(test) == int(np.ceil(len(dates) * settings.merchant_test_fraction))
+
+
+def test_backtest_beats_both_baselines_on_a_small_world(bt):
+    s = bt.summary
+    assert set(s.index) == {"lambdarank", "poisson", *BASELINES}
+    best_base = s.loc[list(BASELINES)]
+    assert s.loc[bt.chosen, "ndcg_at_50"] == s.loc[["lambdarank", "poisson"], "ndcg_at_50"].max()
+    assert s.loc[bt.chosen, "ndcg_at_50"] > best_base["ndcg_at_50"].max()
+    assert s.loc[bt.chosen, "precision_at_decile"] > best_base["precision_at_decile"].max()
+    # Evaluated only on snapshots later than every training label.
+    assert bt.scored["as_of"].min() >= max(bt.train_dates) + pd.Timedelta(days=60)
+
+
+def test_lift_rises_toward_the_riskiest_decile(bt, settings):
+    lift = lift_table(bt.scored, [bt.chosen], settings.merchant_min_label_orders).set_index("decile")["lift"]
+    assert lift.loc[10] > 1.5 and lift.loc[10] > lift.loc[1] * 2
+    assert lift.loc[[8, 9, 10]].mean() > lift.loc[[1, 2, 3]].mean()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# CLI and MLflow
+
+
+@pytest.fixture()
+def cli_env(monkeypatch, tmp_path_factory):
+    models = tmp_path_factory.mktemp("mr_cli_models")
+    monkeypatch.setenv("AFTERSALES_MODELS_DIR", str(models))
+    for k, v in ENV.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    yield models
+    get_settings.cache_clear()
+
+
+def test_cli_train_rank_evaluate(world, cli_env, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "ranking.csv"
+    # Nothing registered yet: a clear message saying what to run.
+    res = runner.invoke(main, ["rank-merchants", "--data", str(world), "--out", str(out)])
+    assert res.exit_code != 0 and "aftersales train merchant-risk" in res.output
+
+    res = runner.invoke(main, ["train", "merchant-risk", "--data", str(world)])
+    assert res.exit_code == 0, res.output
+    assert "ndcg@50 gain over best baseline" in res.output and "promoted: True" in res.output
+    snap = pd.read_parquet(cli_env / "snapshots" / "merchants.parquet")
+    assert list(snap.columns) == SNAPSHOT_COLUMNS
+    assert snap["merchant_risk_percentile"].max() == 1.0 and snap["merchant_id"].is_unique
+    assert snap["merchant_risk_score"].is_monotonic_decreasing
+    assert list((cli_env / "artifacts").rglob("lift.png")), "lift chart not logged"
+
+    res = runner.invoke(main, ["rank-merchants", "--data", str(world), "--as-of", "2023-11-30", "--out", str(out),
+                               "--top", "10"])
+    assert res.exit_code == 0, res.output
+    assert "rows rejected" in res.output and (tmp_path / "rejects.csv").exists()
+    ranking = pd.read_csv(out, keep_default_na=False)
+    assert len(ranking) == 10 and ranking["rank"].tolist() == list(range(1, 11))
+    assert {"merchant_id", "score", "rank", "expected_complaints", "reasons", "flag"} <= set(ranking.columns)
+    assert ranking["reasons"].str.len().min() > 10
+
+    for bad in ("2022-12-31", "2030-01-01"):
+        res = runner.invoke(main, ["rank-merchants", "--data", str(world), "--as-of", bad, "--out", str(out)])
+        assert res.exit_code != 0 and "outside the data" in res.output
+
+    res = runner.invoke(main, ["evaluate", "merchant-risk", "--data", str(world)])
+    assert res.exit_code == 0, res.output
+    assert "target NDCG@50" in res.output and "precision@decile" in res.output
+    for m in ("lambdarank", "poisson", "baseline_rate", "baseline_count"):
+        assert m in res.output
