@@ -1,0 +1,502 @@
+"""What the service does per request, and the routes BentoML's ``@bentoml.api`` cannot express.
+
+:class:`Runtime` is loaded once per worker (by ``AfterSalesService.__init__``): every champion model by MLflow alias
+``champion``, resolved to a version number and pinned; the online feature store; the triage policy. Its methods are
+the endpoints' logic; ``serving/service.py`` only routes to them.
+
+BentoML 1.4 APIs are POST-only and take no path parameters, so ``GET /v1/accounts/flagged``,
+``GET /v1/merchants/risk``, ``POST /v1/accounts/{account_id}/decision`` and ``GET /v1/health`` live in the FastAPI
+app :data:`api`, mounted into the BentoML service with ``@bentoml.asgi_app`` (same process, same middleware:
+metrics, tracing, the OpenAPI page at ``/``).
+
+Errors are JSON ``{"error": message, "detail": [...]}``: 4xx name the field or what to do, 503 names the model to
+train; nothing returns a stack trace.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from fastapi import Depends, FastAPI, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from features.settings import Settings
+from serving import online_store as ostore
+from serving.schemas import (
+    DecisionIn,
+    DecisionOut,
+    FeatureSources,
+    FlaggedAccount,
+    FlaggedAccounts,
+    ForecastDay,
+    ForecastRequest,
+    ForecastResponse,
+    Health,
+    MerchantRanking,
+    MerchantRisk,
+    ModelStatus,
+    SnapshotStatus,
+    StaffingDay,
+    TicketBatchScores,
+    TicketIn,
+    TicketScore,
+    TicketScoreItem,
+)
+
+log = logging.getLogger("aftersales.serving")
+
+TICKET_TRIAGE, RETURN_VOLUME, SERIAL_RETURNERS, MERCHANT_RISK = (
+    "ticket_triage", "return_volume", "serial_returners", "merchant_risk")
+MODEL_NAMES = (TICKET_TRIAGE, RETURN_VOLUME, SERIAL_RETURNERS, MERCHANT_RISK)
+# The triage model's default flags (same names from score_one and score_batch) and what each means for a person.
+DEFAULT_NOTES = (
+    ("unknown_account", "account history: none on record, scored as a new account"),
+    ("unknown_merchant", "merchant signals: unknown merchant (no recent orders)"),
+    ("order_context_missing", "order context: order not in the snapshot (age, lateness, return reason unknown)"),
+)
+# Generation-0 threshold once the loaded heap is frozen: fewer young collections per request (default 700).
+GC_THRESHOLD = (10_000, 20, 50)
+
+
+class ApiError(Exception):
+    """An error with an HTTP status and a message for the caller (never a stack trace)."""
+
+    def __init__(self, status: int, message: str, detail: list[dict] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+    def body(self) -> dict:
+        """The JSON body of the error response."""
+        return {"error": self.message} | ({"detail": self.detail} if self.detail else {})
+
+    def response(self) -> JSONResponse:
+        """The error as a response."""
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def unavailable(name: str, why: str) -> ApiError:
+    """503 for an endpoint whose model is not loaded."""
+    return ApiError(503, f"model '{name}' is not available: {why}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The runtime: models, online store and policy, loaded once
+
+
+@dataclass
+class Runtime:
+    """Everything a worker serves from, loaded once at start; request methods only read it."""
+
+    settings: Settings
+    models: dict[str, Any] = field(default_factory=dict)  # name -> training.registry.LoadedModel
+    problems: dict[str, str] = field(default_factory=dict)  # name -> why it is not loaded
+    store: ostore.OnlineStore | None = None
+    snapshots: ostore.SnapshotStore | None = None
+    decide: Callable | None = None
+    decide_batch: Callable | None = None
+    reviews: Any = None  # features.reviews module (decision store), when present
+    _history_cache: Any = None  # return-volume History, built on the first forecast request
+    _history_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def load(cls, settings: Settings) -> Runtime:
+        """Load every champion (a missing one is recorded, not fatal), the online store and the policy."""
+        from training import registry
+
+        rt = cls(settings)
+        for name in MODEL_NAMES:
+            t0 = time.perf_counter()
+            try:
+                loaded = registry.load_champion(name, settings=settings)
+            except registry.ModelNotFound as e:
+                rt.problems[name] = str(e)
+                log.warning("serving: %s", e)
+                continue
+            except Exception as e:  # a corrupt artifact must not take the other endpoints down
+                rt.problems[name] = f"failed to load ({type(e).__name__}: {e}); retrain or re-register it"
+                log.exception("serving: loading %s failed", name)
+                continue
+            rt.models[name] = loaded
+            log.info("serving: %s v%s loaded in %.1fs", name, loaded.version, time.perf_counter() - t0)
+        rt.store, rt.snapshots = ostore.open_store(settings.snapshots_dir, settings.redis_url)
+        try:
+            from features import triage_policy
+
+            rt.decide = triage_policy.decide
+            rt.decide_batch = getattr(triage_policy, "decide_batch", None)
+        except ImportError as e:
+            rt.problems.setdefault(TICKET_TRIAGE, f"the triage policy is not in this build ({e})")
+        try:
+            from features import reviews
+
+            rt.reviews = reviews
+        except ImportError:
+            rt.reviews = None
+        return rt
+
+    # ---------------------------------------------------------------- helpers
+
+    def model(self, name: str) -> Any:
+        """The loaded model object of ``name``, or a 503 saying why it is not there."""
+        loaded = self.models.get(name)
+        if loaded is None:
+            raise unavailable(name, self.problems.get(name, "not loaded"))
+        return loaded.model
+
+    def versions(self, *names: str) -> dict[str, int]:
+        """Pinned versions of the named models that are loaded."""
+        return {n: self.models[n].version for n in names if n in self.models}
+
+    def close(self) -> None:
+        """Release the online store's connections."""
+        if self.store is not None:
+            self.store.close()
+
+    # ---------------------------------------------------------------- tickets
+
+    def _check_triage(self) -> Any:
+        model = self.model(TICKET_TRIAGE)
+        if self.decide is None:
+            raise unavailable(TICKET_TRIAGE, self.problems.get(TICKET_TRIAGE, "no triage policy"))
+        return model
+
+    def score_ticket(self, ticket: TicketIn) -> TicketScore:
+        """Triage one ticket: online features, escalation probability, policy; no pandas on this path."""
+        model = self._check_triage()
+        t = ticket.__dict__  # the validated fields as a plain dict (read only)
+        found = self.store.lookup(t["account_id"], t["merchant_id"], t["order_id"])
+        scored = model.score_one(t, found.account, found.merchant, found.order)
+        item = self._triage(t, scored["escalation_probability"], scored["reasons"], scored, found.account,
+                            found.merchant, (found.account_source, found.merchant_source, found.order_source))
+        return TicketScore(**item, model_versions=self._ticket_versions())
+
+    def _ticket_versions(self) -> dict[str, int]:
+        return self.versions(TICKET_TRIAGE, SERIAL_RETURNERS, MERCHANT_RISK)
+
+    def _triage(self, t: dict, p: float, model_reasons: Sequence[str], flags: Any, account: dict | None,
+                merchant: dict | None, sources: tuple[str, str, str]) -> dict:
+        """The policy on top of a model score, and the response fields (shared by single and batch scoring)."""
+        abuse = account.get("abuse_score") if account else None
+        mrisk = merchant.get("merchant_risk_percentile") if merchant else None
+        priority, action, policy_reasons = self.decide(p, abuse, mrisk, t["amount"], t["case_type"], self.settings)
+        defaults = [text for flag, text in DEFAULT_NOTES if flags[flag]]
+        if abuse is None and t["account_id"]:
+            defaults.append("abuse risk: account not in the serial-returner snapshot")
+        if mrisk is None and t["merchant_id"]:
+            defaults.append("merchant risk: merchant not in the merchant-risk snapshot")
+        return {
+            "ticket_id": t["ticket_id"], "escalation_probability": p, "priority": priority, "action": action,
+            "abuse_risk": abuse, "merchant_risk": mrisk, "reasons": [*policy_reasons, *model_reasons],
+            "feature_sources": FeatureSources(account=sources[0], merchant=sources[1], order=sources[2]),
+            "defaults_used": defaults,
+        }
+
+    def score_batch(self, tickets: Sequence[TicketIn]) -> TicketBatchScores:
+        """Triage many tickets with the vectorised path (one model call for the whole batch)."""
+        import pandas as pd
+
+        if len(tickets) > self.settings.max_batch_size:
+            raise ApiError(413, f"tickets: {len(tickets):,} tickets is more than the limit of "
+                                f"{self.settings.max_batch_size:,} per request; split the batch")
+        model = self._check_triage()
+        rows = [t.__dict__ for t in tickets]
+        frame = pd.DataFrame(rows)
+        found = {}
+        for kind in ostore.KINDS:
+            ids = [r[ostore.KEYS[kind]] for r in rows]
+            recs, srcs = self.store.records(kind, ids)
+            found[kind] = (recs, srcs, _records_frame(ostore.KEYS[kind], ids, recs))
+        scored = model.score_batch(frame, found[ostore.ACCOUNTS][2], found[ostore.MERCHANTS][2],
+                                   found[ostore.ORDERS][2])
+        probs = scored["escalation_probability"].to_numpy(dtype=float).tolist()
+        flags = scored[[f for f, _ in DEFAULT_NOTES]].to_dict("records")
+        acc, mer, order = (found[k] for k in ostore.KINDS)
+        results = [
+            TicketScoreItem(**self._triage(r, p, why, fl, a, m, (sa, sm, so)))
+            for r, p, why, fl, a, m, sa, sm, so in zip(rows, probs, scored["reasons"].tolist(), flags, acc[0], mer[0],
+                                                       acc[1], mer[1], order[1], strict=True)
+        ]
+        return TicketBatchScores(count=len(results), model_versions=self._ticket_versions(), results=results)
+
+    # ---------------------------------------------------------------- forecast
+
+    def forecast(self, req: ForecastRequest) -> ForecastResponse:
+        """Daily P10/P50/P90 per series for the ``horizon`` days after ``origin`` and agents per day and channel.
+
+        The model forecasts from the daily history up to the origin, read from the data folder
+        (``AFTERSALES_DATA_DIR``) on the first forecast request and kept; every series is forecast so the staffing
+        plan always sees the channel series, and ``series`` only filters what is returned.
+        """
+        from features.return_volume import HistoryError
+        from features.staffing import staffing_plan
+
+        model = self.model(RETURN_VOLUME)
+        history = self._history()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                fc = model.forecast(history, origin=req.origin, horizon=req.horizon)
+            except HistoryError as e:
+                raise ApiError(422, f"origin: {e}") from None
+            except ValueError as e:  # origin before the model's training end, horizon beyond the trained one
+                field_name = "horizon" if "horizon" in str(e) else "origin"
+                raise ApiError(422, f"{field_name}: {e}") from None
+        known = list(dict.fromkeys(fc["series"].astype(str)))
+        unknown = [s for s in (req.series or []) if s not in known]
+        if unknown:
+            raise ApiError(422, f"series: unknown series {', '.join(unknown[:5])}; this model forecasts "
+                                f"{', '.join(known[:30])}")
+        plan = staffing_plan(fc)
+        shown = fc if not req.series else fc[fc["series"].astype(str).isin(req.series)]
+        days = [ForecastDay(date=_day(r.date), series=str(r.series), p10=float(r.p10), p50=float(r.p50),
+                            p90=float(r.p90)) for r in shown.itertuples(index=False)]
+        staff = [StaffingDay(date=_day(r.date), channel=str(r.channel), volume_p50=float(r.volume_p50),
+                             volume_p90=float(r.volume_p90), agents_p50=int(r.agents_p50),
+                             agents_p90=int(r.agents_p90)) for r in plan.itertuples(index=False)]
+        notes = list(dict.fromkeys(str(w.message) for w in caught))
+        return ForecastResponse(origin=req.origin, horizon=req.horizon, model_versions=self.versions(RETURN_VOLUME),
+                                history_end=_day(history.days[-1]), forecast=days, staffing=staff, notes=notes)
+
+    def _history(self):
+        """The return-volume history of the data folder, built once (first forecast request) and kept."""
+        from features.contract import ContractError
+        from features.return_volume import load_history
+
+        with self._history_lock:
+            if self._history_cache is not None:
+                return self._history_cache
+            data_dir = self.settings.data_dir
+            if not data_dir.is_dir():
+                raise ApiError(503, f"forecasts need the data folder {data_dir} (AFTERSALES_DATA_DIR), which does "
+                                    "not exist on this server")
+            t0 = time.perf_counter()
+            try:
+                history, ds = load_history(data_dir, self.models[RETURN_VOLUME].model.market)
+            except ContractError as e:
+                raise ApiError(503, f"forecasts need a readable data folder: {e}") from None
+            log.info("serving: return-volume history of %s loaded in %.1fs (%d days, %d rows rejected)", data_dir,
+                     time.perf_counter() - t0, len(history.days), getattr(ds, "n_rejected", 0))
+            self._history_cache = history
+            return history
+
+    # ---------------------------------------------------------------- review queue and decisions
+
+    def _accounts_table(self) -> ostore.SnapshotTable:
+        self.model(SERIAL_RETURNERS)
+        table = self.snapshots.accounts if self.snapshots else None
+        if table is None:
+            why = (self.snapshots.errors.get(ostore.ACCOUNTS) if self.snapshots else None) or "no snapshot"
+            raise unavailable(SERIAL_RETURNERS, f"no account snapshot ({why})")
+        return table
+
+    def flagged(self, limit: int) -> FlaggedAccounts:
+        """The review queue: highest abuse scores first; accounts with a decision on record are left out."""
+        table = self._accounts_table()
+        decided = self._decided_accounts()
+        rows = table.top(limit, skip=decided)
+        accounts = [FlaggedAccount(rank=i, account_id=k, score=float(r.get("abuse_score") or 0.0),
+                                   percentile=r.get("abuse_percentile"), likely_pattern=r.get("likely_pattern"),
+                                   reasons=_as_list(r.get("top_reason")))
+                    for i, (k, r) in enumerate(rows, start=1)]
+        return FlaggedAccounts(count=len(accounts), already_decided=len(decided & set(table.ids)),
+                               model_versions=self.versions(SERIAL_RETURNERS), snapshot=table.describe(),
+                               accounts=accounts)
+
+    def _decided_accounts(self) -> set[str]:
+        if self.reviews is None:
+            return set()
+        decisions = self.reviews.list_decisions(settings=self.settings)
+        return set(decisions["account_id"].dropna().astype(str))
+
+    def record_decision(self, account_id: str, body: DecisionIn) -> DecisionOut:
+        """Persist one review decision (one transaction, idempotent on decision_id) through features.reviews."""
+        if self.reviews is None:
+            raise ApiError(503, "the review decision store (features/reviews.py) is not in this build")
+        table = self._accounts_table()
+        if account_id not in table:
+            raise ApiError(404, f"account_id: unknown account '{account_id}' (not in {table.describe()}); "
+                                "decide only on accounts the queue showed")
+        try:
+            stored = self.reviews.record_decision(
+                account_id, body.decision, body.reviewer, body.note, decided_at=body.decided_at,
+                decision_id=body.decision_id, known_accounts=table, source="api", settings=self.settings)
+        except self.reviews.DecisionError as e:
+            raise ApiError(409 if "already used" in str(e) else 422, str(e)) from None
+        log.info("review decision %s on account %s by %s (%s)", body.decision, account_id, body.reviewer,
+                 "duplicate" if stored["duplicate"] else "stored")
+        return DecisionOut(decision_id=stored["decision_id"], account_id=account_id, decision=stored["decision"],
+                           reviewer=stored["reviewer"], note=stored["note"], decided_at=stored["decided_at"],
+                           recorded_at=stored["recorded_at"], duplicate=stored["duplicate"])
+
+    # ---------------------------------------------------------------- merchants and health
+
+    def merchants(self, limit: int) -> MerchantRanking:
+        """The merchant complaint-risk ranking from the latest snapshot."""
+        self.model(MERCHANT_RISK)
+        table = self.snapshots.merchants if self.snapshots else None
+        if table is None:
+            why = (self.snapshots.errors.get(ostore.MERCHANTS) if self.snapshots else None) or "no snapshot"
+            raise unavailable(MERCHANT_RISK, f"no merchant snapshot ({why})")
+        out = [MerchantRisk(rank=i, merchant_id=k, score=float(r.get("merchant_risk_score") or 0.0),
+                            percentile=r.get("merchant_risk_percentile"),
+                            expected_complaints=r.get("expected_complaints"),
+                            late_delivery_rate=r.get("late_delivery_rate"),
+                            complaint_rate_90d=r.get("complaint_rate_90d"), reasons=_as_list(r.get("top_reason")))
+               for i, (k, r) in enumerate(table.top(limit), start=1)]
+        return MerchantRanking(count=len(out), model_versions=self.versions(MERCHANT_RISK),
+                               snapshot=table.describe(), merchants=out)
+
+    def health(self) -> Health:
+        """Model versions, snapshots and the store in use; 'degraded' when any model is missing."""
+        models = [ModelStatus(name=n, loaded=n in self.models, version=self.models[n].version if n in self.models
+                              else None, detail=self.problems.get(n)) for n in MODEL_NAMES]
+        snaps = []
+        for kind, table in (self.snapshots.tables.items() if self.snapshots else []):
+            problem = self.snapshots.errors.get(kind)
+            snaps.append(SnapshotStatus(name=kind, rows=len(table) if table else 0,
+                                        paths=[str(p) for p in table.paths] if table else [],
+                                        written_at=table.written_at if table else None, problem=problem))
+        store = self.store.kind if self.store is not None else "none"
+        ok = all(m.loaded for m in models) and not self.problems
+        return Health(status="ok" if ok else "degraded", models=models, snapshots=snaps, online_store=store)
+
+    def warm_up(self) -> None:
+        """Score one synthetic ticket so lazy imports and caches exist before the heap is frozen."""
+        if TICKET_TRIAGE not in self.models or self.decide is None:
+            return
+        probe = TicketIn(ticket_id="warm-up", created_at=datetime.now(UTC), case_type="refund", channel="chat",
+                         amount=10.0, text="warm up")
+        try:
+            self.score_ticket(probe)
+        except Exception:  # a warm-up failure shows on the first real request with its proper error
+            log.exception("serving: warm-up scoring failed")
+
+
+def _records_frame(key: str, ids: Sequence[str | None], records: Sequence[dict | None]):
+    """The found records of a batch as one frame keyed by ID (one row per distinct ID)."""
+    import pandas as pd
+
+    seen: dict[str, dict] = {}
+    for k, r in zip(ids, records, strict=True):
+        if r is not None and k not in seen:
+            seen[k] = {key: k, **r}
+    return pd.DataFrame(list(seen.values()), columns=None if seen else [key])
+
+
+def _as_list(value: Any) -> list[str]:
+    """Reasons as a list of strings (a snapshot holds one string, a model may give a list or '; '-joined text)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return []
+    if isinstance(value, str):
+        return [s for s in value.split("; ") if s]
+    return [str(v) for v in value if v]
+
+
+def _day(value: Any) -> date:
+    return value.date() if hasattr(value, "date") and callable(value.date) else date.fromisoformat(str(value)[:10])
+
+
+def tune_gc() -> None:
+    """Freeze what loading created and collect young objects less often.
+
+    Loading MLflow, pandas, LightGBM and BentoML leaves millions of long-lived objects; a full collection walks
+    them all (hundreds of ms on 2 cores: the p99 spikes). Frozen objects are never walked again.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The FastAPI routes mounted into the BentoML service
+
+api = FastAPI(title="aftersales (mounted routes)", docs_url=None, redoc_url=None, openapi_url=None)
+_runtime: Runtime | None = None
+
+
+def install(runtime: Runtime | None) -> None:
+    """Make ``runtime`` the one the mounted routes serve from (called by the BentoML service at start)."""
+    global _runtime
+    _runtime = runtime
+
+
+async def current_runtime() -> Runtime:
+    """The installed runtime (async: a sync dependency would cost a thread hop per request)."""
+    if _runtime is None:
+        raise ApiError(503, "the service is still starting; retry in a few seconds")
+    return _runtime
+
+
+def _field_errors(errors: Sequence[dict]) -> tuple[str, list[dict]]:
+    detail = [{"loc": [str(x) for x in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+              for e in errors]
+    fields = "; ".join(f"{'.'.join(d['loc'][1:] or d['loc'])}: {d['msg']}" for d in detail[:5])
+    return f"invalid request: {fields}", detail
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return exc.response()
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    message, detail = _field_errors(exc.errors())
+    return JSONResponse({"error": message, "detail": detail}, status_code=422)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("serving: %s %s failed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
+
+
+@api.get("/v1/accounts/flagged", response_model=FlaggedAccounts, tags=["accounts"])
+def flagged_accounts(limit: int | None = Query(None, ge=1, le=10_000, description="Queue length (default: "
+                                                     "AFTERSALES_REVIEW_CAPACITY)."),
+                           rt: Runtime = Depends(current_runtime)) -> FlaggedAccounts:
+    """The serial-returner review queue, sized to the team's capacity, with reasons and likely pattern."""
+    return rt.flagged(limit or rt.settings.review_capacity)
+
+
+@api.post("/v1/accounts/{account_id}/decision", response_model=DecisionOut, status_code=201, tags=["accounts"],
+          responses={200: {"model": DecisionOut, "description": "Already stored under this decision_id."}})
+def record_decision(body: DecisionIn, response: Response, account_id: str = Path(min_length=1, max_length=128),
+                    rt: Runtime = Depends(current_runtime)) -> DecisionOut:
+    """Record the risk team's decision on an account (one transaction; it feeds the next training).
+
+    Sync on purpose: the database write runs in FastAPI's thread pool, not on the event loop.
+    """
+    out = rt.record_decision(account_id, body)
+    if out.duplicate:
+        response.status_code = 200
+    return out
+
+
+@api.get("/v1/merchants/risk", response_model=MerchantRanking, tags=["merchants"])
+async def merchant_risk(limit: int = Query(50, ge=1, le=100_000, description="Merchants to return."),
+                        rt: Runtime = Depends(current_runtime)) -> MerchantRanking:
+    """Merchants ranked by complaint risk in the coming period, with expected complaints and reasons."""
+    return rt.merchants(limit)
+
+
+@api.get("/v1/health", response_model=Health, tags=["health"])
+async def health(rt: Runtime = Depends(current_runtime)) -> Health:
+    """Pinned model versions, loaded snapshots and the online store (BentoML's /livez and /readyz also exist)."""
+    return rt.health()
