@@ -45,11 +45,14 @@ MIN_EVENT_SIZE = 2  # medium and major events (calendar size classes)
 # sign that the accounts belong together; it is left out of the link graph.
 MAX_LINK_SHARE = 20
 DAYS_CAP = 730.0
+# Rates from a handful of lines are noise (one order, one cancellation = "100%"): rates are shrunk toward the
+# population's rate as if each account had this many more order lines at that rate (empirical Bayes).
+PRIOR_LINES = 5.0
 
 FEATURES: tuple[str, ...] = (
     "lines_30d", "lines_90d", "lines_365d", "spend_365d", "tenure_days",
     "returns_30d", "returns_90d", "returns_365d", "return_rate_30d", "return_rate_90d", "return_rate_365d",
-    "refund_365d", "refund_share_365d",
+    "refund_365d", "refund_share_365d", "changed_mind_365d",
     "days_order_to_return", "days_delivery_to_return", "days_since_last_return",
     *(f"share_{r}" for r in RETURN_REASONS), "reason_entropy",
     "refund_without_return_90d", "refund_without_return_365d", "refund_without_return_share", "claims_365d",
@@ -61,19 +64,19 @@ FEATURES: tuple[str, ...] = (
 # The features the cold-start detector looks at: for each, higher means more suspicious.
 DETECTOR_FEATURES: tuple[str, ...] = (
     "returns_30d", "returns_90d", "returns_365d", "return_rate_90d", "return_rate_365d", "refund_share_365d",
-    "share_changed_mind", "refund_without_return_90d", "refund_without_return_365d", "claims_365d",
-    "wardrobe_returns_365d", "wardrobe_share", "return_trend",
+    "changed_mind_365d", "refund_without_return_90d", "refund_without_return_365d", "claims_365d",
+    "wardrobe_returns_365d", "return_trend",
     "link_strong_group_size", "link_group_returns_90d", "link_group_refund_without_return_365d",
 )
 # Counts are compared on a log scale: 20 returns against 2 is a bigger step than 40 against 22.
-_LOG_FEATURES = {"returns_30d", "returns_90d", "returns_365d", "refund_without_return_90d",
+_LOG_FEATURES = {"returns_30d", "returns_90d", "returns_365d", "changed_mind_365d", "refund_without_return_90d",
                  "refund_without_return_365d", "claims_365d", "wardrobe_returns_365d", "link_group_returns_90d",
                  "link_group_refund_without_return_365d", "link_strong_group_size", "return_trend"}
 # Which abuse pattern a reason points to; features not listed describe context and name no pattern.
 FEATURE_PATTERN: dict[str, str] = {
     **{f: "serial" for f in ("returns_30d", "returns_90d", "returns_365d", "return_rate_30d", "return_rate_90d",
                              "return_rate_365d", "refund_365d", "refund_share_365d", "share_changed_mind",
-                             "share_size_fit", "return_trend", "return_rate_change")},
+                             "changed_mind_365d", "share_size_fit", "return_trend", "return_rate_change")},
     **{f: "wardrobing" for f in ("wardrobe_returns_365d", "wardrobe_share")},
     **{f: "refund_without_return" for f in ("refund_without_return_90d", "refund_without_return_365d",
                                             "refund_without_return_share", "claims_365d", "share_not_received",
@@ -138,6 +141,12 @@ def _safe_div(a: np.ndarray, b: np.ndarray, default: float = 0.0) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1), default)
 
 
+def _shrunk_rate(num: np.ndarray, den: np.ndarray, unit: float = 1.0) -> np.ndarray:
+    """num / den shrunk toward the population's rate by PRIOR_LINES pseudo-lines (each worth ``unit`` of den)."""
+    prior = num.sum() / den.sum() if den.sum() > 0 else 0.0
+    return (num + PRIOR_LINES * unit * prior) / (den + PRIOR_LINES * unit)
+
+
 def _group_median(values: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
     """Median of ``values`` per account position (NaN where an account has none)."""
     out = np.full(n, np.nan)
@@ -190,16 +199,19 @@ def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links:
     for w in WINDOWS:
         cnt = np.bincount(pos_r[age_r < w], minlength=n).astype(float)
         f[f"returns_{w}d"] = cnt
-        # A return may belong to an order placed before the window: the rate is capped at one per line.
-        f[f"return_rate_{w}d"] = _safe_div(cnt, np.maximum(f[f"lines_{w}d"], cnt))
+        # A return may belong to an order placed before the window: a line count below the returns is raised.
+        f[f"return_rate_{w}d"] = _shrunk_rate(cnt, np.maximum(f[f"lines_{w}d"], cnt))
     y = age_r < 365
     f["refund_365d"] = np.bincount(pos_r[y], weights=refund[y], minlength=n)
-    f["refund_share_365d"] = _safe_div(f["refund_365d"], np.maximum(f["spend_365d"], f["refund_365d"]))
+    spent = np.maximum(f["spend_365d"], f["refund_365d"])
+    line_value = spent.sum() / max(np.maximum(f["lines_365d"], f["returns_365d"]).sum(), 1.0)
+    f["refund_share_365d"] = _shrunk_rate(f["refund_365d"], spent, line_value)
     rc = np.bincount(pos_r[y] * len(RETURN_REASONS) + np.maximum(reason[y], 0),
                      minlength=n * len(RETURN_REASONS)).reshape(n, len(RETURN_REASONS)).astype(float)
     p = _safe_div(rc, f["returns_365d"][:, None])
     for j, r in enumerate(RETURN_REASONS):
         f[f"share_{r}"] = p[:, j]
+    f["changed_mind_365d"] = rc[:, RETURN_REASONS.index("changed_mind")]
     with np.errstate(divide="ignore", invalid="ignore"):
         f["reason_entropy"] = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1)), 0.0).sum(axis=1)
     q = age_r < 90
@@ -218,8 +230,8 @@ def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links:
     prior_returns = np.bincount(pos_r[prior], minlength=n).astype(float)
     prior_lines = f["lines_365d"] - f["lines_90d"]
     f["return_trend"] = (f["returns_90d"] / 90 * 30 + 0.25) / (prior_returns / 275 * 30 + 0.25)
-    f["return_rate_change"] = f["return_rate_90d"] - _safe_div(prior_returns,
-                                                                np.maximum(prior_lines, prior_returns))
+    f["return_rate_change"] = f["return_rate_90d"] - _shrunk_rate(prior_returns,
+                                                                   np.maximum(prior_lines, prior_returns))
 
     # Returns joined to their order lines: timing, and wardrobing.
     timing = _return_timing(orders, o_keep, returns, r_keep, y, cut, market, as_of, settings)
@@ -345,7 +357,7 @@ def _link_features(account_links: pd.DataFrame | None, index: pd.Index, f: dict[
     return {
         "link_group_size": size, "link_strong_group_size": strong_size, "link_max_shared_types": max_types,
         "link_group_returns_90d": g_ret - f["returns_90d"],  # the others' returns
-        "link_group_return_rate_90d": np.where(size > 1, _safe_div(g_ret, np.maximum(g_lines, g_ret)), 0.0),
+        "link_group_return_rate_90d": np.where(size > 1, _shrunk_rate(g_ret, np.maximum(g_lines, g_ret)), 0.0),
         "link_group_refund_without_return_365d": group_sum(f["refund_without_return_365d"])
         - f["refund_without_return_365d"],
     }
@@ -374,61 +386,71 @@ def _times(v: float, typical: float) -> str:
     return f", {v / typical:.0f}x the typical account" if typical > 0 and v / typical >= 1.5 else ""
 
 
+def _rate_text(w: int):
+    def text(v: float, t: float, r: dict) -> str:
+        lines = max(r[f"lines_{w}d"], r[f"returns_{w}d"])
+        return (f"returned {_n(r[f'returns_{w}d'])} of {_n(lines)} order lines in {w} days "
+                f"(rate {v:.0%} after smoothing, typical {t:.0%})")
+    return text
+
+
 _TEXT = {
-    "returns_30d": lambda v, t: f"{_n(v)} returns in 30 days{_times(v, t)} ({_n(t)})",
-    "returns_90d": lambda v, t: f"{_n(v)} returns in 90 days{_times(v, t)} ({_n(t)})",
-    "returns_365d": lambda v, t: f"{_n(v)} returns in 365 days{_times(v, t)} ({_n(t)})",
-    "return_rate_30d": lambda v, t: f"returned {v:.0%} of its order lines in 30 days (typical {t:.0%})",
-    "return_rate_90d": lambda v, t: f"returned {v:.0%} of its order lines in 90 days (typical {t:.0%})",
-    "return_rate_365d": lambda v, t: f"returned {v:.0%} of its order lines in 365 days (typical {t:.0%})",
-    "refund_365d": lambda v, t: f"{v:,.0f} refunded in 365 days{_times(v, t)} ({t:,.0f})",
-    "refund_share_365d": lambda v, t: f"refunds were {v:.0%} of what it spent in 365 days (typical {t:.0%})",
-    "share_changed_mind": lambda v, t: f"{v:.0%} of its returns are 'changed mind' (typical {t:.0%})",
-    "share_size_fit": lambda v, t: f"{v:.0%} of its returns are 'size/fit' (typical {t:.0%})",
-    "share_not_received": lambda v, t: f"{v:.0%} of its returns claim the parcel never arrived (typical {t:.0%})",
-    "share_damaged_in_transit": lambda v, t: f"{v:.0%} of its returns claim damage in transit (typical {t:.0%})",
-    "refund_without_return_90d": lambda v, t: f"{_n(v)} refunds without the item coming back in 90 days"
+    "returns_30d": lambda v, t, r: f"{_n(v)} returns in 30 days{_times(v, t)} ({_n(t)})",
+    "returns_90d": lambda v, t, r: f"{_n(v)} returns in 90 days{_times(v, t)} ({_n(t)})",
+    "returns_365d": lambda v, t, r: f"{_n(v)} returns in 365 days{_times(v, t)} ({_n(t)})",
+    **{f"return_rate_{w}d": _rate_text(w) for w in WINDOWS},
+    "refund_365d": lambda v, t, r: f"{v:,.0f} refunded in 365 days{_times(v, t)} ({t:,.0f})",
+    "refund_share_365d": lambda v, t, r: f"refunds of {r['refund_365d']:,.0f} against {r['spend_365d']:,.0f} spent in "
+                                         f"365 days ({v:.0%} after smoothing, typical {t:.0%})",
+    "changed_mind_365d": lambda v, t, r: f"{_n(v)} 'changed mind' returns in 365 days{_times(v, t)} ({_n(t)})",
+    "share_changed_mind": lambda v, t, r: f"{v:.0%} of its returns are 'changed mind' (typical {t:.0%})",
+    "share_size_fit": lambda v, t, r: f"{v:.0%} of its returns are 'size/fit' (typical {t:.0%})",
+    "share_not_received": lambda v, t, r: f"{v:.0%} of its returns claim the parcel never arrived (typical {t:.0%})",
+    "share_damaged_in_transit": lambda v, t, r: f"{v:.0%} of its returns claim damage in transit (typical {t:.0%})",
+    "refund_without_return_90d": lambda v, t, r: f"{_n(v)} refunds without the item coming back in 90 days"
                                               f"{_times(v, t)} ({_n(t)})",
-    "refund_without_return_365d": lambda v, t: f"{_n(v)} refunds without the item coming back in 365 days"
+    "refund_without_return_365d": lambda v, t, r: f"{_n(v)} refunds without the item coming back in 365 days"
                                                f"{_times(v, t)} ({_n(t)})",
-    "refund_without_return_share": lambda v, t: f"{v:.0%} of its refunds came without the item back "
+    "refund_without_return_share": lambda v, t, r: f"{v:.0%} of its refunds came without the item back "
                                                 f"(typical {t:.0%})",
-    "claims_365d": lambda v, t: f"{_n(v)} 'not received' or 'damaged in transit' claims in 365 days"
+    "claims_365d": lambda v, t, r: f"{_n(v)} 'not received' or 'damaged in transit' claims in 365 days"
                                 f"{_times(v, t)} ({_n(t)})",
-    "wardrobe_returns_365d": lambda v, t: f"{_n(v)} apparel/shoes items returned within a week after a sales event "
+    "wardrobe_returns_365d": lambda v, t, r: f"{_n(v)} apparel/shoes items returned within a week after a sales event "
                                           f"or holiday, fully refunded, in 365 days (typical {_n(t)})",
-    "wardrobe_share": lambda v, t: f"{v:.0%} of its returns are worn-category items sent back right after an event "
+    "wardrobe_share": lambda v, t, r: f"{v:.0%} of its returns are worn-category items sent back right after an event "
                                    f"(typical {t:.0%})",
-    "days_order_to_return": lambda v, t: f"sends items back {_n(v)} days after ordering (typical {_n(t)})",
-    "days_delivery_to_return": lambda v, t: f"sends items back {_n(v)} days after delivery (typical {_n(t)})",
-    "days_since_last_return": lambda v, t: f"last return {_n(v)} days ago",
-    "lines_30d": lambda v, t: f"{_n(v)} order lines in 30 days (typical {_n(t)})",
-    "lines_90d": lambda v, t: f"{_n(v)} order lines in 90 days (typical {_n(t)})",
-    "lines_365d": lambda v, t: f"{_n(v)} order lines in 365 days (typical {_n(t)})",
-    "spend_365d": lambda v, t: f"spent {v:,.0f} in 365 days (typical {t:,.0f})",
-    "tenure_days": lambda v, t: f"account active for {_n(v)} days (typical {_n(t)})",
-    "reason_entropy": lambda v, t: f"return reasons spread {v:.1f} bits (typical {t:.1f})",
-    "return_trend": lambda v, t: f"returning {v:.1f}x as often per month as in its own previous 9 months",
-    "return_rate_change": lambda v, t: f"return rate up {v * 100:.0f} points against its own previous 9 months",
-    "link_group_size": lambda v, t: f"linked to {_n(v - 1)} other accounts by a shared address, device or payment",
-    "link_strong_group_size": lambda v, t: f"shares two or more identifiers (address, device, payment) with "
+    "days_order_to_return": lambda v, t, r: f"sends items back {_n(v)} days after ordering (typical {_n(t)})",
+    "days_delivery_to_return": lambda v, t, r: f"sends items back {_n(v)} days after delivery (typical {_n(t)})",
+    "days_since_last_return": lambda v, t, r: f"last return {_n(v)} days ago",
+    "lines_30d": lambda v, t, r: f"{_n(v)} order lines in 30 days (typical {_n(t)})",
+    "lines_90d": lambda v, t, r: f"{_n(v)} order lines in 90 days (typical {_n(t)})",
+    "lines_365d": lambda v, t, r: f"{_n(v)} order lines in 365 days (typical {_n(t)})",
+    "spend_365d": lambda v, t, r: f"spent {v:,.0f} in 365 days (typical {t:,.0f})",
+    "tenure_days": lambda v, t, r: f"account active for {_n(v)} days (typical {_n(t)})",
+    "reason_entropy": lambda v, t, r: f"return reasons spread {v:.1f} bits (typical {t:.1f})",
+    "return_trend": lambda v, t, r: f"returning {v:.1f}x as often per month as in its own previous 9 months",
+    "return_rate_change": lambda v, t, r: f"return rate up {v * 100:.0f} points against its own previous 9 months",
+    "link_group_size": lambda v, t, r: f"linked to {_n(v - 1)} other accounts by a shared address, device or payment",
+    "link_strong_group_size": lambda v, t, r: f"shares two or more identifiers (address, device, payment) with "
                                            f"{_n(v - 1)} other accounts",
-    "link_max_shared_types": lambda v, t: f"shares {_n(v)} identifiers with one other account",
-    "link_group_returns_90d": lambda v, t: f"its linked accounts made {_n(v)} returns in 90 days{_times(v, t)} "
+    "link_max_shared_types": lambda v, t, r: f"shares {_n(v)} identifiers with one other account",
+    "link_group_returns_90d": lambda v, t, r: f"its linked accounts made {_n(v)} returns in 90 days{_times(v, t)} "
                                            f"({_n(t)})",
-    "link_group_return_rate_90d": lambda v, t: f"its group of linked accounts returned {v:.0%} of order lines in "
+    "link_group_return_rate_90d": lambda v, t, r: f"its group of linked accounts returned {v:.0%} of order lines in "
                                                f"90 days (typical {t:.0%})",
-    "link_group_refund_without_return_365d": lambda v, t: f"its linked accounts got {_n(v)} refunds without "
+    "link_group_refund_without_return_365d": lambda v, t, r: f"its linked accounts got {_n(v)} refunds without "
                                                           f"returning the item in 365 days",
 }
 
 
-def reason_text(feature: str, value: float, typical: float) -> str:
-    """One sentence a reviewer reads for a feature's value, against the typical account."""
+def reason_text(feature: str, row: dict, typical: float) -> str:
+    """One sentence a reviewer reads for a feature of an account (``row``: its feature values), against the typical
+    account's value."""
     fn = _TEXT.get(feature)
+    value = float(row[feature])
     if fn is None:
         return f"{feature.replace('_', ' ')} = {_n(value)} (typical {_n(typical)})"
-    return fn(float(value), float(typical))
+    return fn(value, float(typical), row)
 
 
 def typical_values(X: AccountFrame) -> pd.Series:
@@ -655,16 +677,20 @@ class SerialReturnerModel:
         C = self.contributions(X)
         vals = C.to_numpy()
         cols = np.array(C.columns)
-        order = np.argsort(-vals, axis=1)[:, :top]
-        Xv = X[list(C.columns)].to_numpy(dtype=float, na_value=np.nan)
+        # Only features that describe returning behaviour are shown as reasons; context features (tenure, volume,
+        # timing) shape the score but "active for 700 days" is no reason to suspect anybody.
+        shown = np.where(np.isin(cols, list(FEATURE_PATTERN)), vals, -np.inf)
+        order = np.argsort(-shown, axis=1)[:, :top]
         typ = self.typical_.reindex(C.columns).fillna(0.0).to_numpy()
         pattern_of = np.array([FEATURE_PATTERN.get(c, "") for c in cols])
         strength = np.column_stack([np.where(pattern_of == p, vals, 0.0).max(axis=1) for p in PATTERNS])
         best = np.array(PATTERNS)[strength.argmax(axis=1)]
         patterns = np.where(strength.max(axis=1) > 0, best, "serial")
         reasons, tops = [], []
+        feats = X[list(FEATURES)].to_numpy(dtype=float, na_value=np.nan)
         for i in range(len(C)):
-            texts = [reason_text(cols[j], Xv[i, j], typ[j]) for j in order[i] if vals[i, j] > 0]
+            row = dict(zip(FEATURES, feats[i], strict=True))
+            texts = [reason_text(cols[j], row, typ[j]) for j in order[i] if shown[i, j] > 0]
             reasons.append("; ".join(texts))
             tops.append(texts[0] if texts else "")
         return pd.DataFrame({"reasons": reasons, "top_reason": tops, "likely_pattern": patterns}, index=X.index)
