@@ -507,7 +507,7 @@ class TicketFeatures:
     """Training features of labelled and unlabelled tickets, in time order (``X`` and ``meta`` share the index)."""
 
     X: pd.DataFrame  # FEATURES columns
-    meta: pd.DataFrame  # ticket_id, created_at, resolved_at, case_type, account_id, merchant_id, escalated
+    meta: pd.DataFrame  # ticket_id, created_at, resolved_at, case_type, channel, IDs, amount, escalated
 
 
 def build_training_features(ds: Dataset, calendar: CalendarTable, progress: Any = None) -> TicketFeatures:
@@ -531,7 +531,7 @@ def build_training_features(ds: Dataset, calendar: CalendarTable, progress: Any 
     say("features: ticket, calendar and text")
     X = assemble_batch(t, ctx, pd.concat([acc, mer], axis=1), calendar)
     meta = t[["ticket_id", "created_at", "resolved_at", "case_type", "channel", "account_id", "merchant_id",
-              "amount", "escalated"]].copy()
+              "order_id", "amount", "escalated"]].copy()
     return TicketFeatures(pd.DataFrame(X, columns=list(FEATURES)), meta)
 
 
@@ -969,13 +969,12 @@ class TicketTriageModel:
                 own = pd.to_numeric(t[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
                 vals = np.where(np.isnan(own), vals, own)
             acc[c] = vals
-        order_given = pd.Series(False, index=t.index)
         for c in ORDER_CONTEXT:
             if c in t:  # the ticket's own order fields win, as in score_one
                 own = t[c].astype(object)
-                order_given |= own.notna() if c == "ordered_at" else False
                 ctx[c] = own.where(own.notna(), ctx[c])
-        order_missing = ord_id.notna().to_numpy() & ~ord_found & ~order_given.to_numpy()
+        order_given = t["ordered_at"].notna().to_numpy() if "ordered_at" in t else np.zeros(n, bool)
+        order_missing = ord_id.notna().to_numpy() & ~ord_found & ~order_given
         X = assemble_batch(t, ctx, pd.concat([acc, mer], axis=1), self.calendar_)
         flags = pd.DataFrame({"guest": guest, "unknown_account": unknown_account,
                               "unknown_merchant": unknown_merchant, "order_context_missing": order_missing})

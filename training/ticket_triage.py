@@ -22,6 +22,7 @@ from features.contract import ContractError, Dataset, load_dataset
 from features.settings import Settings, get_settings
 from features.tickets import (
     FEATURES,
+    ORDER_CONTEXT,
     SNAPSHOT_FILES,
     CalendarTable,
     TicketFeatures,
@@ -30,6 +31,8 @@ from features.tickets import (
     data_end,
     feature_snapshots,
     load_serving_snapshots,
+    order_context,
+    series_us,
 )
 
 MODEL_NAME = "ticket_triage"
@@ -179,8 +182,11 @@ class Evaluation:
 
 
 def evaluate(feats: TicketFeatures, settings: Settings, test_fraction: float = TEST_FRACTION,
-             calibration: str = "isotonic", echo=click.echo) -> Evaluation:
-    """Fit on earlier tickets, score later ones; model and case-type baseline side by side."""
+             calibration: str = "isotonic", echo=click.echo, ds: Dataset | None = None) -> Evaluation:
+    """Fit on earlier tickets, score later ones; model and case-type baseline side by side.
+
+    With ``ds``, also the serving-path check (:func:`serving_path_check`) on the week after the cut-off.
+    """
     split = time_split(feats.meta, test_fraction)
     X, meta = feats.X, feats.meta
     y = meta["escalated"].astype("boolean").fillna(False).to_numpy(dtype=float)
@@ -202,17 +208,63 @@ def evaluate(feats: TicketFeatures, settings: Settings, test_fraction: float = T
     m |= {"train_tickets": len(tr), "test_tickets": len(te), "unlabelled_tickets": split.n_unlabelled,
           "label_after_cutoff_tickets": split.n_label_after_cutoff, "test_escalation_rate": float(yt.mean()),
           "trees": model.best_iteration_, "fit_seconds": fit_s}
+    if ds is not None:
+        m |= serving_path_check(model, ds, feats, split.cutoff)
     rel, rel_b = reliability_table(yt, p), reliability_table(yt, base)
     fig = calibration_figure(rel, rel_b, p, f"Ticket escalation, tickets from {split.cutoff:%Y-%m-%d} "
                                             f"(n={len(te):,})")
     return Evaluation(model, split, m, rel, rel_b, slice_table(meta.iloc[te], X.iloc[te], yt, p, base), fig, fit_s)
 
 
+def serving_path_check(model: TicketTriageModel, ds: Dataset, feats: TicketFeatures, as_of: pd.Timestamp,
+                       days: int = 7) -> dict[str, float]:
+    """Train/serve skew, measured: tickets of the ``days`` after ``as_of`` scored the serving way (snapshots taken at
+    ``as_of``, as the service would hold them) against the training way (history up to each ticket's creation).
+
+    The difference is what a day-old snapshot costs: tickets, returns and deliveries between the snapshot and the
+    ticket are invisible to the service.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    meta = feats.meta
+    sel = ((meta["created_at"] >= as_of) & (meta["created_at"] < as_of + pd.Timedelta(days=days))
+           & meta["escalated"].notna()).to_numpy()
+    idx = np.flatnonzero(sel)
+    if len(idx) < 50:
+        return {}
+    snaps = feature_snapshots(ds, as_of)
+    request = ds.tickets.set_index("ticket_id").loc[meta["ticket_id"].iloc[idx].to_numpy()].reset_index()
+    request = request.drop(columns=["escalated", "resolved_at"])
+    served = model.score_batch(request, snaps["accounts"], snaps["merchants"], snaps["orders"], reasons=False)
+    # The same when the ticket carries what the ticket system knows live: the customer's contacts in 30 days and
+    # the order's context (delivery, the return just requested), which a snapshot taken earlier cannot hold.
+    ctx = order_context(ds, request["order_id"], series_us(request["created_at"]))
+    live = request.assign(prior_tickets_30d=feats.X["prior_tickets_30d"].iloc[idx].to_numpy(),
+                          **{c: ctx[c].to_numpy() for c in ORDER_CONTEXT})
+    fresh = model.score_batch(live, snaps["accounts"], snaps["merchants"], snaps["orders"], reasons=False)
+    offline = model.predict(feats.X.iloc[idx])
+    y = meta["escalated"].iloc[idx].astype(bool).to_numpy()
+    p = served["escalation_probability"].to_numpy()
+    both = 0 < y.sum() < len(y)
+    pf = fresh["escalation_probability"].to_numpy()
+    return {
+        "serving_check_tickets": len(idx),
+        "serving_check_live_fields_mean_abs_diff": float(np.abs(pf - offline).mean()),
+        "serving_check_live_fields_roc_auc": float(roc_auc_score(y, pf)) if both else float("nan"),
+        "serving_check_mean_abs_diff": float(np.abs(p - offline).mean()),
+        "serving_check_share_diff_over_0.05": float((np.abs(p - offline) > 0.05).mean()),
+        "serving_check_roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "serving_check_offline_roc_auc": float(roc_auc_score(y, offline)) if both else float("nan"),
+        "serving_check_order_context_missing": float(served["order_context_missing"].mean()),
+        "serving_check_unknown_account": float(served["unknown_account"].mean()),
+    }
+
+
 def report_lines(m: dict[str, float]) -> list[str]:
     """The figures a person reads, with the target verdict."""
     lift = m["roc_auc_lift"]
     verdict = "met" if lift >= TARGET_LIFT else "NOT met"
-    return [
+    lines = [
         f"ROC-AUC {m['roc_auc']:.4f} vs case-type baseline {m['baseline_roc_auc']:.4f}: {lift:+.4f} "
         f"(target >= +{TARGET_LIFT:.2f}: {verdict})",
         f"PR-AUC  {m['pr_auc']:.4f} vs baseline {m['baseline_pr_auc']:.4f} (test escalation rate "
@@ -220,6 +272,15 @@ def report_lines(m: dict[str, float]) -> list[str]:
         f"Brier   {m['brier']:.4f} vs baseline {m['baseline_brier']:.4f} (uncalibrated booster "
         f"{m['uncalibrated_brier']:.4f}); ECE {m['ece']:.4f}; mean predicted {m['mean_predicted']:.3f}",
     ]
+    if "serving_check_tickets" in m:
+        lines.append(
+            f"serving path (snapshots at the cut-off, next {int(m['serving_check_tickets']):,} tickets in 7 days): "
+            f"ROC-AUC {m['serving_check_roc_auc']:.4f} vs {m['serving_check_offline_roc_auc']:.4f} offline, "
+            f"mean |p_served - p_offline| {m['serving_check_mean_abs_diff']:.4f}, order context missing "
+            f"{m['serving_check_order_context_missing']:.1%}; tickets carrying live contact count and order "
+            f"context: ROC-AUC {m['serving_check_live_fields_roc_auc']:.4f}, mean |diff| "
+            f"{m['serving_check_live_fields_mean_abs_diff']:.4f}")
+    return lines
 
 
 def _load(data_dir: Path, out_dir: Path, echo=click.echo) -> tuple[Dataset, bool]:
@@ -276,7 +337,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
     out_dir = settings.models_dir / MODEL_NAME
     ds, validated = _load(Path(data_dir), out_dir)
     feats = _features(ds, settings)
-    ev = evaluate(feats, settings)
+    ev = evaluate(feats, settings, ds=ds)
     for line in report_lines(ev.metrics):
         click.echo(line)
     click.echo(ev.reliability.round(4).to_string(index=False))
@@ -367,7 +428,7 @@ def evaluate_cmd(data_dir: Path | None, test_fraction: float, calibration: str, 
     out_dir = settings.models_dir / MODEL_NAME / "evaluate"
     ds, _ = _load(Path(data_dir), out_dir)
     feats = _features(ds, settings)
-    ev = evaluate(feats, settings, test_fraction, calibration)
+    ev = evaluate(feats, settings, test_fraction, calibration, ds=ds)
     lines = report_lines(ev.metrics)
     for line in lines:
         click.echo(line)
