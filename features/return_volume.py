@@ -31,6 +31,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from features.calendar import calendar_features, holiday_windows, market_events
 from features.settings import Settings
@@ -601,6 +602,31 @@ def _plan_lines(plan: pd.DataFrame | None, history: History, origin: int, horizo
     return np.where(covered, total, np.nan), by_cat
 
 
+def _driver_pipeline(history: History, pair: tuple[str, str], g: Kernel, origins: np.ndarray, proj: np.ndarray,
+                     lines_m28: np.ndarray, plan_cat: dict[str, np.ndarray], hank_idx: np.ndarray,
+                     toep_idx: np.ndarray, lag_mat: np.ndarray, lag_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expected returns at o+1..o+H (origins x H) from one driver: from its orders up to o (known) and from its
+    share of the projected (or planned) orders after o (future)."""
+    col = pair[0]
+    D = history.drivers[col].to_numpy()
+    Dm = np.where(lag_ok, D[np.clip(lag_mat, 0, None)], 0.0)
+    gh = np.where(hank_idx < MAX_LAG, g[np.minimum(hank_idx, MAX_LAG - 1)], 0.0)
+    share = _rolling_mean(D, 28)[origins] / np.maximum(lines_m28[origins], 1e-9)
+    P = proj * share[:, None]
+    if col in plan_cat:
+        P[0] = np.where(np.isnan(plan_cat[col]), P[0], plan_cat[col])
+    elif plan_cat and col.startswith("amount|category="):
+        # A plan per category in order lines: this category's order value per line turns it into amounts.
+        c = col.split("=", 1)[1]
+        pc = plan_cat.get(f"lines|category={c}")
+        if pc is not None:
+            per_line = _rolling_mean(D, 28)[origins[0]] / max(
+                _rolling_mean(history.drivers[f"lines|category={c}"].to_numpy(), 28)[origins[0]], 1e-9)
+            P[0] = np.where(np.isnan(pc), P[0], pc * per_line)
+    gt = np.where((toep_idx >= 0) & (toep_idx < MAX_LAG), g[np.clip(toep_idx, 0, MAX_LAG - 1)], 0.0)
+    return Dm @ gh.T, P @ gt.T
+
+
 def build_features(history: History, kernels: dict[str, Kernel], origins: Sequence[int], horizon: int,
                    settings: Settings, frames: _Frames | None = None, plan: pd.DataFrame | None = None,
                    series: Iterable[str] | None = None) -> pd.DataFrame:
@@ -634,6 +660,7 @@ def build_features(history: History, kernels: dict[str, Kernel], origins: Sequen
     toep_idx = H[:, None] - H[None, :]  # lag of an order placed at o+j, seen at o+h
     lag_mat = origins[:, None] - m_idx[None, :]  # origins x MAX_LAG: day index of orders m days before o
     lag_ok = lag_mat >= 0
+    cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # total and channels share their drivers
 
     frames_out = []
     for s in wanted:
@@ -649,25 +676,12 @@ def build_features(history: History, kernels: dict[str, Kernel], origins: Sequen
         # Pipeline from orders already placed, and from projected orders after o.
         known = np.zeros((n_o, horizon))
         future = np.zeros((n_o, horizon))
-        for col, key in drivers[s]:
-            g = kern[key]
-            D = history.drivers[col].to_numpy()
-            Dm = np.where(lag_ok, D[np.clip(lag_mat, 0, None)], 0.0)
-            gh = np.where(hank_idx < MAX_LAG, g[np.minimum(hank_idx, MAX_LAG - 1)], 0.0)
-            known += Dm @ gh.T
-            share = _rolling_mean(D, 28)[origins] / np.maximum(lines_m28[origins], 1e-9)
-            P = proj * share[:, None]
-            if col in plan_cat:
-                P[0] = np.where(np.isnan(plan_cat[col]), P[0], plan_cat[col])
-            elif plan_cat and col.startswith("amount|category="):
-                c = col.split("=", 1)[1]
-                pc = plan_cat.get(f"lines|category={c}")
-                if pc is not None:
-                    per_line = _rolling_mean(D, 28)[origins[0]] / max(
-                        _rolling_mean(history.drivers[f"lines|category={c}"].to_numpy(), 28)[origins[0]], 1e-9)
-                    P[0] = np.where(np.isnan(pc), P[0], pc * per_line)
-            gt = np.where((toep_idx >= 0) & (toep_idx < MAX_LAG), g[np.clip(toep_idx, 0, MAX_LAG - 1)], 0.0)
-            future += P @ gt.T
+        for pair in drivers[s]:
+            if pair not in cache:
+                cache[pair] = _driver_pipeline(history, pair, kern[pair[1]], origins, proj, lines_m28, plan_cat,
+                                               hank_idx, toep_idx, lag_mat, lag_ok)
+            known += cache[pair][0]
+            future += cache[pair][1]
         level = _rolling_mean(fr.pipe_full[:, j], 28)[origins]
         level = np.where(level > 1e-9, level, np.nan)
         # Last year: the target day 52 weeks back and its week, relative to the 28 days before o a year back.
@@ -798,8 +812,8 @@ class ReturnVolumeForecaster:
     """
 
     def __init__(self, horizon: int = 60, market: str = "CN", summer_sale: str = "07-15", summer_sale_days: int = 3,
-                 n_estimators: int = 250, learning_rate: float = 0.05, num_leaves: int = 31,
-                 min_child_samples: int = 50, origin_stride: int = 2, max_rows: int = 60_000,
+                 n_estimators: int = 200, learning_rate: float = 0.05, num_leaves: int = 31,
+                 min_child_samples: int = 50, origin_stride: int = 3, max_rows: int = 40_000,
                  calibration_days: int | None = None, calibration_share: float = 0.4, event_inflation: float = 1.5, spread_power: float = 1.0,
                  objective: str = "l2",
                  seed: int = 0, num_threads: int = 1):
@@ -867,6 +881,11 @@ class ReturnVolumeForecaster:
     # -- fit ---------------------------------------------------------------------------------------------------------
     def fit(self, history: History, origin: pd.Timestamp | str | None = None) -> ReturnVolumeForecaster:
         """Learn from the history up to ``origin`` (default: its last day); nothing later is read."""
+        # Small matrix products: BLAS threads only contend with each other (and with other jobs) here.
+        with threadpool_limits(self.num_threads):
+            return self._fit(history, origin)
+
+    def _fit(self, history: History, origin: pd.Timestamp | str | None) -> ReturnVolumeForecaster:
         settings = self.settings()
         origin = _day(origin) if origin is not None else history.days[-1]
         check_history(history, origin, self.horizon, self.min_calibration_days, settings)
@@ -879,6 +898,7 @@ class ReturnVolumeForecaster:
         X = build_features(hist, self.kernels_, origins, H, settings, frames=frames)
         X = X[(X["origin"] + X["h"]) <= t].reset_index(drop=True)
         self.series_ = hist.series
+        self.feature_names_ = list(FEATURES)
         self.categories_ = {
             "series": list(self.series_), "kind": sorted({_kind(s) for s in self.series_}),
             "last_major": sorted(set(frames.cal["last_major"].astype(str)) | {"none"}),
@@ -982,6 +1002,10 @@ class ReturnVolumeForecaster:
         HistoryError for an origin after the history's end.
         """
         self._check_fitted()
+        with threadpool_limits(self.num_threads):
+            return self._forecast(history, origin, horizon, plan, series)
+
+    def _forecast(self, history: History, origin, horizon, plan, series) -> pd.DataFrame:
         settings = self.settings()
         horizon = int(horizon or self.horizon)
         if not 1 <= horizon <= self.horizon:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 import numpy as np
@@ -26,7 +27,11 @@ from features.return_volume import (
     TOTAL,
     History,
     HistoryError,
+    PlanError,
     ReturnVolumeForecaster,
+    build_features,
+    build_history,
+    read_plan,
     required_days,
 )
 from features.settings import Settings, get_settings
@@ -333,3 +338,315 @@ def target_lines(result: BacktestResult) -> list[str]:
     cov = t.loc[(MODEL, "all"), "coverage80"]
     lines.append(f"80% interval coverage {100 * cov:.1f}% (target 72-88%): {'MET' if 0.72 <= cov <= 0.88 else 'NOT MET'}")
     return lines
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Plot and logging
+
+
+def backtest_figure(result: BacktestResult, history: History, series: str = TOTAL, max_panels: int = 10):
+    """History, the model's P10-P90 fan and P50, the baselines, the origin and the major events, per origin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    origins = list(result.origins["origin"])[-max_panels:]
+    n = max(len(origins), 1)
+    cols = 2 if n > 1 else 1
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(7.5 * cols, 2.8 * rows), squeeze=False)
+    y = history.y[series]
+    events = result.holiday_windows
+    styles = {PLANNERS: ("tab:orange", "--"), AUTO_ETS: ("tab:green", ":"), SEASONAL_NAIVE: ("tab:gray", ":")}
+    for ax, o in zip(axes.ravel(), origins, strict=False):
+        fc = result.forecasts[(result.forecasts["origin"] == o) & (result.forecasts["series"] == series)]
+        end = fc["date"].max()
+        past = y.loc[o - pd.Timedelta(days=56):end]
+        ax.plot(past.index, past.to_numpy(), color="black", lw=1.0, label="actual")
+        m = fc[fc["method"] == MODEL].sort_values("date")
+        ax.fill_between(m["date"], m["p10"], m["p90"], color="tab:blue", alpha=0.25, label="model P10-P90")
+        ax.plot(m["date"], m["p50"], color="tab:blue", lw=1.4, label="model P50")
+        for method, (color, ls) in styles.items():
+            b = fc[fc["method"] == method].sort_values("date")
+            if len(b):
+                ax.plot(b["date"], b["p50"], color=color, ls=ls, lw=1.0, label=method)
+        ax.axvline(o, color="gray", lw=0.8)
+        for _, ev in events[(events["event_date"] >= past.index[0]) & (events["event_date"] <= end)].iterrows():
+            ax.axvline(ev["event_date"], color="tab:red", ls="--", lw=0.8)
+            ax.axvspan(ev["window_start"], ev["window_end"], color="tab:red", alpha=0.05)
+            ax.text(ev["event_date"], ax.get_ylim()[1] * 0.95, ev["event"], fontsize=7, color="tab:red")
+        kind = result.origins.loc[result.origins["origin"] == o, "event"].iloc[0]
+        ax.set_title(f"{series}: origin {o.date()}" + (f" (6 weeks before {kind})" if kind else ""), fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(origins):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=6, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _log_backtest(result: BacktestResult, history: History, params: dict) -> None:
+    """Log the backtest's parameters, headline metrics, tables and figure to the active MLflow run."""
+    from training import registry
+
+    registry.log_params(params)
+    registry.log_metrics(result.headline())
+    registry.log_metrics(_primary(result))
+    registry.log_table(result.table, "tables/backtest_total.csv")
+    registry.log_table(result.by_series.reset_index(), "tables/backtest_by_series.csv")
+    registry.log_table(result.origins, "tables/backtest_origins.csv")
+    registry.log_text(format_table(result.table) + "\n\n" + "\n".join(target_lines(result) + result.notes),
+                      "backtest.txt")
+    registry.log_figure(backtest_figure(result, history), "plots/backtest.png")
+
+
+def _primary(result: BacktestResult) -> dict[str, float]:
+    """The registry's metrics: holiday WAPE of the model on 'total' (the gate's), overall WAPE and coverage."""
+    t = result.table.set_index(["method", "slice"])
+    out = {"holiday_wape": float(t.loc[(MODEL, "holiday"), "wape"]) if (MODEL, "holiday") in t.index else np.nan,
+           "wape": float(t.loc[(MODEL, "all"), "wape"]), "coverage80": float(t.loc[(MODEL, "all"), "coverage80"]),
+           "backtest_seconds": result.seconds}
+    cov = result.by_series.get(("coverage80", MODEL))
+    if cov is not None:
+        out["coverage80_mean_over_series"] = float(cov.mean())
+    return out
+
+
+def report(result: BacktestResult, echo=click.echo) -> None:
+    """Print the metrics table, the targets and the notes."""
+    origins = ", ".join(f"{r.origin.date()}{' (' + r.event + ')' if r.event else ''}"
+                        for r in result.origins.itertuples())
+    echo(f"  origins: {origins}")
+    echo("  metrics on series 'total' (days where every method has a forecast):")
+    for line in format_table(result.table).splitlines():
+        echo("    " + line)
+    cov = result.by_series.get(("coverage80", MODEL))
+    hol = result.by_series.get(("holiday_wape", MODEL))
+    if cov is not None and hol is not None:
+        echo(f"  all {len(cov)} series: mean model holiday WAPE {100 * hol.mean():.1f}%, mean 80% coverage "
+             f"{100 * cov.mean():.1f}% (min {100 * cov.min():.1f}%, max {100 * cov.max():.1f}%)")
+    for line in target_lines(result):
+        echo("  target: " + line)
+    for note in result.notes:
+        echo("  note: " + note)
+    echo(f"  backtest took {result.seconds:.1f}s")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def model_params(settings: Settings, market: str, horizon: int) -> dict:
+    """Forecaster parameters for a market and horizon under these settings."""
+    return {"horizon": horizon, "market": market, "summer_sale": settings.summer_sale,
+            "summer_sale_days": settings.summer_sale_days}
+
+
+def _load(data_dir: Path, out_dir: Path, market: str, echo=click.echo):
+    """Load and validate the data folder, write its rejects to ``out_dir``, and build the daily history."""
+    from features.contract import ContractError, load_dataset
+
+    try:
+        ds = load_dataset(data_dir, tables=["orders", "returns", "tickets"])
+    except ContractError as e:
+        raise click.ClickException(str(e)) from e
+    path = ds.write_rejects(out_dir)
+    echo(f"  {ds.n_rejected} rows rejected by the input contract (details in {path})")
+    try:
+        history = build_history(ds, market)
+    except HistoryError as e:
+        raise click.ClickException(str(e)) from e
+    echo(f"  {len(history.days)} days ({history.days[0].date()} to {history.days[-1].date()}), "
+         f"{len(history.series)} series: {', '.join(history.series)}")
+    return ds, history
+
+
+def train(data_dir: Path, settings: Settings) -> dict:
+    """Backtest on rolling origins against the baselines, refit on all the data, register the model in MLflow
+    (the champion alias moves only when holiday WAPE beats the champion's)."""
+    from training import registry
+
+    t0 = time.perf_counter()
+    out_dir = settings.models_dir / MODEL_NAME
+    ds, history = _load(Path(data_dir), out_dir, settings.market)
+    params = model_params(settings, history.market, 60)
+    with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
+        try:
+            result = run_backtest(history, n_origins=10, horizon=60, settings=settings, model_params=params)
+        except HistoryError as e:
+            raise click.ClickException(str(e)) from e
+        report(result)
+        _log_backtest(result, history, {**params, "n_origins": len(result.origins), "data_dir": str(data_dir)})
+        click.echo("  refitting on all the data")
+        final = ReturnVolumeForecaster(**params).fit(history)
+        example = _input_example(final, history)
+        primary = _primary(result)
+        gate = registry.log_and_register(
+            MODEL_NAME, final, input_example=example, primary_metric="holiday_wape",
+            metric_value=primary["holiday_wape"], higher_is_better=False, settings=settings,
+            extra_metrics={k: v for k, v in primary.items() if k != "holiday_wape"},
+            data_validated=all(r.balanced for r in ds.reports.values()))
+    t = result.table.set_index(["method", "slice"])
+    summary = {
+        "version": gate.version, "promoted": gate.promoted, "gate": gate.reason,
+        "trained_until": str(final.trained_until_.date()), "series": len(final.series_),
+        **{f"holiday WAPE {m}": f"{100 * t.loc[(m, 'holiday'), 'wape']:.1f}%"
+           for m in t.index.get_level_values(0).unique() if (m, "holiday") in t.index},
+        "coverage80 (total)": f"{100 * primary['coverage80']:.1f}%",
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    return summary
+
+
+def _input_example(model: ReturnVolumeForecaster, history: History) -> pd.DataFrame:
+    """Five feature rows at the model's training end: what ``predict`` takes (the registry logs its signature)."""
+    t = len(history.days) - 1
+    X = build_features(history, model.kernels_, [t], model.horizon, model.settings(), series=[TOTAL])
+    return X[[*model.feature_names_, "scale"]].head(5).reset_index(drop=True)
+
+
+def _day_option(value: str | None) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    try:
+        return pd.Timestamp(value).normalize()
+    except ValueError as e:
+        raise click.BadParameter(f"{value!r} is not a date (use YYYY-MM-DD)") from e
+
+
+_DATA_HELP = "Data folder holding the contract tables (default: AFTERSALES_DATA_DIR or data/default)."
+_MARKET_HELP = "Market whose holidays and events apply (default: AFTERSALES_MARKET, e.g. CN, US, GB, DE, BR)."
+
+
+@click.command("forecast")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help=_DATA_HELP)
+@click.option("--origin", default=None, help="Last day whose data may be used (YYYY-MM-DD; default: the data's "
+              "last day). The model is trained on data up to it only.")
+@click.option("--horizon", default=60, show_default=True, type=click.IntRange(1, 366),
+              help="Days to forecast after the origin.")
+@click.option("--plan", "plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Sales plan CSV: date, orders (or order_lines), optional category and amount, per day after "
+                   "the origin. Replaces the projection of future orders where it has days.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV to write: date, series, p10, p50, p90 (series 'total' always present).")
+@click.option("--market", default=None, help=_MARKET_HELP)
+def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_file: Path | None, out_file: Path,
+                 market: str | None) -> None:
+    """Forecast daily return volume P10/P50/P90 for the HORIZON days after ORIGIN.
+
+    Trains the forecaster on the data up to the origin (nothing later is read), then forecasts every series:
+    total returns, refund amount, categories, regions and ticket channels where the data has them. Feed the CSV to
+    `aftersales staff --forecast FILE`.
+    """
+    from training import registry
+
+    settings = get_settings()
+    data_dir = Path(data_dir or settings.data_dir)
+    market = (market or settings.market).upper()
+    plan = None
+    if plan_file is not None:
+        try:
+            plan = read_plan(plan_file)
+        except PlanError as e:
+            raise click.ClickException(str(e)) from e
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    _, history = _load(data_dir, out_file.parent, market)
+    o = _day_option(origin) or history.days[-1]
+    t0 = time.perf_counter()
+    try:
+        model = ReturnVolumeForecaster(**model_params(settings, market, horizon)).fit(history, o)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fc = model.forecast(history, o, horizon, plan=plan)
+    except HistoryError as e:
+        raise click.ClickException(str(e)) from e
+    for w in caught:
+        click.echo(f"  warning: {w.message}")
+    out = fc.assign(date=fc["date"].dt.strftime("%Y-%m-%d"))
+    out.to_csv(out_file, index=False, float_format="%.3f")
+    total = fc[fc["series"] == TOTAL]
+    peak = total.loc[total["p50"].idxmax()]
+    click.echo(f"  trained on {history.days[0].date()}..{o.date()} in {time.perf_counter() - t0:.1f}s; "
+               f"wrote {len(out)} rows ({fc['series'].nunique()} series x {horizon} days) to {out_file}")
+    click.echo(f"  total returns {fc.loc[fc['series'] == TOTAL, 'p50'].sum():.0f} (P50) over "
+               f"{total['date'].min().date()}..{total['date'].max().date()}; peak day {peak['date'].date()}: "
+               f"P50 {peak['p50']:.0f}, P90 {peak['p90']:.0f}")
+    try:
+        with registry.start_run(MODEL_NAME, run_name="forecast", settings=settings):
+            registry.log_params({**model_params(settings, market, horizon), "origin": str(o.date()),
+                                 "data_dir": str(data_dir), "plan": str(plan_file) if plan_file else None})
+            registry.log_artifact(out_file, "forecast")
+    except Exception as e:  # noqa: BLE001 — the forecast is written; tracking is a record, not the product
+        click.echo(f"  note: not logged to MLflow ({e})")
+
+
+@click.command("staff")
+@click.option("--forecast", "forecast_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="Forecast CSV written by `aftersales forecast` (date, series, p10, p50, p90).")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="CSV to write: date, channel, volume_p50, volume_p90, agents_p50, agents_p90.")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Staffing TOML merged over the defaults (features/staffing.toml).")
+def staff_cmd(forecast_file: Path, out_file: Path, config_file: Path | None) -> None:
+    """Turn a forecast into agents per day and channel: Erlang C for chat and phone, workload with backlog for
+    email, app and other, shrinkage on top; P50 and P90 volume planned separately."""
+    from features.staffing import StaffingConfigError, load_staffing_config, staffing_plan
+
+    try:
+        config = load_staffing_config(config_file)
+        fc = pd.read_csv(forecast_file)
+        plan = staffing_plan(fc, config)
+    except (StaffingConfigError, ValueError, OSError) as e:
+        raise click.ClickException(f"{forecast_file}: {e}") from e
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out = plan.assign(date=pd.to_datetime(plan["date"]).dt.strftime("%Y-%m-%d"))
+    out.to_csv(out_file, index=False, float_format="%.2f")
+    click.echo(f"  wrote {len(out)} rows ({plan['channel'].nunique()} channels x {plan['date'].nunique()} days) "
+               f"to {out_file}")
+    peak = plan.groupby("date")[["agents_p50", "agents_p90"]].sum()
+    day = peak["agents_p90"].idxmax()
+    click.echo(f"  busiest day {pd.Timestamp(day).date()}: {int(peak.loc[day, 'agents_p50'])} agents at P50, "
+               f"{int(peak.loc[day, 'agents_p90'])} at P90 (all channels)")
+
+
+@click.command("return-volume")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None, help=_DATA_HELP)
+@click.option("--origins", "n_origins", default=10, show_default=True, type=click.IntRange(1, 100),
+              help="Number of origins: six weeks before each major event first, then every four weeks back.")
+@click.option("--horizon", default=60, show_default=True, type=click.IntRange(7, 366),
+              help="Days forecast from each origin.")
+@click.option("--market", default=None, help=_MARKET_HELP)
+@click.option("--peer-series", type=click.Choice(["total", "all"]), default="total", show_default=True,
+              help="Series the AutoETS peer forecasts (~0.25 s per series and origin).")
+@click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write the tables and the PNG (default: models/return_volume/backtest).")
+def backtest_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: str | None, peer_series: str,
+                 out_dir: Path | None) -> None:
+    """Rolling-origin backtest of the return-volume forecast against seasonal naive, the planners' method and
+    AutoETS; the model is refitted at every origin on data up to it. Prints the metrics table (overall and on
+    holiday windows) and logs it with a PNG of history, forecast fan and events to MLflow."""
+    from training import registry
+
+    settings = get_settings()
+    data_dir = Path(data_dir or settings.data_dir)
+    market = (market or settings.market).upper()
+    out_dir = out_dir or settings.models_dir / MODEL_NAME / "backtest"
+    _, history = _load(data_dir, out_dir, market)
+    params = model_params(settings, market, horizon)
+    try:
+        result = run_backtest(history, n_origins=n_origins, horizon=horizon, settings=settings,
+                              model_params=params, peer_series=peer_series)
+    except HistoryError as e:
+        raise click.ClickException(str(e)) from e
+    report(result)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.table.to_csv(out_dir / "backtest_total.csv", index=False)
+    result.by_series.reset_index().to_csv(out_dir / "backtest_by_series.csv", index=False)
+    result.forecasts.to_csv(out_dir / "backtest_forecasts.csv", index=False)
+    fig = backtest_figure(result, history)
+    fig.savefig(out_dir / "backtest.png", dpi=110)
+    with registry.start_run(MODEL_NAME, run_name="backtest", settings=settings):
+        _log_backtest(result, history, {**params, "n_origins": len(result.origins), "data_dir": str(data_dir)})
+    click.echo(f"  tables and plot in {out_dir}; logged to MLflow ({settings.tracking_uri}, experiment "
+               f"{MODEL_NAME})")
