@@ -72,7 +72,8 @@ def snapshots(ds, tmp_path_factory):
     snaps = feature_snapshots(ds, AS_OF)
     for name, frame in snaps.items():
         frame.to_parquet(d / SNAPSHOT_FILES[name], index=False)
-    acc = snaps["accounts"][["account_id"]].copy()
+    acc = pd.concat([snaps["accounts"][["account_id"]], pd.DataFrame({"account_id": ["A-ONLY-THEIRS"]})],
+                    ignore_index=True)
     acc["abuse_score"] = np.linspace(0.0, 1.0, len(acc))
     acc["returns_30d"] = -99.0  # a different definition elsewhere must not reach the model
     acc.to_parquet(d / "accounts.parquet", index=False)
@@ -280,11 +281,14 @@ def test_unknown_ids_get_defaults_and_say_so(ds, model, snapshots):
 
 def test_snapshot_history_columns_come_from_the_training_function(ds, snapshots):
     _, snaps = snapshots
-    acc_id = next(iter(snaps.accounts))
-    row = snaps.accounts[acc_id]
-    assert row["returns_30d"] != -99.0 and 0.0 <= row["abuse_score"] <= 1.0  # ours win, theirs are kept
-    snap = feature_snapshots(ds, AS_OF)["accounts"].set_index("account_id").loc[acc_id]
+    ours = feature_snapshots(ds, AS_OF)["accounts"].set_index("account_id")
+    acc_id = ours.index[ours["returns_30d"] > 0][0]
+    row, snap = snaps.accounts[acc_id], ours.loc[acc_id]
+    assert row["returns_30d"] == snap["returns_30d"] and 0.0 <= row["abuse_score"] <= 1.0  # ours win, theirs kept
     assert row["return_rate_90d"] == pytest.approx(snap["return_rate_90d"])
+    # An account only the other snapshot lists was inactive for 90 days: zero history, its abuse score kept.
+    quiet = snaps.accounts["A-ONLY-THEIRS"]
+    assert [quiet[c] for c in ACCOUNT_FEATURES] == [0.0] * len(ACCOUNT_FEATURES) and quiet["abuse_score"] == 1.0
 
 
 def test_triage_adds_priority_action_and_policy_reasons(ds, model, snapshots):
