@@ -226,6 +226,11 @@ def text_matrix(texts: pd.Series | Sequence[str | None]) -> Arr:
 # Assembling the feature vector: one row (plain Python) and many rows (numpy), same arithmetic
 
 
+def _present(value: Any) -> bool:
+    """A snapshot cell that holds a number (not None, NA or NaN)."""
+    return not math.isnan(_num(value))
+
+
 def _code(table: Mapping[str, int], value: Any) -> float:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return _NAN
@@ -623,7 +628,7 @@ def load_serving_snapshots(snapshots_dir) -> ServingSnapshots:
 
     Accounts: ``accounts.parquet`` (serial returners: abuse_score, abuse_percentile, ...) joined with
     ``ticket_triage_accounts.parquet`` (the model's history columns, computed by the training function, which win on
-    shared names). Merchants: ``merchants.parquet`` (merchant risk) joined with ``ticket_triage_merchants.parquet``.
+    shared names; an account only the first file lists has no history columns, and scoring gives it zero history). Merchants: ``merchants.parquet`` (merchant risk) joined with ``ticket_triage_merchants.parquet``.
     Orders: ``ticket_triage_orders.parquet``. Missing files give empty lookups (scoring then reports defaults).
     """
     from pathlib import Path
@@ -632,10 +637,6 @@ def load_serving_snapshots(snapshots_dir) -> ServingSnapshots:
     acc, acc_src = _read_keyed([d / "accounts.parquet", d / SNAPSHOT_FILES["accounts"]], "account_id")
     mer, mer_src = _read_keyed([d / "merchants.parquet", d / SNAPSHOT_FILES["merchants"]], "merchant_id")
     orders, o_src = _read_keyed([d / SNAPSHOT_FILES["orders"]], "order_id")
-    if (d / SNAPSHOT_FILES["accounts"]).exists():
-        # Ours lists every account active in the last 90 days; an account only the other snapshot knows had no
-        # activity then: zero counts (as training computes), not unknown.
-        acc[list(ACCOUNT_FEATURES)] = acc[list(ACCOUNT_FEATURES)].astype(float).fillna(NEW_ACCOUNT)
 
     def rows(f: pd.DataFrame) -> dict[str, dict[str, Any]]:
         f = f.astype(object).where(f.notna(), None)
@@ -924,6 +925,11 @@ class TicketTriageModel:
         if unknown_account:
             account = NEW_ACCOUNT  # an account without a snapshot row had no activity: a new account
             defaults.append("account history: none on record (new account)")
+        elif account is not None and not any(_present(account.get(f)) for f in ACCOUNT_FEATURES):
+            # A row from another model's snapshot only: our snapshot lists every account active in the last 90
+            # days, so this one had none -> zero history, as training computes it.
+            account = {**account, **NEW_ACCOUNT}
+            defaults.append("account history: no activity in the last 90 days (zero history)")
         if unknown_merchant:
             defaults.append("merchant signals: unknown merchant (no recent orders)")
         if order_missing:
@@ -977,9 +983,11 @@ class TicketTriageModel:
         guest = acc_id.isna().to_numpy()
         unknown_account = ~guest & ~acc_found
         unknown_merchant = mer_id.notna().to_numpy() & ~mer_found
-        for c in ACCOUNT_FEATURES:
-            vals = pd.to_numeric(acc[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-            vals = np.where(unknown_account, NEW_ACCOUNT[c], vals)
+        hist = np.column_stack([pd.to_numeric(acc[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+                                for c in ACCOUNT_FEATURES])
+        inactive = acc_found & np.isnan(hist).all(axis=1)  # row only in another snapshot: zero history (score_one)
+        for j, c in enumerate(ACCOUNT_FEATURES):
+            vals = np.where(unknown_account | inactive, NEW_ACCOUNT[c], hist[:, j])
             if c in t:  # the ticket's own (fresher) value wins, as in score_one
                 own = pd.to_numeric(t[c], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
                 vals = np.where(np.isnan(own), vals, own)

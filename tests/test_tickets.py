@@ -286,9 +286,24 @@ def test_snapshot_history_columns_come_from_the_training_function(ds, snapshots)
     row, snap = snaps.accounts[acc_id], ours.loc[acc_id]
     assert row["returns_30d"] == snap["returns_30d"] and 0.0 <= row["abuse_score"] <= 1.0  # ours win, theirs kept
     assert row["return_rate_90d"] == pytest.approx(snap["return_rate_90d"])
-    # An account only the other snapshot lists was inactive for 90 days: zero history, its abuse score kept.
-    quiet = snaps.accounts["A-ONLY-THEIRS"]
-    assert [quiet[c] for c in ACCOUNT_FEATURES] == [0.0] * len(ACCOUNT_FEATURES) and quiet["abuse_score"] == 1.0
+    assert snaps.accounts["A-ONLY-THEIRS"]["abuse_score"] == 1.0
+
+
+def test_account_only_in_another_snapshot_scores_with_zero_history(ds, model, snapshots):
+    """Our snapshot lists every account active in 90 days: one only the serial-returner snapshot lists was inactive,
+    and gets the zero history training would compute (not the guest's 'unknown')."""
+    _, snaps = snapshots
+    t = _requests(ds).head(3).assign(account_id="A-ONLY-THEIRS", prior_tickets_30d=np.nan)
+    frames = snaps.frames()
+    X, flags = model.features_batch(t, frames["accounts"], frames["merchants"], frames["orders"])
+    acc_cols = [FEATURES.index(c) for c in ACCOUNT_FEATURES]
+    assert (X[:, acc_cols] == 0.0).all() and not flags["unknown_account"].any()
+    r = _as_json(t)[0]
+    one = model.score_one(r, snaps.accounts["A-ONLY-THEIRS"], snaps.merchants.get(r["merchant_id"]),
+                          snaps.orders.get(r["order_id"]))
+    assert not one["unknown_account"] and "no activity in the last 90 days" in one["defaults_used"][0]
+    batch = model.score_batch(t, frames["accounts"], frames["merchants"], frames["orders"])
+    assert abs(batch["escalation_probability"].iloc[0] - one["escalation_probability"]) <= 1e-9
 
 
 def test_triage_adds_priority_action_and_policy_reasons(ds, model, snapshots):
