@@ -115,11 +115,21 @@ class Runtime:
         from training import registry
 
         rt = cls(settings)
+        # Listing first: names without a champion are reported without touching MLflow further (and an absent
+        # SQLite store is not created just to find it empty).
+        listed = registry.list_models(settings)
+        champions = set(listed.loc[listed["aliases"].str.split(",").apply(lambda a: registry.CHAMPION in a),
+                                   "name"]) if not listed.empty else set()
         for name in MODEL_NAMES:
+            if name not in champions:
+                rt.problems[name] = (f"no champion for '{name}' in {settings.tracking_uri}; "
+                                     f"run `aftersales train {name.replace('_', '-')}`")
+                log.warning("serving: %s", rt.problems[name])
+                continue
             t0 = time.perf_counter()
             try:
                 loaded = registry.load_champion(name, settings=settings)
-            except registry.ModelNotFound as e:
+            except registry.ModelNotFound as e:  # the alias moved away between listing and loading
                 rt.problems[name] = str(e)
                 log.warning("serving: %s", e)
                 continue
@@ -238,10 +248,10 @@ class Runtime:
         (``AFTERSALES_DATA_DIR``) on the first forecast request and kept; every series is forecast so the staffing
         plan always sees the channel series, and ``series`` only filters what is returned.
         """
+        model = self.model(RETURN_VOLUME)  # before the imports: a missing model answers at once
         from features.return_volume import HistoryError
         from features.staffing import staffing_plan
 
-        model = self.model(RETURN_VOLUME)
         history = self._history()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

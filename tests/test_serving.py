@@ -1,0 +1,389 @@
+"""The BentoML service end to end: the real ``bentoml serve`` on a free loopback port, against a models folder the
+test builds (a small world, the real ticket-triage model and snapshots, a return-volume forecaster, the
+serial-returner snapshot, a merchant ranking), plus a second service on an empty models folder for the 503 paths.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.dummy import DummyRegressor
+
+from features.accounts import SerialReturnerModel, dataset_features, score_snapshot
+from features.contract import load_dataset
+from features.return_volume import ReturnVolumeForecaster, build_history
+from features.settings import Settings
+from features.synthetic import generate_world
+from features.tickets import CalendarTable, TicketTriageModel, build_training_features, load_serving_snapshots
+from training import registry
+from training.merchant_risk import write_serving_snapshot
+from training.ticket_triage import model_params, write_snapshots
+
+ROOT = Path(__file__).resolve().parent.parent
+WORLD = dict(seed=21, accounts=900, merchants=25, start="2024-01-01", days=240, market="CN", progress=False)
+MAX_BATCH = 40  # the served limit in these tests (AFTERSALES_MAX_BATCH_SIZE), so a too-large batch is cheap
+TICKET_COLUMNS = ["ticket_id", "created_at", "account_id", "merchant_id", "order_id", "case_type", "channel",
+                  "amount", "text"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fixtures: models folder, running services
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A ``bentoml serve`` subprocess on loopback, with its log for failure messages (started at construction,
+    waited for by :meth:`wait_ready`, so two services can boot while the test builds its models)."""
+
+    def __init__(self, models_dir: Path, data_dir: Path, log: Path, **env: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        full_env = dict(os.environ, AFTERSALES_MODELS_DIR=str(models_dir), AFTERSALES_DATA_DIR=str(data_dir),
+                        AFTERSALES_MAX_BATCH_SIZE=str(MAX_BATCH), **env)
+        bentoml = Path(sys.executable).parent / "bentoml"
+        self.proc = subprocess.Popen(
+            [str(bentoml), "serve", "serving.service:AfterSalesService", "--host", "127.0.0.1", "--port",
+             str(self.port)], cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"service exited ({self.proc.returncode}):\n{self.tail()}"
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"service not ready in {timeout:.0f}s:\n{self.tail()}")
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def empty_service(tmp_path_factory) -> Service:
+    """A service on a models folder with nothing registered (and no data folder)."""
+    root = tmp_path_factory.mktemp("empty")
+    svc = Service(root / "models", root / "no-data", root / "service.log")
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, empty_service) -> dict:
+    """A world and a models folder holding every champion the service loads, built the way training builds them.
+
+    (Depends on ``empty_service`` only so that one boots while this builds.)
+    """
+    root = tmp_path_factory.mktemp("serving")
+    world = root / "world"
+    generate_world(world, **WORLD)
+    settings = Settings(models_dir=root / "models", data_dir=world)
+    ds = load_dataset(world)
+
+    # Ticket triage: the real model class on the world's labelled tickets, and the snapshots training writes.
+    feats = build_training_features(ds, CalendarTable("CN", first_year=2023, last_year=2025))
+    labelled = feats.meta["escalated"].notna().to_numpy()
+    triage = TicketTriageModel(**model_params(settings)).fit(
+        feats.X[labelled], feats.meta["escalated"][labelled].astype(int).to_numpy())
+    v_triage = registry.log_and_register("ticket_triage", triage, feats.X.head(5), "roc_auc", 0.70, True,
+                                         settings=settings).version
+    write_snapshots(ds, settings)
+
+    # Serial returners: cold-start model on the accounts as of the last day, and its serving snapshot.
+    X = dataset_features(ds, ds.time_span()[1], "CN", settings)
+    returners = SerialReturnerModel().fit(X)
+    score_snapshot(X, returners).to_parquet(settings.snapshots_dir / "accounts.parquet", index=False)
+    registry.log_and_register("serial_returners", returners, X.head(5), "pr_auc", 0.3, True, settings=settings)
+
+    # Merchant risk: a ranking in the layout rank-merchants writes (scores known to the test), and its snapshot.
+    merchants = sorted(ds.orders["merchant_id"].astype(str).unique())
+    score = np.linspace(1.0, 0.1, len(merchants))
+    ranking = pd.DataFrame({"merchant_id": merchants, "score": score, "rank": np.arange(1, len(merchants) + 1),
+                            "expected_complaints": score * 10, "late_delivery_rate": score / 4,
+                            "complaint_rate_90d": score / 50,
+                            "reasons": [f"complaints {s:.0%} of orders; late deliveries" for s in score]})
+    write_serving_snapshot(ranking.sample(frac=1.0, random_state=0), settings)  # shuffled: the service sorts
+    stand_in = DummyRegressor().fit(np.zeros((3, 1)), [0.0, 1.0, 2.0])
+    registry.log_and_register("merchant_risk", stand_in, pd.DataFrame({"x": [0.0]}), "ndcg_at_50", 0.5, True,
+                              settings=settings)
+
+    # Return volume: a short-horizon forecaster fitted on the history up to the last day.
+    history = build_history(ds, "CN")
+    forecaster = ReturnVolumeForecaster(horizon=7, n_estimators=40, max_rows=4000).fit(history)
+    registry.log_and_register("return_volume", forecaster, pd.DataFrame({"origin": ["x"]}), "holiday_wape", 0.3,
+                              False, settings=settings)
+
+    tickets = ds.tickets.drop(columns=["escalated", "resolved_at"]).tail(60).reset_index(drop=True)
+    return {"settings": settings, "world": world, "tickets": tickets, "triage_version": v_triage,
+            "history_end": history.days[-1], "root": root}
+
+
+@pytest.fixture(scope="module")
+def service(deployment) -> Service:
+    svc = Service(deployment["settings"].models_dir, deployment["world"], deployment["root"] / "service.log")
+    try:
+        svc.wait_ready()
+        yield svc
+    finally:
+        svc.stop()
+
+
+def _json_ticket(row: pd.Series) -> dict:
+    out = {}
+    for k in TICKET_COLUMNS:
+        v = row[k]
+        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+            continue
+        out[k] = v.isoformat() if isinstance(v, pd.Timestamp) else (float(v) if k == "amount" else str(v))
+    return out
+
+
+def _no_trace(r: httpx.Response) -> None:
+    assert "Traceback" not in r.text and 'File "' not in r.text, r.text
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Ticket scoring
+
+
+def test_score_one_ticket_returns_the_triage_and_the_pinned_version(service, deployment):
+    ticket = _json_ticket(deployment["tickets"].iloc[-1])
+    r = service.client.post("/v1/tickets/score", json=ticket)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ticket_id"] == ticket["ticket_id"]
+    assert 0.0 <= body["escalation_probability"] <= 1.0
+    assert body["priority"] in {"P1", "P2", "P3", "P4"}
+    assert body["action"] in {"auto_approve_refund", "standard_queue", "senior_agent", "risk_review"}
+    assert body["reasons"] and all(isinstance(x, str) and x for x in body["reasons"])
+    assert body["model_versions"]["ticket_triage"] == deployment["triage_version"]
+    assert set(body["model_versions"]) == {"ticket_triage", "serial_returners", "merchant_risk"}
+    assert body["feature_sources"]["merchant"] == "online_store"
+    assert body["merchant_risk"] is not None and 0 < body["merchant_risk"] <= 1
+
+
+def test_served_probability_is_the_models_own(service, deployment):
+    """The service adds no skew: same number as the registered model's score_one on the same snapshots."""
+    settings = deployment["settings"]
+    model = registry.load_champion("ticket_triage", settings=settings).model
+    snaps = load_serving_snapshots(settings.snapshots_dir)
+    for _, row in deployment["tickets"].tail(8).iterrows():
+        ticket = _json_ticket(row)
+        served = service.client.post("/v1/tickets/score", json=ticket).json()
+        offline = model.score_one(ticket, snaps.accounts.get(ticket.get("account_id")),
+                                  snaps.merchants.get(ticket.get("merchant_id")),
+                                  snaps.orders.get(ticket.get("order_id")))
+        assert served["escalation_probability"] == pytest.approx(offline["escalation_probability"], abs=1e-9)
+
+
+def test_unknown_ids_are_scored_with_defaults_that_say_so(service):
+    ticket = {"ticket_id": "new-1", "created_at": "2024-08-20T09:30:00", "account_id": "A-never-seen",
+              "merchant_id": "M-never-seen", "order_id": "O-never-seen", "case_type": "refund", "channel": "chat",
+              "amount": 12.5, "text": "where is my refund"}
+    body = service.client.post("/v1/tickets/score", json=ticket).json()
+    assert body["feature_sources"] == {"account": "default_unknown_id", "merchant": "default_unknown_id",
+                                       "order": "default_unknown_id"}
+    assert body["abuse_risk"] is None and body["merchant_risk"] is None
+    joined = " ".join(body["defaults_used"])
+    assert "new account" in joined and "unknown merchant" in joined and "order not in the snapshot" in joined
+    guest = dict(ticket, ticket_id="guest-1", account_id=None, merchant_id=None, order_id=None)
+    body = service.client.post("/v1/tickets/score", json=guest).json()
+    assert body["feature_sources"]["account"] == "default_no_id" and body["defaults_used"] == []
+
+
+def test_batch_scores_every_ticket_in_order_like_single_scoring(service, deployment):
+    tickets = [_json_ticket(r) for _, r in deployment["tickets"].tail(MAX_BATCH).iterrows()]
+    r = service.client.post("/v1/tickets/score-batch", json={"tickets": tickets})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == len(tickets) == len(body["results"])
+    assert [x["ticket_id"] for x in body["results"]] == [t["ticket_id"] for t in tickets]
+    assert body["model_versions"]["ticket_triage"] == deployment["triage_version"]
+    for t, res in list(zip(tickets, body["results"], strict=True))[::7]:
+        one = service.client.post("/v1/tickets/score", json=t).json()
+        assert res["escalation_probability"] == pytest.approx(one["escalation_probability"], abs=1e-9)
+        assert (res["priority"], res["action"], res["reasons"]) == (one["priority"], one["action"], one["reasons"])
+        assert res["feature_sources"] == one["feature_sources"] and res["defaults_used"] == one["defaults_used"]
+
+
+def test_a_batch_over_the_limit_is_refused_with_a_message(service):
+    ticket = {"created_at": "2024-08-20T09:30:00Z", "case_type": "inquiry", "channel": "email"}
+    tickets = [dict(ticket, ticket_id=f"t{i}") for i in range(MAX_BATCH + 1)]
+    r = service.client.post("/v1/tickets/score-batch", json={"tickets": tickets})
+    assert r.status_code == 413
+    assert "tickets" in r.json()["error"] and f"{MAX_BATCH}" in r.json()["error"]
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"case_type": "teleport"}, "case_type"),
+    ({"channel": "pigeon"}, "channel"),
+    ({"amount": -3}, "amount"),
+    ({"created_at": "yesterday-ish"}, "created_at"),
+    ({"created_at": None}, "created_at"),
+    ({"ticket_id": ""}, "ticket_id"),
+])
+def test_invalid_ticket_gets_4xx_naming_the_field(service, change, field):
+    ticket = {"ticket_id": "t1", "created_at": "2024-08-20T09:30:00Z", "case_type": "refund", "channel": "chat"}
+    ticket.update(change)
+    r = service.client.post("/v1/tickets/score", json=ticket)
+    assert 400 <= r.status_code < 500, r.text
+    assert any(field in d["loc"] for d in r.json()["detail"]), r.text
+    _no_trace(r)
+
+
+def test_malformed_bodies_get_4xx_without_stack_traces(service):
+    for path in ("/v1/tickets/score", "/v1/tickets/score-batch", "/v1/forecast"):
+        r = service.client.post(path, content=b'{"ticket_id": ', headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (path, r.text)
+        _no_trace(r)
+    r = service.client.post("/v1/tickets/score-batch", json={"tickets": [{"ticket_id": "x"}]})
+    assert r.status_code == 400 and any(d["loc"][:2] == ["tickets", 0] for d in r.json()["detail"])
+    r = service.client.get("/v1/accounts/flagged", params={"limit": "many"})
+    assert r.status_code == 422 and "limit" in r.json()["error"]
+    r = service.client.post("/v1/accounts/A1/decision", json={"decision": "maybe", "reviewer": "li"})
+    assert r.status_code == 422 and "decision" in r.json()["error"]
+    _no_trace(r)
+
+
+def test_versions_stay_pinned_when_the_champion_moves(service, deployment):
+    """A newer champion registered while the service runs does not change what it serves until restart."""
+    settings = deployment["settings"]
+    current = registry.load_champion("ticket_triage", settings=settings)
+    moved = registry.log_and_register("ticket_triage", current.model, pd.DataFrame({"x": [0.0]}), "roc_auc", 0.99,
+                                      True, settings=settings)
+    assert moved.promoted and moved.version > deployment["triage_version"]
+    ticket = _json_ticket(deployment["tickets"].iloc[0])
+    assert service.client.post("/v1/tickets/score", json=ticket).json()["model_versions"]["ticket_triage"] == \
+        deployment["triage_version"]
+    health = service.client.get("/v1/health").json()
+    assert {m["name"]: m["version"] for m in health["models"]}["ticket_triage"] == deployment["triage_version"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Forecast, review queue, decisions, merchant ranking
+
+
+def test_forecast_gives_quantiles_and_staffing(service, deployment):
+    origin = deployment["history_end"].date().isoformat()
+    r = service.client.post("/v1/forecast", json={"origin": origin, "horizon": 5, "series": ["total"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_versions"]["return_volume"] >= 1 and body["history_end"] == origin
+    days = [d for d in body["forecast"] if d["series"] == "total"]
+    assert len(days) == 5 and {d["series"] for d in body["forecast"]} == {"total"}
+    assert days[0]["date"] == (deployment["history_end"] + pd.Timedelta(days=1)).date().isoformat()
+    assert all(d["p10"] <= d["p50"] <= d["p90"] for d in days)
+    channels = {s["channel"] for s in body["staffing"]}
+    assert {"chat", "phone", "email"} <= channels and len(body["staffing"]) == 5 * len(channels)
+    assert all(s["agents_p90"] >= s["agents_p50"] >= 0 for s in body["staffing"])
+    r = service.client.post("/v1/forecast", json={"origin": origin, "horizon": 30})
+    assert r.status_code == 422 and r.json()["error"].startswith("horizon")
+    r = service.client.post("/v1/forecast", json={"origin": origin, "horizon": 3, "series": ["category=caviar"]})
+    assert r.status_code == 422 and "category=caviar" in r.json()["error"]
+
+
+def test_review_queue_and_a_decision_that_is_persisted(service, deployment):
+    from features import reviews
+
+    settings = deployment["settings"]
+    queue = service.client.get("/v1/accounts/flagged", params={"limit": 5}).json()
+    assert queue["count"] == 5 and queue["model_versions"]["serial_returners"] >= 1
+    scores = [a["score"] for a in queue["accounts"]]
+    assert scores == sorted(scores, reverse=True) and [a["rank"] for a in queue["accounts"]] == [1, 2, 3, 4, 5]
+    top = queue["accounts"][0]["account_id"]
+    body = {"decision": "confirmed_abuse", "reviewer": "li.wei", "note": "ring of 4 accounts",
+            "decision_id": "test-decision-1"}
+    r = service.client.post(f"/v1/accounts/{top}/decision", json=body)
+    assert r.status_code == 201, r.text
+    assert r.json()["account_id"] == top and r.json()["duplicate"] is False
+    stored = reviews.list_decisions(settings=settings)
+    assert (stored["decision_id"] == "test-decision-1").sum() == 1
+    assert stored.loc[stored["decision_id"] == "test-decision-1", "account_id"].iloc[0] == top
+    again = service.client.post(f"/v1/accounts/{top}/decision", json=body)  # a client retry: stored once
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert (reviews.list_decisions(settings=settings)["decision_id"] == "test-decision-1").sum() == 1
+    after = service.client.get("/v1/accounts/flagged", params={"limit": 5}).json()
+    assert top not in [a["account_id"] for a in after["accounts"]] and after["already_decided"] >= 1
+    r = service.client.post("/v1/accounts/not-an-account/decision", json={"decision": "cleared", "reviewer": "li"})
+    assert r.status_code == 404 and "not-an-account" in r.json()["error"]
+
+
+def test_merchant_ranking_is_sorted_with_reasons(service):
+    r = service.client.get("/v1/merchants/risk", params={"limit": 4})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 4 and body["model_versions"]["merchant_risk"] >= 1
+    scores = [m["score"] for m in body["merchants"]]
+    assert scores == sorted(scores, reverse=True) and body["merchants"][0]["percentile"] == 1.0
+    assert body["merchants"][0]["reasons"] == ["complaints 100% of orders"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Health, metrics, docs, and a service with nothing registered
+
+
+def test_health_metrics_and_openapi(service):
+    assert service.client.get("/livez").status_code == 200 and service.client.get("/readyz").status_code == 200
+    health = service.client.get("/v1/health").json()
+    assert health["status"] == "ok" and all(m["loaded"] for m in health["models"])
+    assert {s["name"] for s in health["snapshots"]} == {"accounts", "merchants", "orders"}
+    service.client.post("/v1/tickets/score", json={"ticket_id": "m", "created_at": "2024-08-20T09:30:00Z",
+                                                   "case_type": "refund", "channel": "app"})
+    metrics = service.client.get("/metrics").text
+    assert "bentoml_service_request_total" in metrics and 'endpoint="/v1/tickets/score"' in metrics
+    paths = service.client.get("/docs.json").json()["paths"]
+    for p in ("/v1/tickets/score", "/v1/tickets/score-batch", "/v1/forecast", "/v1/accounts/flagged",
+              "/v1/accounts/{account_id}/decision", "/v1/merchants/risk", "/v1/health"):
+        assert p in paths, p
+
+
+def test_a_service_without_models_starts_and_answers_503_with_what_to_do(empty_service):
+    empty_service.wait_ready()
+    assert not (empty_service.log.parent / "models" / "mlflow.db").exists()  # nothing created just to look
+    c = empty_service.client
+    assert c.get("/livez").status_code == 200
+    r = c.post("/v1/tickets/score", json={"ticket_id": "t", "created_at": "2024-08-20T09:30:00Z",
+                                          "case_type": "refund", "channel": "chat"})
+    assert r.status_code == 503 and "ticket_triage" in r.json()["error"]
+    assert "aftersales train ticket-triage" in r.json()["error"]
+    r = c.post("/v1/forecast", json={"origin": "2024-08-01", "horizon": 3})
+    assert r.status_code == 503 and "return_volume" in r.json()["error"]
+    assert c.get("/v1/accounts/flagged").status_code == 503
+    assert c.get("/v1/merchants/risk").status_code == 503
+    r = c.post("/v1/accounts/A1/decision", json={"decision": "cleared", "reviewer": "li"})
+    assert r.status_code == 503
+    health = c.get("/v1/health").json()
+    assert health["status"] == "degraded" and not any(m["loaded"] for m in health["models"])
+    _no_trace(r)
