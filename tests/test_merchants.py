@@ -318,3 +318,15 @@ def test_model_contract(events, fitted):
         fitted.predict(f.drop(columns=[FEATURES[0]]))
     with pytest.raises(ValueError, match="kind"):
         MerchantRiskModel(kind="xgb").fit(snaps)
+
+
+def test_path_contributions_add_up_to_the_score_and_agree_with_shap(events, fitted):
+    f = build_features(events, AS_OF)
+    fast, exact = fitted.contributions(f), fitted.contributions(f, exact=True)
+    raw = fitted.poisson_booster_.predict(f[list(FEATURES)], raw_score=True)
+    np.testing.assert_allclose(fast.sum(axis=1) + fitted.path_bias_, raw, atol=1e-9)
+    # Same totals up to the bias (SHAP's expected value is a data average, not the root's value).
+    gap = exact.sum(axis=1) - fast.sum(axis=1)
+    assert gap.max() - gap.min() < 1e-6
+    agree = (fast.to_numpy().argmax(axis=1) == exact.to_numpy().argmax(axis=1)).mean()
+    assert agree > 0.8
