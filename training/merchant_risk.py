@@ -151,6 +151,16 @@ class Backtest:
         return float(self.summary.loc[self.chosen, metric] - base)
 
 
+def check_rankable(events: MerchantEvents, min_merchants: int = 10) -> None:
+    """Raise ValueError, saying what is missing, when the data cannot train a merchant ranking."""
+    if events.n_merchants < min_merchants:
+        raise ValueError(f"the data has {events.n_merchants} merchant(s): ranking merchants against each other needs "
+                         f"at least {min_merchants} (a marketplace export, not a single shop's orders)")
+    if not (events.t_complaint_case | events.t_escalated).any():
+        raise ValueError("the data has no merchant complaints (tickets with a merchant_id and case_type complaint, "
+                         "or escalated): add the tickets table to learn complaint risk")
+
+
 def model_params(settings: Settings) -> dict:
     """Hyperparameters of both models (one place, logged to MLflow)."""
     return {"n_estimators": 300, "learning_rate": 0.03, "num_leaves": 15, "min_child_samples": 40,
@@ -159,6 +169,7 @@ def model_params(settings: Settings) -> dict:
 
 def backtest(events: MerchantEvents, settings: Settings, echo=click.echo) -> Backtest:
     """Train both models on early snapshots, score them and the baselines on later ones, pick by NDCG@50."""
+    check_rankable(events)
     dates = snapshot_dates(events, settings)
     train_dates, test_dates = split_dates(dates, settings)
     echo(f"  snapshots: {len(train_dates)} train ({train_dates[0].date()}..{train_dates[-1].date()}), "
@@ -317,7 +328,12 @@ def train(data_dir: Path, settings: Settings) -> dict:
     from training import registry
 
     data_dir = Path(data_dir)
-    events = _load(data_dir, settings.models_dir / "merchant_risk", click.echo)
+    try:
+        events = _load(data_dir, settings.models_dir / "merchant_risk", click.echo)
+        check_rankable(events)
+        snapshot_dates(events, settings)
+    except (ContractError, ValueError) as e:
+        raise click.ClickException(f"merchant-risk: {e}") from e
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
         bt = backtest(events, settings)
         _report(bt)
