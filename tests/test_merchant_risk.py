@@ -159,3 +159,12 @@ def test_cli_train_rank_evaluate(world, cli_env, tmp_path):
     assert "target NDCG@50" in res.output and "precision@decile" in res.output
     for m in ("lambdarank", "poisson", "baseline_rate", "baseline_count"):
         assert m in res.output
+
+
+def test_train_refuses_data_without_complaints(world, cli_env, tmp_path):
+    data = tmp_path / "no_tickets"
+    data.mkdir()
+    for table in ("orders", "returns"):
+        (data / f"{table}.parquet").write_bytes((world / f"{table}.parquet").read_bytes())
+    res = CliRunner().invoke(main, ["train", "merchant-risk", "--data", str(data)])
+    assert res.exit_code != 0 and "no merchant complaints" in res.output and "tickets" in res.output
