@@ -23,6 +23,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -123,6 +125,32 @@ def _us(s: pd.Series) -> np.ndarray:
     return np.asarray(s.dt.as_unit("us").array.asi8)
 
 
+def _arrow(s: pd.Series) -> pa.ChunkedArray:
+    """A string column as an Arrow chunked array (zero-copy for Arrow-backed pandas strings)."""
+    to_arrow = getattr(s.array, "__arrow_array__", None)
+    arr = to_arrow() if to_arrow is not None else pa.array(s.astype(object).where(s.notna(), None), type=pa.string())
+    arr = arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])
+    return arr.cast(pa.string()) if arr.type != pa.string() else arr
+
+
+def _valid(arr: pa.ChunkedArray) -> np.ndarray:
+    return pc.is_valid(arr).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _encode(arr: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(codes, dictionary) of a string column in one hash pass; codes are int64, -1 for nulls."""
+    enc = pc.dictionary_encode(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr)
+    codes = pc.fill_null(enc.indices, -1).to_numpy().astype(np.int64)
+    return codes, enc.dictionary.cast(pa.string())
+
+
+def _positions(values: pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
+    """Position of each value in ``value_set`` (-1 where absent or null), as int64."""
+    idx = pc.fill_null(pc.index_in(values, value_set=value_set), -1)
+    return idx.to_numpy().astype(np.int64) if isinstance(idx, pa.Array) else \
+        np.asarray(idx.to_numpy(), dtype=np.int64)
+
+
 def _event_days(market: str, first: Day, last: Day, settings=None) -> np.ndarray:
     """Sorted day numbers (days since the epoch) of medium and major events and holidays of the market."""
     from features.calendar import market_events
@@ -167,15 +195,18 @@ def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links:
     as_of = as_day(as_of)
     cut = int((as_of + pd.Timedelta(days=1)).value // 1000)  # first microsecond after the as-of day
     o_t, r_t = _us(orders["ordered_at"]), _us(returns["requested_at"])
-    o_keep = (o_t < cut) & orders["account_id"].notna().to_numpy()
-    r_keep = (r_t < cut) & returns["account_id"].notna().to_numpy()
-    codes_o, uniq_o = pd.factorize(orders["account_id"][o_keep])
-    codes_r, uniq_r = pd.factorize(returns["account_id"][r_keep])
-    index = pd.Index(uniq_o).union(pd.Index(uniq_r)).astype("string")
-    index.name = "account_id"
+    # IDs are hashed in Arrow (C++), not through Python objects: this is most of the time at a million accounts.
+    o_acc, r_acc = _arrow(orders["account_id"]), _arrow(returns["account_id"])
+    o_keep = (o_t < cut) & _valid(o_acc)
+    r_keep = (r_t < cut) & _valid(r_acc)
+    codes_o, dict_o = _encode(o_acc.filter(pa.array(o_keep)))
+    codes_r, dict_r = _encode(r_acc.filter(pa.array(r_keep)))
+    ids = pc.unique(pa.concat_arrays([dict_o, dict_r]))
+    ids = ids.take(pc.array_sort_indices(ids))  # sorted: the same accounts always come out in the same order
+    index = pd.Index(pd.arrays.ArrowStringArray(pa.chunked_array([ids.cast(pa.large_string())])), name="account_id")
+    index = index.astype("string")
     n = len(index)
-    pos_o = index.get_indexer(uniq_o)[codes_o] if len(uniq_o) else np.zeros(0, np.int64)
-    pos_r = index.get_indexer(uniq_r)[codes_r] if len(uniq_r) else np.zeros(0, np.int64)
+    pos_o, pos_r = _positions(dict_o, ids)[codes_o], _positions(dict_r, ids)[codes_r]
     f: dict[str, np.ndarray] = {}
 
     # Orders: volume per window, spend, tenure.
@@ -261,18 +292,23 @@ def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFra
     if not has_order.any():
         return out
     req = _us(returns["requested_at"])[r_keep][in_year]
-    ri = pd.DataFrame({"ret": np.arange(k)[has_order], "order_id": r["order_id"][has_order].to_numpy(),
+    r_oid = _arrow(returns["order_id"]).filter(pa.array(r_keep)).filter(pa.array(in_year))
+    wanted = pc.unique(r_oid.drop_null())
+    # Orders and returns meet on integer codes of the returned orders' IDs: an Arrow hash join, no string merge.
+    r_code = _positions(r_oid, wanted)
+    o_code = _positions(_arrow(orders["order_id"]), wanted)
+    o_mask = o_keep & (o_code >= 0)
+    ri = pd.DataFrame({"ret": np.arange(k)[has_order], "code": r_code[has_order],
                        "rqty": r["quantity"].to_numpy()[has_order],
                        "refund": r["refund_amount"].to_numpy(dtype=float)[has_order]})
-    o_mask = o_keep & orders["order_id"].isin(ri["order_id"]).to_numpy()
-    o = orders.loc[o_mask, ["order_id", "category", "amount", "quantity"]]
+    o = orders.loc[o_mask, ["category", "amount", "quantity"]]
     deliv = _us(orders["delivered_at"])[o_mask]
-    ol = pd.DataFrame({"order_id": o["order_id"].to_numpy(), "worn": o["category"].isin(WORN_CATEGORIES).to_numpy(),
+    ol = pd.DataFrame({"code": o_code[o_mask], "worn": o["category"].isin(WORN_CATEGORIES).to_numpy(dtype=bool),
                        "unit": o["amount"].to_numpy(dtype=float) / o["quantity"].to_numpy(dtype=float),
                        "ordered": _us(orders["ordered_at"])[o_mask],
                        # A delivery after the as-of day had not happened yet at the time.
                        "delivered": np.where((deliv > np.iinfo(np.int64).min) & (deliv < cut), deliv, -1)})
-    m = ri.merge(ol, on="order_id", how="inner", sort=False)
+    m = ri.merge(ol, on="code", how="inner", sort=False)
     if m.empty:
         return out
     per_unit = m["refund"].to_numpy() / np.maximum(m["rqty"].to_numpy(), 1)
@@ -306,12 +342,16 @@ def link_pairs(account_links: pd.DataFrame, index: pd.Index, max_link_share: int
     empty = pd.DataFrame({"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64), "shared_types": np.zeros(0, int)})
     if account_links is None or account_links.empty:
         return empty
-    acc = index.get_indexer(account_links["account_id"])
+    vcode, _ = _encode(_arrow(account_links["link_value"]))
     tcode = pd.Categorical(account_links["link_type"]).codes.astype(np.int64)
-    vcode = pd.factorize(account_links["link_value"])[0].astype(np.int64)
-    ok = (acc >= 0) & (vcode >= 0) & (tcode >= 0)
-    key = vcode[ok] * 8 + tcode[ok]  # a value of one type; the same hash under two types is two identifiers
-    lk = pd.DataFrame({"key": key, "acc": acc[ok]}).drop_duplicates()
+    key = np.where((vcode >= 0) & (tcode >= 0), vcode * 8 + tcode, -1)  # the same hash under two types: two keys
+    # Most identifiers belong to one account: only shared ones (seen on two rows or more) can link anybody, so
+    # only their holders' IDs are looked up.
+    shared = np.flatnonzero((key >= 0) & (np.bincount(np.maximum(key, 0))[np.maximum(key, 0)] >= 2))
+    holders = _arrow(account_links["account_id"]).take(pa.array(shared))
+    acc = _positions(holders, _arrow(pd.Series(index)).combine_chunks())
+    lk = pd.DataFrame({"key": key[shared], "acc": acc})
+    lk = lk[lk["acc"] >= 0].drop_duplicates()
     deg = lk.groupby("key")["acc"].transform("size").to_numpy()
     lk = lk[(deg >= 2) & (deg <= max_link_share)].sort_values(["key", "acc"], kind="stable")
     if lk.empty:
@@ -472,8 +512,8 @@ class ReturnAbnormalityDetector:
     that returns nothing is not abnormal. ``score`` is the IsolationForest anomaly score in (0, 1).
     """
 
-    def __init__(self, features: Sequence[str] = DETECTOR_FEATURES, n_estimators: int = 200,
-                 max_samples: int = 1024, random_state: int = 0):
+    def __init__(self, features: Sequence[str] = DETECTOR_FEATURES, n_estimators: int = 100,
+                 max_samples: int = 512, random_state: int = 0):
         self.features = features
         self.n_estimators = n_estimators
         self.max_samples = max_samples

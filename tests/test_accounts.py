@@ -1,0 +1,266 @@
+"""Account features and the serial-returner models: point in time, guests, links, wardrobing, reasons, contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.accounts import (
+    FEATURES,
+    AsOfError,
+    ReturnAbnormalityDetector,
+    SerialReturnerModel,
+    account_features,
+    check_as_of,
+    link_pairs,
+    review_queue,
+    score_snapshot,
+)
+from features.contract import load_dataset
+from features.synthetic import generate_world
+
+AS_OF = pd.Timestamp("2023-09-30", tz="UTC")
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("acc_world")
+    generate_world(out, seed=11, accounts=2500, merchants=40, days=400, start="2023-01-01", progress=False)
+    ds = load_dataset(out)
+    truth = pd.read_parquet(out / "truth" / "accounts.parquet").set_index("account_id")
+    return ds, truth
+
+
+@pytest.fixture(scope="session")
+def feats(world):
+    ds, _ = world
+    return account_features(ds.orders, ds.returns, ds.account_links, AS_OF, market="CN")
+
+
+def _ts(s: str) -> pd.Timestamp:
+    return pd.Timestamp(s, tz="UTC")
+
+
+def _orders(rows: list[tuple]) -> pd.DataFrame:
+    """rows: (order_id, account_id, ordered_at, category, amount, delivered_at)."""
+    f = pd.DataFrame(rows, columns=["order_id", "account_id", "ordered_at", "category", "amount", "delivered_at"])
+    f["line_no"], f["quantity"], f["merchant_id"] = 1, 1, "M1"
+    for c in ("order_id", "account_id", "category", "merchant_id"):
+        f[c] = f[c].astype("string")
+    for c in ("ordered_at", "delivered_at"):
+        f[c] = pd.to_datetime(f[c], utc=True).dt.as_unit("us")
+    return f
+
+
+def _returns(rows: list[tuple]) -> pd.DataFrame:
+    """rows: (return_id, order_id, account_id, requested_at, reason, refund_amount, item_returned)."""
+    f = pd.DataFrame(rows, columns=["return_id", "order_id", "account_id", "requested_at", "reason", "refund_amount",
+                                    "item_returned"])
+    f["quantity"], f["merchant_id"] = 1, "M1"
+    for c in ("return_id", "order_id", "account_id", "reason", "merchant_id"):
+        f[c] = f[c].astype("string")
+    f["requested_at"] = pd.to_datetime(f["requested_at"], utc=True).dt.as_unit("us")
+    f["item_returned"] = f["item_returned"].astype("boolean")
+    return f
+
+
+def _links(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["account_id", "link_type", "link_value"]).astype("string")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Point in time
+
+
+def test_data_after_as_of_changes_nothing(world, feats):
+    ds, _ = world
+    cut = AS_OF + pd.Timedelta(days=1)
+    orders = ds.orders[ds.orders["ordered_at"] < cut].copy()
+    # A delivery after the as-of day was unknown at the time.
+    orders["delivered_at"] = orders["delivered_at"].where(orders["delivered_at"] < cut)
+    returns = ds.returns[ds.returns["requested_at"] < cut]
+    assert len(orders) < len(ds.orders) and len(returns) < len(ds.returns)  # the cut removes data
+    cut_feats = account_features(orders, returns, ds.account_links, AS_OF, market="CN")
+    pd.testing.assert_frame_equal(feats, cut_feats)
+
+
+def test_later_as_of_sees_more(world, feats):
+    ds, _ = world
+    later = account_features(ds.orders, ds.returns, ds.account_links, AS_OF + pd.Timedelta(days=60), market="CN")
+    assert later["returns_365d"].sum() > feats["returns_365d"].sum()
+
+
+def test_as_of_outside_the_data_is_refused(world):
+    ds, _ = world
+    span = ds.time_span()
+    with pytest.raises(AsOfError, match="before the data starts"):
+        check_as_of(span[0] - pd.Timedelta(days=1), span)
+    with pytest.raises(AsOfError, match="after the data ends"):
+        check_as_of(span[1] + pd.Timedelta(days=1), span)
+    assert check_as_of(span[1], span) == span[1]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Guests, counts, rates, wardrobing, links
+
+
+def test_guests_are_never_accounts(world, feats):
+    ds, _ = world
+    assert ds.returns["account_id"].isna().any()  # the world has guest returns
+    assert feats.index.notna().all()
+    known = pd.concat([ds.orders.loc[ds.orders["ordered_at"] <= AS_OF + pd.Timedelta(days=1), "account_id"],
+                       ds.returns.loc[ds.returns["requested_at"] <= AS_OF + pd.Timedelta(days=1), "account_id"]])
+    assert set(feats.index) == set(known.dropna())
+    model = SerialReturnerModel().fit(feats)
+    queue = review_queue(feats, model, 30)
+    assert queue["account_id"].notna().all() and len(queue) == 30
+
+
+def test_guest_with_many_returns_is_not_flagged():
+    orders = _orders([(f"O{i}", None if i < 20 else f"A{i}", "2023-05-01", "home", 20.0, "2023-05-03")
+                      for i in range(60)])
+    returns = _returns([(f"R{i}", f"O{i}", None, "2023-05-10", "changed_mind", 20.0, True) for i in range(20)])
+    X = account_features(orders, returns, None, "2023-06-01")
+    assert len(X) == 40 and X["returns_365d"].sum() == 0  # the guest's 20 returns belong to no account
+
+
+def test_counts_windows_and_shrunk_rates():
+    orders = _orders([("O1", "A", "2023-01-05", "home", 10.0, "2023-01-07"),
+                      ("O2", "A", "2023-05-20", "home", 10.0, "2023-05-22"),
+                      ("O3", "B", "2023-05-20", "home", 10.0, "2023-05-22")]
+                     + [(f"C{i}", "C", "2023-05-20", "home", 10.0, "2023-05-22") for i in range(6)])
+    returns = _returns([("R1", "O1", "A", "2023-01-20", "defective", 10.0, True),
+                        ("R2", "O2", "A", "2023-05-25", "changed_mind", 10.0, True),
+                        ("R3", "O3", "B", "2023-05-25", "not_received", 10.0, False)])
+    X = account_features(orders, returns, None, "2023-06-01")
+    a = X.loc["A"]
+    assert (a["returns_30d"], a["returns_90d"], a["returns_365d"]) == (1, 1, 2)
+    assert a["days_order_to_return"] == pytest.approx(10.0, abs=0.01)  # median of 15 and 5 days
+    assert a["share_changed_mind"] == 0.5 and a["share_defective"] == 0.5
+    assert X.loc["B", "refund_without_return_90d"] == 1 and a["refund_without_return_90d"] == 0
+    # One line, one return: shrunk toward the population rate (2 returns in 8 lines), never a confident 100%.
+    assert X.loc["B", "return_rate_90d"] == pytest.approx((1 + 5 * 2 / 8) / (1 + 5))
+    assert X.loc["C", "return_rate_90d"] == pytest.approx((0 + 5 * 2 / 8) / (6 + 5))
+
+
+def test_wardrobing_needs_worn_category_event_and_full_refund():
+    # 11.11 (Singles' Day) is a major CN event: ordered 3 days before, returned 2 days after.
+    orders = _orders([("O1", "A", "2023-11-08", "apparel", 80.0, "2023-11-09"),
+                      ("O2", "B", "2023-11-08", "apparel", 80.0, "2023-11-09"),
+                      ("O3", "C", "2023-11-08", "electronics", 80.0, "2023-11-09"),
+                      ("O4", "D", "2023-10-01", "apparel", 80.0, "2023-10-02")])
+    returns = _returns([("R1", "O1", "A", "2023-11-13", "changed_mind", 80.0, True),
+                        ("R2", "O2", "B", "2023-11-13", "changed_mind", 60.0, True),  # partial refund
+                        ("R3", "O3", "C", "2023-11-13", "changed_mind", 80.0, True),  # not a worn category
+                        ("R4", "O4", "D", "2023-11-13", "changed_mind", 80.0, True)])  # bought long before
+    X = account_features(orders, returns, None, "2023-11-30", market="CN")
+    assert X["wardrobe_returns_365d"].to_dict() == {"A": 1.0, "B": 0.0, "C": 0.0, "D": 0.0}
+
+
+def test_link_groups_and_hubs():
+    accounts = [f"A{i}" for i in range(30)]
+    orders = _orders([(f"O{i}", a, "2023-05-01", "home", 10.0, "2023-05-03") for i, a in enumerate(accounts)])
+    returns = _returns([(f"R{i}", f"O{i}", accounts[i], "2023-05-10", "changed_mind", 10.0, True) for i in range(5)])
+    links = _links(
+        [(a, "device", "ring-dev") for a in accounts[:5]] + [(a, "payment", "ring-card") for a in accounts[:5]]
+        + [("A10", "address", "home-1"), ("A11", "address", "home-1")]  # a household: one shared identifier
+        + [(a, "device", "public-pc") for a in accounts[5:30]])  # a hub shared by 25 accounts: ignored
+    X = account_features(orders, returns, links, "2023-06-01")
+    ring = X.loc[accounts[:5]]
+    assert (ring["link_group_size"] == 5).all() and (ring["link_strong_group_size"] == 5).all()
+    assert (ring["link_max_shared_types"] == 2).all()
+    assert (ring["link_group_returns_90d"] == 4).all()  # the other four members' returns
+    assert X.loc["A10", "link_group_size"] == 2 and X.loc["A10", "link_strong_group_size"] == 1
+    assert X.loc["A20", "link_group_size"] == 1  # the public PC joins nobody
+    pairs = link_pairs(links, X.index)
+    assert len(pairs) == 10 + 1
+
+
+def test_ring_members_surface_through_link_features(world, feats):
+    ds, truth = world
+    ring = truth.index[truth["pattern"] == "ring"]
+    ring = ring[ring.isin(feats.index)]
+    assert len(ring) >= 8
+    no_links = account_features(ds.orders, ds.returns, None, AS_OF, market="CN")
+    with_links = ReturnAbnormalityDetector().fit(feats).score(feats)
+    without = ReturnAbnormalityDetector().fit(no_links).score(no_links)
+    pct_with = pd.Series(with_links, index=feats.index).rank(pct=True)[ring]
+    pct_without = pd.Series(without, index=no_links.index).rank(pct=True)[ring]
+    # Each member looks mild alone; through the group they move to the top of the population.
+    assert pct_with.median() > 0.95
+    assert pct_with.median() > pct_without.median() + 0.05
+    top = pd.Series(with_links, index=feats.index).nlargest(int(0.03 * len(feats))).index
+    assert top.isin(ring).sum() >= len(ring) // 2
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reasons
+
+
+def test_reasons_mention_the_accounts_numbers():
+    rng = np.random.default_rng(0)
+    accounts = [f"A{i:03d}" for i in range(300)]
+    orders, returns = [], []
+    for i, a in enumerate(accounts):
+        n_orders = 20 if a == "A000" else int(rng.integers(2, 6))
+        for j in range(n_orders):
+            orders.append((f"O{i}-{j}", a, f"2023-05-{1 + j % 28:02d}", "home", 20.0, f"2023-05-{2 + j % 27:02d}"))
+        n_ret = 14 if a == "A000" else int(rng.random() < 0.3)
+        for j in range(n_ret):
+            returns.append((f"R{i}-{j}", f"O{i}-{j}", a, "2023-05-30", "changed_mind", 20.0, True))
+    X = account_features(_orders(orders), _returns(returns), None, "2023-06-01")
+    model = SerialReturnerModel().fit(X)
+    why = model.explain(X.loc[["A000"]])
+    text = why.loc["A000", "reasons"]
+    assert "14 returns in 30 days" in text
+    assert "x the typical account" in text
+    assert why.loc["A000", "likely_pattern"] == "serial"
+    queue = review_queue(X, model, 5)
+    assert queue.iloc[0]["account_id"] == "A000"
+    assert queue.iloc[0]["reasons"] == text
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model contract and modes
+
+
+def test_model_contract_and_modes(feats, world):
+    _, truth = world
+    with pytest.raises(RuntimeError, match="not fitted"):
+        SerialReturnerModel().predict(feats)
+    cold = SerialReturnerModel()
+    assert cold.fit(feats) is cold and cold.mode_ == "cold_start" and not hasattr(SerialReturnerModel(), "mode_")
+    tr = truth.reindex(feats.index)
+    abuser = (tr["is_abuser"] & (tr["abuse_start"] <= AS_OF)).to_numpy()
+    scores = cold.predict(feats)
+    labelled = np.r_[np.argsort(-scores)[:40], np.where(~abuser)[0][:40]]
+    y = np.r_[np.full(len(feats), np.nan), abuser[labelled].astype(float)]
+    X = pd.concat([feats, feats.iloc[labelled]])
+    few = SerialReturnerModel(min_labels=1000).fit(X, y)
+    assert few.mode_ == "cold_start"
+    sup = SerialReturnerModel().fit(X, y)
+    assert sup.mode_ == "supervised" and sup.n_labels_ == 80
+    p = sup.predict(feats)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert p[abuser].mean() > 2 * p[~abuser].mean()
+    contrib = sup.contributions(feats.iloc[:5])
+    assert list(contrib.columns) == list(FEATURES)
+    snap = score_snapshot(feats, sup, scores=p)
+    assert snap.columns.tolist()[:5] == ["account_id", "abuse_score", "abuse_percentile", "likely_pattern",
+                                         "top_reason"]
+    assert {"returns_30d", "return_rate_90d", "refund_without_return_90d", "link_group_size"} <= set(snap.columns)
+    assert snap["top_reason"].str.len().gt(0).sum() >= 0.09 * len(snap)  # reasons for the top 10%
+
+
+def test_queue_reserves_slots_per_pattern_and_excludes(feats):
+    model = SerialReturnerModel().fit(feats)
+    queue = review_queue(feats, model, 40, pattern_share=0.1, explore_share=0.1)
+    assert len(queue) == 40 and queue["rank"].tolist() == list(range(1, 41))
+    assert queue["score"].is_monotonic_decreasing
+    assert (queue["slot"] == "exploration").sum() == 4
+    assert queue["likely_pattern"].nunique() == 4
+    again = review_queue(feats, model, 40, exclude=set(queue["account_id"][:10]))
+    assert not set(again["account_id"]) & set(queue["account_id"][:10])
+    with pytest.raises(ValueError, match="capacity"):
+        review_queue(feats, model, 0)

@@ -1,0 +1,172 @@
+"""Serial-returner training and evaluation: baselines on later time, feedback simulation, CLI commands, training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from features.contract import load_dataset
+from features.reviews import record_decision
+from features.settings import Settings, get_settings
+from features.synthetic import generate_world
+from training import serial_returners as sr
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sr_world")
+    generate_world(out, seed=5, accounts=3000, merchants=50, days=540, start="2023-01-01", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ds(world):
+    return load_dataset(world)
+
+
+@pytest.fixture(scope="session")
+def evaluation(world, ds, tmp_path_factory):
+    settings = Settings(models_dir=tmp_path_factory.mktemp("sr_eval_models"))
+    t1, t2 = sr.default_split(ds, settings)
+    return sr.evaluate_on_truth(ds, sr._truth(world), t1, t2, settings, capacity=25, feedback=False)
+
+
+@pytest.fixture()
+def cli_settings(tmp_path, monkeypatch) -> Settings:
+    monkeypatch.setenv("AFTERSALES_MODELS_DIR", str(tmp_path / "models"))
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def test_evaluation_is_on_later_time_and_leaves_learnt_accounts_out(evaluation, ds):
+    t1, t2 = pd.Timestamp(evaluation.params["t1"]), pd.Timestamp(evaluation.params["t2"])
+    assert t1 < t2
+    assert evaluation.params["mode"] == "supervised"  # the world's prior decisions are enough labels
+    decided = set(ds.review_decisions["account_id"])
+    assert not decided & set(evaluation.queue["account_id"])
+
+
+def test_model_beats_both_baselines(evaluation):
+    m = evaluation.metrics
+    assert set(m.index) == {"model", "cold_start", "rule", "if_counts"}
+    assert m.loc["model", "pr_auc"] >= m.loc["if_counts", "pr_auc"] + 0.15
+    assert m.loc["model", "pr_auc"] > m.loc["rule", "pr_auc"]
+    assert 0 <= m.loc["model", "recall_at_1pct_fpr"] <= 1
+    assert m.loc["model", "precision_at_capacity"] >= 0.6
+
+
+def test_every_pattern_is_found_in_the_queue(evaluation):
+    found = {p: evaluation.queue_metrics[f"queue_found_{p}"] for p in sr.PATTERNS}
+    assert all(n > 0 for n in found.values()), found
+    lines = sr.targets_report(evaluation)
+    assert lines[0].startswith("PR-AUC model") and lines[0].endswith("PASS")
+
+
+def test_supervised_beats_cold_start_after_feedback(world, ds, tmp_path):
+    settings = Settings(models_dir=tmp_path / "models")
+    t1, t2 = sr.default_split(ds, settings)
+    X1, X2 = sr.features_as_of(ds, t1, settings), sr.features_as_of(ds, t2, settings)
+    fb = sr.feedback_simulation(X1, X2, sr._truth(world), t1, t2, settings, checkpoints=(50, 100), round_size=25)
+    assert fb["reviewed"].tolist() == [50, 100]
+    assert (fb["mode"] == "supervised").all()
+    assert (fb["gain"] > 0).all(), fb
+
+
+def test_decisions_in_the_store_feed_training(ds, tmp_path):
+    settings = Settings(models_dir=tmp_path / "models")
+    before = sr.load_labels(ds, settings)
+    known = set(ds.orders["account_id"].dropna())
+    new = sorted(known - set(before["account_id"]))[:3]
+    for a in new:
+        record_decision(a, "confirmed_abuse", "li.wei", known_accounts=known, settings=settings)
+    after = sr.load_labels(ds, settings)
+    assert len(after) == len(before) + 3
+    assert after.set_index("account_id").loc[new, "label"].eq(1).all()
+
+
+def test_flag_accounts_cli_writes_queue_and_snapshot(world, ds, cli_settings, tmp_path):
+    from training.cli import main
+
+    out = tmp_path / "queue.csv"
+    as_of = str((ds.time_span()[1] - pd.Timedelta(days=30)).date())
+    res = CliRunner().invoke(main, ["flag-accounts", "--data", str(world), "--as-of", as_of, "--capacity", "15",
+                                    "--out", str(out), "--model", "fit"])
+    assert res.exit_code == 0, res.output
+    q = pd.read_csv(out)
+    assert list(q.columns[:5]) == ["account_id", "score", "rank", "reasons", "likely_pattern"]
+    assert len(q) == 15 and q["account_id"].notna().all() and q["rank"].tolist() == list(range(1, 16))
+    assert q["reasons"].str.len().gt(0).all()
+    snap = pd.read_parquet(cli_settings.snapshots_dir / "accounts.parquet")
+    assert {"account_id", "abuse_score", "abuse_percentile", "likely_pattern", "top_reason", "returns_30d",
+            "return_rate_90d", "refund_without_return_90d", "link_group_size"} <= set(snap.columns)
+    assert snap["account_id"].notna().all() and snap["as_of"].eq(as_of).all()
+    assert "rows rejected" in res.output
+
+
+def test_flag_accounts_refuses_as_of_outside_the_data(world, ds, cli_settings, tmp_path):
+    from training.cli import main
+
+    first, last = ds.time_span()
+    for day, message in ((first - pd.Timedelta(days=3), "before the data starts"),
+                         (last + pd.Timedelta(days=3), "after the data ends")):
+        res = CliRunner().invoke(main, ["flag-accounts", "--data", str(world), "--as-of", str(day.date()),
+                                        "--out", str(tmp_path / "q.csv")])
+        assert res.exit_code != 0 and message in res.output, res.output
+
+
+def test_review_cli_record_list_import(world, ds, cli_settings, tmp_path):
+    from training.cli import main
+
+    runner = CliRunner()
+    account = ds.orders["account_id"].dropna().iloc[0]
+    ok = runner.invoke(main, ["review", "record", "--account", account, "--decision", "cleared", "--reviewer",
+                              "li.wei", "--note", "bracketer", "--data", str(world)])
+    assert ok.exit_code == 0 and "recorded" in ok.output, ok.output
+    bad = runner.invoke(main, ["review", "record", "--account", "NOBODY", "--decision", "cleared", "--reviewer",
+                               "li.wei", "--data", str(world)])
+    assert bad.exit_code != 0 and "unknown account 'NOBODY'" in bad.output
+    bad = runner.invoke(main, ["review", "record", "--account", account, "--decision", "fraud", "--reviewer", "x",
+                               "--data", str(world)])
+    assert bad.exit_code != 0 and "unknown decision 'fraud'" in bad.output
+    listed = runner.invoke(main, ["review", "list"])
+    assert account in listed.output and "1 decisions" in listed.output
+    path = tmp_path / "review_decisions.csv"
+    table = ds.review_decisions.head(6).copy()
+    table.loc[len(table)] = ["GHOST", "maybe", table["decided_at"].iloc[0], "li.wei", None]  # breaks the contract
+    table.to_csv(path, index=False)
+    first = runner.invoke(main, ["review", "import", str(path), "--data", str(world)])
+    assert first.exit_code == 0 and "stored 6" in first.output and "1 rejected" in first.output, first.output
+    again = runner.invoke(main, ["review", "import", str(path), "--data", str(world)])
+    assert "stored 0, already present 6" in again.output
+
+
+def test_evaluate_cli_prints_targets(world, cli_settings):
+    from training.cli import main
+
+    res = CliRunner().invoke(main, ["evaluate", "serial-returners", "--data", str(world), "--capacity", "25",
+                                    "--no-feedback", "--no-mlflow"])
+    assert res.exit_code == 0, res.output
+    assert "targets:" in res.output and "IsolationForest-on-counts" in res.output
+    bad = CliRunner().invoke(main, ["evaluate", "serial-returners", "--data", str(world), "--as-of", "2001-01-01",
+                                    "--no-mlflow"])
+    assert bad.exit_code != 0 and "before the data starts" in bad.output
+
+
+@pytest.mark.slow
+def test_train_registers_and_writes_the_serving_snapshot(world, cli_settings):
+    summary = sr.train(world, cli_settings)
+    assert summary["version"] == 1 and summary["promoted"] is True
+    assert summary["pr_auc"] > summary["pr_auc_if_counts"]
+    from training import registry
+
+    loaded = registry.load_champion(sr.MODEL_NAME, settings=cli_settings)
+    snap = pd.read_parquet(cli_settings.snapshots_dir / "accounts.parquet")
+    X = sr.features_as_of(load_dataset(world), snap["as_of"].iloc[0], cli_settings)
+    scores = pd.Series(loaded.model.predict(X), index=X.index)
+    # Serving loads the object training fitted: its scores are the snapshot's.
+    pd.testing.assert_series_equal(scores.loc[snap["account_id"]].reset_index(drop=True),
+                                   snap["abuse_score"].reset_index(drop=True), check_names=False, atol=1e-6)
