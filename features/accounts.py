@@ -10,9 +10,14 @@ Models follow the scikit-learn contract so the object training fits is the objec
 - :class:`ReturnAbnormalityDetector` (cold start, no labels): robust one-sided deviations of the risk features from the
   population ("how far above a typical account"), scored by an IsolationForest.
 - :class:`SerialReturnerModel`: the detector, plus, once enough review decisions exist, a small LightGBM on all
-  features and the detector's score, calibrated on the latest held-out decisions (Platt). ``explain`` turns
-  LightGBM contributions (``pred_contrib``) or the detector's deviations into sentences a reviewer reads, and names
-  the likely pattern (serial, wardrobing, refund_without_return, ring) from the reasons that dominate.
+  features and the detector's score, boosted from a logistic prior on that score, with a background sample of the
+  population as weak negatives (positive-unlabelled learning: a few dozen decisions say little on their own), and
+  calibrated by Platt scaling on out-of-fold scores. ``explain`` turns LightGBM contributions (``pred_contrib``) or
+  the detector's deviations into sentences a reviewer reads, and names the likely pattern (serial, wardrobing,
+  refund_without_return, ring) from the reasons that dominate.
+
+Rates (return rate, refund share) are shrunk toward the population's rate: one order and one cancellation is not a
+"100%" returner.
 
 Account links carry no timestamps in the contract, so the identifier graph is the platform's current one.
 """
@@ -572,8 +577,12 @@ class SerialReturnerModel:
     Otherwise it learns from the decisions, starting from the detector: a logistic prior on the detector's score
     (the boosting's ``init_score``), then a small LightGBM on every feature and that score, which corrects the prior
     where decisions say so. Where the reviewed sample holds no example (a pattern never reviewed), the prior, and so
-    the detector, still ranks. The raw score is calibrated by Platt scaling on out-of-fold scores from contiguous
-    blocks of decisions, so the probability is not the booster's own over-confidence.
+    the detector, still ranks. ``background`` accounts drawn from the population join the decisions as weak
+    negatives with a total weight of ``background_weight`` x the number of decisions (positive-unlabelled
+    learning): with 50 decisions, nearly all confirmed, "how confirmed abusers differ from everybody" is what can
+    be learnt. The raw score is calibrated by Platt scaling on out-of-fold scores of the decisions (contiguous
+    blocks in decision order), so the probability is not the booster's own over-confidence; it is a probability
+    for accounts like those reviewed.
     """
 
     def __init__(self, min_labels: int = 30, min_per_class: int = 3, n_folds: int = 5,
