@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import bentoml  # noqa: E402
 
 from features.settings import get_settings  # noqa: E402
-from serving.app import ApiError, Runtime, api, install, tune_gc  # noqa: E402
+from serving.app import ApiError, Runtime, api, cancel_timeout_timers, install, tune_gc  # noqa: E402
 from serving.schemas import (  # noqa: E402
     ForecastRequest,
     ForecastResponse,
@@ -41,6 +41,7 @@ from serving.schemas import (  # noqa: E402
 )
 
 HOT_ROUTES = ["/v1/tickets/score$"]  # regexes over the URL (OpenTelemetry ExcludeList); the batch route is traced
+cancel_timeout_timers()  # a BentoML 1.4 fix, applied before the worker builds its app (see serving/app.py)
 
 
 @bentoml.service(
