@@ -141,11 +141,15 @@ def _daily_counts(day_idx: np.ndarray, n: int, weights: np.ndarray | None = None
 
 
 def _match_lines(returns: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:
-    """Each return's order line: the line whose unit price x returned quantity is closest to the refund.
-
-    Returns name an order, not a line; on multi-line orders the refund points at the line most of the time.
-    """
-    r = returns.loc[returns["order_id"].notna(), ["order_id", "quantity", "refund_amount"]].copy()
+    """Each return's order line (ordered_at, category, region; missing when the order is unknown): the line whose
+    unit price x returned quantity is closest to the refund, since returns name an order, not a line."""
+    out = pd.DataFrame({"ordered_at": pd.Series(pd.NaT, index=returns.index, dtype="datetime64[us, UTC]"),
+                        "category": pd.Series(None, index=returns.index, dtype=object),
+                        "region": pd.Series(None, index=returns.index, dtype=object)})
+    given = returns["order_id"].notna()
+    if not given.any() or orders.empty:
+        return out
+    r = returns.loc[given, ["order_id", "quantity", "refund_amount"]].copy()
     r["rid"] = np.arange(len(r))
     lines = orders[["order_id", "ordered_at", "category", "region", "quantity", "amount"]].rename(
         columns={"quantity": "line_qty"})
@@ -153,13 +157,10 @@ def _match_lines(returns: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:
     unit = m["amount"] / m["line_qty"].clip(lower=1)
     m["gap"] = (unit * np.minimum(m["quantity"], m["line_qty"]) - m["refund_amount"]).abs()
     best = m.sort_values(["rid", "gap"], kind="stable").drop_duplicates("rid")
-    out = pd.DataFrame(index=returns.index, columns=["ordered_at", "category", "region"])
-    src_index = returns.index[returns["order_id"].notna()][best["rid"].to_numpy()]
-    out = pd.DataFrame({
-        "ordered_at": pd.Series(best["ordered_at"].to_numpy(), index=src_index),
-        "category": pd.Series(best["category"].astype("object").to_numpy(), index=src_index),
-        "region": pd.Series(best["region"].astype("object").to_numpy(), index=src_index),
-    }).reindex(returns.index)
+    at = returns.index[given.to_numpy()][best["rid"].to_numpy()]
+    out.loc[at, "ordered_at"] = best["ordered_at"].to_numpy()
+    out.loc[at, "category"] = best["category"].astype(object).to_numpy()
+    out.loc[at, "region"] = best["region"].astype(object).to_numpy()
     return out
 
 
@@ -183,8 +184,7 @@ def build_history(ds, market: str, end: pd.Timestamp | None = None) -> History:
     r_idx = (r_day - day0).dt.days.to_numpy()
     o_idx = (o_day - day0).dt.days.to_numpy()
 
-    matched = _match_lines(returns, orders) if len(orders) else pd.DataFrame(
-        index=returns.index, columns=["ordered_at", "category", "region"])
+    matched = _match_lines(returns, orders)
     r_cat = matched["category"].astype("object")
     r_region = matched["region"].astype("object")
     if "region" in returns.columns:  # e.g. the Online Retail import keeps the customer's country on the return
@@ -814,8 +814,8 @@ class ReturnVolumeForecaster:
     def __init__(self, horizon: int = 60, market: str = "CN", summer_sale: str = "07-15", summer_sale_days: int = 3,
                  n_estimators: int = 200, learning_rate: float = 0.05, num_leaves: int = 31,
                  min_child_samples: int = 50, origin_stride: int = 3, max_rows: int = 40_000,
-                 calibration_days: int | None = None, calibration_share: float = 0.4, event_inflation: float = 1.5, spread_power: float = 1.0,
-                 objective: str = "l2",
+                 calibration_days: int | None = None, event_inflation: float = 1.5, spread_power: float = 1.0,
+                 objective: str = "l1", huber_delta: float = 0.9,
                  seed: int = 0, num_threads: int = 1):
         self.horizon = horizon
         self.market = market
@@ -828,10 +828,10 @@ class ReturnVolumeForecaster:
         self.origin_stride = origin_stride
         self.max_rows = max_rows
         self.calibration_days = calibration_days
-        self.calibration_share = calibration_share
         self.event_inflation = event_inflation
         self.spread_power = spread_power
         self.objective = objective
+        self.huber_delta = huber_delta
         self.seed = seed
         self.num_threads = num_threads
 
@@ -841,13 +841,23 @@ class ReturnVolumeForecaster:
         """The fewest days held out at the end of the history to calibrate the intervals."""
         return int(self.calibration_days or max(2 * self.horizon, 90))
 
-    def _calibration_days(self, n_days: int) -> int:
-        # A long calibration span (a share of the history) holds more holiday windows, so the interval widths
-        # see holiday-sized errors; model A keeps at least the minimum it needs to train on.
+    def _calibration_days(self, history: History) -> int:
+        # The calibration rows must hold a holiday: holiday-window errors are larger, and a span without one gives
+        # intervals too narrow for the holidays planners care about. So the span reaches back to ``horizon`` days
+        # before the latest major event window that ended by the origin (every horizon then sees that window),
+        # at least the minimum, and leaves model A enough days to train on.
         if self.calibration_days:
             return int(self.calibration_days)
-        room = n_days - (WARMUP_DAYS + MIN_TRAIN_DAYS + self.horizon)
-        return int(max(self.min_calibration_days, min(round(self.calibration_share * n_days), room)))
+        days = history.days
+        n = len(days)
+        span = self.min_calibration_days
+        hw = holiday_windows(history.market, days[0], days[-1], self.settings())
+        done = hw[(hw["window_end"] <= days[-1]) & (hw["window_start"] >= days[0])]
+        if not done.empty:
+            start = done["window_start"].iloc[-1] - pd.Timedelta(days=self.horizon)
+            span = max(span, int((days[-1] - start).days))
+        room = n - (WARMUP_DAYS + MIN_TRAIN_DAYS + self.horizon)
+        return int(max(self.min_calibration_days, min(span, room)))
 
     def settings(self) -> Settings:
         """Calendar settings this model was configured with (independent of the environment)."""
@@ -867,6 +877,7 @@ class ReturnVolumeForecaster:
             "min_data_in_leaf": self.min_child_samples, "feature_fraction": 0.9, "bagging_fraction": 0.8,
             "bagging_freq": 1, "lambda_l2": 1.0, "num_threads": self.num_threads, "seed": self.seed,
             "deterministic": True, "force_row_wise": True, "verbose": -1, "cat_smooth": 10,
+            "alpha": self.huber_delta,  # used by the huber objective only: residuals beyond it count linearly
         }
         target = (X["y"] / X["scale"]).to_numpy()
         data = lgb.Dataset(self._matrix(X), target, categorical_feature=CAT_FEATURES, free_raw_data=True)
@@ -904,7 +915,7 @@ class ReturnVolumeForecaster:
             "last_major": sorted(set(frames.cal["last_major"].astype(str)) | {"none"}),
         }
         # Split-conformal intervals: model A sees targets up to t - C; its errors on later rows give the quantiles.
-        self.calibration_days_ = self._calibration_days(t + 1)
+        self.calibration_days_ = self._calibration_days(hist)
         cut = t - self.calibration_days_
         tgt = X["origin"] + X["h"]
         fit_rows, cal_rows = X[tgt <= cut], X[X["origin"] >= cut]
@@ -927,10 +938,10 @@ class ReturnVolumeForecaster:
         return np.maximum(p_scaled, 0.1) ** self.spread_power
 
     def _calibrate(self, cal: pd.DataFrame, booster: lgb.Booster) -> dict:
-        """Residual quantiles per (series, horizon band, in event window or not).
+        """Residual quantiles per (series, horizon band, in a major-event window or not).
 
-        Per series and band from all its calibration rows; in event windows the spread is widened (or narrowed) by
-        the ratio of spreads inside and outside windows, pooled over series after standardising each series.
+        Per series and band from its calibration rows outside event windows; in event windows the spread is widened
+        by the ratio of spreads inside and outside windows, pooled over series after standardising each series.
         """
         if cal.empty:
             raise HistoryError("no rows to calibrate the intervals on: lengthen the history")
@@ -939,9 +950,13 @@ class ReturnVolumeForecaster:
         f = pd.DataFrame({"series": cal["series"].to_numpy(), "band": _band(cal["h"].to_numpy()),
                           "win": cal["in_event_window"].to_numpy() > 0, "z": z})
         qs = list(QUANTILES)
-        pooled = f.groupby("band")["z"].quantile(qs).unstack()
+        # Widths from ordinary days (outside major-event windows); window days get them widened below.
+        ordinary = f[~f["win"]] if (~f["win"]).sum() >= 200 else f
+        pooled = ordinary.groupby("band")["z"].quantile(qs).unstack().reindex(sorted(f["band"].unique()))
+        pooled = pooled.fillna(f.groupby("band")["z"].quantile(qs).unstack())
         per = {}
         for (s, b), g in f.groupby(["series", "band"]):
+            g = g[~g["win"]] if (~g["win"]).sum() >= 30 else g
             q = g["z"].quantile(qs).to_numpy()
             w = min(len(g) / 60, 1.0)  # few rows: lean on the band's pooled quantiles
             per[(s, int(b))] = w * q + (1 - w) * pooled.loc[b].to_numpy()
@@ -983,11 +998,10 @@ class ReturnVolumeForecaster:
         table = self.residual_quantiles_
         q = np.array([table.get((s, int(b), bool(w)), table.get(("*", int(b), bool(w)), (0.0, 0.0, 0.0)))
                       for s, b, w in zip(X["series"].astype(str), bands, win, strict=True)])
-        # P50 is the model's point forecast: a median shift learned on the calibration days would carry any
-        # unusual event there (a Spring Festival shutdown) into every later forecast. P10/P90 are the residual
-        # quantiles around it, never on the wrong side of it.
-        q = q.copy()
-        q[:, 0], q[:, 1], q[:, 2] = np.minimum(q[:, 0], 0.0), 0.0, np.maximum(q[:, 2], 0.0)
+        # P50 is the model's point forecast, and P10/P90 sit at the calibration residuals' distances from their
+        # median: model A's own bias on the calibration days (it is staler than the final model, and those days
+        # may hold a one-off such as a Spring Festival shutdown) must not shift the final model's forecasts.
+        q = q - q[:, [1]]
         scale = X["scale"].to_numpy(dtype=float)
         out = np.maximum((p[:, None] + q * spread[:, None]) * scale[:, None], 0.0)
         return pd.DataFrame(out, columns=["p10", "p50", "p90"], index=X.index)

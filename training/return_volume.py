@@ -31,6 +31,7 @@ from features.return_volume import (
     ReturnVolumeForecaster,
     build_features,
     build_history,
+    check_history,
     read_plan,
     required_days,
 )
@@ -255,17 +256,25 @@ class BacktestResult:
 
 def run_backtest(history: History, n_origins: int = 10, horizon: int = 60, settings: Settings | None = None,
                  model_params: dict | None = None, peers: bool = True, peer_series: str = TOTAL,
-                 progress: bool = True) -> BacktestResult:
+                 origin_dates: list[pd.Timestamp] | None = None, progress: bool = True) -> BacktestResult:
     """Rolling-origin backtest: refit the forecaster at every origin on data up to it, and run the baselines.
 
     ``peer_series``: 'total' (default: AutoETS costs ~0.25 s per series and origin) or 'all'.
+    ``origin_dates``: explicit origins instead of the automatic ones (each checked for enough history).
     """
     settings = settings or get_settings()
     t0 = time.perf_counter()
     params = {"horizon": horizon, "market": history.market, "summer_sale": settings.summer_sale,
               "summer_sale_days": settings.summer_sale_days, **(model_params or {})}
     proto = ReturnVolumeForecaster(**params)
-    origins = backtest_origins(history, n_origins, horizon, proto, settings)
+    if origin_dates:
+        for o in origin_dates:
+            check_history(history, o, horizon, proto.min_calibration_days, settings)
+            if o + pd.Timedelta(days=1) > history.days[-1]:
+                raise HistoryError(f"origin {o.date()} leaves no day of data after it to evaluate")
+        origins = pd.DataFrame({"origin": sorted(origin_dates), "kind": "given", "event": ""})
+    else:
+        origins = backtest_origins(history, n_origins, horizon, proto, settings)
     notes: list[str] = []
     days = history.days
     parts = []
@@ -619,10 +628,12 @@ def staff_cmd(forecast_file: Path, out_file: Path, config_file: Path | None) -> 
 @click.option("--market", default=None, help=_MARKET_HELP)
 @click.option("--peer-series", type=click.Choice(["total", "all"]), default="total", show_default=True,
               help="Series the AutoETS peer forecasts (~0.25 s per series and origin).")
+@click.option("--origin", "origin_dates", multiple=True,
+              help="Backtest these origins (YYYY-MM-DD, repeatable) instead of the automatic ones.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the tables and the PNG (default: models/return_volume/backtest).")
 def backtest_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: str | None, peer_series: str,
-                 out_dir: Path | None) -> None:
+                 origin_dates: tuple[str, ...], out_dir: Path | None) -> None:
     """Rolling-origin backtest of the return-volume forecast against seasonal naive, the planners' method and
     AutoETS; the model is refitted at every origin on data up to it. Prints the metrics table (overall and on
     holiday windows) and logs it with a PNG of history, forecast fan and events to MLflow."""
@@ -636,7 +647,8 @@ def backtest_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: st
     params = model_params(settings, market, horizon)
     try:
         result = run_backtest(history, n_origins=n_origins, horizon=horizon, settings=settings,
-                              model_params=params, peer_series=peer_series)
+                              model_params=params, peer_series=peer_series,
+                              origin_dates=[_day_option(d) for d in origin_dates] or None)
     except HistoryError as e:
         raise click.ClickException(str(e)) from e
     report(result)
