@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     serial_rule_min_return_rate: float = Field(0.5, description="...and a 90-day return rate at or above this.")
     serial_num_threads: int = Field(1, description="LightGBM threads for the serial-returner model.")
 
+    # Return-volume forecast (training/return_volume.py, features/return_volume.py)
+    return_volume_horizon: int = Field(60, description="Days forecast after the origin by `train` and its backtest.")
+    return_volume_backtest_origins: int = Field(10, description="Backtest origins in `aftersales train return-volume`.")
+    return_volume_peers: bool = Field(True, description="Run the AutoETS peer in the train backtest (needs statsforecast).")
+    return_volume_num_threads: int = Field(1, description="LightGBM and BLAS threads for the return-volume model.")
+
     @property
     def tracking_uri(self) -> str:
         """The MLflow tracking URI in force (SQLite under models/ unless configured)."""
