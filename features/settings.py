@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     return_volume_peers: bool = Field(True, description="Run the AutoETS peer in the train backtest (needs statsforecast).")
     return_volume_num_threads: int = Field(1, description="LightGBM and BLAS threads for the return-volume model.")
 
+    # Serving (serving/app.py, serving/service.py)
+    max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest request body the service reads (413 above).")
+
     @property
     def tracking_uri(self) -> str:
         """The MLflow tracking URI in force (SQLite under models/ unless configured)."""
