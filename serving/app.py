@@ -16,6 +16,8 @@ train; nothing returns a stack trace.
 from __future__ import annotations
 
 import gc
+import hmac
+import json
 import logging
 import math
 import threading
@@ -315,23 +317,40 @@ class Runtime:
         return table
 
     def flagged(self, limit: int) -> FlaggedAccounts:
-        """The review queue: highest abuse scores first; accounts with a decision on record are left out."""
+        """The review queue, minus accounts the team has decided on since it was written.
+
+        Served from the queue serial-returners training writes (``account_queue.parquet``: top scores plus pattern
+        coverage and exploration slots); without it, from the accounts snapshot's highest scores. Left out, as
+        training's queue does: confirmed abusers, and accounts cleared within ``serial_review_cooldown_days``.
+        """
         table = self._accounts_table()
         decided = self._decided_accounts()
-        rows = table.top(limit, skip=decided)
-        accounts = [FlaggedAccount(rank=i, account_id=k, score=float(r.get("abuse_score") or 0.0),
-                                   percentile=r.get("abuse_percentile"), likely_pattern=r.get("likely_pattern"),
-                                   reasons=_as_list(r.get("top_reason")))
-                    for i, (k, r) in enumerate(rows, start=1)]
-        return FlaggedAccounts(count=len(accounts), already_decided=len(decided & set(table.ids)),
-                               model_versions=self.versions(SERIAL_RETURNERS), snapshot=table.describe(),
-                               accounts=accounts)
+        queue = self.snapshots.queue
+        if queue is not None:
+            rows = [(r["account_id"], r) for r in queue if r["account_id"] not in decided][:limit]
+            source = f"{ostore.QUEUE_FILE} in {self.snapshots.snapshots_dir} (written " \
+                     f"{self.snapshots.queue_written_at.isoformat(timespec='seconds')})"
+        else:
+            rows = table.top(limit, skip=decided)
+            source = table.describe()
+        accounts = []
+        for i, (k, r) in enumerate(rows, start=1):
+            snap = table.get(k) or {}
+            accounts.append(FlaggedAccount(
+                rank=i, account_id=k, score=float(_first(r.get("score"), r.get("abuse_score"), 0.0)),
+                percentile=snap.get("abuse_percentile"),
+                likely_pattern=_first(r.get("likely_pattern"), snap.get("likely_pattern")),
+                reasons=_as_list(_first(r.get("reasons"), r.get("top_reason"))), slot=r.get("slot")))
+        return FlaggedAccounts(count=len(accounts), already_decided=len(decided), source=source,
+                               model_versions=self.versions(SERIAL_RETURNERS), accounts=accounts)
 
     def _decided_accounts(self) -> set[str]:
+        """Accounts kept out of the queue: confirmed abusers, and accounts cleared within the cooldown."""
         if self.reviews is None:
             return set()
-        decisions = self.reviews.list_decisions(settings=self.settings)
-        return set(decisions["account_id"].dropna().astype(str))
+        labels = self.reviews.decision_labels(self.reviews.list_decisions(settings=self.settings))
+        recent = labels["decided_at"] >= datetime.now(UTC) - timedelta(days=self.settings.serial_review_cooldown_days)
+        return set(labels.loc[(labels["label"] == 1) | recent, "account_id"].astype(str))
 
     def record_decision(self, account_id: str, body: DecisionIn) -> DecisionOut:
         """Persist one review decision (one transaction, idempotent on decision_id) through features.reviews."""
@@ -444,6 +463,11 @@ def _records_frame(key: str, ids: Sequence[str | None], records: Sequence[dict |
     return _with_times(pd.DataFrame(list(seen.values()), columns=None if seen else [key]))
 
 
+def _first(*values: Any) -> Any:
+    """The first value that is not None."""
+    return next((v for v in values if v is not None), None)
+
+
 def _as_list(value: Any) -> list[str]:
     """Reasons as a list of strings (a snapshot holds one string, a model may give a list or '; '-joined text)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -455,6 +479,84 @@ def _as_list(value: Any) -> list[str]:
 
 def _day(value: Any) -> date:
     return value.date() if hasattr(value, "date") and callable(value.date) else date.fromisoformat(str(value)[:10])
+
+
+HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v1/health"})  # open even when API keys are set
+
+
+class GuardMiddleware:
+    """API keys and a body size limit for every route (ASGI middleware added to the BentoML service).
+
+    - With ``AFTERSALES_API_KEYS`` set (a JSON list), every route but health needs ``X-API-Key: <key>`` or
+      ``Authorization: Bearer <key>``; keys are compared in constant time and never logged.
+    - A body larger than ``AFTERSALES_MAX_BODY_BYTES`` is refused with 413 before it is read (declared length) or
+      as soon as it passes the limit (chunked upload).
+    Settings are read when the worker builds its app, not at import.
+    """
+
+    def __init__(self, app) -> None:
+        from features.settings import get_settings
+
+        settings = get_settings()
+        self.app = app
+        self.keys = [k.encode() for k in settings.api_keys if k]
+        self.max_body = settings.max_body_bytes
+
+    def _authorized(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        given = b""
+        for name, value in headers:
+            if name == b"x-api-key":
+                given = value.strip()
+            elif name == b"authorization" and value[:7].lower() == b"bearer ":
+                given = given or value[7:].strip()
+        ok = False
+        for key in self.keys:  # every key compared: the time taken says nothing about which one nearly matched
+            ok |= hmac.compare_digest(given, key)
+        return ok
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = scope["headers"]
+        if self.keys and scope["path"] not in HEALTH_PATHS and not self._authorized(headers):
+            return await _reject(send, 401, "missing or invalid API key: send it in the X-API-Key header")
+        declared = next((v for k, v in headers if k == b"content-length"), None)
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_body:
+                return await _reject(send, 413, f"request body over the limit of {self.max_body:,} bytes "
+                                                "(AFTERSALES_MAX_BODY_BYTES); split the batch")
+            return await self.app(scope, receive, send)
+        # No declared length (chunked upload): read up to the limit here, then hand the body on in one piece.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            size += len(message.get("body", b""))
+            if size > self.max_body:
+                return await _reject(send, 413, f"request body over the limit of {self.max_body:,} bytes "
+                                                "(AFTERSALES_MAX_BODY_BYTES); split the batch")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+async def _reject(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                + ([(b"www-authenticate", b"Bearer")] if status == 401 else [])})
+    await send({"type": "http.response.body", "body": body})
 
 
 def cancel_timeout_timers() -> None:

@@ -46,9 +46,10 @@ FILES = {
     MERCHANTS: ("merchants.parquet", TRIAGE_FILES["merchants"]),
     ORDERS: (TRIAGE_FILES["orders"],),
 }
+QUEUE_FILE = "account_queue.parquet"  # the review queue serial-returners training (and flag-accounts) writes
 # Which training writes each file (said in messages about a missing one).
 WRITERS = {"accounts.parquet": "serial-returners", "merchants.parquet": "merchant-risk",
-           **{f: "ticket-triage" for f in TRIAGE_FILES.values()}}
+           QUEUE_FILE: "serial-returners", **{f: "ticket-triage" for f in TRIAGE_FILES.values()}}
 # The column a snapshot is ranked by (review queue, merchant ranking), highest first, ties by ID.
 SCORES = {ACCOUNTS: "abuse_score", MERCHANTS: "merchant_risk_score"}
 
@@ -210,6 +211,27 @@ class SnapshotStore:
                 self.errors[name] = "; ".join(f"{self.snapshots_dir / f} not found (written by `aftersales train "
                                               f"{WRITERS[f]}`)" for f in absent)
                 log.warning("online store: %s", self.errors[name])
+        self.queue, self.queue_written_at = self._read_queue(self.snapshots_dir / QUEUE_FILE)
+
+    def _read_queue(self, path: Path) -> tuple[list[Record] | None, datetime | None]:
+        """The review queue as records in rank order (None when the file is absent or unreadable)."""
+        if not path.exists():
+            return None, None
+        try:
+            frame = pd.read_parquet(path)
+            if "account_id" not in frame.columns:
+                raise SnapshotError(f"{path}: column 'account_id' is missing")
+        except Exception as e:  # the queue falls back to the accounts snapshot's top scores
+            self.errors["account_queue"] = f"{path}: cannot read the review queue ({type(e).__name__}: {e})"
+            log.error("online store: %s", self.errors["account_queue"])
+            return None, None
+        if "rank" in frame.columns:
+            frame = frame.sort_values("rank", kind="mergesort")
+        frame = frame[frame["account_id"].notna()]
+        records = [{k: _clean(v) for k, v in row.items()} for row in frame.to_dict("records")]
+        for r in records:
+            r["account_id"] = str(r["account_id"])
+        return records, datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
 
     @property
     def accounts(self) -> SnapshotTable | None:

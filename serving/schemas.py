@@ -150,15 +150,16 @@ class FlaggedAccount(BaseModel):
     percentile: float | None
     likely_pattern: str | None
     reasons: list[str]
+    slot: str | None = Field(None, description="Why it is in the queue: top score, pattern coverage, exploration.")
 
 
 class FlaggedAccounts(BaseModel):
-    """Response of ``GET /v1/accounts/flagged``: highest scores first, accounts already decided left out."""
+    """Response of ``GET /v1/accounts/flagged``: the queue in rank order, accounts already decided left out."""
 
     count: int
-    already_decided: int = Field(description="Accounts left out of the queue because a decision is on record.")
+    already_decided: int = Field(description="Accounts kept out: confirmed abusers and recently cleared accounts.")
     model_versions: ModelVersions
-    snapshot: str = Field(description="Snapshot file the queue was read from and when it was written.")
+    source: str = Field(description="File the queue was read from and when it was written.")
     accounts: list[FlaggedAccount]
 
 

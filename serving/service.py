@@ -30,7 +30,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import bentoml  # noqa: E402
 
 from features.settings import get_settings  # noqa: E402
-from serving.app import ApiError, Runtime, api, cancel_timeout_timers, install, tune_gc  # noqa: E402
+from serving.app import (  # noqa: E402
+    ApiError,
+    GuardMiddleware,
+    Runtime,
+    api,
+    cancel_timeout_timers,
+    install,
+    tune_gc,
+)
 from serving.schemas import (  # noqa: E402
     ForecastRequest,
     ForecastResponse,
@@ -90,3 +98,7 @@ class AfterSalesService:
         """Release the online store and detach the mounted routes."""
         install(None)
         self.runtime.close()
+
+
+# API keys and the body size limit, on every route (native and mounted); inner to BentoML's metrics and tracing.
+AfterSalesService.add_asgi_middleware(GuardMiddleware)

@@ -5,6 +5,7 @@ serial-returner snapshot, a merchant ranking), plus a second service on an empty
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ import pandas as pd
 import pytest
 from sklearn.dummy import DummyRegressor
 
-from features.accounts import SerialReturnerModel, dataset_features, score_snapshot
+from features.accounts import SerialReturnerModel, dataset_features
 from features.contract import load_dataset
 from features.return_volume import ReturnVolumeForecaster, build_history
 from features.settings import Settings
@@ -27,11 +28,14 @@ from features.synthetic import generate_world
 from features.tickets import CalendarTable, TicketTriageModel, build_training_features, load_serving_snapshots
 from training import registry
 from training.merchant_risk import write_serving_snapshot
+from training.serial_returners import write_snapshot as write_serial_snapshot
 from training.ticket_triage import model_params, write_snapshots
 
 ROOT = Path(__file__).resolve().parent.parent
 WORLD = dict(seed=21, accounts=900, merchants=25, start="2024-01-01", days=240, market="CN", progress=False)
 MAX_BATCH = 40  # the served limit in these tests (AFTERSALES_MAX_BATCH_SIZE), so a too-large batch is cheap
+MAX_BODY = 300_000  # bytes (AFTERSALES_MAX_BODY_BYTES)
+API_KEYS = ["key-for-tests-1", "key-for-tests-2"]
 TICKET_COLUMNS = ["ticket_id", "created_at", "account_id", "merchant_id", "order_id", "case_type", "channel",
                   "amount", "text"]
 
@@ -50,7 +54,7 @@ class Service:
     """A ``bentoml serve`` subprocess on loopback, with its log for failure messages (started at construction,
     waited for by :meth:`wait_ready`, so two services can boot while the test builds its models)."""
 
-    def __init__(self, models_dir: Path, data_dir: Path, log: Path, **env: str):
+    def __init__(self, models_dir: Path, data_dir: Path, log: Path, api_key: str | None = None, **env: str):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -61,7 +65,8 @@ class Service:
             [str(bentoml), "serve", "serving.service:AfterSalesService", "--host", "127.0.0.1", "--port",
              str(self.port)], cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True)
-        self.client = httpx.Client(base_url=self.url, timeout=60)
+        self.client = httpx.Client(base_url=self.url, timeout=60,
+                                   headers={"X-API-Key": api_key} if api_key else None)
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -121,10 +126,10 @@ def deployment(tmp_path_factory, empty_service) -> dict:
                                          settings=settings).version
     write_snapshots(ds, settings)
 
-    # Serial returners: cold-start model on the accounts as of the last day, and its serving snapshot.
+    # Serial returners: cold-start model on the accounts as of the last day; its snapshot and review queue.
     X = dataset_features(ds, ds.time_span()[1], "CN", settings)
     returners = SerialReturnerModel().fit(X)
-    score_snapshot(X, returners).to_parquet(settings.snapshots_dir / "accounts.parquet", index=False)
+    write_serial_snapshot(X, returners, settings, capacity=12)
     registry.log_and_register("serial_returners", returners, X.head(5), "pr_auc", 0.3, True, settings=settings)
 
     # Merchant risk: a ranking in the layout rank-merchants writes (scores known to the test), and its snapshot.
@@ -152,7 +157,9 @@ def deployment(tmp_path_factory, empty_service) -> dict:
 
 @pytest.fixture(scope="module")
 def service(deployment) -> Service:
-    svc = Service(deployment["settings"].models_dir, deployment["world"], deployment["root"] / "service.log")
+    svc = Service(deployment["settings"].models_dir, deployment["world"], deployment["root"] / "service.log",
+                  api_key=API_KEYS[1], AFTERSALES_API_KEYS=json.dumps(API_KEYS),
+                  AFTERSALES_MAX_BODY_BYTES=str(MAX_BODY))
     try:
         svc.wait_ready()
         yield svc
@@ -318,11 +325,15 @@ def test_review_queue_and_a_decision_that_is_persisted(service, deployment):
     from features import reviews
 
     settings = deployment["settings"]
+    written = pd.read_parquet(settings.snapshots_dir / "account_queue.parquet").sort_values("rank")
     queue = service.client.get("/v1/accounts/flagged", params={"limit": 5}).json()
     assert queue["count"] == 5 and queue["model_versions"]["serial_returners"] >= 1
-    scores = [a["score"] for a in queue["accounts"]]
-    assert scores == sorted(scores, reverse=True) and [a["rank"] for a in queue["accounts"]] == [1, 2, 3, 4, 5]
-    top = queue["accounts"][0]["account_id"]
+    assert "account_queue.parquet" in queue["source"]
+    ids = [a["account_id"] for a in queue["accounts"]]
+    assert ids == written["account_id"].astype(str).head(5).tolist()  # training's queue, in its order
+    assert [a["rank"] for a in queue["accounts"]] == [1, 2, 3, 4, 5]
+    assert all(a["reasons"] and a["slot"] for a in queue["accounts"])
+    top, second = ids[0], ids[1]
     body = {"decision": "confirmed_abuse", "reviewer": "li.wei", "note": "ring of 4 accounts",
             "decision_id": "test-decision-1"}
     r = service.client.post(f"/v1/accounts/{top}/decision", json=body)
@@ -334,8 +345,12 @@ def test_review_queue_and_a_decision_that_is_persisted(service, deployment):
     again = service.client.post(f"/v1/accounts/{top}/decision", json=body)  # a client retry: stored once
     assert again.status_code == 200 and again.json()["duplicate"] is True
     assert (reviews.list_decisions(settings=settings)["decision_id"] == "test-decision-1").sum() == 1
+    cleared = service.client.post(f"/v1/accounts/{second}/decision", json={"decision": "cleared", "reviewer": "li"})
+    assert cleared.status_code == 201
     after = service.client.get("/v1/accounts/flagged", params={"limit": 5}).json()
-    assert top not in [a["account_id"] for a in after["accounts"]] and after["already_decided"] >= 1
+    after_ids = [a["account_id"] for a in after["accounts"]]
+    assert top not in after_ids and second not in after_ids and after["already_decided"] == 2
+    assert after_ids == written["account_id"].astype(str).iloc[2:7].tolist()
     r = service.client.post("/v1/accounts/not-an-account/decision", json={"decision": "cleared", "reviewer": "li"})
     assert r.status_code == 404 and "not-an-account" in r.json()["error"]
 
@@ -387,3 +402,42 @@ def test_a_service_without_models_starts_and_answers_503_with_what_to_do(empty_s
     health = c.get("/v1/health").json()
     assert health["status"] == "degraded" and not any(m["loaded"] for m in health["models"])
     _no_trace(r)
+
+
+def test_api_keys_guard_every_route_but_health(service):
+    ticket = {"ticket_id": "k", "created_at": "2024-08-20T09:30:00Z", "case_type": "refund", "channel": "chat"}
+    with httpx.Client(base_url=service.url, timeout=30) as anonymous:
+        for method, path in (("POST", "/v1/tickets/score"), ("POST", "/v1/tickets/score-batch"),
+                             ("POST", "/v1/forecast"), ("GET", "/v1/accounts/flagged"),
+                             ("POST", "/v1/accounts/A1/decision"), ("GET", "/v1/merchants/risk"),
+                             ("GET", "/metrics"), ("GET", "/docs.json")):
+            r = anonymous.request(method, path, json=ticket)
+            assert r.status_code == 401 and "X-API-Key" in r.json()["error"], (path, r.text)
+        r = anonymous.post("/v1/tickets/score", json=ticket, headers={"X-API-Key": "key-for-tests-3"})
+        assert r.status_code == 401
+        r = anonymous.post("/v1/tickets/score", json=ticket, headers={"Authorization": f"Bearer {API_KEYS[0]}"})
+        assert r.status_code == 200, r.text
+        for path in ("/livez", "/readyz", "/v1/health"):
+            assert anonymous.get(path).status_code == 200, path
+    assert API_KEYS[1] not in service.tail(200_000)  # keys are never logged
+
+
+def test_bodies_over_the_limit_are_refused_before_they_are_read(service):
+    big = json.dumps({"tickets": [{"ticket_id": f"t{i}", "created_at": "2024-08-20T09:30:00Z", "case_type": "refund",
+                                   "channel": "chat", "text": "x" * 19_000} for i in range(20)]}).encode()
+    assert len(big) > MAX_BODY
+    r = service.client.post("/v1/tickets/score-batch", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for i in range(0, len(big), 65_536):
+            yield big[i:i + 65_536]
+
+    r = service.client.post("/v1/tickets/score-batch", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    small = json.dumps({"tickets": [{"ticket_id": "c1", "created_at": "2024-08-20T09:30:00Z", "case_type": "refund",
+                                     "channel": "chat"}]}).encode()
+    r = service.client.post("/v1/tickets/score-batch", content=iter([small[:50], small[50:]]),
+                            headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["count"] == 1  # a chunked body under the limit is served
+    assert service.client.get("/livez").status_code == 200  # the service is still there
