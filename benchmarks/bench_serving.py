@@ -50,8 +50,18 @@ TICKET_FIELDS = ("ticket_id", "created_at", "account_id", "merchant_id", "order_
 # Load generator: raw asyncio streams (an HTTP client library would cost more CPU than the servers under test)
 
 
+def _api_key() -> str | None:
+    """The first configured API key (AFTERSALES_API_KEYS), which the service then requires."""
+    from features.settings import get_settings
+
+    keys = get_settings().api_keys
+    return keys[0] if keys else None
+
+
 def _request(port: int, path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+    key = _api_key()
+    auth = f"X-API-Key: {key}\r\n" if key else ""
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{auth}"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
@@ -243,7 +253,9 @@ def wait_ready(port: int, proc: subprocess.Popen, what: str, timeout: float = 12
         if proc.poll() is not None:
             raise SystemExit(f"{what} exited with code {proc.returncode} before it was ready")
         try:
-            if httpx.post(f"http://127.0.0.1:{port}{SCORE}", json=probe, timeout=2).status_code == 200:
+            key = _api_key()
+            headers = {"X-API-Key": key} if key else None
+            if httpx.post(f"http://127.0.0.1:{port}{SCORE}", json=probe, headers=headers, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -280,8 +292,9 @@ def time_batch(port: int, tickets: list[dict], n: int, repeats: int = 2) -> tupl
     with httpx.Client(timeout=120) as client:
         for _ in range(repeats):
             t0 = time.perf_counter()
+            key = _api_key()
             r = client.post(f"http://127.0.0.1:{port}{BATCH}", content=body,
-                            headers={"content-type": "application/json"})
+                            headers={"content-type": "application/json", **({"X-API-Key": key} if key else {})})
             best, status = min(best, time.perf_counter() - t0), r.status_code
             if status != 200:
                 print(f"  batch answered {status}: {r.text[:300]}")

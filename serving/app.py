@@ -605,6 +605,24 @@ def cancel_timeout_timers() -> None:
     middleware._cancels_timer = True
 
 
+def bind_apis_once(instance: Any, service: Any) -> None:
+    """Bind each BentoML API method of ``instance`` once instead of on every request.
+
+    BentoML 1.4 answers a request with ``getattr(instance, api).local``: the descriptor re-inspects the method's
+    signature, wraps it, and builds a remote-proxy method it does not use, every time (~25 us of a ~300 us request,
+    measured in-process). An instance attribute with the same callable shadows the descriptor. Skipped (BentoML's own
+    per-request binding stays) if this BentoML has no ``_local_call``.
+    """
+    for name, method in service.apis.items():
+        make = getattr(method, "_local_call", None)
+        if make is None:
+            log.info("serving: this BentoML binds APIs per request (no _local_call); leaving it so")
+            return
+        local = make(instance)
+        local.local = local
+        instance.__dict__[name] = local
+
+
 def tune_gc() -> None:
     """Freeze what loading created and collect young objects less often.
 

@@ -35,6 +35,7 @@ from serving.app import (  # noqa: E402
     GuardMiddleware,
     Runtime,
     api,
+    bind_apis_once,
     cancel_timeout_timers,
     install,
     tune_gc,
@@ -66,6 +67,7 @@ class AfterSalesService:
     def __init__(self) -> None:
         self.runtime = Runtime.load(get_settings())
         install(self.runtime)
+        bind_apis_once(self, AfterSalesService)
         self.runtime.warm_up()
         tune_gc()
 
