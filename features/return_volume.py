@@ -482,45 +482,50 @@ def _rolling_mean(x: np.ndarray, window: int) -> np.ndarray:
     return (c[idx + 1] - c[lo]) / (idx + 1 - lo)
 
 
+def _level(x: np.ndarray) -> np.ndarray:
+    """Robust recent level at each day: the median of the last four weekly means, so one sale week does not
+    pass for a new normal."""
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    idx = np.arange(len(x))
+    weeks = np.stack([(c[np.clip(idx + 1 - 7 * k, 0, None)] - c[np.clip(idx + 1 - 7 * (k + 1), 0, None)]) / 7.0
+                      for k in range(4)])
+    return np.median(weeks, axis=0)
+
+
 def projected_lines(lines: np.ndarray, src: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:
     """Projected total order lines for days o+1..o+horizon of each origin o (origins x horizon).
 
     Last year's aligned day scaled by growth (this year's last 28 days over the same 28 days a year before);
-    without a usable last year, the last 28 days' mean by weekday.
+    without a usable last year, the mean of the last eight same weekdays.
     """
-    m28 = _rolling_mean(lines, 28)
+    lvl = _rolling_mean(lines, 28)
     n = len(lines)
     out = np.zeros((len(origins), horizon))
-    dow_mean = _dow_profile(lines, origins, weeks=8)  # origins x 7 (weekday of o+1+k%7 offsets)
+    dow_mean = _dow_profile(lines, origins, weeks=8)  # origins x 7 (weekday of o+1+k)
     for i, o in enumerate(origins):
         target = o + 1 + np.arange(horizon)
         s = np.where(target < len(src), src[np.minimum(target, len(src) - 1)], -1)
         base = o - LY
-        ok_ratio = base - 27 >= 0 and m28[base] > 0
         flat = dow_mean[i, np.arange(horizon) % 7]
-        if ok_ratio:
-            ratio = m28[o] / m28[base]
+        if base - 27 >= 0 and lvl[base] > 0:
             usable = (s >= 0) & (s <= o) & (s < n)
-            out[i] = np.where(usable, lines[np.clip(s, 0, n - 1)] * ratio, flat)
+            out[i] = np.where(usable, lines[np.clip(s, 0, n - 1)] * (lvl[o] / lvl[base]), flat)
         else:
             out[i] = flat
     return out
 
 
-def _dow_profile(x: np.ndarray, origins: np.ndarray, weeks: int) -> np.ndarray:
-    """Mean of x on the weekday of o+1+k over the last ``weeks`` such days up to o (origins x 7)."""
+def _dow_profile(x: np.ndarray, origins: np.ndarray, weeks: int, median: bool = False) -> np.ndarray:
+    """Mean (or median) of x on the weekday of o+1+k over the last ``weeks`` such days up to o (origins x 7)."""
     out = np.zeros((len(origins), 7))
     for k in range(7):
         last = origins - ((6 - k) % 7)  # the most recent day <= o with the weekday of o+1+k
-        acc = np.zeros(len(origins))
-        cnt = np.zeros(len(origins))
-        for w in range(weeks):
-            d = last - 7 * w
-            ok = d >= 0
-            acc[ok] += x[d[ok]]
-            cnt[ok] += 1
-        out[:, k] = acc / np.maximum(cnt, 1)
-    return out
+        d = last[:, None] - 7 * np.arange(weeks)[None, :]
+        vals = np.where(d >= 0, x[np.clip(d, 0, None)], np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows before the data starts
+            out[:, k] = np.nanmedian(vals, axis=1) if median else np.nanmean(vals, axis=1)
+    return np.nan_to_num(out)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -604,9 +609,11 @@ def _plan_lines(plan: pd.DataFrame | None, history: History, origin: int, horizo
 
 def _driver_pipeline(history: History, pair: tuple[str, str], g: Kernel, origins: np.ndarray, proj: np.ndarray,
                      lines_m28: np.ndarray, plan_cat: dict[str, np.ndarray], hank_idx: np.ndarray,
-                     toep_idx: np.ndarray, lag_mat: np.ndarray, lag_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Expected returns at o+1..o+H (origins x H) from one driver: from its orders up to o (known) and from its
-    share of the projected (or planned) orders after o (future)."""
+                     toep_idx: np.ndarray, lag_mat: np.ndarray,
+                     lag_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expected returns at o+1..o+H (origins x H) from one driver: from its orders up to o (known), from its
+    share of the projected (or planned) orders after o (future), and from its orders up to o had they been at
+    their usual level (usual)."""
     col = pair[0]
     D = history.drivers[col].to_numpy()
     Dm = np.where(lag_ok, D[np.clip(lag_mat, 0, None)], 0.0)
@@ -624,7 +631,9 @@ def _driver_pipeline(history: History, pair: tuple[str, str], g: Kernel, origins
                 _rolling_mean(history.drivers[f"lines|category={c}"].to_numpy(), 28)[origins[0]], 1e-9)
             P[0] = np.where(np.isnan(pc), P[0], pc * per_line)
     gt = np.where((toep_idx >= 0) & (toep_idx < MAX_LAG), g[np.clip(toep_idx, 0, MAX_LAG - 1)], 0.0)
-    return Dm @ gh.T, P @ gt.T
+    # What the known orders would bring at their usual (robust) level: the baseline of the known excess.
+    usual = _level(D)[origins][:, None] * gh.sum(axis=1)[None, :]
+    return Dm @ gh.T, P @ gt.T, usual
 
 
 def build_features(history: History, kernels: dict[str, Kernel], origins: Sequence[int], horizon: int,
@@ -660,7 +669,7 @@ def build_features(history: History, kernels: dict[str, Kernel], origins: Sequen
     toep_idx = H[:, None] - H[None, :]  # lag of an order placed at o+j, seen at o+h
     lag_mat = origins[:, None] - m_idx[None, :]  # origins x MAX_LAG: day index of orders m days before o
     lag_ok = lag_mat >= 0
-    cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}  # total and channels share their drivers
+    cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # total and channels share their drivers
 
     frames_out = []
     for s in wanted:
@@ -676,12 +685,14 @@ def build_features(history: History, kernels: dict[str, Kernel], origins: Sequen
         # Pipeline from orders already placed, and from projected orders after o.
         known = np.zeros((n_o, horizon))
         future = np.zeros((n_o, horizon))
+        usual = np.zeros((n_o, horizon))
         for pair in drivers[s]:
             if pair not in cache:
                 cache[pair] = _driver_pipeline(history, pair, kern[pair[1]], origins, proj, lines_m28, plan_cat,
                                                hank_idx, toep_idx, lag_mat, lag_ok)
             known += cache[pair][0]
             future += cache[pair][1]
+            usual += cache[pair][2]
         level = _rolling_mean(fr.pipe_full[:, j], 28)[origins]
         level = np.where(level > 1e-9, level, np.nan)
         # Last year: the target day 52 weeks back and its week, relative to the 28 days before o a year back.
@@ -724,12 +735,15 @@ def build_features(history: History, kernels: dict[str, Kernel], origins: Sequen
             "pipe_known": (known / level[:, None]).ravel(),
             "pipe_future": (future / level[:, None]).ravel(),
             "pipe_total": ((known + future) / level[:, None]).ravel(),
+            # 1 + the returns still to come from orders already placed beyond what those days' orders usually
+            # bring, relative to the recent level: scales forecasts beyond the range seen in training.
+            "prior": np.nan_to_num(1.0 + (known - usual) / level[:, None], nan=1.0).clip(0.5, 5.0).ravel(),
             "pipe_level": np.repeat(level / scale, horizon),
             "proj_lines": proj_rel.ravel(),
             "proj_lines_14": proj14.ravel(),
             "y": np.where(tgt < n_days, y[np.clip(tgt, 0, n_days - 1)], np.nan).ravel(),
         })
-        rows["origin_dow"] = np.repeat(history.days[np.clip(origins, 0, n_days - 1)].dayofweek.to_numpy(), horizon)
+        rows["origin_dow"] = np.repeat(history.days[np.clip(origins, 0, n_days - 1)].day_of_week.to_numpy(), horizon)
         frames_out.append(rows)
     out = pd.concat(frames_out, ignore_index=True)
     tgt = out["origin"].to_numpy() + out["h"].to_numpy()
@@ -815,7 +829,7 @@ class ReturnVolumeForecaster:
                  n_estimators: int = 200, learning_rate: float = 0.05, num_leaves: int = 31,
                  min_child_samples: int = 50, origin_stride: int = 3, max_rows: int = 40_000,
                  calibration_days: int | None = None, event_inflation: float = 1.5, spread_power: float = 1.0,
-                 objective: str = "l1", huber_delta: float = 0.9,
+                 objective: str = "l1", huber_delta: float = 0.9, pipeline_prior: bool = True,
                  seed: int = 0, num_threads: int = 1):
         self.horizon = horizon
         self.market = market
@@ -832,6 +846,7 @@ class ReturnVolumeForecaster:
         self.spread_power = spread_power
         self.objective = objective
         self.huber_delta = huber_delta
+        self.pipeline_prior = pipeline_prior
         self.seed = seed
         self.num_threads = num_threads
 
@@ -918,6 +933,7 @@ class ReturnVolumeForecaster:
         self.calibration_days_ = self._calibration_days(hist)
         cut = t - self.calibration_days_
         tgt = X["origin"] + X["h"]
+        self.prior_range_ = (float(X["prior"].min()), float(X["prior"].max()))
         fit_rows, cal_rows = X[tgt <= cut], X[X["origin"] >= cut]
         booster_a = self._train(self._sample(fit_rows))
         self.booster_ = booster_a  # _raw_predict needs a booster; replaced below
@@ -928,10 +944,23 @@ class ReturnVolumeForecaster:
         self.n_train_rows_ = int(min(len(X), self.max_rows))
         return self
 
+    def _prior(self, X: pd.DataFrame) -> np.ndarray:
+        """Factor on the trees' output for order pipelines outside the range seen in training.
+
+        Trees cannot extrapolate: a sale bigger than any in the training history would get the response of the
+        biggest one seen. Beyond that range the forecast scales with the pipeline (``prior`` / the largest seen);
+        inside it the factor is 1 and the trees alone decide.
+        """
+        if not self.pipeline_prior or not hasattr(self, "prior_range_"):
+            return np.ones(len(X))
+        prior = X["prior"].to_numpy(dtype=float)
+        lo, hi = self.prior_range_
+        return np.where(prior > hi, prior / hi, np.where(prior < lo, prior / lo, 1.0))
+
     def _raw(self, X: pd.DataFrame, booster: lgb.Booster | None = None) -> np.ndarray:
         """Point forecast in scaled units (y / scale), never below zero."""
         b = booster or self.booster_
-        return np.maximum(b.predict(self._matrix(X), num_threads=self.num_threads), 0.0)
+        return np.maximum(b.predict(self._matrix(X), num_threads=self.num_threads), 0.0) * self._prior(X)
 
     def _spread(self, p_scaled: np.ndarray) -> np.ndarray:
         # Residuals normalised by level**power: 0.5 is Poisson-like noise, 1 multiplicative (event-size) error.

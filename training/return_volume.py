@@ -449,7 +449,7 @@ def report(result: BacktestResult, echo=click.echo) -> None:
 def model_params(settings: Settings, market: str, horizon: int) -> dict:
     """Forecaster parameters for a market and horizon under these settings."""
     return {"horizon": horizon, "market": market, "summer_sale": settings.summer_sale,
-            "summer_sale_days": settings.summer_sale_days}
+            "summer_sale_days": settings.summer_sale_days, "num_threads": settings.return_volume_num_threads}
 
 
 def _load(data_dir: Path, out_dir: Path, market: str, echo=click.echo):
@@ -479,10 +479,12 @@ def train(data_dir: Path, settings: Settings) -> dict:
     t0 = time.perf_counter()
     out_dir = settings.models_dir / MODEL_NAME
     ds, history = _load(Path(data_dir), out_dir, settings.market)
-    params = model_params(settings, history.market, 60)
+    horizon = settings.return_volume_horizon
+    params = model_params(settings, history.market, horizon)
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
         try:
-            result = run_backtest(history, n_origins=10, horizon=60, settings=settings, model_params=params)
+            result = run_backtest(history, n_origins=settings.return_volume_backtest_origins, horizon=horizon,
+                                  settings=settings, model_params=params, peers=settings.return_volume_peers)
         except HistoryError as e:
             raise click.ClickException(str(e)) from e
         report(result)
@@ -512,7 +514,7 @@ def _input_example(model: ReturnVolumeForecaster, history: History) -> pd.DataFr
     """Five feature rows at the model's training end: what ``predict`` takes (the registry logs its signature)."""
     t = len(history.days) - 1
     X = build_features(history, model.kernels_, [t], model.horizon, model.settings(), series=[TOTAL])
-    return X[[*model.feature_names_, "scale"]].head(5).reset_index(drop=True)
+    return X[[*model.feature_names_, "scale", "prior"]].head(5).reset_index(drop=True)
 
 
 def _day_option(value: str | None) -> pd.Timestamp | None:
@@ -571,7 +573,8 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
     except HistoryError as e:
         raise click.ClickException(str(e)) from e
     for w in caught:
-        click.echo(f"  warning: {w.message}")
+        if issubclass(w.category, UserWarning) and "no previous instance" in str(w.message):
+            click.echo(f"  warning: {w.message}")
     out = fc.assign(date=fc["date"].dt.strftime("%Y-%m-%d"))
     out.to_csv(out_file, index=False, float_format="%.3f")
     total = fc[fc["series"] == TOTAL]
