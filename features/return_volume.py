@@ -1039,7 +1039,8 @@ class ReturnVolumeForecaster:
                  plan: pd.DataFrame | None = None, series: Iterable[str] | None = None) -> pd.DataFrame:
         """Forecast the ``horizon`` days after ``origin`` (default: the history's last day) from the history up to it.
 
-        ``plan``: planned orders per day (see :func:`validate_plan`) replacing projected orders where it has days.
+        ``plan``: planned orders per day (see :func:`validate_plan`) replacing projected orders where it has days;
+        the returns the difference brings are added through the delay kernels.
         ``series``: subset of series (default: all the model was trained on). Returns date, series, p10, p50, p90.
         Raises ValueError for an origin before the model's training end (it has seen later data) and
         HistoryError for an origin after the history's end.
@@ -1074,10 +1075,18 @@ class ReturnVolumeForecaster:
             warnings.warn(f"no previous instance of {msg}; its forecast leans on calendar features only",
                           stacklevel=2)
         t = len(hist.days) - 1
-        X = build_features(hist, self.kernels_, [t], self.horizon, settings, plan=plan,
-                           series=[s for s in self.series_ if s in wanted or s == TOTAL])
+        names = [s for s in self.series_ if s in wanted or s == TOTAL]
+        X = build_features(hist, self.kernels_, [t], self.horizon, settings, series=names)
         X = X[X["h"] <= horizon].reset_index(drop=True)
         q = self.predict(X)
+        if plan is not None:
+            # The model forecasts with its own projection of future orders. A plan changes the orders expected
+            # after the origin; the returns that change brings follow the delay kernels one for one, as a share
+            # of each series' recent level (pipe_future is relative to the recent pipeline level).
+            Xp = build_features(hist, self.kernels_, [t], self.horizon, settings, plan=plan, series=names)
+            Xp = Xp[Xp["h"] <= horizon].reset_index(drop=True)
+            delta = ((Xp["pipe_future"] - X["pipe_future"]).fillna(0.0) * X["scale"]).to_numpy()
+            q = q.add(delta, axis=0).clip(lower=0.0)
         out = pd.DataFrame({"date": X["date"].to_numpy(), "series": X["series"].to_numpy(),
                             "p10": q["p10"].to_numpy(), "p50": q["p50"].to_numpy(), "p90": q["p90"].to_numpy()})
         keep = set(wanted) | {TOTAL}
