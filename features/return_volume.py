@@ -15,14 +15,19 @@ mean over the 28 days up to o, so big and small series share one scale-free mode
   aligned day, event-aligned for moving events such as Black Friday and the Spring Festival, scaled by this year's
   growth; or a planners' sales plan).
 
-Intervals are split-conformal: a first model fitted on targets up to ``origin - calibration_days`` predicts the
-later rows; quantiles of its normalised residuals (per series and horizon band) widen the final model's P50 into
-P10/P90. No MLflow and no HTTP here: training/return_volume.py orchestrates, serving loads the fitted object.
+The objective is L1 (WAPE is an absolute-error metric and returns data has bulk spikes). Trees cannot
+extrapolate, so beyond the largest known-order pipeline seen in training the output scales with the pipeline. A
+sales plan's difference from the model's own projection adds returns through the delay kernels, one for one.
+
+Intervals are split-conformal: a first model fitted on targets up to ``origin - calibration_days`` (the span reaches
+back before the latest complete major-event window, so it holds a holiday) predicts the later rows; the spread of
+its normalised residuals, per series and horizon band on ordinary days and widened on event-window days by the
+ratio seen in the calibration windows, is centred on the final model's P50 to give P10/P90.
+No MLflow and no HTTP here: training/return_volume.py orchestrates, serving loads the fitted object.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +48,7 @@ Driver = list[tuple[str, str]]  # (driver column, kernel key) pairs whose convol
 TOTAL = "total"
 REFUND = "refund_amount"
 FORECAST_COLUMNS = ["date", "series", "p10", "p50", "p90"]
-PLAN_COLUMNS = ("date", "orders", "order_lines", "category", "amount")
+PLAN_COLUMNS = ("date", "orders", "order_lines", "category")
 MAX_LAG = 60  # longest order-to-return delay modelled; later returns are rare (gift waves end within ~45 days)
 WARMUP_DAYS = 28  # rolling features need four weeks before the first training origin
 MIN_TRAIN_DAYS = 56  # span of training origins below which the model has too few examples
@@ -251,7 +256,7 @@ def load_history(data_dir: Path | str, market: str, end: pd.Timestamp | None = N
 
 def read_plan(path: Path | str) -> pd.DataFrame:
     """Read a sales plan CSV: ``date`` and ``orders`` (planned orders) or ``order_lines`` per day; optional
-    ``category`` (one row per day and category) and ``amount`` (planned order value). Unknown columns are an error."""
+    ``category`` (one row per day and category). Unknown columns are an error (a typo must not pass silently)."""
     path = Path(path)
     try:
         raw = pd.read_csv(path)
@@ -274,8 +279,8 @@ def validate_plan(raw: pd.DataFrame, source: str = "plan") -> pd.DataFrame:
             parts.append(f"missing column(s) {', '.join(missing)}")
         if unknown:
             parts.append(f"unknown column(s) {', '.join(unknown)}")
-        raise PlanError(f"{source}: {'; '.join(parts)}. A plan has columns date, orders (or order_lines), and "
-                        "optionally category and amount, one row per day (and category)")
+        raise PlanError(f"{source}: {'; '.join(parts)}. A plan has columns date, orders (or order_lines) and "
+                        "optionally category, one row per day (and category)")
     if {"orders", "order_lines"} <= set(cols):
         raise PlanError(f"{source}: give either column orders or order_lines, not both")
     qty_col = "orders" if "orders" in cols else "order_lines"
@@ -821,8 +826,9 @@ class ReturnVolumeForecaster:
     """Global LightGBM direct multi-horizon forecaster of daily return volume with conformal P10/P50/P90.
 
     scikit-learn contract: ``__init__`` stores parameters, ``fit(history, origin)`` learns from data up to the
-    origin and returns self, ``predict(X)`` turns feature rows (from :func:`build_features`) into P10/P50/P90, and
-    ``forecast(history, origin, horizon)`` does the whole thing for the days after an origin.
+    origin and returns self, ``predict(X)`` turns feature rows (from :func:`build_features`: the FEATURES columns
+    plus ``scale`` and ``prior``) into P10/P50/P90, and ``forecast(history, origin, horizon, plan, series)`` does the
+    whole thing for the days after an origin (what serving calls, with ``load_history(data_dir, market)``).
     """
 
     def __init__(self, horizon: int = 60, market: str = "CN", summer_sale: str = "07-15", summer_sale_days: int = 3,
@@ -1094,12 +1100,3 @@ class ReturnVolumeForecaster:
         order = {s: i for i, s in enumerate(self.series_)}
         out = out.sort_values(["series", "date"], key=lambda c: c.map(order) if c.name == "series" else c)
         return out.reset_index(drop=True)[FORECAST_COLUMNS]
-
-
-def zero_fill(values: pd.Series, days: pd.DatetimeIndex) -> np.ndarray:
-    """Values on every day of ``days`` (0 where absent): days without returns are zeros, not gaps."""
-    return values.reindex(days, fill_value=0).to_numpy(dtype=float)
-
-
-def _nan_safe_ratio(a: float, b: float) -> float:
-    return a / b if b and not math.isnan(b) else float("nan")

@@ -318,6 +318,13 @@ def run_backtest(history: History, n_origins: int = 10, horizon: int = 60, setti
     return BacktestResult(origins, fc, table, series_table(fc, hw), hw, time.perf_counter() - t0, notes)
 
 
+def flat_by_series(by_series: pd.DataFrame) -> pd.DataFrame:
+    """The per-series table with one header row (``wape.model``, ``coverage80.autoets``...)."""
+    flat = by_series.copy()
+    flat.columns = [f"{metric}.{method}" for metric, method in flat.columns]
+    return flat.reset_index()
+
+
 def format_table(table: pd.DataFrame) -> str:
     """The metrics table as fixed-width text."""
     t = table.copy()
@@ -390,7 +397,7 @@ def backtest_figure(result: BacktestResult, history: History, series: str = TOTA
         ax.tick_params(labelsize=7)
     for ax in axes.ravel()[len(origins):]:
         ax.axis("off")
-    axes.ravel()[0].legend(fontsize=6, loc="upper left")
+    axes.ravel()[len(origins) - 1].legend(fontsize=6, loc="upper left")  # the latest panel has every method
     fig.tight_layout()
     return fig
 
@@ -403,7 +410,7 @@ def _log_backtest(result: BacktestResult, history: History, params: dict) -> Non
     registry.log_metrics(result.headline())
     registry.log_metrics(_primary(result))
     registry.log_table(result.table, "tables/backtest_total.csv")
-    registry.log_table(result.by_series.reset_index(), "tables/backtest_by_series.csv")
+    registry.log_table(flat_by_series(result.by_series), "tables/backtest_by_series.csv")
     registry.log_table(result.origins, "tables/backtest_origins.csv")
     registry.log_text(format_table(result.table) + "\n\n" + "\n".join(target_lines(result) + result.notes),
                       "backtest.txt")
@@ -657,7 +664,7 @@ def backtest_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: st
     report(result)
     out_dir.mkdir(parents=True, exist_ok=True)
     result.table.to_csv(out_dir / "backtest_total.csv", index=False)
-    result.by_series.reset_index().to_csv(out_dir / "backtest_by_series.csv", index=False)
+    flat_by_series(result.by_series).to_csv(out_dir / "backtest_by_series.csv", index=False)
     result.forecasts.to_csv(out_dir / "backtest_forecasts.csv", index=False)
     fig = backtest_figure(result, history)
     fig.savefig(out_dir / "backtest.png", dpi=110)
