@@ -391,7 +391,7 @@ class Runtime:
                                snapshot=table.describe(), merchants=out)
 
     def health(self) -> Health:
-        """Model versions, snapshots and the store in use; 'degraded' when any model is missing."""
+        """Model versions, snapshots and the store in use; 'degraded' when a model, a snapshot or Redis is missing."""
         models = [ModelStatus(name=n, loaded=n in self.models, version=self.models[n].version if n in self.models
                               else None, detail=self.problems.get(n)) for n in MODEL_NAMES]
         snaps = []
@@ -401,7 +401,12 @@ class Runtime:
                                         paths=[str(p) for p in table.paths] if table else [],
                                         written_at=table.written_at if table else None, problem=problem))
         store = self.store.kind if self.store is not None else "none"
-        ok = all(m.loaded for m in models) and not self.problems
+        if isinstance(self.store, ostore.RedisStore) and not self.store.ping():
+            store += " (not answering: lookups use the local snapshots or defaults)"
+            ok = False
+        else:
+            ok = True
+        ok = ok and all(m.loaded for m in models) and not self.problems and not any(s.problem for s in snaps)
         return Health(status="ok" if ok else "degraded", models=models, snapshots=snaps, online_store=store)
 
     def warm_up(self) -> None:

@@ -408,3 +408,45 @@ def _json_default(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"cannot store {type(value).__name__} in the online store")
+
+
+def publish_all(snapshots_dir: Path, redis_url: str, prefix: str = "aftersales") -> dict[str, int]:
+    """Publish every snapshot in ``snapshots_dir`` to the Redis at ``redis_url``; returns rows written per kind.
+
+    Run after training (or a batch scoring job) has written new snapshots; running services pick the new values up
+    on their next lookup, without a restart.
+    """
+    import redis
+
+    local = SnapshotStore(snapshots_dir)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return {name: publish_snapshot(client, table, prefix) for name, table in local.tables.items()
+                if table is not None}
+    finally:
+        client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m serving.online_store``: publish the snapshots of ``AFTERSALES_MODELS_DIR`` to
+    ``AFTERSALES_REDIS_URL`` (or ``--redis-url``)."""
+    import argparse
+
+    from features.settings import get_settings
+
+    settings = get_settings()
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--snapshots", type=Path, default=settings.snapshots_dir, help="Snapshot folder to publish.")
+    ap.add_argument("--redis-url", default=settings.redis_url, help="redis:// URL (default AFTERSALES_REDIS_URL).")
+    args = ap.parse_args(argv)
+    if not args.redis_url:
+        raise SystemExit("no Redis configured: set AFTERSALES_REDIS_URL or pass --redis-url redis://host:6379/0")
+    written = publish_all(args.snapshots, args.redis_url)
+    if not written:
+        raise SystemExit(f"no snapshots in {args.snapshots}: train the models first (`aftersales train all`)")
+    for name, n in written.items():
+        print(f"{name}: {n:,} rows published to {_safe_url(args.redis_url)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -210,3 +210,17 @@ def test_open_store_picks_redis_only_when_configured(snapshots: Path):
     assert store.kind == "redis" and store.fallback is local
     assert store.lookup("A1", None).account_source == ostore.FALLBACK
     assert ostore._safe_url("redis://user:secret@host:6379/0") == "redis://***@host:6379/0"
+
+
+def test_publish_command_fills_redis_for_running_services(snapshots: Path, redis_server, capsys):
+    port, _ = redis_server
+    url = f"redis://127.0.0.1:{port}/0"
+    store = RedisStore(url)
+    assert store.lookup("A3", "M3").account_source == ostore.UNKNOWN_ID  # a service started before publishing
+    ostore.main(["--snapshots", str(snapshots), "--redis-url", url])
+    assert "accounts: 5 rows published" in capsys.readouterr().out
+    found = store.lookup("A3", "M3", "O1")  # the same running store now sees the published rows
+    assert found.account["likely_pattern"] == "ring" and found.merchant["merchant_risk_percentile"] == 0.66
+    assert found.order_source == ostore.FOUND
+    with pytest.raises(SystemExit, match="AFTERSALES_REDIS_URL"):
+        ostore.main(["--snapshots", str(snapshots), "--redis-url", ""])
