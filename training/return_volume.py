@@ -279,7 +279,7 @@ def run_backtest(history: History, n_origins: int = 10, horizon: int = 60, setti
     days = history.days
     parts = []
     with click.progressbar(list(origins.itertuples()), label="backtest origins", show_pos=True,
-                           file=None if progress else open("/dev/null", "w")) as bar:  # noqa: SIM115
+                           hidden=not progress) as bar:
         for row in bar:
             o = row.origin
             t = int(days.get_loc(o))
