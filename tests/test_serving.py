@@ -441,3 +441,42 @@ def test_bodies_over_the_limit_are_refused_before_they_are_read(service):
                             headers={"content-type": "application/json"})
     assert r.status_code == 200 and r.json()["count"] == 1  # a chunked body under the limit is served
     assert service.client.get("/livez").status_code == 200  # the service is still there
+
+
+def test_request_timeouts_leave_no_timer_behind_and_still_answer_504():
+    """The BentoML timeout middleware, as patched by the service: no timer per finished request, 504 when slow."""
+    import asyncio
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    from serving.app import cancel_timeout_timers
+
+    cancel_timeout_timers()
+
+    async def fast(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def slow(scope, receive, send):
+        await asyncio.sleep(5)
+
+    async def run() -> tuple[int, list[dict]]:
+        loop = asyncio.get_running_loop()
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        app = TimeoutMiddleware(fast, timeout=60)
+        for _ in range(200):
+            await app({"type": "http"}, receive, send)
+        pending = sum(1 for h in loop._scheduled if not h.cancelled())
+        await TimeoutMiddleware(slow, timeout=0.05)({"type": "http"}, receive, send)
+        return pending, sent
+
+    pending, sent = asyncio.run(run())
+    assert pending == 0  # unpatched: 200 live timers, each holding its request's future for 60 s
+    assert sent[-2]["status"] == 504 and b"0.05 seconds" in sent[-1]["body"]
