@@ -142,6 +142,14 @@ class Runtime:
                 rt.problems[name] = f"failed to load ({type(e).__name__}: {e}); retrain or re-register it"
                 log.exception("serving: loading %s failed", name)
                 continue
+            stale = _missing_params(loaded.model)
+            if stale:
+                # Pickled by an older version of its class: it would fail on the first request, so refuse it now.
+                rt.problems[name] = (f"v{loaded.version} was saved by an older version of "
+                                     f"{type(loaded.model).__name__} (no {', '.join(stale[:3])}); retrain it with "
+                                     f"`aftersales train {name.replace('_', '-')}`")
+                log.error("serving: %s", rt.problems[name])
+                continue
             rt.models[name] = loaded
             log.info("serving: %s v%s loaded in %.1fs", name, loaded.version, time.perf_counter() - t0)
         rt.store, rt.snapshots = ostore.open_store(settings.snapshots_dir, settings.redis_url)
@@ -466,6 +474,21 @@ def _records_frame(key: str, ids: Sequence[str | None], records: Sequence[dict |
         if r is not None and k not in seen:
             seen[k] = {key: k, **r}
     return _with_times(pd.DataFrame(list(seen.values()), columns=None if seen else [key]))
+
+
+def _missing_params(model: Any) -> list[str]:
+    """Constructor parameters the object lacks (scikit-learn contract: ``__init__`` stores each one as is).
+
+    A model pickled before its class gained a parameter has none of it, and fails later in the middle of a request.
+    """
+    import inspect
+
+    try:
+        params = inspect.signature(type(model).__init__).parameters
+    except (TypeError, ValueError):
+        return []
+    return [p for p, v in params.items() if p != "self" and v.kind is v.POSITIONAL_OR_KEYWORD
+            and not hasattr(model, p)]
 
 
 def _first(*values: Any) -> Any:

@@ -480,3 +480,13 @@ def test_request_timeouts_leave_no_timer_behind_and_still_answer_504():
     pending, sent = asyncio.run(run())
     assert pending == 0  # unpatched: 200 live timers, each holding its request's future for 60 s
     assert sent[-2]["status"] == 504 and b"0.05 seconds" in sent[-1]["body"]
+
+
+def test_a_model_pickled_by_an_older_class_version_is_refused_by_name():
+    from serving.app import _missing_params
+
+    current = ReturnVolumeForecaster(horizon=7)
+    assert _missing_params(current) == []
+    old = ReturnVolumeForecaster(horizon=7)
+    del old.__dict__["seed"]  # as if pickled before the class gained `seed`
+    assert _missing_params(old) == ["seed"]
