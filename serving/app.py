@@ -288,7 +288,9 @@ class Runtime:
         staff = [StaffingDay(date=_day(r.date), channel=str(r.channel), volume_p50=float(r.volume_p50),
                              volume_p90=float(r.volume_p90), agents_p50=int(r.agents_p50),
                              agents_p90=int(r.agents_p90)) for r in plan.itertuples(index=False)]
-        notes = list(dict.fromkeys(str(w.message) for w in caught))
+        # Caveats for planners (e.g. an event never seen before), not library deprecation chatter.
+        notes = list(dict.fromkeys(str(w.message) for w in caught
+                                   if not issubclass(w.category, DeprecationWarning | FutureWarning)))
         return ForecastResponse(origin=req.origin, horizon=req.horizon, model_versions=self.versions(RETURN_VOLUME),
                                 history_end=_day(history.days[-1]), forecast=days, staffing=staff, notes=notes)
 
