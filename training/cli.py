@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -239,10 +240,13 @@ def serve(host: str, port: int, workers: int) -> None:
     """Start the BentoML HTTP service (models loaded by MLflow alias `champion`)."""
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     cmd = [bentoml, "serve", "serving.service:AfterSalesService", "--host", host, "--port", str(port)]
+    env = dict(os.environ)
     if workers != 1:
-        cmd += ["--api-workers", str(workers)]
+        # BentoML >= 1.2 services ignore --api-workers; the worker count is a service config option.
+        extra = f"services.aftersales.workers={workers}"
+        env["BENTOML_CONFIG_OPTIONS"] = " ".join(filter(None, [env.get("BENTOML_CONFIG_OPTIONS"), extra]))
     click.echo(" ".join(cmd))
-    raise SystemExit(subprocess.call(cmd))
+    raise SystemExit(subprocess.call(cmd, env=env))
 
 
 @main.command()
