@@ -490,6 +490,19 @@ def _plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def load_table(
+    name: str, path: Path | str, now: pd.Timestamp | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, TableReport]:
+    """Read and validate one file as contract table ``name`` (single-table rules only, no cross-table checks).
+
+    Returns (accepted rows, rejects with table/row/field/rule/value/record, the table's report).
+    """
+    path = Path(path)
+    typed, raw, report, v = validate_table(TABLES[name], read_raw(path), path, now=now)
+    accepted, rejects = _finish(name, typed, raw, v, report)
+    return accepted, rejects, report
+
+
 def empty_table(name: str) -> pd.DataFrame:
     """A zero-row frame with the contract's columns and types for ``name``."""
     spec = TABLES[name]

@@ -177,16 +177,11 @@ def validate(data_dir: Path | None, rejects_dir: Path | None) -> None:
 
     Exits 1 when a file cannot be used at all (unreadable, missing a required column); rejected rows alone do not fail.
     """
-    from features.contract import ContractError, load_dataset
+    from training.data import load_for_command
 
     data_dir = _data_dir(data_dir)
-    try:
-        ds = load_dataset(data_dir)
-    except ContractError as e:
-        raise click.ClickException(str(e)) from e
-    path = ds.write_rejects(rejects_dir or data_dir / "_validation")
+    ds = load_for_command(data_dir, rejects_dir or data_dir / "_validation")
     click.echo(ds.summary().to_string(index=False))
-    click.echo(f"\n{ds.n_rejected} rows rejected; details in {path}")
 
 
 @main.command()

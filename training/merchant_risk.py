@@ -24,7 +24,7 @@ import click
 import numpy as np
 import pandas as pd
 
-from features.contract import ContractError, load_dataset
+from features.contract import ContractError
 from features.merchants import (
     FEATURES,
     AsOfError,
@@ -37,6 +37,7 @@ from features.merchants import (
     sort_ranking,
 )
 from features.settings import Settings, get_settings
+from training.data import load_for_command
 
 MODEL_NAME = "merchant_risk"
 PRIMARY_METRIC = "ndcg_at_50"
@@ -275,10 +276,7 @@ def _report(bt: Backtest, echo=click.echo) -> list[str]:
 
 def _load(data_dir: Path, out_dir: Path, echo=click.echo) -> MerchantEvents:
     """Load and validate the data, write its rejects to ``out_dir``, and prepare the merchant events."""
-    ds = load_dataset(data_dir)
-    path = ds.write_rejects(out_dir)
-    echo(f"  {ds.n_rejected} rows rejected by the input contract (details in {path})")
-    return prepare_events(ds)
+    return prepare_events(load_for_command(data_dir, out_dir, echo))
 
 
 def rank_as_of(model: MerchantRiskModel, events: MerchantEvents, as_of, settings: Settings) -> pd.DataFrame:

@@ -461,14 +461,9 @@ def model_params(settings: Settings, market: str, horizon: int) -> dict:
 
 def _load(data_dir: Path, out_dir: Path, market: str, echo=click.echo):
     """Load and validate the data folder, write its rejects to ``out_dir``, and build the daily history."""
-    from features.contract import ContractError, load_dataset
+    from training.data import load_for_command
 
-    try:
-        ds = load_dataset(data_dir, tables=["orders", "returns", "tickets"])
-    except ContractError as e:
-        raise click.ClickException(str(e)) from e
-    path = ds.write_rejects(out_dir)
-    echo(f"  {ds.n_rejected} rows rejected by the input contract (details in {path})")
+    ds = load_for_command(data_dir, out_dir, echo, tables=["orders", "returns", "tickets"])
     try:
         history = build_history(ds, market)
     except HistoryError as e:

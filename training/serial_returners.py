@@ -36,6 +36,7 @@ from features.accounts import (
 from features.contract import ContractError, Dataset, load_dataset
 from features.reviews import DecisionError, decision_labels, import_decisions, list_decisions, record_decision
 from features.settings import Settings, get_settings
+from training.data import load_for_command
 
 MODEL_NAME = "serial_returners"
 COUNT_FEATURES = ("lines_30d", "lines_90d", "lines_365d", "returns_30d", "returns_90d", "returns_365d")
@@ -391,13 +392,7 @@ def write_snapshot(X: AccountFrame, model: SerialReturnerModel, settings: Settin
 
 
 def _load(data_dir: Path, out_dir: Path, echo: Echo) -> Dataset:
-    try:
-        ds = load_dataset(data_dir)
-    except ContractError as e:
-        raise click.ClickException(str(e)) from e
-    path = ds.write_rejects(out_dir)
-    echo(f"{ds.n_rejected} rows rejected by the input contract (details in {path})")
-    return ds
+    return load_for_command(data_dir, out_dir, echo)
 
 
 def train(data_dir: Path, settings: Settings) -> dict:
@@ -606,14 +601,13 @@ def import_cmd(file: Path, data_dir: Path | None) -> None:
     Rows breaking the contract go to FILE's folder as <name>_rejects/rejects.csv; each decision is keyed by its
     content, so importing the same file twice stores it once.
     """
-    from features.contract import TABLES, _finish, read_raw, validate_table
+    from features.contract import load_table
 
     settings = get_settings()
     try:
-        typed, raw, report, v = validate_table(TABLES["review_decisions"], read_raw(file), file)
+        accepted, rejects, report = load_table("review_decisions", file)
     except ContractError as e:
         raise click.ClickException(str(e)) from e
-    accepted, rejects = _finish("review_decisions", typed, raw, v, report)
     rej_dir = file.parent / f"{file.name.split('.')[0]}_rejects"
     rej_dir.mkdir(parents=True, exist_ok=True)
     rejects.to_csv(rej_dir / "rejects.csv", index=False)

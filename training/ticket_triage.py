@@ -18,7 +18,7 @@ import click
 import numpy as np
 import pandas as pd
 
-from features.contract import ContractError, Dataset, load_dataset
+from features.contract import Dataset
 from features.settings import Settings, get_settings
 from features.tickets import (
     FEATURES,
@@ -34,6 +34,7 @@ from features.tickets import (
     order_context,
     series_us,
 )
+from training.data import load_for_command
 
 MODEL_NAME = "ticket_triage"
 PRIMARY_METRIC = "roc_auc"
@@ -285,12 +286,7 @@ def report_lines(m: dict[str, float]) -> list[str]:
 
 def _load(data_dir: Path, out_dir: Path, echo=click.echo) -> tuple[Dataset, bool]:
     """Load and validate the data folder, write its rejects beside our outputs, say how many rows were rejected."""
-    try:
-        ds = load_dataset(data_dir)
-    except ContractError as e:
-        raise click.ClickException(str(e)) from e
-    path = ds.write_rejects(out_dir)
-    echo(f"{data_dir}: {ds.n_rejected:,} rows rejected by the contract (details in {path})")
+    ds = load_for_command(data_dir, out_dir, echo)
     if not ds.has("tickets"):
         raise click.ClickException(f"{data_dir}: no tickets table (tickets.parquet / tickets.csv): the escalation "
                                    "model learns from past tickets; add the platform's ticket export")
