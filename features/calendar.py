@@ -193,9 +193,9 @@ def calendar_features(dates: Dates, market: str, settings: Settings | None = Non
     major_names = np.append(major["name"].to_numpy(dtype=object), "none")
     out = pd.DataFrame(
         {
-            "dow": idx.dayofweek.astype(np.int64),
+            "dow": idx.day_of_week.astype(np.int64),
             "month": idx.month.astype(np.int64),
-            "day_of_year": idx.dayofyear.astype(np.int64),
+            "day_of_year": idx.day_of_year.astype(np.int64),
             "is_event": size_by_day[day] > 0,
             "is_holiday": holiday_by_day[day],
             "is_shopping_event": shop_by_day[day],

@@ -122,7 +122,7 @@ def _day_grid(rng: np.random.Generator, start: pd.Timestamp, days: int, market: 
     end = dates[-1]
     ev = market_events(market, start - pd.Timedelta(days=30), end + pd.Timedelta(days=30), settings)
     offset = ((ev["date"] - start).dt.days).to_numpy()
-    demand = WEEKLY[dates.dayofweek.to_numpy()].astype(float)
+    demand = WEEKLY[dates.day_of_week.to_numpy()].astype(float)
     spike = np.ones(days)
     # (peak multiplier, multiplier on the days before, how many days before, days after at half the excess)
     shapes = {"singles_day": (5.0, 1.6, 3, 1), "black_friday": (4.0, 1.4, 3, 2), "mid_year_618": (3.2, 1.4, 2, 1),
