@@ -183,7 +183,8 @@ def build_report(data_dir: Path, out_dir: Path, settings: Settings, use: str = "
         "model versions": (", ".join(f"{r.name} v{r.version}" for r in models.itertuples() if "champion" in r.aliases)
                            or "none registered: every figure is computed from this data folder"),
         "models used": "evaluations on held-out later time; queue and ranking from "
-                       + ("registered champions where they fit" if use == "auto" else "models fitted on this data"),
+                       + ("registered champions where they fit, else models fitted on this data"
+                          if use == "auto" and (models["aliases"] != "").any() else "models fitted on this data"),
     }
     path = out_dir / REPORT_FILE
     echo("writing the HTML")

@@ -178,11 +178,11 @@ def return_volume_view(ds: Dataset, settings: Settings, market: str | None = Non
 
 
 def _shade_events(ax, events: pd.DataFrame, lo, hi) -> None:
-    for _, e in events[(events["window_end"] >= lo) & (events["event_date"] <= hi)].iterrows():
+    for k, (_, e) in enumerate(events[(events["window_end"] >= lo) & (events["event_date"] <= hi)].iterrows()):
         ax.axvspan(max(e["window_start"], lo), min(e["window_end"], hi), color="tab:red", alpha=0.07)
         ax.axvline(e["event_date"], color="tab:red", ls="--", lw=0.8)
-        ax.text(e["event_date"], 0.98, " " + e["event"], transform=ax.get_xaxis_transform(), fontsize=7,
-                color="tab:red", va="top")
+        ax.text(e["event_date"], 0.98 - 0.06 * (k % 2), " " + e["event"], transform=ax.get_xaxis_transform(),
+                fontsize=7, color="tab:red", va="top")
 
 
 def history_figure(view: ReturnVolumeView, series: str = "total"):
@@ -874,6 +874,8 @@ def show(item):
     """Display a figure (as the PNG the report embeds), a block, or a list of blocks in a notebook."""
     from IPython.display import HTML, Image, Markdown, display
 
+    if item is None:
+        return None
     if isinstance(item, list):
         for b in item:
             show(b)
