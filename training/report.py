@@ -113,6 +113,12 @@ def render(sections: list[views.Section], header: dict[str, str], models: pd.Dat
     return "\n".join(out)
 
 
+def model_versions(models: pd.DataFrame) -> str:
+    """The champion versions in the registry, for the header ("none registered ..." without any)."""
+    champions = [f"{r.name} v{r.version}" for r in models.itertuples() if "champion" in str(r.aliases).split(",")]
+    return ", ".join(champions) or "none registered: every figure is computed from this data folder"
+
+
 def _section(key: str, title: str, intro: str, build: Callable[[], list], echo) -> views.Section:
     t0 = time.perf_counter()
     try:
@@ -180,8 +186,7 @@ def build_report(data_dir: Path, out_dir: Path, settings: Settings, use: str = "
         "rows rejected by the input contract": f"{ds.n_rejected:,} (details in {out_dir / 'rejects.csv'})",
         "built": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "build time": f"{time.perf_counter() - t_start:.0f}s on {platform.node() or 'this machine'}",
-        "model versions": (", ".join(f"{r.name} v{r.version}" for r in models.itertuples() if "champion" in r.aliases)
-                           or "none registered: every figure is computed from this data folder"),
+        "model versions": model_versions(models),
         "models used": "evaluations on held-out later time; queue and ranking from "
                        + ("registered champions where they fit, else models fitted on this data"
                           if use == "auto" and (models["aliases"] != "").any() else "models fitted on this data"),
