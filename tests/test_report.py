@@ -171,6 +171,7 @@ def test_report_holds_the_operational_tables(built):
     assert len(ranking) == views.RANKING_HEAD
     assert list(ranking["rank"].astype(int)) == list(range(1, views.RANKING_HEAD + 1))
     assert ranking["reasons"].str.len().min() > 10
+    assert "no champion used" in text  # nothing registered: the ranking says it comes from a model fitted here
     # Triage: the policy mix counts every later ticket once; the calibration bins are there.
     mix = doc.table("observed escalation rate")
     assert list(mix["priority"]) == ["P1", "P2", "P3", "P4"]
@@ -241,3 +242,35 @@ def test_report_lists_registered_champions():
     assert "registered-models" in doc.ids and "registered-models" in doc.links
     table = doc.table("version")
     assert list(table["version"]) == ["3", "2"] and "run_id" not in table.columns
+
+
+@pytest.mark.slow
+def test_ranking_uses_a_registered_champion_in_auto_mode(built, tmp_path):
+    """--model auto ranks merchants with the registered champion and names it (without one: see the report test)."""
+    from features.contract import load_dataset
+    from features.merchants import (
+        FEATURES,
+        MerchantRiskModel,
+        build_features,
+        build_snapshots,
+        prepare_events,
+    )
+    from features.settings import Settings
+    from training import merchant_risk as mr
+    from training import registry
+    from training.report import model_versions
+
+    settings = Settings(models_dir=tmp_path / "models", merchant_min_label_orders=10)
+    ds = load_dataset(built["world"])
+    events = prepare_events(ds)
+    dates = mr.snapshot_dates(events, settings)
+    champion = MerchantRiskModel(kind="poisson", **mr.model_params(settings)).fit(
+        build_snapshots(events, dates, settings.merchant_horizon_days))
+    example = build_features(events, events.end)[list(FEATURES)].head(5)
+    registry.log_and_register(mr.MODEL_NAME, champion, example, "ndcg_at_50", 0.5, True, settings=settings)
+
+    auto = views.merchant_risk_view(ds, settings, use="auto")
+    assert auto.ranking_model == "registered champion merchant_risk v1"
+    expected = mr.rank_as_of(champion, events, events.end, settings)
+    assert list(auto.ranking["merchant_id"]) == list(expected["merchant_id"])
+    assert model_versions(views.registered_models(settings)) == "merchant_risk v1"

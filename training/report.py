@@ -66,7 +66,12 @@ def _table_html(frame: pd.DataFrame) -> str:
     for c in f.columns:
         if f[c].map(lambda v: isinstance(v, list | tuple)).any():
             f[c] = f[c].map(lambda v: "; ".join(map(str, v)) if isinstance(v, list | tuple) else v)
-    return f.to_html(index=False, classes="data", border=0, na_rep="", float_format=lambda v: f"{v:,.4g}")
+    return f.to_html(index=False, classes="data", border=0, na_rep="", float_format=_number)
+
+
+def _number(v: float) -> str:
+    """Four significant digits, without exponents for the counts and volumes people read."""
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
 def _slug(*parts: str) -> str:

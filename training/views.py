@@ -706,7 +706,8 @@ def return_volume_blocks(view: ReturnVolumeView) -> list:
     """Return volume: history, backtest, forecast, staffing plan."""
     ev = view.next_event
     event_txt = (f"the next major event, {ev['event']} on {ev['event_date'].date()} (window {ev['window_start'].date()}"
-                 f" to {ev['window_end'].date()})" if ev is not None else "the forecast period")
+                 f" to {ev['window_end'].date()})" if ev is not None and view.plan_window is not view.plan
+                 else f"the {view.horizon} days after the data")
     blocks = [
         Plot("Return history", history_figure(view),
              "Grey: returns requested per day; black: their 7-day average. Red dashed lines mark major shopping "
@@ -827,17 +828,23 @@ def ticket_triage_blocks(view: TicketTriageView) -> list:
     return blocks
 
 
+_NO_MODELS = pd.DataFrame(columns=["name", "version", "aliases", "created", "primary_metric", "value", "run_id"])
+
+
 def registered_models(settings: Settings) -> pd.DataFrame:
     """The registry's model versions (``registry.list_models``); empty when there is no registry or it cannot be
     reached (the report then computes everything from the data and says so)."""
     from training import registry
 
+    db = registry._local_path(settings.tracking_uri)
+    if settings.tracking_uri.startswith("sqlite:") and db is not None and not db.exists():
+        return _NO_MODELS.copy()  # no local registry: answer without importing mlflow (seconds)
     try:
         return registry.list_models(settings)
     except Exception as e:  # noqa: BLE001 — an unreachable tracking server must not stop a report built from data
         warnings.warn(f"model registry at {settings.tracking_uri} not readable ({e}): champions not used",
                       stacklevel=2)
-        return pd.DataFrame(columns=["name", "version", "aliases", "created", "primary_metric", "value", "run_id"])
+        return _NO_MODELS.copy()
 
 
 def _has_champion(name: str, settings: Settings) -> bool:
