@@ -161,6 +161,9 @@ def return_volume_view(ds: Dataset, settings: Settings, market: str | None = Non
     end = history.days[-1]
     h, ev, note = _event_horizon(history, end, horizon, settings)
     notes = list(bt.notes) + ([note] if note else [])
+    if h > horizon:
+        notes.append(f"the forecast reaches {h} days ahead to cover {ev['event']}'s window; the backtest above measured "
+                     f"horizons up to {horizon} days (AFTERSALES_RETURN_VOLUME_HORIZON)")
     t0 = time.perf_counter()
     model = ReturnVolumeForecaster(**model_params(settings, market, h)).fit(history)
     with warnings.catch_warnings():
@@ -614,6 +617,7 @@ def policy_mix_table(view: TicketTriageView) -> pd.DataFrame:
     d = view.decisions
     mix = pd.crosstab(d["priority"], d["action"]).reindex(index=list(PRIORITIES), columns=list(ACTIONS),
                                                            fill_value=0)
+    mix.columns.name = None
     mix["tickets"] = mix.sum(axis=1)
     mix["share"] = (mix["tickets"] / max(len(d), 1)).round(3)
     mix["observed escalation rate"] = d.groupby("priority")["escalated"].mean().reindex(mix.index).round(3)
