@@ -285,7 +285,7 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
 # Plots and logging
 
 
-def _plots(curves: dict[str, tuple[np.ndarray, np.ndarray]], capacity: int):
+def evaluation_figures(curves: dict[str, tuple[np.ndarray, np.ndarray]], capacity: int):
     """(PR curve, precision-at-capacity curve) figures for every method."""
     import matplotlib
 
@@ -332,7 +332,7 @@ def _log_evaluation(ev: Evaluation, capacity: int) -> None:
 
     registry.log_params(ev.params)
     registry.log_metrics(_flat_metrics(ev))
-    pr, cap = _plots(ev.curves, capacity)
+    pr, cap = evaluation_figures(ev.curves, capacity)
     registry.log_figure(pr, "plots/pr_curve.png")
     registry.log_figure(cap, "plots/precision_at_capacity.png")
     registry.log_table(ev.metrics.reset_index(), "tables/metrics_by_method.csv")
