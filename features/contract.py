@@ -591,7 +591,7 @@ def load_dataset(
     else:
         ordered_at = r["order_id"].map(first_order)  # a join, much faster than isin() on arrow strings
     known = ordered_at.notna()
-    v.add(given & ~known, "order_id", "must refer to an accepted order in orders", raws["returns"]["order_id"])
+    v.add(given & ~known, "order_id", "must refer to an accepted order in orders", raws["returns"].get("order_id"))
     v.add(known & (r["requested_at"] < ordered_at), "requested_at", "must be >= the order's ordered_at",
           raws["returns"]["requested_at"])
     for name, viol in viols.items():  # uniqueness last: a key is taken by the first row that passed everything else
