@@ -64,6 +64,7 @@ decisions_table = Table(
 )
 COLUMNS = ["decision_id", "account_id", "decision", "decided_at", "reviewer", "note", "source", "recorded_at"]
 LOCK_RETRIES = 8
+SQLITE_SYNCHRONOUS = "FULL"  # see _sqlite_pragmas; benchmarks/bench_decision_writers.py compares it with NORMAL
 MAX_LEN = {"decision_id": 64, "account_id": 128, "reviewer": 128}  # the column widths (PostgreSQL enforces them)
 
 
@@ -92,7 +93,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur.execute("PRAGMA journal_mode = WAL")
     # FULL, not NORMAL: in WAL mode NORMAL already survives a killed process, but a power cut or OS crash can lose
     # the last commits; FULL fsyncs the WAL at every commit, so an acknowledged decision is on disk (~5-10 ms each).
-    cur.execute("PRAGMA synchronous = FULL")
+    cur.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
     cur.close()
 
 
