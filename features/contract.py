@@ -276,6 +276,15 @@ def read_raw(path: Path) -> pd.DataFrame:
     path = Path(path)
     csv_args = {"dtype": str, "keep_default_na": False, "na_values": [""], "encoding": "utf-8"}
     frame = None
+    if path.suffix == ".csv" and path.is_file():
+        with path.open("rb") as f:
+            magic = f.read(4)
+        for sig, what in ((b"PK\x03\x04", "an Excel workbook or ZIP archive"), (b"PAR1", "a Parquet file"),
+                          (b"\x1f\x8b", "gzip-compressed")):
+            if magic.startswith(sig):
+                raise ContractError(path, f"cannot be read as CSV: it is {what}. Save it as CSV UTF-8 (Excel: "
+                                    "Save As 'CSV UTF-8'), or give it the name that matches its format "
+                                    "(.parquet, .csv.gz)")
     if not (path.is_dir() or path.suffix == ".parquet"):
         try:  # the pyarrow parser is ~4x faster; anything it refuses is re-read below for a precise message
             frame = pd.read_csv(path, engine="pyarrow", **csv_args)
@@ -365,7 +374,7 @@ def _coerce(col: Column, raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         num = pd.to_numeric(raw, errors="coerce").astype("float64")
         ok = np.isfinite(num)
         if col.kind == "int":
-            ok &= num == np.round(num)
+            ok &= (num == np.round(num)) & (num.abs() < 2.0**63)  # beyond int64 is not a count or line number
         out = num.where(ok).astype("Int64" if col.kind == "int" else "Float64")
     return out, present & out.isna()
 
@@ -430,6 +439,8 @@ def validate_table(
         cols = list(map(str, raw.columns))
         hint = next((f" The header looks separated by '{sep}', not commas: export the file comma-separated."
                      for sep in (";", "\t", "|") if len(cols) == 1 and sep in cols[0]), "")
+        if not hint and not set(cols) & set(spec.names):
+            hint = " None of the table's columns is in the first line: does the file start with its header row?"
         raise ContractError(source, f"required column{'s' if len(missing) > 1 else ''} "
                             f"{', '.join(missing)} missing (table {spec.name}; columns found: "
                             f"{', '.join(cols)[:500] or 'none'}). Add the column or rename the one "

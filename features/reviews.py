@@ -119,9 +119,21 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
         event.listen(engine, "begin", _begin)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    _retry(lambda: metadata.create_all(engine))
+    _retry(lambda: _create_tables(engine))
     _engines[key] = engine
     return engine
+
+
+def _create_tables(engine: Engine) -> None:
+    """Create the table if absent; several processes opening a new store at once create it once.
+
+    SQLite queues them at BEGIN IMMEDIATE; PostgreSQL's check-then-CREATE would race (two CREATE TABLEs, one failing
+    on a duplicate type), so creators take a transaction-scoped advisory lock first.
+    """
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4711001)")
+        metadata.create_all(conn)
 
 
 def _retry(fn, attempts: int = LOCK_RETRIES):

@@ -288,6 +288,30 @@ def test_one_table_in_two_files_is_refused(tmp_path):
     refused(res, "orders.parquet", "orders.csv", "Keep one")
 
 
+def _excel(path: Path) -> None:
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 300)  # what an .xlsx saved under a .csv name starts with
+
+
+def _headless(path: Path) -> None:
+    path.write_text(path.read_text().split("\n", 1)[1])
+
+
+def _open_quote(path: Path) -> None:
+    path.write_text(path.read_text().replace("o2,", '"o2,', 1))
+
+
+@pytest.mark.parametrize(("breaker", "needles"), [
+    (_excel, ["an Excel workbook", "CSV UTF-8"]),
+    (_headless, ["None of the table's columns is in the first line", "header row"]),
+    (_open_quote, ["cannot be read", "EOF inside string", "export it again"]),
+], ids=["excel-named-csv", "no-header-row", "unbalanced-quote"])
+def test_files_that_are_not_the_csv_they_claim(tmp_path, breaker, needles):
+    data = world_dir(tmp_path)
+    breaker(data / "orders.csv")
+    res, _, _ = validate(data, tmp_path)
+    refused(res, "orders.csv", *needles)
+
+
 # --- rows that are wrong or odd ------------------------------------------------------------------------------------
 
 
@@ -347,6 +371,7 @@ def test_wrong_types_nan_and_inf_in_numbers(tmp_path):
     world["orders"][0]["amount"] = "NaN"
     world["orders"][1]["amount"] = "inf"
     world["orders"][2]["quantity"] = "1e400"  # overflows to inf
+    world["orders"][2]["line_no"] = "99999999999999999999999"  # beyond int64 (once crashed the int cast)
     world["returns"][1]["refund_amount"] = "-Infinity"
     world["tickets"][0]["amount"] = "twelve"
     data = world_dir(tmp_path, world)

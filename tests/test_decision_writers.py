@@ -6,20 +6,29 @@ what the writer's client was told. One writer SIGKILLs itself inside a decision'
 before the COMMIT); the parent SIGKILLs another at a random moment while it loops. Afterwards every acknowledged
 decision is in the store exactly once, nothing is stored that was never asked for, no row is partial, the file passes
 ``PRAGMA integrity_check``, and restarting the killed writers (same keys: a client retrying) doubles nothing.
+
+The same run goes against SQLite (the default store) and a throwaway PostgreSQL server started here (initdb from the
+Debian postgresql package, as the ``postgres`` user when running as root).
 """
 
 from __future__ import annotations
 
+import glob
 import multiprocessing as mp
 import os
 import random
+import shutil
 import signal
+import socket
 import sqlite3
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from features.reviews import list_decisions, record_decision
 
@@ -116,6 +125,79 @@ def check_store(url: str, acked: set[str], attempted: set[str]) -> None:
         assert rec.source == "test" and rec.decided_at is not None and rec.recorded_at is not None
 
 
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))[-1:]), None)
+    if found is None:
+        pytest.fail(f"PostgreSQL's {name} not found: install the server (Debian: apt-get install postgresql); "
+                    ".ci/run does this in CI")
+    return found
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on a free loopback port; yields a function making a fresh database URL."""
+    root = Path(tempfile.mkdtemp(prefix="aftersales-pg-"))
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_pg:
+        shutil.chown(root, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_pg, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync",
+                    "-E", "UTF8"], check=True, capture_output=True)
+    subprocess.run([*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    import psycopg2
+
+    created = []
+
+    def new_database() -> str:
+        name = f"reviews_{len(created)}"
+        con = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        con.autocommit = True
+        con.cursor().execute(f"CREATE DATABASE {name}")
+        con.close()
+        created.append(name)
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        subprocess.run([*as_pg, _pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _pg_healthy(url: str) -> str:
+    """No transaction of a killed writer is left open (the server rolled it back when the client vanished)."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    con = psycopg2.connect(host=u.host, port=u.port, user=u.username, dbname=u.database)
+    try:
+        for _ in range(100):
+            with con.cursor() as cur:
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND state LIKE "
+                            "'idle in transaction%%' AND pid <> pg_backend_pid()", (u.database,))
+                if cur.fetchone()[0] == 0:
+                    return "ok"
+            time.sleep(0.05)
+        return "a killed writer's transaction is still open"
+    finally:
+        con.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """(url, health check returning "ok") for a fresh, empty store."""
+    if request.param == "sqlite":
+        db = tmp_path / "reviews.db"
+        return f"sqlite:///{db}", lambda: integrity(db)
+    url = request.getfixturevalue("postgres")()
+    return url, lambda: _pg_healthy(url)
+
+
 def writer_context():
     ctx = mp.get_context(START_METHOD)
     if START_METHOD == "forkserver":
@@ -123,9 +205,8 @@ def writer_context():
     return ctx
 
 
-def test_eight_writers_two_killed_mid_write_lose_and_double_nothing(tmp_path):
-    db = tmp_path / "reviews.db"
-    url = f"sqlite:///{db}"
+def test_eight_writers_two_killed_mid_write_lose_and_double_nothing(store, tmp_path):
+    url, healthy = store  # a fresh store: the eight processes also race to create the table
     ctx = writer_context()
     start = ctx.Barrier(WORKERS + 1)  # all eight start writing at the same moment
     logs = [tmp_path / f"ack-{w}.log" for w in range(WORKERS)]
@@ -161,7 +242,7 @@ def test_eight_writers_two_killed_mid_write_lose_and_double_nothing(tmp_path):
     attempted = set(SHARED) | {f"w{w}-{i}" for w in range(WORKERS) if w != PARENT_KILLED for i in range(PER_WORKER)}
     attempted |= {f"w{PARENT_KILLED}-{i}" for i in range(parent_killed_sent)}
     acked = {k for a in acks.values() for k in a}
-    assert integrity(db) == "ok"
+    assert healthy() == "ok"
     check_store(url, acked, attempted)
     stored = set(list_decisions(url=url)["decision_id"])
     assert f"w{SELF_KILLER}-{KILL_IN_TRANSACTION_AT}" not in stored  # killed before COMMIT: nothing left behind
@@ -184,7 +265,7 @@ def test_eight_writers_two_killed_mid_write_lose_and_double_nothing(tmp_path):
         assert set(acks[w]) - set(SHARED) <= already, "an acknowledged decision was written again"
     check_store(url, attempted, attempted)  # now every decision sent is there, once
     assert len(list_decisions(url=url)) == len(attempted)
-    assert integrity(db) == "ok"
+    assert healthy() == "ok"
 
 
 def test_store_settings_make_writers_queue_and_commits_durable(tmp_path):
