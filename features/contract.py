@@ -29,6 +29,11 @@ LINK_TYPES = ("address", "device", "payment", "phone", "email")
 DECISIONS = ("confirmed_abuse", "cleared")
 # Event timestamps later than this past the load time are rejected (clock errors, test rows).
 FUTURE_TOLERANCE = pd.Timedelta(days=1)
+# Longest value of an ID, code or short text column; a longer one is rejected (a broken export, not an ID).
+MAX_VALUE_CHARS = 256
+# Free text (a ticket's first message, a reviewer's note) longer than this is cut to it and counted as truncated:
+# the row is kept, a 10 MB paste does not travel into features and reports.
+MAX_TEXT_CHARS = 20_000
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
 
@@ -56,6 +61,7 @@ class Column:
     min_exclusive: bool = False
     unknown_to: str | None = None  # map values outside `allowed` to this value instead of rejecting
     event_time: bool = False  # a time at which something happened: must not lie in the future
+    free_text: bool = False  # long values are truncated to MAX_TEXT_CHARS (and counted) instead of rejected
 
     @property
     def is_id(self) -> bool:
@@ -128,7 +134,7 @@ TABLES: dict[str, TableSpec] = {
             Column("case_type", "str", required=True, allowed=CASE_TYPES),
             Column("channel", "str", required=True, allowed=CHANNELS),
             Column("amount", "float", min_value=0),
-            Column("text", "str"),
+            Column("text", "str", free_text=True),
             Column("escalated", "bool"),
             _ts("resolved_at"),
         ),
@@ -149,7 +155,7 @@ TABLES: dict[str, TableSpec] = {
             Column("decision", "str", required=True, allowed=DECISIONS),
             _ts("decided_at", required=True),
             Column("reviewer", "str", required=True),
-            Column("note", "str"),
+            Column("note", "str", free_text=True),
         ),
     ),
 }
@@ -172,6 +178,7 @@ class TableReport:
     rejected: int = 0
     by_rule: dict[str, int] = field(default_factory=dict)
     remapped: dict[str, int] = field(default_factory=dict)
+    truncated: dict[str, int] = field(default_factory=dict)  # free-text values cut to MAX_TEXT_CHARS, by column
 
     @property
     def balanced(self) -> bool:
@@ -240,6 +247,7 @@ class Dataset:
                 "rejected": r.rejected,
                 "rules_broken": "; ".join(f"{k}: {v}" for k, v in sorted(r.by_rule.items())),
                 "remapped": "; ".join(f"{k}: {v}" for k, v in sorted(r.remapped.items())),
+                "truncated": "; ".join(f"{k}: {v}" for k, v in sorted(r.truncated.items())),
             })
         return pd.DataFrame(rows)
 
@@ -253,11 +261,30 @@ def find_table_file(data_dir: Path, table: str) -> Path | None:
     return None
 
 
+def check_single_source(data_dir: Path, table: str) -> None:
+    """Refuse a folder holding ``table`` twice (say orders.csv and orders.parquet): one of them would be ignored."""
+    found = [n for n in (f"{table}.parquet", f"{table}.csv", f"{table}.csv.gz") if (data_dir / n).exists()]
+    if (data_dir / table).is_dir() and any((data_dir / table).rglob("*.parquet")):
+        found.append(f"{table}/")
+    if len(found) > 1:
+        raise ContractError(data_dir / found[0], f"table '{table}' is in {len(found)} places ({', '.join(found)}); "
+                            "one would be silently ignored. Keep one (merge them first if both hold rows)")
+
+
 def read_raw(path: Path) -> pd.DataFrame:
     """Read a table file as it is: CSV values stay strings, Parquet keeps its types."""
     path = Path(path)
     csv_args = {"dtype": str, "keep_default_na": False, "na_values": [""], "encoding": "utf-8"}
     frame = None
+    if path.suffix == ".csv" and path.is_file():
+        with path.open("rb") as f:
+            magic = f.read(4)
+        for sig, what in ((b"PK\x03\x04", "an Excel workbook or ZIP archive"), (b"PAR1", "a Parquet file"),
+                          (b"\x1f\x8b", "gzip-compressed")):
+            if magic.startswith(sig):
+                raise ContractError(path, f"cannot be read as CSV: it is {what}. Save it as CSV UTF-8 (Excel: "
+                                    "Save As 'CSV UTF-8'), or give it the name that matches its format "
+                                    "(.parquet, .csv.gz)")
     if not (path.is_dir() or path.suffix == ".parquet"):
         try:  # the pyarrow parser is ~4x faster; anything it refuses is re-read below for a precise message
             frame = pd.read_csv(path, engine="pyarrow", **csv_args)
@@ -269,11 +296,17 @@ def read_raw(path: Path) -> pd.DataFrame:
         elif frame is None:
             frame = pd.read_csv(path, **csv_args)
     except UnicodeDecodeError as e:
-        raise ContractError(path, f"cannot be read: not UTF-8 text ({e.reason} at byte {e.start})") from e
+        utf16 = e.start == 0 and e.object[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ContractError(path, f"cannot be read: not UTF-8 text ({'UTF-16' if utf16 else e.reason} at byte "
+                            f"{e.start}). Save it as UTF-8 (Excel: 'CSV UTF-8'; or iconv -f "
+                            f"{'UTF-16' if utf16 else 'LATIN1'} -t UTF-8) and run again") from e
     except pd.errors.EmptyDataError as e:
-        raise ContractError(path, "cannot be read: the file is empty (not even a header row)") from e
+        raise ContractError(path, "cannot be read: the file is empty (not even a header row). Export the table "
+                            "again with its header row, or remove the file if the table is optional") from e
     except Exception as e:  # noqa: BLE001 - any reader failure is the same user problem
-        raise ContractError(path, f"cannot be read: {type(e).__name__}: {e}") from e
+        raise ContractError(path, f"cannot be read: {type(e).__name__}: {str(e).rstrip('. ')}. The file looks truncated or corrupt, "
+                            "or is not the format its name says (.parquet, .csv, .csv.gz): copy or export it "
+                            "again") from e
     # Spreadsheet exports pad headers with blanks (and a BOM that the parsers do not always strip).
     frame.columns = [str(c).lstrip("\ufeff").strip() for c in frame.columns]
     return frame
@@ -341,14 +374,15 @@ def _coerce(col: Column, raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         num = pd.to_numeric(raw, errors="coerce").astype("float64")
         ok = np.isfinite(num)
         if col.kind == "int":
-            ok &= num == np.round(num)
+            ok &= (num == np.round(num)) & (num.abs() < 2.0**63)  # beyond int64 is not a count or line number
         out = num.where(ok).astype("Int64" if col.kind == "int" else "Float64")
     return out, present & out.isna()
 
 
 def _record_json(frame: pd.DataFrame) -> pd.Series:
     """The rejected rows as they were read, one JSON object each (missing values as null)."""
-    text = frame.astype("string").astype(object)
+    text = frame.astype("string")
+    text = text.apply(lambda s: s.str.slice(0, 2000)).astype(object)  # a 10 MB cell is not copied whole
     text = text.where(frame.notna(), None)
     return pd.Series(
         [json.dumps(r, ensure_ascii=False)[:2000] for r in text.to_dict("records")],
@@ -365,6 +399,7 @@ class _Violations:
         self.value = pd.Series(pd.NA, index=index, dtype="string")
         self.by_rule: dict[str, int] = {}
         self.remapped: dict[str, pd.Series] = {}  # column -> rows whose unknown value was mapped
+        self.truncated: dict[str, pd.Series] = {}  # column -> rows whose free text was cut to MAX_TEXT_CHARS
 
     def add(self, mask: pd.Series, fld: str, rule: str, values: pd.Series | None = None) -> None:
         mask = mask.fillna(False).astype(bool)
@@ -395,12 +430,21 @@ def validate_table(
     rule to the caller so that it runs last, among rows that passed every other rule.
     """
     source = str(source)
+    for c in spec.names:  # the CSV readers rename a repeated header `quantity` to `quantity.1`: which one is meant?
+        if f"{c}.1" in raw.columns or int((raw.columns == c).sum()) > 1:
+            raise ContractError(source, f"column '{c}' appears more than once in the header (table {spec.name}). "
+                                "Keep one column of that name", column=c)
     missing = [c.name for c in spec.columns if c.required and c.name not in raw.columns]
     if missing:
+        cols = list(map(str, raw.columns))
+        hint = next((f" The header looks separated by '{sep}', not commas: export the file comma-separated."
+                     for sep in (";", "\t", "|") if len(cols) == 1 and sep in cols[0]), "")
+        if not hint and not set(cols) & set(spec.names):
+            hint = " None of the table's columns is in the first line: does the file start with its header row?"
         raise ContractError(source, f"required column{'s' if len(missing) > 1 else ''} "
                             f"{', '.join(missing)} missing (table {spec.name}; columns found: "
-                            f"{', '.join(map(str, raw.columns)) or 'none'}). Add the column or rename the one "
-                            f"that holds it; see shared/CONTRACT.md", column=missing[0])
+                            f"{', '.join(cols)[:500] or 'none'}). Add the column or rename the one "
+                            f"that holds it; see shared/CONTRACT.md.{hint}", column=missing[0])
     raw = raw.reset_index(drop=True)
     now = now if now is not None else pd.Timestamp.now(tz="UTC")
     out = pd.DataFrame(index=raw.index)
@@ -413,6 +457,16 @@ def validate_table(
             continue
         typed, bad = _coerce(col, raw[col.name])
         v.add(bad, col.name, f"must be a valid {col.kind}", raw[col.name])
+        if col.kind == "str":
+            length = typed.str.len()
+            if col.free_text:
+                long = (length > MAX_TEXT_CHARS).fillna(False)
+                if long.any():
+                    v.truncated[col.name] = long
+                    typed = typed.where(~long, typed.str.slice(0, MAX_TEXT_CHARS))
+            else:
+                v.add(length > MAX_VALUE_CHARS, col.name, f"must be at most {MAX_VALUE_CHARS} characters",
+                      raw[col.name])
         if col.default is not None:
             typed = typed.fillna(col.default)
         if col.required:
@@ -446,6 +500,7 @@ def _tally(report: TableReport, v: _Violations) -> None:
     """Copy rule counts into the report; remapped values count only on accepted rows, so counts match the output."""
     report.by_rule = dict(v.by_rule)
     report.remapped = {c: n for c, m in v.remapped.items() if (n := int((m & ~v.mask).sum()))}
+    report.truncated = {c: n for c, m in v.truncated.items() if (n := int((m & ~v.mask).sum()))}
 
 
 def check_uniqueness(spec: TableSpec, typed: pd.DataFrame, v: _Violations) -> None:
@@ -521,6 +576,7 @@ def load_dataset(
     frames, raws, reports, viols = {}, {}, {}, {}
     for name in TABLES:
         spec = TABLES[name]
+        check_single_source(data_dir, name)
         path = find_table_file(data_dir, name)
         if path is None:
             if spec.required_table:
@@ -541,9 +597,12 @@ def load_dataset(
     o_ok = frames["orders"].loc[~viols["orders"].mask]
     first_order = o_ok.groupby("order_id", observed=True)["ordered_at"].min()
     given = r["order_id"].notna()
-    ordered_at = r["order_id"].map(first_order)  # a join, much faster than isin() on arrow strings
+    if first_order.empty:  # no accepted order at all (header-only file, every row rejected): nothing to join
+        ordered_at = pd.Series(pd.NaT, index=r.index, dtype=r["requested_at"].dtype)
+    else:
+        ordered_at = r["order_id"].map(first_order)  # a join, much faster than isin() on arrow strings
     known = ordered_at.notna()
-    v.add(given & ~known, "order_id", "must refer to an accepted order in orders", raws["returns"]["order_id"])
+    v.add(given & ~known, "order_id", "must refer to an accepted order in orders", raws["returns"].get("order_id"))
     v.add(known & (r["requested_at"] < ordered_at), "requested_at", "must be >= the order's ordered_at",
           raws["returns"]["requested_at"])
     for name, viol in viols.items():  # uniqueness last: a key is taken by the first row that passed everything else

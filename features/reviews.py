@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
+import sqlite3
 import time
 import uuid
 from collections.abc import Collection
@@ -62,10 +64,19 @@ decisions_table = Table(
 )
 COLUMNS = ["decision_id", "account_id", "decision", "decided_at", "reviewer", "note", "source", "recorded_at"]
 LOCK_RETRIES = 8
+SQLITE_SYNCHRONOUS = "FULL"  # see _sqlite_pragmas; benchmarks/bench_decision_writers.py compares it with NORMAL
+MAX_LEN = {"decision_id": 64, "account_id": 128, "reviewer": 128}  # the column widths (PostgreSQL enforces them)
 
 
 class DecisionError(ValueError):
-    """A decision the store refuses: unknown account, unknown decision value, missing reviewer, reused key."""
+    """A decision the store refuses: unknown account, unknown decision value, missing reviewer, reused key.
+
+    ``field`` names the input field at fault (for rejects files and HTTP error details).
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -80,7 +91,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA busy_timeout = 30000")
     cur.execute("PRAGMA journal_mode = WAL")
-    cur.execute("PRAGMA synchronous = FULL")  # a committed decision survives a power cut
+    # FULL, not NORMAL: in WAL mode NORMAL already survives a killed process, but a power cut or OS crash can lose
+    # the last commits; FULL fsyncs the WAL at every commit, so an acknowledged decision is on disk (~5-10 ms each).
+    cur.execute(f"PRAGMA synchronous = {SQLITE_SYNCHRONOUS}")
     cur.close()
 
 
@@ -106,20 +119,38 @@ def get_engine(url: str | None = None, settings: Settings | None = None) -> Engi
         event.listen(engine, "begin", _begin)
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    _retry(lambda: metadata.create_all(engine))
+    _retry(lambda: _create_tables(engine))
     _engines[key] = engine
     return engine
 
 
+def _create_tables(engine: Engine) -> None:
+    """Create the table if absent; several processes opening a new store at once create it once.
+
+    SQLite queues them at BEGIN IMMEDIATE; PostgreSQL's check-then-CREATE would race (two CREATE TABLEs, one failing
+    on a duplicate type), so creators take a transaction-scoped advisory lock first.
+    """
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4711001)")
+        metadata.create_all(conn)
+
+
 def _retry(fn, attempts: int = LOCK_RETRIES):
-    """Run ``fn``, retrying when SQLite reports a lock that outlived the busy timeout."""
+    """Run ``fn``, retrying with jittered backoff when SQLite reports a lock that outlived the busy timeout.
+
+    Safe for writes because each attempt is a whole transaction with the same idempotency key: an attempt that did
+    commit before the error surfaced is found by the next one, not written twice. The driver's own error is caught
+    too: the pragmas run while a connection opens, where SQLAlchemy has not wrapped it yet.
+    """
     for i in range(attempts):
         try:
             return fn()
-        except OperationalError as e:
-            if "locked" not in str(e).lower() and "busy" not in str(e).lower() or i == attempts - 1:
+        except (OperationalError, sqlite3.OperationalError) as e:
+            text = str(e).lower()
+            if ("locked" not in text and "busy" not in text) or i == attempts - 1:
                 raise
-            time.sleep(0.05 * 2 ** i)
+            time.sleep(0.05 * 2 ** i * (0.5 + random.random()))
     return None
 
 
@@ -145,21 +176,27 @@ def validate_decision(account_id: str, decision: str, reviewer: str, known_accou
                       decided_at=None) -> pd.Timestamp:
     """Check one decision; return its UTC time. Raises :class:`DecisionError` with what to do next."""
     if decision not in DECISIONS:
-        raise DecisionError(f"unknown decision {decision!r}: use one of {', '.join(DECISIONS)}")
+        raise DecisionError(f"unknown decision {decision!r}: use one of {', '.join(DECISIONS)}", "decision")
     if account_id is None or not str(account_id).strip():
-        raise DecisionError("account_id is empty: give the ID of the reviewed account")
+        raise DecisionError("account_id is empty: give the ID of the reviewed account", "account_id")
     if reviewer is None or not str(reviewer).strip():
-        raise DecisionError("reviewer is empty: say who decided (e.g. --reviewer li.wei)")
+        raise DecisionError("reviewer is empty: say who decided (e.g. --reviewer li.wei)", "reviewer")
+    for name, value in (("account_id", account_id), ("reviewer", reviewer)):
+        if len(str(value).strip()) > MAX_LEN[name]:
+            raise DecisionError(f"{name} is {len(str(value).strip())} characters long; the store keeps at most "
+                                f"{MAX_LEN[name]}: check the value", name)
     if known_accounts is None:
         raise DecisionError(
             "cannot check the account: no account list was given and there is no account snapshot yet; pass "
-            "--data DIR (the data folder the account comes from) or run `aftersales train serial-returners` first")
+            "--data DIR (the data folder the account comes from) or run `aftersales train serial-returners` first",
+            "account_id")
     if str(account_id) not in known_accounts:
         raise DecisionError(f"unknown account {account_id!r}: it has no orders or returns in the data; check the ID "
-                            "(guest orders have no account and cannot be reviewed)")
+                            "(guest orders have no account and cannot be reviewed)", "account_id")
     when = _utc(decided_at) if decided_at is not None else pd.Timestamp.now(tz="UTC")
     if when > pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1):
-        raise DecisionError(f"decided_at {when} lies in the future: give the time the decision was taken")
+        raise DecisionError(f"decided_at {when} lies in the future: give the time the decision was taken",
+                            "decided_at")
     return when
 
 
@@ -190,10 +227,14 @@ def record_decision(account_id: str, decision: str, reviewer: str, note: str | N
     ``decision_id`` is the idempotency key: a client retrying after a timeout passes the same one and the decision
     is stored once. Without one, a random key is used. ``known_accounts`` defaults to the account snapshot.
     """
+    if decision_id is not None and not (0 < len(str(decision_id).strip()) <= MAX_LEN["decision_id"]):
+        raise DecisionError(f"decision_id must be 1 to {MAX_LEN['decision_id']} characters (got "
+                            f"{len(str(decision_id).strip())}): use a short unique key, e.g. a UUID", "decision_id")
     if known_accounts is None:
         known_accounts = known_accounts_from_snapshot(settings)
     when = validate_decision(account_id, decision, reviewer, known_accounts, decided_at)
-    row = {"decision_id": decision_id or uuid.uuid4().hex, "account_id": str(account_id), "decision": decision,
+    decision_id = str(decision_id).strip() if decision_id is not None else uuid.uuid4().hex
+    row = {"decision_id": decision_id, "account_id": str(account_id), "decision": decision,
            "decided_at": when.to_pydatetime(), "reviewer": str(reviewer).strip(),
            "note": (note or None), "source": source, "recorded_at": pd.Timestamp.now(tz="UTC").to_pydatetime()}
     engine = get_engine(url, settings)
@@ -213,7 +254,8 @@ def record_decision(account_id: str, decision: str, reviewer: str, note: str | N
             same = all(stored[k] == row[k] for k in ("account_id", "decision", "reviewer"))
             if not same:
                 raise DecisionError(f"decision_id {row['decision_id']!r} was already used for another decision "
-                                    f"(account {stored['account_id']}, {stored['decision']}); use a new key") from None
+                                    f"(account {stored['account_id']}, {stored['decision']}); use a new key",
+                                    "decision_id") from None
             return {**stored, "duplicate": True}
 
     return _retry(write)
@@ -246,14 +288,17 @@ def import_decisions(frame: pd.DataFrame, known_accounts: Collection[str] | None
                      settings: Settings | None = None, url: str | None = None) -> dict:
     """Store a contract ``review_decisions`` frame (validated rows); each row one transaction, content-keyed.
 
-    Returns counts: stored, already_present, refused (with the first refusal reasons). Rows for unknown accounts or
-    with unknown decision values are refused, not stored.
+    Returns counts: stored, already_present, refused (``stored + already_present + refused == len(frame)``), the
+    first refusal reasons, and ``refused_rows``: one dict per refused row (position in ``frame``, field, rule,
+    value). Rows for unknown accounts or with unknown decision values are refused, not stored. Importing the same
+    rows again, or after an interrupted import, stores each decision once: its key is its content.
     """
     if known_accounts is None:
         known_accounts = known_accounts_from_snapshot(settings)
     stored = present = 0
     refused: list[str] = []
-    for rec in frame.itertuples(index=False):
+    refused_rows: list[dict] = []
+    for pos, rec in enumerate(frame.itertuples(index=False)):
         note = None if pd.isna(getattr(rec, "note", None)) else rec.note
         try:
             out = record_decision(rec.account_id, rec.decision, rec.reviewer, note, decided_at=rec.decided_at,
@@ -261,10 +306,14 @@ def import_decisions(frame: pd.DataFrame, known_accounts: Collection[str] | None
                                   known_accounts=known_accounts, source=source, settings=settings, url=url)
         except DecisionError as e:
             refused.append(f"{rec.account_id}: {e}")
+            fld = e.field or "account_id"
+            refused_rows.append({"position": pos, "field": fld, "rule": str(e),
+                                 "value": str(getattr(rec, fld, ""))[:200]})
             continue
         present += out["duplicate"]
         stored += not out["duplicate"]
-    return {"stored": stored, "already_present": present, "refused": len(refused), "refusals": refused[:10]}
+    return {"stored": stored, "already_present": present, "refused": len(refused), "refusals": refused[:10],
+            "refused_rows": refused_rows}
 
 
 def decision_labels(decisions: pd.DataFrame, as_of=None) -> pd.DataFrame:

@@ -175,13 +175,19 @@ def import_online_retail(files: tuple[Path, ...], out_dir: Path, merchant: str) 
 def validate(data_dir: Path | None, rejects_dir: Path | None) -> None:
     """Check a data folder against the input contract; write rejected rows with the rule each broke.
 
-    Exits 1 when a file cannot be used at all (unreadable, missing a required column); rejected rows alone do not fail.
+    Writes rejects.csv (one line per rejected row: table, row, field, rule, value, record) and summary.csv (per table:
+    rows in, accepted, rejected, rules broken, values remapped or truncated) to --rejects-dir. Exits 1 when a file
+    cannot be used at all (unreadable, missing a required column); rejected rows alone do not fail.
     """
     from training.data import load_for_command
 
     data_dir = _data_dir(data_dir)
-    ds = load_for_command(data_dir, rejects_dir or data_dir / "_validation")
-    click.echo(ds.summary().to_string(index=False))
+    out = rejects_dir or data_dir / "_validation"
+    ds = load_for_command(data_dir, out)
+    summary = ds.summary()
+    summary.to_csv(Path(out) / "summary.csv", index=False)
+    click.echo(summary.to_string(index=False))
+    click.echo(f"  counts per table in {Path(out) / 'summary.csv'}")
 
 
 @main.command()

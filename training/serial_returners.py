@@ -598,23 +598,31 @@ def list_cmd(account_id: str | None, since: str | None) -> None:
 def import_cmd(file: Path, data_dir: Path | None) -> None:
     """Import a review_decisions table (CSV, CSV.gz or Parquet; contract columns) into the store.
 
-    Rows breaking the contract go to FILE's folder as <name>_rejects/rejects.csv; each decision is keyed by its
-    content, so importing the same file twice stores it once.
+    Rows breaking the contract, and rows the store refuses (unknown account, ...), go to FILE's folder as
+    <name>_rejects/rejects.csv with the rule; every row is counted once: stored, already present or rejected. Each
+    decision is keyed by its content, so importing the same file twice (or again after an interrupted import) stores
+    each decision once.
     """
-    from features.contract import load_table
+    from features.contract import REJECT_COLUMNS, load_table
 
     settings = get_settings()
     try:
         accepted, rejects, report = load_table("review_decisions", file)
     except ContractError as e:
         raise click.ClickException(str(e)) from e
+    res = import_decisions(accepted, known_accounts=_known_accounts(data_dir), settings=settings)
+    # Refused rows are reported under their row number in FILE (the accepted rows are the file's rows minus rejects).
+    file_rows = [r for r in range(1, report.rows_in + 1) if r not in set(rejects["row"].tolist())]
+    refused = pd.DataFrame([{"table": "review_decisions", "row": file_rows[r["position"]], "field": r["field"],
+                             "rule": r["rule"], "value": r["value"], "record": ""} for r in res["refused_rows"]],
+                           columns=REJECT_COLUMNS)
+    all_rejects = pd.concat([rejects, refused], ignore_index=True) if len(refused) else rejects
     rej_dir = file.parent / f"{file.name.split('.')[0]}_rejects"
     rej_dir.mkdir(parents=True, exist_ok=True)
-    rejects.to_csv(rej_dir / "rejects.csv", index=False)
-    click.echo(f"{report.rows_in} rows read, {report.rejected} rejected by the contract (details in "
-               f"{rej_dir / 'rejects.csv'})")
-    res = import_decisions(accepted, known_accounts=_known_accounts(data_dir), settings=settings)
-    click.echo(f"stored {res['stored']}, already present {res['already_present']}, refused {res['refused']}")
+    all_rejects.sort_values("row", kind="stable").to_csv(rej_dir / "rejects.csv", index=False)
+    click.echo(f"{report.rows_in} rows read, {report.rejected} rejected by the contract, {res['refused']} refused "
+               f"by the store (details in {rej_dir / 'rejects.csv'})")
+    click.echo(f"stored {res['stored']}, already present {res['already_present']}")
     for line in res["refusals"]:
         click.echo(f"  refused {line}")
 
