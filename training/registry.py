@@ -142,7 +142,7 @@ def configure(settings: Settings | None = None) -> str:
     db = _local_path(uri)
     if db is not None and urlparse(uri).scheme == "sqlite":
         db.parent.mkdir(parents=True, exist_ok=True)
-    art = _local_path(settings.artifact_root)
+    art = _local_path(settings.artifact_root) if settings.artifact_root else None
     if art is not None:
         art.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -158,13 +158,25 @@ def _client(settings: Settings | None):
 
 
 def _experiment_id(model_name: str, settings: Settings) -> str:
-    """The experiment of a model (named after it), created with its artifacts under settings.artifact_root."""
+    """The experiment of a model (named after it), created with its artifacts under settings.artifact_root (or where
+    the tracking server puts them, when there is no root: see :attr:`Settings.artifact_root`)."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(settings)
     exp = client.get_experiment_by_name(model_name)
     if exp is not None:
         return exp.experiment_id
-    location = f"{settings.artifact_root.rstrip('/')}/{model_name}"
-    return client.create_experiment(model_name, artifact_location=location)
+    root = settings.artifact_root
+    try:
+        if root is None:
+            return client.create_experiment(model_name)
+        return client.create_experiment(model_name, artifact_location=f"{root.rstrip('/')}/{model_name}")
+    except MlflowException:
+        # A team member created it between our lookup and our create (shared server): use theirs.
+        exp = client.get_experiment_by_name(model_name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 # --------------------------------------------------------------------------------------------------------------------
