@@ -25,6 +25,7 @@ LAZY_HELP: dict[str, str] = {
     "review": "Record and list the risk team's review decisions.",
     "rank-merchants": "Rank merchants by their complaint risk in the coming period.",
     "report": "Write a static HTML report of every model's results.",
+    "card": "Print a registered model version's model card (Markdown).",
     "return-volume": "Rolling-origin backtest of the return-volume forecast.",
     "serial-returners": "Evaluate the serial-returner detector on later time.",
     "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
@@ -37,6 +38,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "review": "training.serial_returners:review_group",
     "rank-merchants": "training.merchant_risk:rank_merchants_cmd",
     "report": "training.report:report_cmd",
+    "card": "training.model_card:card_cmd",
 }
 LAZY_BACKTESTS: dict[str, str] = {
     "return-volume": "training.return_volume:backtest_cmd",
@@ -225,6 +227,8 @@ def models() -> None:
         click.echo("no registered models yet: run `aftersales train all --data DIR`")
         return
     click.echo(frame.to_string(index=False))
+    click.echo("\nmodel cards: `aftersales card NAME [--version N]` (local copies of the cards registered from this "
+               f"machine: {_settings().cards_dir})")
 
 
 @main.command()
