@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cardcheck import assert_card
 from click.testing import CliRunner
 
 from features.contract import load_dataset
@@ -48,6 +49,18 @@ def test_evaluation_is_on_later_time_and_leaves_learnt_accounts_out(evaluation, 
     assert evaluation.params["mode"] == "supervised"  # the world's prior decisions are enough labels
     decided = set(ds.review_decisions["account_id"])
     assert not decided & set(evaluation.queue["account_id"])
+
+
+def test_slices_partition_the_evaluated_accounts(evaluation):
+    sl = evaluation.slices.set_index("slice")
+    total = sl.loc["all accounts"]
+    assert total["accounts"] == evaluation.params["n_eval_accounts"]
+    assert total["abusers"] == evaluation.params["n_eval_positives"]
+    assert total["pr_auc_model"] == pytest.approx(evaluation.metrics.loc["model", "pr_auc"])
+    for a, b in (("new_account", "established_account"), ("returned_in_holiday_window", "no_holiday_returns")):
+        assert sl.loc[a, "accounts"] + sl.loc[b, "accounts"] == total["accounts"]
+        assert sl.loc[a, "abusers"] + sl.loc[b, "abusers"] == total["abusers"]
+        assert min(sl.loc[a, "accounts"], sl.loc[b, "accounts"]) > 0
 
 
 def test_model_beats_both_baselines(evaluation):
@@ -170,3 +183,8 @@ def test_train_registers_and_writes_the_serving_snapshot(world, cli_settings):
     # Serving loads the object training fitted: its scores are the snapshot's.
     pd.testing.assert_series_equal(scores.loc[snap["account_id"]].reset_index(drop=True),
                                    snap["abuse_score"].reset_index(drop=True), check_names=False, atol=1e-6)
+    card = assert_card(sr.MODEL_NAME, 1, cli_settings, promoted=True, metrics={
+        "PR-AUC": ("pr_auc", "model_pr_auc", "cold_start_pr_auc", "rule_pr_auc", "if_counts_pr_auc"),
+        "precision in the top": ("precision_at_capacity", "rule_precision_at_capacity")},
+        slices=("new_account", "established_account", "returned_in_holiday_window", "no_holiday_returns"))
+    assert "guest accounts: not applicable" in card and "returns in the data" in card

@@ -97,6 +97,8 @@ def _quiet_mlflow() -> None:
         return
     # GitPython is optional for MLflow; without git it warns on every run.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # No progress bar on stderr for every artifact read (model loads, `aftersales card`).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # The SQLite store logs every alembic migration step at INFO when a fresh database is created.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     for name in ("mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.store.model_registry.abstract_store"):
