@@ -139,9 +139,11 @@ def mlflow_server(postgres, tmp_path_factory):
     log = artifacts.parent / "mlflow_server.log"
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend, "--artifacts-destination",
            artifacts.as_uri(), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    # MLflow's background job runner serves GenAI features this project does not use: one process less to start.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "w") as out:
         # Own session: the server's workers are stopped with it, and nothing else.
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(uri, proc, log)
@@ -228,6 +230,14 @@ def test_two_team_members_share_models_and_the_gate_through_the_server(mlflow_se
     finally:
         conn.close()
     assert not list(tmp_path.rglob("mlflow.db"))
+
+    # Cards: each member's registration wrote one locally; a third member, with an empty models/ folder, prints
+    # Bob's card (version 2, refused by the gate) from the server.
+    assert (alice_dir / "cards" / "merchant_risk" / "v1.md").exists()
+    bob_card = (bob_dir / "cards" / "merchant_risk" / "v2.md").read_text()
+    assert "**Not champion**" in bob_card and "does not beat champion v1" in bob_card
+    printed = _cli(["card", "merchant-risk", "--version", "2"], _member_env(server, tmp_path / "carol" / "models"))
+    assert printed.stdout == bob_card
 
 
 def _pg_writer(url: str, worker: int, n: int) -> None:
