@@ -271,9 +271,11 @@ def demo(out_dir: Path | None, seed: int, fresh: bool) -> None:
         ctx.invoke(train, model=name, data_dir=out_dir)
     click.secho("\n== registered models", bold=True)
     ctx.invoke(models)
+    ui = (f"the MLflow UI: {settings.tracking_uri}" if settings.tracking_server else
+          f"open the MLflow UI: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000")
     click.echo(
-        f"\ndata: {out_dir}\nMLflow: {settings.tracking_uri}\n"
-        f"open the MLflow UI: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000\n"
+        f"\ndata: {out_dir}\nMLflow: {settings.tracking_uri}\n{ui}\n"
+        f"model cards: {settings.cards_dir} (or `aftersales card NAME`)\n"
         "start the service: .venv/bin/aftersales serve   (OpenAPI docs at http://127.0.0.1:3000/docs)"
     )
 
