@@ -63,6 +63,23 @@ def test_slices_partition_the_evaluated_accounts(evaluation):
         assert min(sl.loc[a, "accounts"], sl.loc[b, "accounts"]) > 0
 
 
+def test_forward_check_without_truth_has_proxy_slices_and_card(world, ds, tmp_path):
+    """Data without ground truth: the forward check's slices use the proxy label, and the card says it is one."""
+    from training.model_card import render
+
+    settings = Settings(models_dir=tmp_path / "models")
+    fw = sr.evaluate_forward(ds, "2024-03-01", settings, top=25)
+    sl = fw["slices"].set_index("slice")
+    assert sl.loc["all accounts", "heavy_returners"] == fw["heavy_accounts"] > 0
+    assert sl.loc["all accounts", "pr_auc_model"] == pytest.approx(fw["table"].loc["model", "pr_auc"])
+    assert sl.loc["new_account", "accounts"] + sl.loc["established_account", "accounts"] == fw["accounts"]
+    card = sr.model_card(ds, world, settings, fw["model"], 25, fw=fw)
+    text = render(card, sr.MODEL_NAME, 1, promoted=True, reason="promoted: no champion yet", champion_version=1,
+                  champion_value=0.3, primary_metric="pr_auc", higher_is_better=True)
+    assert "forward check" in text and "a proxy" in text and "| new_account |" in text
+    assert f"(`model_pr_auc`) | {fw['table'].loc['model', 'pr_auc']:.4f} |" in text
+
+
 def test_model_beats_both_baselines(evaluation):
     m = evaluation.metrics
     assert set(m.index) == {"model", "cold_start", "rule", "if_counts"}

@@ -227,8 +227,9 @@ def account_slices(ds: Dataset, X: AccountFrame, as_of, settings: Settings, mark
 
 
 def slice_table(masks: dict[str, np.ndarray], y: np.ndarray, scores: dict[str, np.ndarray],
-                capacity: int) -> pd.DataFrame:
-    """PR-AUC of every method within each slice, and the share of the slice's abusers in the model's top capacity."""
+                capacity: int, positives: str = "abusers") -> pd.DataFrame:
+    """PR-AUC of every method within each slice, and the share of the slice's positives (``y``, named
+    ``positives``) in the model's top capacity."""
     from sklearn.metrics import average_precision_score
 
     top = np.zeros(len(y), dtype=bool)
@@ -236,7 +237,7 @@ def slice_table(masks: dict[str, np.ndarray], y: np.ndarray, scores: dict[str, n
     rows = []
     for name, m in masks.items():
         yy = y[m]
-        row = {"slice": name, "accounts": int(m.sum()), "abusers": int(yy.sum()),
+        row = {"slice": name, "accounts": int(m.sum()), positives: int(yy.sum()),
                "recall_in_queue_model": float((top[m] & yy).sum() / yy.sum()) if yy.any() else None}
         for method, s in scores.items():
             row[f"pr_auc_{method}"] = float(average_precision_score(yy, s[m])) if 0 < yy.sum() < len(yy) else None
@@ -313,9 +314,10 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
                      "precision": float(heavy[flagged].mean()), "heavy_before_too": int((heavy & before)[flagged].sum()),
                      "any_return_next_quarter": int((future[flagged] > 0).sum()),
                      "pr_auc": float(average_precision_score(heavy, s)) if heavy.any() else float("nan")})
+    slices = slice_table(account_slices(ds, X1, t1, settings, market), heavy, scores, top, "heavy_returners")
     return {"t1": str(t1.date()), "window_end": str(end.date()), "heavy_threshold": threshold,
             "heavy_accounts": int(heavy.sum()), "accounts": len(X1), "mode": model.mode_,
-            "table": pd.DataFrame(rows).set_index("method"), "model": model}
+            "table": pd.DataFrame(rows).set_index("method"), "model": model, "slices": slices}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -483,7 +485,12 @@ def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialRet
         card["metrics"] = pd.DataFrame([{"metric": f"{label} (`model_{key}`)", **{m: t.loc[m, key] for m in t.index}}
                                         for key, label in (("pr_auc", "PR-AUC, heavy returners next quarter"),
                                                            ("precision", f"precision in the top {capacity}"))])
-        card["slices_note"] = "No slices: they need ground truth (which accounts abused), and this data has none."
+        card["slices"] = fw["slices"]
+        card["slices_note"] = (f"Accounts as of {fw['t1']}, labelled by the proxy (heavy returner next quarter). "
+                               f"new_account: first order fewer than 90 days before; returned_in_holiday_window: a "
+                               f"return requested in the year before in one of the {HOLIDAY_WINDOW_TEXT}. PR-AUC per "
+                               f"method within the slice; recall_in_queue_model: share of the slice's heavy "
+                               f"returners in the model's top {capacity}.")
     guests = int(ds.returns["account_id"].isna().sum())
     card["not_applicable"] = {
         "new merchants": "accounts are scored, not merchants.",
@@ -494,6 +501,14 @@ def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialRet
     if (Path(data_dir) / "truth").is_dir():
         limits.append("Trained and measured on a synthetic world with planted abuse patterns: the figures show the "
                       "method finds patterns like these, not that real abuse looks like them.")
+    if fw is not None:
+        t = fw["table"]["pr_auc"]
+        better = [f"{meth} {t[meth]:.4f}" for meth in t.index if meth != "model" and t[meth] > t["model"]]
+        limits.append("No ground truth: the figures measure finding next quarter's heavy returners, a proxy; "
+                      "heavy returning is not abuse, and abuse with few returns (refund without return, rings) "
+                      "is not measured at all.")
+        if better:
+            limits.append(f"On the proxy the model (PR-AUC {t['model']:.4f}) ranks worse than: {', '.join(better)}.")
     if final.mode_ == "cold_start":
         limits.append(f"This version is the unsupervised cold-start detector: fewer than {settings.serial_min_labels} "
                       "review decisions were available. It ranks unusual returning, which is not always abuse; "
