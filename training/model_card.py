@@ -77,7 +77,7 @@ def fmt(value: Any, digits: int = 4) -> str:
     """A cell: integers with thousands separators, floats with ``digits`` decimals, missing as an em dash."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b":
         return "yes" if value else "no"
     if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value.dtype, "kind", "") in "iu"):
         return f"{int(value):,}"
