@@ -23,9 +23,13 @@ class Settings(BaseSettings):
     data_dir: Path = Field(PROJECT_ROOT / "data" / "default", description="Data folder read by commands by default.")
     models_dir: Path = Field(PROJECT_ROOT / "models", description="Local MLflow store, snapshots and model cards.")
     mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default: SQLite database models/mlflow.db."
+        None, description="MLflow tracking URI; default: SQLite database models/mlflow.db. A team server: "
+        "http://HOST:5000 (see README, Team MLflow on PostgreSQL)."
     )
-    mlflow_artifact_root: str | None = Field(None, description="Artifact root; default: models/artifacts.")
+    mlflow_artifact_root: str | None = Field(
+        None, description="Artifact root of new experiments; default: models/artifacts, or, with an http(s) "
+        "tracking server, the server's own (it proxies artifacts to its --artifacts-destination)."
+    )
     market: str = Field("CN", description="Market whose public holidays and shopping events apply (CN, US, GB, DE, BR).")
     summer_sale: str = Field("07-15", description="Month-day of the configurable summer sale (MM-DD).")
     summer_sale_days: int = Field(3, description="Length of the summer sale in days.")
@@ -86,9 +90,25 @@ class Settings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{(self.models_dir / 'mlflow.db').resolve()}"
 
     @property
-    def artifact_root(self) -> str:
-        """Where MLflow stores artifacts for experiments this project creates."""
-        return self.mlflow_artifact_root or (self.models_dir / "artifacts").resolve().as_uri()
+    def tracking_server(self) -> bool:
+        """Whether tracking goes to an MLflow server over HTTP (shared by a team) rather than a local store."""
+        return self.tracking_uri.split(":", 1)[0].lower() in ("http", "https")
+
+    @property
+    def artifact_root(self) -> str | None:
+        """Where MLflow stores artifacts for experiments this project creates.
+
+        None with a tracking server and no explicit root: the server chooses (``mlflow-artifacts:/``, proxied to its
+        ``--artifacts-destination``), so every team member's artifacts land in one place, not on their own disk.
+        """
+        if self.mlflow_artifact_root:
+            return self.mlflow_artifact_root
+        return None if self.tracking_server else (self.models_dir / "artifacts").resolve().as_uri()
+
+    @property
+    def cards_dir(self) -> Path:
+        """Model cards written at registration: ``cards/<model>/v<version>.md``."""
+        return self.models_dir / "cards"
 
     @property
     def review_db(self) -> str:

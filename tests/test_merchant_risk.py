@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cardcheck import assert_card
 from click.testing import CliRunner
 
 from features.contract import load_dataset
@@ -140,6 +141,16 @@ def test_cli_train_rank_evaluate(world, cli_env, tmp_path):
     assert snap["merchant_risk_percentile"].max() == 1.0 and snap["merchant_id"].is_unique
     assert snap["merchant_risk_score"].is_monotonic_decreasing
     assert list((cli_env / "artifacts").rglob("lift.png")), "lift chart not logged"
+    card = assert_card("merchant_risk", 1, get_settings(), promoted=True, metrics={
+        "NDCG@50": ("ndcg_at_50", "lambdarank_ndcg_at_50", "poisson_ndcg_at_50", "baseline_rate_ndcg_at_50",
+                    "baseline_count_ndcg_at_50"),
+        "precision at top decile": ("precision_at_decile", "baseline_rate_precision_at_decile")},
+        slices=("new_merchant", "established_merchant", "holiday-heavy label window"))
+    assert "guest accounts: not applicable" in card
+    printed = runner.invoke(main, ["card", "merchant-risk", "--version", "1"])
+    assert printed.exit_code == 0 and printed.output == card
+    missing = runner.invoke(main, ["card", "merchant-risk", "--version", "7"])
+    assert missing.exit_code != 0 and "no version 7" in missing.output
 
     res = runner.invoke(main, ["rank-merchants", "--data", str(world), "--as-of", "2023-11-30", "--out", str(out),
                                "--top", "10"])

@@ -276,3 +276,55 @@ def test_failed_run_is_marked_failed(settings):
 def test_import_does_no_work():
     code = "import sys, training.registry; sys.exit('mlflow' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def _card(metrics: pd.DataFrame) -> dict:
+    from training.model_card import new_card
+
+    data = {"folder": "/data/x", "first_day": "2024-01-01", "last_day": "2024-03-31", "days": 91,
+            "tables": pd.DataFrame({"table": ["orders"], "rows_in": [10], "accepted": [9], "rejected": [1]}),
+            "rejected": 1, "validated": True, "synthetic": False, "note": ""}
+    card = new_card("Toy", "a number per row", "tests", data, "held-out later rows")
+    card |= {"metrics": metrics, "slices": pd.DataFrame({"slice": ["holiday_window"], "rows": [3], "wape": [0.5]}),
+             "not_applicable": {"guest accounts": "no accounts here."}, "limits": ["small", "toy"]}
+    return card
+
+
+def test_card_is_logged_written_and_set_as_description(settings, data):
+    from mlflow import MlflowClient
+
+    X, y = data
+    model = BoostedRegressor().fit(X, y)
+    metrics = pd.DataFrame({"metric": ["WAPE (`holiday_wape`)"], "model": [0.2], "baseline": [0.3]})
+    first = _register("carded", model, X, 0.2, settings=settings, card=_card(metrics))
+    second = _register("carded", model, X, 0.25, settings=settings, card=_card(metrics))
+    assert first.card_path == settings.cards_dir / "carded" / "v1.md"
+    text = second.card_path.read_text()
+    assert text.startswith("# Model card: Toy — `carded` version 2")
+    assert "**Not champion**" in text and "does not beat champion v1" in text
+    assert "version 1 (holiday_wape 0.2000)" in text  # the champion after the gate
+    assert "| WAPE (`holiday_wape`) | 0.2000 | 0.3000 |" in text
+    assert "| holiday_window | 3 | 0.5000 |" in text and "guest accounts: not applicable" in text
+    assert "| orders | 10 | 9 | 1 |" in text and "2024-01-01 to 2024-03-31 (91 days)" in text
+    assert registry.load_card("carded", 2, settings) == (2, text)
+    assert registry.load_card("carded", settings=settings)[0] == 1  # default: the champion's card
+    mv = MlflowClient(settings.tracking_uri).get_model_version("carded", "2")
+    assert mv.description == text and mv.tags[registry.TAG_CARD] == "model_card/v2.md"
+    # A version registered without a card says so; an unknown version says how to list them.
+    _register("carded", model, X, 0.3, settings=settings)
+    with pytest.raises(registry.ModelNotFound, match="version 3 has no model card"):
+        registry.load_card("carded", 3, settings)
+    with pytest.raises(registry.ModelNotFound, match="no version 9 of 'carded'.*aftersales models"):
+        registry.load_card("carded", 9, settings)
+    with pytest.raises(registry.ModelNotFound, match="no registered versions of 'nothing_here'"):
+        registry.load_card("nothing_here", settings=settings)
+
+
+def test_long_card_description_is_cut_at_a_section():
+    from training.model_card import summary
+
+    text = "# Model card\n\n## A\n\n" + "a" * 3000 + "\n\n## B\n\n" + "b" * 3000 + "\n"
+    cut = summary(text, limit=4800, pointer="`aftersales card x --version 1`")
+    assert len(cut) <= 4800 and "## A" in cut and "## B" not in cut
+    assert cut.endswith("_(cut; full card: `aftersales card x --version 1`)_\n")
+    assert summary("short", limit=4800) == "short"

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cardcheck import assert_card
 from click.testing import CliRunner
 
 from features.contract import load_dataset
@@ -327,6 +328,12 @@ def test_train_registers_and_the_gate_refuses_a_worse_model(world, history, mode
     assert summary["promoted"] is True and summary["trained_until"] == str(history.days[-1].date())
     loaded = registry.load_champion(rv.MODEL_NAME, settings=settings)
     assert "holiday_wape" in loaded.metrics
+    card = assert_card(rv.MODEL_NAME, 1, settings, promoted=True, metrics={
+        "holiday-window WAPE": ("holiday_wape", "model.holiday.wape", "seasonal_naive_7.holiday.wape"),
+        "WAPE, normal days": ("model.normal.wape", "seasonal_naive_7.normal.wape"),
+        "80% interval coverage": ("coverage80", "model.all.coverage80")},
+        slices=("holiday windows", "normal days", "total"))
+    assert "new merchants: not applicable" in card
     fc = loaded.model.forecast(history, horizon=7)  # what serving calls
     assert (fc["series"] == TOTAL).sum() == 7
     worse = registry.log_and_register(rv.MODEL_NAME, loaded.model, rv._input_example(loaded.model, history),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cardcheck import assert_card
 from click.testing import CliRunner
 
 from features.contract import load_dataset
@@ -48,6 +49,35 @@ def test_evaluation_is_on_later_time_and_leaves_learnt_accounts_out(evaluation, 
     assert evaluation.params["mode"] == "supervised"  # the world's prior decisions are enough labels
     decided = set(ds.review_decisions["account_id"])
     assert not decided & set(evaluation.queue["account_id"])
+
+
+def test_slices_partition_the_evaluated_accounts(evaluation):
+    sl = evaluation.slices.set_index("slice")
+    total = sl.loc["all accounts"]
+    assert total["accounts"] == evaluation.params["n_eval_accounts"]
+    assert total["abusers"] == evaluation.params["n_eval_positives"]
+    assert total["pr_auc_model"] == pytest.approx(evaluation.metrics.loc["model", "pr_auc"])
+    for a, b in (("new_account", "established_account"), ("returned_in_holiday_window", "no_holiday_returns")):
+        assert sl.loc[a, "accounts"] + sl.loc[b, "accounts"] == total["accounts"]
+        assert sl.loc[a, "abusers"] + sl.loc[b, "abusers"] == total["abusers"]
+        assert min(sl.loc[a, "accounts"], sl.loc[b, "accounts"]) > 0
+
+
+def test_forward_check_without_truth_has_proxy_slices_and_card(world, ds, tmp_path):
+    """Data without ground truth: the forward check's slices use the proxy label, and the card says it is one."""
+    from training.model_card import render
+
+    settings = Settings(models_dir=tmp_path / "models")
+    fw = sr.evaluate_forward(ds, "2024-03-01", settings, top=25)
+    sl = fw["slices"].set_index("slice")
+    assert sl.loc["all accounts", "heavy_returners"] == fw["heavy_accounts"] > 0
+    assert sl.loc["all accounts", "pr_auc_model"] == pytest.approx(fw["table"].loc["model", "pr_auc"])
+    assert sl.loc["new_account", "accounts"] + sl.loc["established_account", "accounts"] == fw["accounts"]
+    card = sr.model_card(ds, world, settings, fw["model"], 25, fw=fw)
+    text = render(card, sr.MODEL_NAME, 1, promoted=True, reason="promoted: no champion yet", champion_version=1,
+                  champion_value=0.3, primary_metric="pr_auc", higher_is_better=True)
+    assert "forward check" in text and "a proxy" in text and "| new_account |" in text
+    assert f"(`model_pr_auc`) | {fw['table'].loc['model', 'pr_auc']:.4f} |" in text
 
 
 def test_model_beats_both_baselines(evaluation):
@@ -170,3 +200,8 @@ def test_train_registers_and_writes_the_serving_snapshot(world, cli_settings):
     # Serving loads the object training fitted: its scores are the snapshot's.
     pd.testing.assert_series_equal(scores.loc[snap["account_id"]].reset_index(drop=True),
                                    snap["abuse_score"].reset_index(drop=True), check_names=False, atol=1e-6)
+    card = assert_card(sr.MODEL_NAME, 1, cli_settings, promoted=True, metrics={
+        "PR-AUC": ("pr_auc", "model_pr_auc", "cold_start_pr_auc", "rule_pr_auc", "if_counts_pr_auc"),
+        "precision in the top": ("precision_at_capacity", "rule_precision_at_capacity")},
+        slices=("new_account", "established_account", "returned_in_holiday_window", "no_holiday_returns"))
+    assert "guest accounts: not applicable" in card and "returns in the data" in card

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cardcheck import assert_card
 from click.testing import CliRunner
 
 from features.contract import load_dataset
@@ -147,6 +148,12 @@ def test_cli_train_registers_and_evaluate_reports(world, models_dir):
     assert loaded.version == 1 and isinstance(loaded.model, TicketTriageModel)
     assert loaded.metrics["roc_auc"] > loaded.metrics["baseline_roc_auc"] + 0.05
     assert all((settings.snapshots_dir / f).exists() for f in SNAPSHOT_FILES.values())
+    card = assert_card("ticket_triage", 1, settings, promoted=True, metrics={
+        "ROC-AUC": ("roc_auc", "baseline_roc_auc", "uncalibrated_roc_auc"), "Brier score": ("brier", "baseline_brier"),
+        "expected calibration error": ("ece", "baseline_ece")},
+        slices=("holiday_window", "outside_holiday_windows", "new_merchant", "established_merchant", "guest",
+                "registered"))
+    assert "Time split at" in card
     assert list(models_dir.rglob("calibration.png"))  # the plot went to MLflow's artifact store
     # The refitted champion scores a ticket through the hot path.
     out = loaded.model.score_one({"ticket_id": "T", "created_at": "2024-07-05T10:00:00Z", "case_type": "complaint",

@@ -25,6 +25,7 @@ LAZY_HELP: dict[str, str] = {
     "review": "Record and list the risk team's review decisions.",
     "rank-merchants": "Rank merchants by their complaint risk in the coming period.",
     "report": "Write a static HTML report of every model's results.",
+    "card": "Print a registered model version's model card (Markdown).",
     "return-volume": "Rolling-origin backtest of the return-volume forecast.",
     "serial-returners": "Evaluate the serial-returner detector on later time.",
     "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
@@ -37,6 +38,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "review": "training.serial_returners:review_group",
     "rank-merchants": "training.merchant_risk:rank_merchants_cmd",
     "report": "training.report:report_cmd",
+    "card": "training.model_card:card_cmd",
 }
 LAZY_BACKTESTS: dict[str, str] = {
     "return-volume": "training.return_volume:backtest_cmd",
@@ -231,6 +233,8 @@ def models() -> None:
         click.echo("no registered models yet: run `aftersales train all --data DIR`")
         return
     click.echo(frame.to_string(index=False))
+    click.echo("\nmodel cards: `aftersales card NAME [--version N]` (local copies of the cards registered from this "
+               f"machine: {_settings().cards_dir})")
 
 
 @main.command()
@@ -273,9 +277,11 @@ def demo(out_dir: Path | None, seed: int, fresh: bool) -> None:
         ctx.invoke(train, model=name, data_dir=out_dir)
     click.secho("\n== registered models", bold=True)
     ctx.invoke(models)
+    ui = (f"the MLflow UI: {settings.tracking_uri}" if settings.tracking_server else
+          f"open the MLflow UI: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000")
     click.echo(
-        f"\ndata: {out_dir}\nMLflow: {settings.tracking_uri}\n"
-        f"open the MLflow UI: .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri} --port 5000\n"
+        f"\ndata: {out_dir}\nMLflow: {settings.tracking_uri}\n{ui}\n"
+        f"model cards: {settings.cards_dir} (or `aftersales card NAME`)\n"
         "start the service: .venv/bin/aftersales serve   (OpenAPI docs at http://127.0.0.1:3000/docs)"
     )
 

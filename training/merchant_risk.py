@@ -271,6 +271,143 @@ def _report(bt: Backtest, echo=click.echo) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Model card
+
+
+def decile_slices(scored: pd.DataFrame, methods: list[str], masks: dict[str, pd.Series],
+                  min_orders: int) -> pd.DataFrame:
+    """Top-decile recall and precision of each method within slices of the test merchant-snapshots.
+
+    Per snapshot, among merchants with ``min_orders`` orders in the label window: the true top decile is the 10%
+    with the highest label rate, a method's top decile the 10% it scores highest (ties by merchant_id). A slice's
+    recall is the share of its truly top merchants the method put in its top decile; precision the share of its
+    merchants in the method's top decile that are truly top.
+    """
+    ok = scored[scored["label_orders"] >= min_orders]
+    true_top = pd.Series(False, index=ok.index)
+    picked = {m: pd.Series(False, index=ok.index) for m in methods}
+    for _, snap in ok.groupby("as_of"):
+        k = max(1, math.ceil(0.1 * len(snap)))
+        kth = np.sort(snap["label_rate"].to_numpy())[::-1][k - 1]
+        true_top.loc[snap.index] = snap["label_rate"] >= kth
+        for m in methods:
+            top_ids = set(sort_ranking(snap, m)["merchant_id"].iloc[:k])
+            picked[m].loc[snap.index[snap["merchant_id"].isin(top_ids).to_numpy()]] = True
+    rows = []
+    for name, mask in masks.items():
+        sel = mask.reindex(ok.index, fill_value=False).to_numpy(dtype=bool)
+        row = {"slice": name, "merchant_snapshots": int(sel.sum()), "truly_top_decile": int(true_top[sel].sum()),
+               "complaints_per_order": float(ok.loc[sel, "label_complaints"].sum()
+                                             / max(ok.loc[sel, "label_orders"].sum(), 1)) if sel.any() else None}
+        for m in methods:
+            hit = picked[m][sel] & true_top[sel]
+            row[f"recall_{m}"] = float(hit.sum() / true_top[sel].sum()) if true_top[sel].any() else None
+            row[f"precision_{m}"] = float(hit.sum() / picked[m][sel].sum()) if picked[m][sel].any() else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def model_card(bt: Backtest, ds, data_dir: Path, settings: Settings) -> dict:
+    """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow."""
+    from features.calendar import holiday_windows
+    from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
+
+    s, horizon, min_orders = bt.summary, settings.merchant_horizon_days, settings.merchant_min_label_orders
+    other = "poisson" if bt.chosen == "lambdarank" else "lambdarank"
+    base = bt.best_baseline
+    card = new_card(
+        "Merchant complaint risk",
+        f"Each merchant's expected complaints per order over the next {horizon} days, as a ranking: score, rank, "
+        "expected complaints, the top reasons and flags (new_merchant, no_orders_in_window).",
+        "The marketplace's merchant-quality team deciding which merchants to review or warn first; ticket triage "
+        "reads each merchant's risk percentile.",
+        data_summary(ds, data_dir, True, ["orders", "returns", "tickets"]),
+        f"As-of snapshots every {settings.merchant_snapshot_every_days} days; label = complaints per order in the "
+        f"{horizon} days after each as-of. The latest {len(bt.test_dates)} matured snapshots "
+        f"({bt.test_dates[0].date()} to {bt.test_dates[-1].date()}) are the test set; the models trained only on the "
+        f"{len(bt.train_dates)} snapshots ({bt.train_dates[0].date()} to {bt.train_dates[-1].date()}) whose label "
+        f"window closed before the first test as-of. Metrics per test snapshot among merchants with at least "
+        f"{min_orders} orders in the label window, averaged over snapshots. The better of LambdaRank and Poisson on "
+        f"NDCG@50 ({bt.chosen}) was refitted on every matured snapshot and registered. Baselines: last period's raw "
+        "complaint rate and complaint count.",
+    )
+    labels = {"ndcg_at_20": "NDCG@20", "ndcg_at_50": "NDCG@50", "precision_at_decile": "precision at top decile",
+              "spearman": "Spearman"}
+    card["metrics"] = pd.DataFrame([{
+        "metric": f"{label} (`{key}`)", f"model ({bt.chosen})": s.loc[bt.chosen, key], other: s.loc[other, key],
+        "baseline_rate": s.loc["baseline_rate", key], "baseline_count": s.loc["baseline_count", key]}
+        for key, label in labels.items()])
+    gain = bt.gain("ndcg_at_50")
+    card["metrics_note"] = (f"NDCG@50 gain over the better baseline ({base}): {gain:+.4f} (target "
+                            f"+{TARGET_NDCG_GAIN:.2f}: {'met' if gain >= TARGET_NDCG_GAIN else 'NOT met'}). Each "
+                            f"method's figures are logged as `<method>_<metric>`; the model's also unprefixed.")
+    scored = bt.scored
+    new = scored["tenure_days"] < settings.merchant_new_days
+    by_merchant = decile_slices(scored, [bt.chosen, base], {"all merchants": pd.Series(True, index=scored.index),
+                                                            "new_merchant": new, "established_merchant": ~new},
+                                min_orders)
+    hw = holiday_windows(settings.market, bt.test_dates[0].tz_localize(None),
+                         bt.test_dates[-1].tz_localize(None) + pd.Timedelta(days=horizon), settings)
+    per = bt.per_snapshot
+    holiday_rows = []
+    for d in sorted(per["as_of"].unique()):
+        days = pd.date_range(pd.Timestamp(d).tz_localize(None) + pd.Timedelta(days=1), periods=horizon, freq="D")
+        inside = np.zeros(len(days), dtype=bool)
+        for w in hw.itertuples():
+            inside |= (days >= w.window_start) & (days <= w.window_end)
+        holiday_rows.append({"as_of": d, "share": float(inside.mean())})
+    hol = pd.DataFrame(holiday_rows)
+    snap_rows = []
+    heavy = hol["share"] > hol["share"].median()  # the snapshots more exposed to holidays than the typical one
+    for flag, name in ((True, "holiday-heavy label window"), (False, "other label windows")):
+        group = hol[heavy == flag]
+        days = set(group["as_of"])
+        part = per[per["as_of"].isin(days)]
+        snap_rows.append({"slice": name, "test snapshots": len(days),
+                          "holiday days share": (f"{group['share'].min():.0%}-{group['share'].max():.0%}"
+                                                 if len(group) else "—"),
+                          **{f"ndcg_at_50 {m}": (float(part.loc[part["method"] == m, "ndcg_at_50"].mean())
+                                                 if len(part) else None) for m in (bt.chosen, base)}})
+    card["slices"] = [
+        (f"Top-decile recall / precision of the model ({bt.chosen}) and the better baseline ({base}) within each "
+         f"slice of the test merchant-snapshots ({min_orders}+ label-window orders); new_merchant: trading fewer "
+         f"than {settings.merchant_new_days} days at the as-of date.", by_merchant),
+        (f"Test snapshots by the share of their {horizon}-day label window's days in {HOLIDAY_WINDOW_TEXT}: "
+         "holiday-heavy = above the median share of the test snapshots. NDCG@50 per snapshot, averaged.",
+         pd.DataFrame(snap_rows)),
+    ]
+    guest_share = float(ds.orders["account_id"].isna().mean()) if len(ds.orders) else 0.0
+    card["not_applicable"] = {"guest accounts": f"merchants are ranked, not accounts; the {guest_share:.1%} of order "
+                                                "lines checked out as guests count toward their merchant like any "
+                                                "other."}
+    ok = scored["label_orders"] >= min_orders
+    nm = by_merchant.set_index("slice").loc["new_merchant"]
+    limits = []
+    if (Path(data_dir) / "truth").is_dir():
+        limits.append("Trained and measured on a synthetic world: the figures show the method works on data shaped "
+                      "like the contract, not how it will rank the platform's real merchants.")
+    limits.append(f"The choice between LambdaRank and Poisson was made on the same test snapshots the figures come "
+                  f"from, so the model's figures are slightly optimistic (the other model: NDCG@50 "
+                  f"{s.loc[other, 'ndcg_at_50']:.4f}).")
+    limits.append(f"Only merchants with {min_orders}+ orders in the label window are measured: "
+                  f"{int((~ok).sum()):,} of {len(scored):,} test merchant-snapshots are ranked but unmeasured.")
+    if nm["truly_top_decile"] < 10:
+        limits.append(f"New merchants are barely measurable: {int(nm['merchant_snapshots'])} measured "
+                      f"merchant-snapshots, {int(nm['truly_top_decile'])} in the true top decile; their rank rests "
+                      "on shrunk category rates more than on their own history.")
+    if min(r["test snapshots"] for r in snap_rows) == 0:
+        limits.append("The test snapshots do not cover both holiday-heavy and other label windows, so the ranking's "
+                      "quality around holidays is not separated from the rest.")
+    if gain < TARGET_NDCG_GAIN:
+        limits.append(f"The NDCG@50 target (+{TARGET_NDCG_GAIN:.2f} over the better baseline) is not met: "
+                      f"{gain:+.4f}.")
+    limits.append("The label counts complaints as finally known (escalations resolved later included); a ranking "
+                  "read on the as-of day cannot know which open tickets will escalate.")
+    card["limits"] = limits
+    return card
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Ranking and the serving snapshot
 
 
@@ -327,7 +464,8 @@ def train(data_dir: Path, settings: Settings) -> dict:
 
     data_dir = Path(data_dir)
     try:
-        events = _load(data_dir, settings.models_dir / "merchant_risk", click.echo)
+        ds = load_for_command(data_dir, settings.models_dir / "merchant_risk", click.echo)
+        events = prepare_events(ds)
         check_rankable(events)
         snapshot_dates(events, settings)
     except (ContractError, ValueError) as e:
@@ -346,7 +484,8 @@ def train(data_dir: Path, settings: Settings) -> dict:
         result = registry.log_and_register(
             MODEL_NAME, final, input_example=example, primary_metric=PRIMARY_METRIC,
             metric_value=bt.summary.loc[bt.chosen, PRIMARY_METRIC], higher_is_better=True, settings=settings,
-            extra_metrics={k: bt.summary.loc[bt.chosen, k] for k in bt.summary.columns})
+            extra_metrics={k: bt.summary.loc[bt.chosen, k] for k in bt.summary.columns},
+            card=model_card(bt, ds, data_dir, settings))
     snap = write_serving_snapshot(ranking, settings)
     s = bt.summary
     return {

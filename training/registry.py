@@ -42,6 +42,8 @@ TAG_VALUE = "primary_metric_value"
 TAG_HIGHER = "higher_is_better"
 TAG_VALIDATED = "data_validated"
 TAG_GATE = "gate_reason"
+TAG_CARD = "model_card"  # the version's card: artifact path within its run
+CARD_ARTIFACT_DIR = "model_card"
 
 # Packages recorded as the model's pip requirements. Passing them explicitly skips MLflow's requirement inference,
 # which re-loads the model in a subprocess (seconds per model) and guesses no better than the lock file does.
@@ -62,6 +64,7 @@ class RegisterResult:
     reason: str
     champion_version: int | None  # the champion after the gate ran
     champion_value: float | None  # its primary metric value
+    card_path: Path | None = None  # the model card written under models/cards/, when a card was given
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ def _quiet_mlflow() -> None:
         return
     # GitPython is optional for MLflow; without git it warns on every run.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # No progress bar on stderr for every artifact read (model loads, `aftersales card`).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # The SQLite store logs every alembic migration step at INFO when a fresh database is created.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     for name in ("mlflow.store.db.utils", "mlflow.tracking.fluent", "mlflow.store.model_registry.abstract_store"):
@@ -142,7 +147,7 @@ def configure(settings: Settings | None = None) -> str:
     db = _local_path(uri)
     if db is not None and urlparse(uri).scheme == "sqlite":
         db.parent.mkdir(parents=True, exist_ok=True)
-    art = _local_path(settings.artifact_root)
+    art = _local_path(settings.artifact_root) if settings.artifact_root else None
     if art is not None:
         art.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -158,13 +163,25 @@ def _client(settings: Settings | None):
 
 
 def _experiment_id(model_name: str, settings: Settings) -> str:
-    """The experiment of a model (named after it), created with its artifacts under settings.artifact_root."""
+    """The experiment of a model (named after it), created with its artifacts under settings.artifact_root (or where
+    the tracking server puts them, when there is no root: see :attr:`Settings.artifact_root`)."""
+    from mlflow.exceptions import MlflowException
+
     client = _client(settings)
     exp = client.get_experiment_by_name(model_name)
     if exp is not None:
         return exp.experiment_id
-    location = f"{settings.artifact_root.rstrip('/')}/{model_name}"
-    return client.create_experiment(model_name, artifact_location=location)
+    root = settings.artifact_root
+    try:
+        if root is None:
+            return client.create_experiment(model_name)
+        return client.create_experiment(model_name, artifact_location=f"{root.rstrip('/')}/{model_name}")
+    except MlflowException:
+        # A team member created it between our lookup and our create (shared server): use theirs.
+        exp = client.get_experiment_by_name(model_name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -312,12 +329,16 @@ def _champion(client, name: str):
 
 def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, primary_metric: str,
                      metric_value: float, higher_is_better: bool, settings: Settings | None = None,
-                     extra_metrics: dict | None = None, data_validated: bool = True) -> RegisterResult:
+                     extra_metrics: dict | None = None, data_validated: bool = True,
+                     card: dict | None = None) -> RegisterResult:
     """Log a fitted model with signature and input example, register a new version and run the promotion gate.
 
     The ``champion`` alias moves to the new version only when the data it trained on passed validation and either
     there is no champion yet or the new version is strictly better on ``primary_metric`` than the champion.
     Uses the active run, or opens one in the model's experiment when none is active.
+
+    ``card``: the model card's content (:mod:`training.model_card`); rendered with the version and the gate's
+    decision, logged to the run, set as the version's description and written to ``models/cards/<model>/v<N>.md``.
     """
     import mlflow
     import mlflow.sklearn
@@ -328,7 +349,7 @@ def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, p
     if mlflow.active_run() is None:
         with start_run(model_name, run_name="register", settings=settings):
             return log_and_register(model_name, model, input_example, primary_metric, metric_value,
-                                    higher_is_better, settings, extra_metrics, data_validated)
+                                    higher_is_better, settings, extra_metrics, data_validated, card)
 
     client = _client(settings)
     value = _scalar(metric_value)
@@ -381,7 +402,65 @@ def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, p
         champ_version, champ_value = version, value
     client.set_model_version_tag(model_name, str(version), TAG_GATE, reason)
     mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower(), TAG_GATE: reason})
-    return RegisterResult(model_name, version, promoted, reason, champ_version, champ_value)
+    card_path = None
+    if card is not None:
+        from training import model_card
+
+        run_id = mlflow.active_run().info.run_id
+        text = model_card.render(card, model_name, version, promoted=promoted, reason=reason,
+                                 champion_version=champ_version, champion_value=champ_value,
+                                 primary_metric=primary_metric, higher_is_better=higher_is_better, run_id=run_id,
+                                 registered_at=pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
+        artifact = f"{CARD_ARTIFACT_DIR}/v{version}.md"
+        mlflow.log_text(text, artifact)
+        card_path = card_file(model_name, version, settings)
+        card_path.parent.mkdir(parents=True, exist_ok=True)
+        card_path.write_text(text, encoding="utf-8")
+        client.update_model_version(model_name, str(version), description=model_card.summary(
+            text, pointer=f"`aftersales card {model_name} --version {version}`"))
+        client.set_model_version_tag(model_name, str(version), TAG_CARD, artifact)
+    return RegisterResult(model_name, version, promoted, reason, champ_version, champ_value, card_path)
+
+
+def card_file(model_name: str, version: int, settings: Settings | None = None) -> Path:
+    """Where registration writes a version's model card: ``models/cards/<model>/v<version>.md``."""
+    return (settings or get_settings()).cards_dir / model_name / f"v{int(version)}.md"
+
+
+def load_card(model_name: str, version: int | None = None, settings: Settings | None = None) -> tuple[int, str]:
+    """(version, Markdown) of a version's model card, read from MLflow (the team's copy, not a local file).
+
+    Without ``version``: the champion's card, or the latest version's when there is no champion.
+    """
+    from mlflow.exceptions import MlflowException
+
+    settings = settings or get_settings()
+    client = _client(settings)
+    cmd = model_name.replace("_", "-")
+    if version is None:
+        mv = _champion(client, model_name)
+        if mv is None:
+            try:
+                versions = list(client.search_model_versions(f"name = '{model_name}'"))
+            except MlflowException:
+                versions = []
+            if not versions:
+                raise ModelNotFound(f"no registered versions of '{model_name}' in {settings.tracking_uri}; "
+                                    f"run `aftersales train {cmd}`")
+            mv = max(versions, key=lambda v: int(v.version))
+    else:
+        try:
+            mv = client.get_model_version(model_name, str(int(version)))
+        except MlflowException:
+            raise ModelNotFound(f"no version {version} of '{model_name}' in {settings.tracking_uri}; "
+                                "`aftersales models` lists the registered versions") from None
+    artifact = mv.tags.get(TAG_CARD)
+    if not artifact or not mv.run_id:
+        raise ModelNotFound(f"'{model_name}' version {mv.version} has no model card (registered before cards "
+                            f"existed); run `aftersales train {cmd}` to register a version with one")
+    with tempfile.TemporaryDirectory() as tmp:
+        local = client.download_artifacts(mv.run_id, artifact, tmp)
+        return int(mv.version), Path(local).read_text(encoding="utf-8")
 
 
 def load_champion(model_name: str, settings: Settings | None = None) -> LoadedModel:

@@ -186,8 +186,8 @@ def _windows_of(dates: pd.Series, hw: pd.DataFrame) -> pd.Series:
 
 
 def metrics_table(fc: Forecasts, history: History, hw: pd.DataFrame, series: str = TOTAL) -> pd.DataFrame:
-    """Metrics per method on ``series``, over all backtest days and on holiday-window days, computed on the days
-    where every method has a forecast (so the comparison is like for like)."""
+    """Metrics per method on ``series``, over all backtest days, on holiday-window days and on the other ("normal")
+    days, computed on the days where every method has a forecast (so the comparison is like for like)."""
     df = fc[fc["series"] == series].copy()
     methods = sorted(df["method"].unique(), key=lambda m: (m != MODEL, m))
     common = df.groupby(["origin", "date"])["method"].nunique() == len(methods)
@@ -203,7 +203,8 @@ def metrics_table(fc: Forecasts, history: History, hw: pd.DataFrame, series: str
     rows = []
     for m in methods:
         sub = df[df["method"] == m]
-        for slice_name, part in (("all", sub.drop(columns="window")), ("holiday", sub[sub["window"] != ""])):
+        for slice_name, part in (("all", sub.drop(columns="window")), ("holiday", sub[sub["window"] != ""]),
+                                 ("normal", sub[sub["window"] == ""].drop(columns="window"))):
             rows.append({"method": m, "slice": slice_name, **metrics_for(part, mase_scale)})
     return pd.DataFrame(rows)
 
@@ -247,7 +248,7 @@ class BacktestResult:
         t = self.table.set_index(["method", "slice"])
         out = {}
         for m in t.index.get_level_values(0).unique():
-            for sl in ("all", "holiday"):
+            for sl in ("all", "holiday", "normal"):
                 for k in ("wape", "coverage80", "mase", "bias", "pinball", "peak_error", "peak_offset_days"):
                     if (m, sl) in t.index:
                         out[f"{m}.{sl}.{k}"] = float(t.loc[(m, sl), k])
@@ -495,11 +496,13 @@ def train(data_dir: Path, settings: Settings) -> dict:
         final = ReturnVolumeForecaster(**params).fit(history)
         example = _input_example(final, history)
         primary = _primary(result)
+        validated = all(r.balanced for r in ds.reports.values())
         gate = registry.log_and_register(
             MODEL_NAME, final, input_example=example, primary_metric="holiday_wape",
             metric_value=primary["holiday_wape"], higher_is_better=False, settings=settings,
             extra_metrics={k: v for k, v in primary.items() if k != "holiday_wape"},
-            data_validated=all(r.balanced for r in ds.reports.values()))
+            data_validated=validated,
+            card=model_card(result, ds, history, Path(data_dir), validated, horizon))
     t = result.table.set_index(["method", "slice"])
     summary = {
         "version": gate.version, "promoted": gate.promoted, "gate": gate.reason,
@@ -510,6 +513,83 @@ def train(data_dir: Path, settings: Settings) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     return summary
+
+
+def model_card(result: BacktestResult, ds, history: History, data_dir: Path, validated: bool, horizon: int) -> dict:
+    """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow."""
+    from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
+
+    t = result.table.set_index(["method", "slice"])
+    methods = list(dict.fromkeys(result.table["method"]))
+    origins = result.origins
+    n_event = int((origins["kind"] == "event").sum())
+    card = new_card(
+        "Return volume forecast",
+        f"Daily return requests P10/P50/P90 for up to {horizon} days after the data's last day, for the total and "
+        f"for each of {len(history.series)} series ({', '.join(history.series[:8])}"
+        f"{', ...' if len(history.series) > 8 else ''}); `aftersales staff` turns it into agents per channel.",
+        "Customer-service and warehouse planners staffing for holiday and shopping-event return waves.",
+        data_summary(ds, data_dir, validated, ["orders", "returns", "tickets"],
+                     note=f"market {history.market}; {len(history.days):,} days of daily series"),
+        f"Rolling-origin backtest over {len(origins)} origins ({n_event} placed {EVENT_LEAD_DAYS} days before a "
+        f"major event, the rest every {ORIGIN_STEP_DAYS} days back from the end): "
+        + ", ".join(f"{r.origin.date()}{' (' + r.event + ')' if r.event else ''}" for r in origins.itertuples())
+        + f". At each origin the model is refitted on data up to the origin only and forecasts up to {horizon} "
+          "days ahead; the baselines forecast the same days: seasonal naive (same weekday last week), the "
+          "planners' method (same weekday 52 weeks back, scaled by recent growth) and AutoETS where installed. "
+          "Metrics on series 'total', on the days every method has a forecast. The registered version is refitted "
+          "on all the data.",
+    )
+    rows = [("holiday-window WAPE", "holiday", "wape", "holiday_wape"), ("WAPE, all days", "all", "wape", "wape"),
+            ("WAPE, normal days", "normal", "wape", f"{MODEL}.normal.wape"),
+            ("MASE-7, all days", "all", "mase", f"{MODEL}.all.mase"),
+            ("bias, all days", "all", "bias", f"{MODEL}.all.bias"),
+            ("peak-day error, holiday windows", "holiday", "peak_error", f"{MODEL}.holiday.peak_error"),
+            ("80% interval coverage", "all", "coverage80", "coverage80")]
+    card["metrics"] = pd.DataFrame([{"metric": f"{label} (`{key}`)",
+                                     **{m: (t.loc[(m, sl), k] if (m, sl) in t.index else None) for m in methods}}
+                                    for label, sl, k, key in rows])
+    card["metrics_note"] = ("Baselines' figures are logged as `<method>.<slice>.<metric>` (e.g. "
+                            f"`{SEASONAL_NAIVE}.holiday.wape`). " + " ".join(target_lines(result)))
+    slices = pd.DataFrame([{"slice": {"holiday": "holiday windows", "normal": "normal days", "all": "all days"}[sl],
+                            "days": t.loc[(MODEL, sl), "days"] if (MODEL, sl) in t.index else 0,
+                            **{f"wape {m}": t.loc[(m, sl), "wape"] if (m, sl) in t.index else None for m in methods},
+                            f"coverage80 {MODEL}": t.loc[(MODEL, sl), "coverage80"] if (MODEL, sl) in t.index
+                            else None} for sl in ("holiday", "normal", "all")])
+    by = flat_by_series(result.by_series)
+    keep = [c for c in ("series", f"holiday_wape.{MODEL}", f"wape.{MODEL}", f"coverage80.{MODEL}") if c in by.columns]
+    card["slices"] = [(f"Series 'total', backtest days split by {HOLIDAY_WINDOW_TEXT}.", slices),
+                      ("Every series (model only): WAPE on holiday windows and on all days, 80% coverage.",
+                       by[keep])]
+    guest = float(ds.returns["account_id"].isna().mean()) if len(ds.returns) else 0.0
+    card["not_applicable"] = {
+        "new merchants": "volumes are forecast per total, category, region and channel, not per merchant; a new "
+                         "merchant enters through the orders it adds, which the forecast follows.",
+        "guest accounts": f"guest returns ({guest:.1%} of the returns seen) count in every series like any other."}
+    limits = []
+    if (Path(data_dir) / "truth").is_dir():
+        limits.append("Trained and backtested on a synthetic world: the figures show the method tracks return waves "
+                      "shaped like these, not how it will do on the platform's real returns.")
+    days = pd.DatetimeIndex(result.forecasts.loc[result.forecasts["method"] == MODEL, "date"].unique())
+    events = sorted({w.event for w in result.holiday_windows.itertuples()
+                     if ((days >= w.window_start) & (days <= w.window_end)).any()})
+    limits.append(f"The backtest covers {len(origins)} origins and the holiday windows of {len(events)} event(s)"
+                  f"{' (' + ', '.join(events) + ')' if events else ''}; other events are not measured, and an "
+                  "event the history holds once or never is forecast from its calendar class only.")
+    cov = t.loc[(MODEL, "all"), "coverage80"] if (MODEL, "all") in t.index else np.nan
+    if pd.notna(cov) and not 0.72 <= cov <= 0.88:
+        limits.append(f"The 80% interval held the actual on {cov:.1%} of backtest days (target 72-88%): the "
+                      f"intervals are too {'narrow' if cov < 0.72 else 'wide'}.")
+    if (MODEL, "holiday") in t.index and (MODEL, "all") in t.index:
+        ch, ca = t.loc[(MODEL, "holiday"), "coverage80"], t.loc[(MODEL, "all"), "coverage80"]
+        if pd.notna(ch) and pd.notna(ca) and ch < ca - 0.05:
+            limits.append(f"The 80% interval covers less on holiday windows ({ch:.1%}) than overall ({ca:.1%}): "
+                          "plan holiday staffing on P90, not P50.")
+    limits += result.notes
+    limits.append("Sales plans change the forecast only where given (`aftersales forecast --plan`); without one, "
+                  "future orders are projected from the recent run rate and last year's event uplift.")
+    card["limits"] = limits
+    return card
 
 
 def _input_example(model: ReturnVolumeForecaster, history: History) -> pd.DataFrame:

@@ -141,6 +141,7 @@ class Evaluation:
     feedback: pd.DataFrame | None
     params: dict = field(default_factory=dict)
     model: SerialReturnerModel | None = None
+    slices: pd.DataFrame | None = None  # metrics per slice of the evaluated accounts (model card)
 
 
 def _truth(data_dir: Path) -> pd.DataFrame | None:
@@ -204,7 +205,44 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     params = {"t1": str(t1.date()), "t2": str(t2.date()), "capacity": capacity, "mode": model.mode_,
               "n_labels": model.n_labels_, "n_eval_accounts": len(ev), "n_eval_positives": int(y.sum()),
               "market": market or settings.market}
-    return Evaluation(metrics, queue, qm, {m: (s, y) for m, s in scores.items()}, fb, params, model)
+    slices = slice_table(account_slices(ds, ev, t2, settings, market), y, scores, capacity)
+    return Evaluation(metrics, queue, qm, {m: (s, y) for m, s in scores.items()}, fb, params, model, slices)
+
+
+def account_slices(ds: Dataset, X: AccountFrame, as_of, settings: Settings, market: str | None = None,
+                   new_days: int = 90) -> dict[str, np.ndarray]:
+    """Model-card slices of the accounts ``X`` scored as of ``as_of``: new accounts (first order fewer than
+    ``new_days`` days before), and accounts that returned something in a holiday window in the year before."""
+    from training.model_card import in_holiday_windows
+
+    day = as_day(as_of)
+    new = X["tenure_days"].to_numpy() < new_days
+    r = ds.returns[ds.returns["account_id"].notna()]
+    r = r[(r["requested_at"] < day + pd.Timedelta(days=1)) & (r["requested_at"] >= day - pd.Timedelta(days=365))]
+    in_window = in_holiday_windows(r["requested_at"], market or settings.market, settings)
+    holiday_accounts = set(r.loc[in_window.to_numpy(), "account_id"].astype(str))
+    holiday = X.index.astype(str).isin(list(holiday_accounts))
+    return {"all accounts": np.ones(len(X), dtype=bool), "new_account": new, "established_account": ~new,
+            "returned_in_holiday_window": holiday, "no_holiday_returns": ~holiday}
+
+
+def slice_table(masks: dict[str, np.ndarray], y: np.ndarray, scores: dict[str, np.ndarray],
+                capacity: int, positives: str = "abusers") -> pd.DataFrame:
+    """PR-AUC of every method within each slice, and the share of the slice's positives (``y``, named
+    ``positives``) in the model's top capacity."""
+    from sklearn.metrics import average_precision_score
+
+    top = np.zeros(len(y), dtype=bool)
+    top[np.argsort(-scores["model"], kind="stable")[:capacity]] = True
+    rows = []
+    for name, m in masks.items():
+        yy = y[m]
+        row = {"slice": name, "accounts": int(m.sum()), positives: int(yy.sum()),
+               "recall_in_queue_model": float((top[m] & yy).sum() / yy.sum()) if yy.any() else None}
+        for method, s in scores.items():
+            row[f"pr_auc_{method}"] = float(average_precision_score(yy, s[m])) if 0 < yy.sum() < len(yy) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame, t1, t2, settings: Settings,
@@ -276,9 +314,10 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
                      "precision": float(heavy[flagged].mean()), "heavy_before_too": int((heavy & before)[flagged].sum()),
                      "any_return_next_quarter": int((future[flagged] > 0).sum()),
                      "pr_auc": float(average_precision_score(heavy, s)) if heavy.any() else float("nan")})
+    slices = slice_table(account_slices(ds, X1, t1, settings, market), heavy, scores, top, "heavy_returners")
     return {"t1": str(t1.date()), "window_end": str(end.date()), "heavy_threshold": threshold,
             "heavy_accounts": int(heavy.sum()), "accounts": len(X1), "mode": model.mode_,
-            "table": pd.DataFrame(rows).set_index("method"), "model": model}
+            "table": pd.DataFrame(rows).set_index("method"), "model": model, "slices": slices}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -395,6 +434,111 @@ def _load(data_dir: Path, out_dir: Path, echo: Echo) -> Dataset:
     return load_for_command(data_dir, out_dir, echo)
 
 
+def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialReturnerModel, capacity: int,
+               ev: Evaluation | None = None, fw: dict | None = None) -> dict:
+    """The model card's content (see :mod:`training.model_card`): figures from the evaluation as logged to MLflow."""
+    from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
+
+    card = new_card(
+        "Serial returners (return abuse)",
+        "An abuse score per account (higher = more abnormal returning) with reasons and the likely pattern "
+        f"({', '.join(PATTERNS)}), and the review queue sized to the risk team's capacity ({capacity}). "
+        f"Mode of this version: {final.mode_} ({final.n_labels_} review decisions learnt from).",
+        "The risk team choosing which accounts to review; their decisions train the next version.",
+        data_summary(ds, data_dir, True, ["orders", "returns", "account_links", "review_decisions"]),
+        "",
+    )
+    methods = {"model": "model", "cold_start": "cold-start detector", "rule": "rule baseline",
+               "if_counts": "IsolationForest on counts"}
+    if ev is not None:
+        p = ev.params
+        card["evaluation"] = (
+            f"Fitted as of T1 = {p['t1']} with the review decisions up to T1; every account scored as of "
+            f"T2 = {p['t2']} (later time). Positives: accounts whose abuse (ground truth) had started by T2; the "
+            f"{p['n_labels']} accounts the model learnt from are left out. {p['n_eval_accounts']:,} accounts "
+            f"evaluated, {p['n_eval_positives']} abusers. Baselines on the same accounts: a rule (returns and "
+            "return rate in 90 days above thresholds) and an IsolationForest on raw counts; the cold-start "
+            f"detector is shown too. The registered version is refitted as of the data's last day.")
+        labels = {"pr_auc": "PR-AUC", "precision_at_capacity": f"precision in the top {capacity}",
+                  "recall_at_1pct_fpr": "recall at 1% false positives", "recall_at_capacity":
+                  f"recall in the top {capacity}"}
+        m = ev.metrics
+        card["metrics"] = pd.DataFrame([{"metric": f"{label} (`{key}`)",
+                                         **{name: m.loc[meth, key] for meth, name in methods.items()}}
+                                        for key, label in labels.items()])
+        gain = m.loc["model", "pr_auc"] - m.loc["if_counts", "pr_auc"]
+        card["metrics_note"] = (f"Each method's figures are logged as `<method>_<metric>`. PR-AUC gain over "
+                                f"IsolationForest-on-counts {gain:+.4f} (target +{PR_AUC_MARGIN_TARGET}: "
+                                f"{'met' if gain >= PR_AUC_MARGIN_TARGET else 'NOT met'}).")
+        card["slices"] = ev.slices
+        card["slices_note"] = ("Evaluated accounts as of T2. new_account: first order fewer than 90 days before T2; "
+                               "returned_in_holiday_window: a return requested in the year before T2 in one of the "
+                               f"{HOLIDAY_WINDOW_TEXT}. PR-AUC per method within the slice; recall_in_queue_model: "
+                               f"share of the slice's abusers in the model's top {capacity}.")
+    else:
+        card["evaluation"] = (
+            f"No ground truth in the data folder: forward check. Fitted as of {fw['t1']}, the top {capacity} "
+            f"flagged are compared with the accounts that became heavy returners ({fw['heavy_threshold']:.0f}+ "
+            f"returns) up to {fw['window_end']}; the rule, IsolationForest on counts and 'most returns in 90 days' "
+            "on the same accounts. A proxy: heavy returning is not abuse.")
+        t = fw["table"]
+        card["metrics"] = pd.DataFrame([{"metric": f"{label} (`model_{key}`)", **{m: t.loc[m, key] for m in t.index}}
+                                        for key, label in (("pr_auc", "PR-AUC, heavy returners next quarter"),
+                                                           ("precision", f"precision in the top {capacity}"))])
+        card["slices"] = fw["slices"]
+        card["slices_note"] = (f"Accounts as of {fw['t1']}, labelled by the proxy (heavy returner next quarter). "
+                               f"new_account: first order fewer than 90 days before; returned_in_holiday_window: a "
+                               f"return requested in the year before in one of the {HOLIDAY_WINDOW_TEXT}. PR-AUC per "
+                               f"method within the slice; recall_in_queue_model: share of the slice's heavy "
+                               f"returners in the model's top {capacity}.")
+    guests = int(ds.returns["account_id"].isna().sum())
+    card["not_applicable"] = {
+        "new merchants": "accounts are scored, not merchants.",
+        "guest accounts": f"guests have no account to score or flag: {guests:,} of {len(ds.returns):,} returns in "
+                          f"the data ({guests / max(len(ds.returns), 1):.1%}) were made without an account and are "
+                          "invisible to this model."}
+    limits = []
+    if (Path(data_dir) / "truth").is_dir():
+        limits.append("Trained and measured on a synthetic world with planted abuse patterns: the figures show the "
+                      "method finds patterns like these, not that real abuse looks like them.")
+    if fw is not None:
+        t = fw["table"]["pr_auc"]
+        better = [f"{meth} {t[meth]:.4f}" for meth in t.index if meth != "model" and t[meth] > t["model"]]
+        limits.append("No ground truth: the figures measure finding next quarter's heavy returners, a proxy; "
+                      "heavy returning is not abuse, and abuse with few returns (refund without return, rings) "
+                      "is not measured at all.")
+        if better:
+            limits.append(f"On the proxy the model (PR-AUC {t['model']:.4f}) ranks worse than: {', '.join(better)}.")
+    if final.mode_ == "cold_start":
+        limits.append(f"This version is the unsupervised cold-start detector: fewer than {settings.serial_min_labels} "
+                      "review decisions were available. It ranks unusual returning, which is not always abuse; "
+                      "review decisions fed back make the next version supervised.")
+    if ev is not None and ev.slices is not None:
+        sl = ev.slices.set_index("slice")
+        new = sl.loc["new_account"]
+        if pd.isna(new["pr_auc_model"]) or new["abusers"] < 10:
+            limits.append(f"New accounts are barely measurable: {int(new['accounts']):,} evaluated, "
+                          f"{int(new['abusers'])} abusers; their 90- and 365-day features cover little history.")
+        elif new["pr_auc_model"] < sl.loc["all accounts", "pr_auc_model"] - 0.05:
+            limits.append(f"Weaker on new accounts: PR-AUC {new['pr_auc_model']:.4f} vs "
+                          f"{sl.loc['all accounts', 'pr_auc_model']:.4f} overall.")
+        mm = ev.metrics["pr_auc"]
+        better = [f"{meth} {mm[meth]:.4f}" for meth in ("cold_start", "rule", "if_counts") if mm[meth] > mm["model"]]
+        if better:
+            limits.append(f"On this evaluation the model ({ev.params['mode']}, PR-AUC {mm['model']:.4f}) ranks worse "
+                          f"than: {', '.join(better)}. Prefer the better method's queue until more review decisions "
+                          "arrive.")
+        for pat in PATTERNS:
+            r = ev.metrics.loc["model", f"recall_{pat}_at_capacity"]
+            if r < 0.1:
+                limits.append(f"The {pat} pattern is rarely ranked into the top {capacity} (recall {r:.4f}); the "
+                              "queue's reserved per-pattern slots are what surfaces it.")
+    limits.append("Linked accounts (shared address, device, payment) are scored one by one with group features; a "
+                  "ring is flagged through its members, not as a unit.")
+    card["limits"] = limits
+    return card
+
+
 def train(data_dir: Path, settings: Settings) -> dict:
     """Evaluate on later time against baselines, fit on all data up to the end, register, write the snapshots.
 
@@ -442,9 +586,11 @@ def train(data_dir: Path, settings: Settings) -> dict:
         final = fit_model(X_end, labels, settings, last, source=str(Path(data_dir).resolve()))
         registry.log_params({"final_mode": final.mode_, "final_labels": final.n_labels_, "as_of": str(last.date()),
                              "accounts": len(X_end)})
+        card = model_card(ds, Path(data_dir), settings, final, capacity, ev=ev if truth is not None else None,
+                          fw=fw if truth is None else None)
         result = registry.log_and_register(
             MODEL_NAME, final, X_end[list(FEATURES)].head(5).reset_index(drop=True), primary_metric="pr_auc",
-            metric_value=primary, higher_is_better=True, settings=settings, extra_metrics=extra)
+            metric_value=primary, higher_is_better=True, settings=settings, extra_metrics=extra, card=card)
         echo(f"registered {MODEL_NAME} v{result.version}: {result.reason}")
         paths = write_snapshot(X_end, final, settings,
                                exclude=excluded_accounts(labels, last, settings.serial_review_cooldown_days))

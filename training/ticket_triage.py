@@ -35,6 +35,7 @@ from features.tickets import (
     series_us,
 )
 from training.data import load_for_command
+from training.model_card import HOLIDAY_WINDOW_TEXT as HOLIDAY_TEXT
 
 MODEL_NAME = "ticket_triage"
 PRIMARY_METRIC = "roc_auc"
@@ -118,17 +119,36 @@ def metrics(y: np.ndarray, p: np.ndarray, prefix: str = "") -> dict[str, float]:
     }
 
 
-def slice_table(meta: pd.DataFrame, X: pd.DataFrame, y: np.ndarray, p: np.ndarray, b: np.ndarray) -> pd.DataFrame:
-    """Metrics on the slices that matter: each case type, holiday/event peaks, guests, phone contacts."""
+def card_slices(meta: pd.DataFrame, settings: Settings, ds: Dataset | None = None) -> dict[str, np.ndarray]:
+    """The model card's slices of ``meta``'s tickets beyond :func:`slice_table`'s own: registered accounts, and (with
+    ``ds``) tickets about merchants trading fewer than ``merchant_new_days`` days (first order in the data)."""
+    from training.model_card import first_seen
+
+    out = {"registered": meta["account_id"].notna().to_numpy()}
+    if ds is not None:
+        start = first_seen(ds.orders["ordered_at"], ds.orders["merchant_id"])
+        since = meta["merchant_id"].astype("string").map(start)
+        age = (pd.to_datetime(meta["created_at"], utc=True) - pd.to_datetime(since, utc=True)).dt.days
+        known = age.notna().to_numpy()
+        new = known & (age.fillna(1e9).to_numpy() < settings.merchant_new_days)
+        out |= {"new_merchant": new, "established_merchant": known & ~new}
+    return out
+
+
+def slice_table(meta: pd.DataFrame, X: pd.DataFrame, y: np.ndarray, p: np.ndarray, b: np.ndarray,
+                extra: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """Metrics on the slices that matter: each case type, holiday windows (the calendar's ``in_event_window``),
+    guests, phone contacts (and ``extra`` masks, e.g. :func:`card_slices`)."""
     from sklearn.metrics import roc_auc_score
 
     slices = {f"case_type={c}": (meta["case_type"] == c).to_numpy() for c in sorted(meta["case_type"].unique())}
     slices |= {
-        "peak_window": X["in_event_window"].to_numpy() >= 1,
-        "off_peak": X["in_event_window"].to_numpy() < 1,
+        "holiday_window": X["in_event_window"].to_numpy() >= 1,
+        "outside_holiday_windows": X["in_event_window"].to_numpy() < 1,
         "guest": meta["account_id"].isna().to_numpy(),
         "channel=phone": (meta["channel"] == "phone").to_numpy(),
         "no_order": X["has_order"].to_numpy() < 1,
+        **(extra or {}),
     }
     rows = []
     for name, m in slices.items():
@@ -214,7 +234,8 @@ def evaluate(feats: TicketFeatures, settings: Settings, test_fraction: float = T
     rel, rel_b = reliability_table(yt, p), reliability_table(yt, base)
     fig = calibration_figure(rel, rel_b, p, f"Ticket escalation, tickets from {split.cutoff:%Y-%m-%d} "
                                             f"(n={len(te):,})")
-    return Evaluation(model, split, m, rel, rel_b, slice_table(meta.iloc[te], X.iloc[te], yt, p, base), fig, fit_s)
+    slices = slice_table(meta.iloc[te], X.iloc[te], yt, p, base, card_slices(meta.iloc[te], settings, ds))
+    return Evaluation(model, split, m, rel, rel_b, slices, fig, fit_s)
 
 
 def serving_path_check(model: TicketTriageModel, ds: Dataset, feats: TicketFeatures, as_of: pd.Timestamp,
@@ -314,6 +335,75 @@ def _log_evaluation(ev: Evaluation, settings: Settings, extra_params: dict | Non
     registry.log_text("\n".join(report_lines(ev.metrics)), "targets.txt")
 
 
+def model_card(ev: Evaluation, ds: Dataset, data_dir: Path, validated: bool, n_refit: int) -> dict:
+    """The model card's content (see :mod:`training.model_card`): every figure from ``ev`` (as logged to MLflow)."""
+    from training.model_card import data_summary, new_card
+
+    m, split = ev.metrics, ev.split
+    rep = ds.reports["tickets"]
+    card = new_card(
+        "Ticket triage (escalation risk)",
+        "The probability that a new after-sales ticket escalates (becomes a formal complaint or needs platform "
+        "intervention), calibrated, with a priority P1-P4 and an auto-approve / risk-review recommendation from "
+        "the business thresholds in the settings.",
+        "Customer-service leads and the ticket router deciding which cases a senior agent sees first.",
+        data_summary(ds, data_dir, validated, ["tickets", "orders", "returns", "account_links"],
+                     note=f"{rep.rejected:,} of {rep.rows_in:,} ticket rows rejected "
+                          f"({rep.rejected / max(rep.rows_in, 1):.1%}; above {MAX_REJECTED_SHARE:.0%} the version "
+                          "is registered but not promoted)"),
+        f"Time split at {split.cutoff:%Y-%m-%d %H:%M} UTC: fitted on {m['train_tickets']:,} tickets created and "
+        f"resolved before it, scored on the {m['test_tickets']:,} labelled tickets created after it (the latest "
+        f"{TEST_FRACTION:.0%}). {m['unlabelled_tickets']:,} tickets without a known outcome and "
+        f"{m['label_after_cutoff_tickets']:,} earlier tickets whose outcome was only known after the cut-off are "
+        f"left out. The registered version is the same model refitted on all {n_refit:,} labelled tickets; the "
+        "figures below are those of the time-split fit. Baseline: the escalation rate of the ticket's case type "
+        "on the training tickets.",
+    )
+    rows = [("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("Brier score", "brier"), ("log loss", "log_loss"),
+            ("expected calibration error", "ece"), ("mean predicted", "mean_predicted")]
+    card["metrics"] = pd.DataFrame([{
+        "metric": f"{label} (`{key}`)", "model": m[key], "case-type baseline": m[f"baseline_{key}"],
+        "uncalibrated booster": m[f"uncalibrated_{key}"]} for label, key in rows])
+    card["metrics_note"] = (f"Test escalation rate {m['test_escalation_rate']:.4f}. ROC-AUC lift over the baseline "
+                            f"{m['roc_auc_lift']:+.4f} (target +{TARGET_LIFT:.2f}: "
+                            f"{'met' if m['roc_auc_lift'] >= TARGET_LIFT else 'NOT met'}).")
+    card["slices"] = ev.slices
+    card["slices_note"] = (f"Later (test) tickets only. holiday_window: created in one of the {HOLIDAY_TEXT}; new_merchant: "
+                           "about a merchant whose first order in the data is fewer than merchant_new_days days "
+                           "before the ticket; guest: no account_id (registered: with one). roc_auc is empty where "
+                           "a slice has only one outcome.")
+    sl = ev.slices.set_index("slice")
+    limits = []
+    if (Path(data_dir) / "truth").is_dir():
+        limits.append("Trained and measured on a synthetic world: the figures show the method works on data shaped "
+                      "like the contract, not how it will do on the platform's real tickets.")
+    for name in ("guest", "new_merchant", "holiday_window"):
+        if name not in sl.index:
+            continue
+        n, auc = int(sl.loc[name, "tickets"]), sl.loc[name, "roc_auc"]
+        if pd.notna(auc) and n >= 30 and auc < m["roc_auc"] - 0.02:
+            limits.append(f"Weaker on {name} tickets: ROC-AUC {auc:.4f} vs {m['roc_auc']:.4f} overall "
+                          f"({n:,} test tickets).")
+        elif pd.isna(auc) or n < 30:
+            rate = sl.loc[name, "escalation_rate"]
+            limits.append(f"Not measurable on {name} tickets: {n:,} in the test period"
+                          + (f", escalation rate {rate:.4f}" if pd.notna(rate) else "")
+                          + "; their ranking is unproven.")
+    limits.append("Guests have no account history: their tickets are scored from the ticket, order and merchant "
+                  "alone.")
+    if "serving_check_mean_abs_diff" in m:
+        limits.append(f"The service scores from snapshots taken at training time: on the week after the cut-off, "
+                      f"served probabilities differ from the training path by {m['serving_check_mean_abs_diff']:.4f} "
+                      f"on average (ROC-AUC {m['serving_check_roc_auc']:.4f} served vs "
+                      f"{m['serving_check_offline_roc_auc']:.4f}); stale snapshots cost more as they age.")
+    limits.append("Text signals are English keyword families and hashed words of the first message; other "
+                  "languages contribute only the non-text features.")
+    limits.append(f"{m['unlabelled_tickets']:,} open tickets had no outcome and were not learnt from; if long-open "
+                  "cases differ from quickly closed ones, the model has not seen them.")
+    card["limits"] = limits
+    return card
+
+
 def write_snapshots(ds: Dataset, settings: Settings) -> dict[str, Path]:
     """The account, merchant and order context serving needs, as of the end of the data (same code as training)."""
     snaps = feature_snapshots(ds, data_end(ds))
@@ -354,7 +444,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
             metric_value=ev.metrics["roc_auc"], higher_is_better=True, settings=settings,
             extra_metrics={k: ev.metrics[k] for k in ("baseline_roc_auc", "roc_auc_lift", "pr_auc", "brier",
                                                       "ece")},
-            data_validated=validated)
+            data_validated=validated, card=model_card(ev, ds, Path(data_dir), validated, len(labelled)))
     paths = write_snapshots(ds, settings)
     m = ev.metrics
     return {
