@@ -48,6 +48,8 @@ from serving.app import (  # noqa: E402
     bind_apis_once,
     cancel_timeout_timers,
     install,
+    label_metrics_by_route,
+    service_labeler,
     tune_gc,
 )
 from serving.schemas import (  # noqa: E402
@@ -112,5 +114,7 @@ class AfterSalesService:
         self.runtime.close()
 
 
-# API keys and the body size limit, on every route (native and mounted); inner to BentoML's metrics and tracing.
+# API keys, the body size limit and JSON-only bodies, on every route (native and mounted); inner to BentoML's metrics
+# and tracing. Metrics are labelled by route, not raw path (GuardMiddleware restores the path: the two go together).
 AfterSalesService.add_asgi_middleware(GuardMiddleware)
+label_metrics_by_route(service_labeler([api.route for api in AfterSalesService.apis.values()]))

@@ -6,99 +6,31 @@ serial-returner snapshot, a merchant ranking), plus a second service on an empty
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
-from sklearn.dummy import DummyRegressor
+from _service import Service, build_deployment
+from _service import json_ticket as _json_ticket
 
-from features.accounts import SerialReturnerModel, dataset_features
-from features.contract import load_dataset
-from features.return_volume import ReturnVolumeForecaster, build_history
-from features.settings import Settings
-from features.synthetic import generate_world
-from features.tickets import CalendarTable, TicketTriageModel, build_training_features, load_serving_snapshots
+from features.return_volume import ReturnVolumeForecaster
+from features.tickets import load_serving_snapshots
 from training import registry
-from training.merchant_risk import write_serving_snapshot
-from training.serial_returners import write_snapshot as write_serial_snapshot
-from training.ticket_triage import model_params, write_snapshots
 
-ROOT = Path(__file__).resolve().parent.parent
-WORLD = dict(seed=21, accounts=900, merchants=25, start="2024-01-01", days=240, market="CN", progress=False)
 MAX_BATCH = 40  # the served limit in these tests (AFTERSALES_MAX_BATCH_SIZE), so a too-large batch is cheap
 MAX_BODY = 300_000  # bytes (AFTERSALES_MAX_BODY_BYTES)
 API_KEYS = ["key-for-tests-1", "key-for-tests-2"]
-TICKET_COLUMNS = ["ticket_id", "created_at", "account_id", "merchant_id", "order_id", "case_type", "channel",
-                  "amount", "text"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Fixtures: models folder, running services
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """A ``bentoml serve`` subprocess on loopback, with its log for failure messages (started at construction,
-    waited for by :meth:`wait_ready`, so two services can boot while the test builds its models)."""
-
-    def __init__(self, models_dir: Path, data_dir: Path, log: Path, api_key: str | None = None, **env: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        full_env = dict(os.environ, AFTERSALES_MODELS_DIR=str(models_dir), AFTERSALES_DATA_DIR=str(data_dir),
-                        AFTERSALES_MAX_BATCH_SIZE=str(MAX_BATCH), **env)
-        bentoml = Path(sys.executable).parent / "bentoml"
-        self.proc = subprocess.Popen(
-            [str(bentoml), "serve", "serving.service:AfterSalesService", "--host", "127.0.0.1", "--port",
-             str(self.port)], cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.client = httpx.Client(base_url=self.url, timeout=60,
-                                   headers={"X-API-Key": api_key} if api_key else None)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"service exited ({self.proc.returncode}):\n{self.tail()}"
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"service not ready in {timeout:.0f}s:\n{self.tail()}")
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def empty_service(tmp_path_factory) -> Service:
     """A service on a models folder with nothing registered (and no data folder)."""
     root = tmp_path_factory.mktemp("empty")
-    svc = Service(root / "models", root / "no-data", root / "service.log")
+    svc = Service(root / "models", root / "no-data", root / "service.log", AFTERSALES_MAX_BATCH_SIZE=str(MAX_BATCH))
     try:
         yield svc
     finally:
@@ -107,74 +39,21 @@ def empty_service(tmp_path_factory) -> Service:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, empty_service) -> dict:
-    """A world and a models folder holding every champion the service loads, built the way training builds them.
-
-    (Depends on ``empty_service`` only so that one boots while this builds.)
-    """
-    root = tmp_path_factory.mktemp("serving")
-    world = root / "world"
-    generate_world(world, **WORLD)
-    settings = Settings(models_dir=root / "models", data_dir=world)
-    ds = load_dataset(world)
-
-    # Ticket triage: the real model class on the world's labelled tickets, and the snapshots training writes.
-    feats = build_training_features(ds, CalendarTable("CN", first_year=2023, last_year=2025))
-    labelled = feats.meta["escalated"].notna().to_numpy()
-    triage = TicketTriageModel(**model_params(settings)).fit(
-        feats.X[labelled], feats.meta["escalated"][labelled].astype(int).to_numpy())
-    v_triage = registry.log_and_register("ticket_triage", triage, feats.X.head(5), "roc_auc", 0.70, True,
-                                         settings=settings).version
-    write_snapshots(ds, settings)
-
-    # Serial returners: cold-start model on the accounts as of the last day; its snapshot and review queue.
-    X = dataset_features(ds, ds.time_span()[1], "CN", settings)
-    returners = SerialReturnerModel().fit(X)
-    write_serial_snapshot(X, returners, settings, capacity=12)
-    registry.log_and_register("serial_returners", returners, X.head(5), "pr_auc", 0.3, True, settings=settings)
-
-    # Merchant risk: a ranking in the layout rank-merchants writes (scores known to the test), and its snapshot.
-    merchants = sorted(ds.orders["merchant_id"].astype(str).unique())
-    score = np.linspace(1.0, 0.1, len(merchants))
-    ranking = pd.DataFrame({"merchant_id": merchants, "score": score, "rank": np.arange(1, len(merchants) + 1),
-                            "expected_complaints": score * 10, "late_delivery_rate": score / 4,
-                            "complaint_rate_90d": score / 50,
-                            "reasons": [f"complaints {s:.0%} of orders; late deliveries" for s in score]})
-    write_serving_snapshot(ranking.sample(frac=1.0, random_state=0), settings)  # shuffled: the service sorts
-    stand_in = DummyRegressor().fit(np.zeros((3, 1)), [0.0, 1.0, 2.0])
-    registry.log_and_register("merchant_risk", stand_in, pd.DataFrame({"x": [0.0]}), "ndcg_at_50", 0.5, True,
-                              settings=settings)
-
-    # Return volume: a short-horizon forecaster fitted on the history up to the last day.
-    history = build_history(ds, "CN")
-    forecaster = ReturnVolumeForecaster(horizon=7, n_estimators=40, max_rows=4000).fit(history)
-    registry.log_and_register("return_volume", forecaster, pd.DataFrame({"origin": ["x"]}), "holiday_wape", 0.3,
-                              False, settings=settings)
-
-    tickets = ds.tickets.drop(columns=["escalated", "resolved_at"]).tail(60).reset_index(drop=True)
-    return {"settings": settings, "world": world, "tickets": tickets, "triage_version": v_triage,
-            "history_end": history.days[-1], "root": root}
+    """Every champion the service loads, built the way training builds them (this module's own: it registers a
+    new champion). Depends on ``empty_service`` only so that one boots while this builds."""
+    return build_deployment(tmp_path_factory.mktemp("serving"))
 
 
 @pytest.fixture(scope="module")
 def service(deployment) -> Service:
     svc = Service(deployment["settings"].models_dir, deployment["world"], deployment["root"] / "service.log",
                   api_key=API_KEYS[1], AFTERSALES_API_KEYS=json.dumps(API_KEYS),
-                  AFTERSALES_MAX_BODY_BYTES=str(MAX_BODY))
+                  AFTERSALES_MAX_BODY_BYTES=str(MAX_BODY), AFTERSALES_MAX_BATCH_SIZE=str(MAX_BATCH))
     try:
         svc.wait_ready()
         yield svc
     finally:
         svc.stop()
-
-
-def _json_ticket(row: pd.Series) -> dict:
-    out = {}
-    for k in TICKET_COLUMNS:
-        v = row[k]
-        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
-            continue
-        out[k] = v.isoformat() if isinstance(v, pd.Timestamp) else (float(v) if k == "amount" else str(v))
-    return out
 
 
 def _no_trace(r: httpx.Response) -> None:
