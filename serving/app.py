@@ -750,6 +750,31 @@ def cancel_timeout_timers() -> None:
     middleware._cancels_timer = True
 
 
+class _ClientErrorFilter(logging.Filter):
+    """Turns BentoML's ERROR-with-traceback for each request that fails validation into one WARNING line.
+
+    Those are the client's mistakes, answered 400 with the details; a traceback per bad request lets anyone fill
+    the log, and pydantic's message quotes the submitted values into it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "ValidationError" and record.msg.startswith("Exception on"):
+            fields = sorted({".".join(str(x) for x in e.get("loc", ())) or "body" for e in exc.errors()})
+            record.msg, record.args = "invalid request on %s [%s] answered 400: %s", (
+                *record.args[:2], ", ".join(fields[:10]))
+            record.levelno, record.levelname, record.exc_info, record.exc_text = (
+                logging.WARNING, "WARNING", None, None)
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Install :class:`_ClientErrorFilter` on BentoML's HTTP app logger (once per worker, after logging is set)."""
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, _ClientErrorFilter) for f in logger.filters):
+        logger.addFilter(_ClientErrorFilter())
+
+
 def bind_apis_once(instance: Any, service: Any) -> None:
     """Bind each BentoML API method of ``instance`` once instead of on every request.
 

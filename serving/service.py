@@ -49,6 +49,7 @@ from serving.app import (  # noqa: E402
     cancel_timeout_timers,
     install,
     label_metrics_by_route,
+    quiet_client_errors,
     service_labeler,
     tune_gc,
 )
@@ -77,6 +78,7 @@ class AfterSalesService:
     """After-sales risk and forecasting: ticket triage, return-volume forecast, review queue, merchant risk."""
 
     def __init__(self) -> None:
+        quiet_client_errors()
         self.runtime = Runtime.load(get_settings())
         install(self.runtime)
         bind_apis_once(self, AfterSalesService)
