@@ -775,6 +775,32 @@ def quiet_client_errors() -> None:
         logger.addFilter(_ClientErrorFilter())
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel send this worker SIGTERM when the ``bentoml serve`` process that started it dies.
+
+    BentoML's process manager (circus) starts each worker in its own session, so killing the server's process
+    group with SIGKILL (a crash, the OOM killer, ``kill -9``) left the worker running: still bound to the port,
+    serving the old model versions with no supervisor, and in the way of the restarted service. With this the
+    worker finishes its in-flight requests and exits. No-op elsewhere.
+    """
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        log.warning("serving: prctl(PR_SET_PDEATHSIG) failed (errno %d); an orphaned worker will not exit by itself",
+                    ctypes.get_errno())
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def bind_apis_once(instance: Any, service: Any) -> None:
     """Bind each BentoML API method of ``instance`` once instead of on every request.
 

@@ -47,6 +47,7 @@ from serving.app import (  # noqa: E402
     api,
     bind_apis_once,
     cancel_timeout_timers,
+    die_with_parent,
     install,
     label_metrics_by_route,
     quiet_client_errors,
@@ -78,6 +79,7 @@ class AfterSalesService:
     """After-sales risk and forecasting: ticket triage, return-volume forecast, review queue, merchant risk."""
 
     def __init__(self) -> None:
+        die_with_parent()
         quiet_client_errors()
         self.runtime = Runtime.load(get_settings())
         install(self.runtime)

@@ -11,6 +11,7 @@ import time
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 from _service import Service
 
@@ -98,7 +99,11 @@ def test_a_killed_service_loses_no_acknowledged_decision_and_serves_the_same_mod
     for t in threads:
         t.start()
     time.sleep(LOAD_BEFORE_KILL_S)
-    first.kill()  # mid-load: requests are in flight on every connection
+    processes = [psutil.Process(p) for p in first.worker_pids()]
+    assert len(processes) >= 2, "expected the server and at least one worker"
+    for p in processes[1:]:  # SIGKILL the workers and the server, mid-load: no graceful drain, requests in flight
+        p.kill()
+    first.kill()
     stop.set()
     for t in threads:
         t.join(30)
@@ -128,5 +133,17 @@ def test_a_killed_service_loses_no_acknowledged_decision_and_serves_the_same_mod
         print(f"\nrestart: {len(acked)} decisions acknowledged and {len(unanswered)} unanswered at the kill "
               f"({sum(d in counts.index for d in unanswered)} of those already stored); {scored[0]} tickets scored; "
               f"none lost, none doubled; versions {before}")
+
+        # The workers run in sessions of their own (circus): killing only the server's process group must not
+        # leave one serving the old models on the port with no supervisor (serving.app.die_with_parent).
+        workers = [psutil.Process(p) for p in second.worker_pids()[1:]]
+        assert workers
+        second.kill()
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"workers outlived the killed server: {[p.pid for p in alive]}"
     finally:
+        leftovers = [psutil.Process(p) for p in second.worker_pids()[1:]]
         second.stop()
+        for p in leftovers:  # nothing of ours left behind, whatever failed
+            if p.is_running():
+                p.kill()
