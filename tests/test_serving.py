@@ -157,9 +157,9 @@ def test_malformed_bodies_get_4xx_without_stack_traces(service):
     r = service.client.post("/v1/tickets/score-batch", json={"tickets": [{"ticket_id": "x"}]})
     assert r.status_code == 400 and any(d["loc"][:2] == ["tickets", 0] for d in r.json()["detail"])
     r = service.client.get("/v1/accounts/flagged", params={"limit": "many"})
-    assert r.status_code == 422 and "limit" in r.json()["error"]
+    assert r.status_code == 400 and "limit" in r.json()["error"]  # schema errors are 400 on every route
     r = service.client.post("/v1/accounts/A1/decision", json={"decision": "maybe", "reviewer": "li"})
-    assert r.status_code == 422 and "decision" in r.json()["error"]
+    assert r.status_code == 400 and "decision" in r.json()["error"]
     _no_trace(r)
 
 
@@ -299,6 +299,90 @@ def test_api_keys_guard_every_route_but_health(service):
         for path in ("/livez", "/readyz", "/v1/health"):
             assert anonymous.get(path).status_code == 200, path
     assert API_KEYS[1] not in service.tail(200_000)  # keys are never logged
+
+
+def test_api_keys_are_compared_whole_in_constant_time_and_never_logged(service, monkeypatch):
+    from serving import app
+
+    ticket = {"ticket_id": "k2", "created_at": "2024-08-20T09:30:00Z", "case_type": "refund", "channel": "chat"}
+    key = API_KEYS[0]
+    wrong_same_length = key[:-1] + ("x" if key[-1] != "x" else "y")
+    with httpx.Client(base_url=service.url, timeout=30) as anonymous:
+        for given in (wrong_same_length, key[:-1], key[:4], key + "0", key.upper(), ""):
+            r = anonymous.post("/v1/tickets/score", json=ticket, headers={"X-API-Key": given})
+            assert r.status_code == 401, (given, r.text)
+            assert key not in r.text
+        r = anonymous.post("/v1/tickets/score", json=ticket, headers={"X-API-Key": key})
+        assert r.status_code == 200
+    log = service.tail(10_000_000)
+    assert not any(k in log for k in (*API_KEYS, wrong_same_length)), "an API key reached the log"
+
+    # The comparison itself: hmac.compare_digest against every configured key (no early exit on a match).
+    calls: list[tuple[bytes, bytes]] = []
+
+    def spy(a, b):
+        calls.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(app.hmac, "compare_digest", spy)
+    monkeypatch.setenv("AFTERSALES_API_KEYS", json.dumps(API_KEYS))
+    from features.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        guard = app.GuardMiddleware(None)
+        assert guard._authorized([(b"x-api-key", key.encode())])
+        assert not guard._authorized([(b"x-api-key", wrong_same_length.encode())])
+    finally:
+        get_settings.cache_clear()
+    assert len(calls) == 2 * len(API_KEYS)  # every key compared, each time
+
+
+def test_metrics_have_one_series_per_route_not_per_account(service, deployment):
+    """200 different account IDs (and 50 random paths) add no metric series beyond one per route and status."""
+    def series() -> set[str]:
+        text = service.client.get("/metrics").text
+        return {line.split(" ")[0] for line in text.splitlines()
+                if line.startswith("bentoml_service_request_total{")}
+
+    before = series()
+    for i in range(200):
+        r = service.client.post(f"/v1/accounts/no-such-account-{i}/decision", json={"decision": "cleared",
+                                                                                    "reviewer": "li"})
+        assert r.status_code == 404
+    for i in range(50):
+        assert service.client.get(f"/v1/random-{i}/x").status_code == 404
+    after = series()
+    new = after - before
+    assert len(new) <= 2, new  # at most the decision route's 404 series and the one for unmatched paths
+    assert not any("no-such-account" in s or "random-" in s for s in after)
+    assert any('endpoint="/v1/accounts/{account_id}/decision"' in s and 'http_response_code="404"' in s
+               for s in after)
+    text = service.client.get("/metrics").text
+    count = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith("bentoml_service_request_total{")
+                 and 'endpoint="/v1/accounts/{account_id}/decision"' in line and 'code="404"' in line)
+    assert count >= 200
+
+
+def test_non_json_bodies_are_refused_with_415(service):
+    for ctype in ("multipart/form-data", "application/x-www-form-urlencoded", "text/plain"):
+        r = service.client.post("/v1/tickets/score", content=b"ticket_id=1", headers={"content-type": ctype})
+        assert r.status_code == 415 and "application/json" in r.json()["error"], (ctype, r.text)
+    r = service.client.post("/v1/tickets/score", content=b'{"ticket_id": "j", "created_at": "2024-08-20T09:30:00Z",'
+                            b' "case_type": "refund", "channel": "chat"}',
+                            headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
+def test_times_outside_plausible_years_are_a_400_naming_the_field(service):
+    ticket = {"ticket_id": "y", "created_at": "0203-10-11T01:53:20+07:15", "case_type": "refund", "channel": "chat"}
+    r = service.client.post("/v1/tickets/score", json=ticket)
+    assert r.status_code == 400 and any(d["loc"] == ["created_at"] for d in r.json()["detail"]), r.text
+    r = service.client.post("/v1/tickets/score-batch", json={"tickets": [dict(ticket, created_at="2024-01-01",
+                                                                              delivered_at="9999-01-01T00:00:00")]})
+    assert r.status_code == 400 and "delivered_at" in r.text
+    _no_trace(r)
 
 
 def test_bodies_over_the_limit_are_refused_before_they_are_read(service):
