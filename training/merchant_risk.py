@@ -37,7 +37,7 @@ from features.merchants import (
     sort_ranking,
 )
 from features.settings import Settings, get_settings
-from training.data import load_for_command
+from training.data import data_validated, load_for_command
 
 MODEL_NAME = "merchant_risk"
 PRIMARY_METRIC = "ndcg_at_50"
@@ -327,7 +327,9 @@ def train(data_dir: Path, settings: Settings) -> dict:
 
     data_dir = Path(data_dir)
     try:
-        events = _load(data_dir, settings.models_dir / "merchant_risk", click.echo)
+        ds = load_for_command(data_dir, settings.models_dir / "merchant_risk", click.echo)
+        validated = data_validated(ds)
+        events = prepare_events(ds)
         check_rankable(events)
         snapshot_dates(events, settings)
     except (ContractError, ValueError) as e:
@@ -346,7 +348,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
         result = registry.log_and_register(
             MODEL_NAME, final, input_example=example, primary_metric=PRIMARY_METRIC,
             metric_value=bt.summary.loc[bt.chosen, PRIMARY_METRIC], higher_is_better=True, settings=settings,
-            extra_metrics={k: bt.summary.loc[bt.chosen, k] for k in bt.summary.columns})
+            extra_metrics={k: bt.summary.loc[bt.chosen, k] for k in bt.summary.columns}, data_validated=validated)
     snap = write_serving_snapshot(ranking, settings)
     s = bt.summary
     return {

@@ -477,6 +477,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
     """Backtest on rolling origins against the baselines, refit on all the data, register the model in MLflow
     (the champion alias moves only when holiday WAPE beats the champion's)."""
     from training import registry
+    from training.data import data_validated
 
     t0 = time.perf_counter()
     out_dir = settings.models_dir / MODEL_NAME
@@ -499,7 +500,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
             MODEL_NAME, final, input_example=example, primary_metric="holiday_wape",
             metric_value=primary["holiday_wape"], higher_is_better=False, settings=settings,
             extra_metrics={k: v for k, v in primary.items() if k != "holiday_wape"},
-            data_validated=all(r.balanced for r in ds.reports.values()))
+            data_validated=data_validated(ds))
     t = result.table.set_index(["method", "slice"])
     summary = {
         "version": gate.version, "promoted": gate.promoted, "gate": gate.reason,

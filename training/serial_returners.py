@@ -36,7 +36,7 @@ from features.accounts import (
 from features.contract import ContractError, Dataset, load_dataset
 from features.reviews import DecisionError, decision_labels, import_decisions, list_decisions, record_decision
 from features.settings import Settings, get_settings
-from training.data import load_for_command
+from training.data import data_validated, load_for_command
 
 MODEL_NAME = "serial_returners"
 COUNT_FEATURES = ("lines_30d", "lines_90d", "lines_365d", "returns_30d", "returns_90d", "returns_365d")
@@ -407,6 +407,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
     t0 = time.perf_counter()
     out_dir = settings.models_dir / MODEL_NAME
     ds = _load(Path(data_dir), out_dir, echo)
+    validated = data_validated(ds, echo)
     truth = _truth(Path(data_dir))
     first, last = ds.time_span()
     capacity = settings.review_capacity
@@ -444,7 +445,8 @@ def train(data_dir: Path, settings: Settings) -> dict:
                              "accounts": len(X_end)})
         result = registry.log_and_register(
             MODEL_NAME, final, X_end[list(FEATURES)].head(5).reset_index(drop=True), primary_metric="pr_auc",
-            metric_value=primary, higher_is_better=True, settings=settings, extra_metrics=extra)
+            metric_value=primary, higher_is_better=True, settings=settings, extra_metrics=extra,
+            data_validated=validated)
         echo(f"registered {MODEL_NAME} v{result.version}: {result.reason}")
         paths = write_snapshot(X_end, final, settings,
                                exclude=excluded_accounts(labels, last, settings.serial_review_cooldown_days))
