@@ -42,7 +42,11 @@ class Service:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        full_env = dict(os.environ, AFTERSALES_MODELS_DIR=str(models_dir), AFTERSALES_DATA_DIR=str(data_dir), **env)
+        # A BentoML home of its own: each `bentoml serve` wipes $BENTOML_HOME/prometheus_multiproc_dir at start,
+        # which would erase the metrics of every other service running on the machine (parallel tests).
+        home = log.parent / f"bentoml-home-{self.port}"
+        full_env = dict(os.environ, AFTERSALES_MODELS_DIR=str(models_dir), AFTERSALES_DATA_DIR=str(data_dir),
+                        BENTOML_HOME=str(home), **env)
         bentoml = Path(sys.executable).parent / "bentoml"
         with log.open("ab") as out:
             self.proc = subprocess.Popen(

@@ -357,7 +357,7 @@ def test_metrics_have_one_series_per_route_not_per_account(service, deployment):
     assert len(new) <= 2, new  # at most the decision route's 404 series and the one for unmatched paths
     assert not any("no-such-account" in s or "random-" in s for s in after)
     assert any('endpoint="/v1/accounts/{account_id}/decision"' in s and 'http_response_code="404"' in s
-               for s in after)
+               for s in after), sorted(after)
     text = service.client.get("/metrics").text
     count = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                  if line.startswith("bentoml_service_request_total{")
