@@ -40,7 +40,6 @@ MODEL_NAME = "ticket_triage"
 PRIMARY_METRIC = "roc_auc"
 TARGET_LIFT = 0.05  # ROC-AUC above the case-type baseline on the default world
 TEST_FRACTION = 0.2
-# A data folder where more than this share of ticket rows broke the contract is suspect: register, don't promote.
 
 
 @dataclass
