@@ -150,6 +150,14 @@ class Runtime:
                                      f"`aftersales train {name.replace('_', '-')}`")
                 log.error("serving: %s", rt.problems[name])
                 continue
+            mismatch = signature_mismatch(name, loaded.input_columns)
+            if mismatch:
+                # Trained on other columns than this code builds: its answers would be wrong or fail, so refuse it.
+                rt.problems[name] = (f"v{loaded.version} was logged with a signature that does not match the "
+                                     f"features this service sends ({mismatch}); retrain it with "
+                                     f"`aftersales train {name.replace('_', '-')}`")
+                log.error("serving: %s", rt.problems[name])
+                continue
             rt.models[name] = loaded
             log.info("serving: %s v%s loaded in %.1fs", name, loaded.version, time.perf_counter() - t0)
         rt.store, rt.snapshots = ostore.open_store(settings.snapshots_dir, settings.redis_url)
@@ -493,6 +501,39 @@ def _missing_params(model: Any) -> list[str]:
             and not hasattr(model, p)]
 
 
+def served_features(name: str) -> tuple[str, ...]:
+    """The columns this code builds for (or, for snapshot-served models, scored with) model ``name``: what its
+    logged MLflow signature must list."""
+    if name == TICKET_TRIAGE:
+        from features.tickets import FEATURES
+    elif name == SERIAL_RETURNERS:
+        from features.accounts import FEATURES
+    elif name == MERCHANT_RISK:
+        from features.merchants import FEATURES
+    elif name == RETURN_VOLUME:
+        from features.return_volume import FEATURES
+
+        return (*FEATURES, "scale", "prior")  # predict() also takes each row's scale and prior
+    else:
+        raise KeyError(name)
+    return tuple(FEATURES)
+
+
+def signature_mismatch(name: str, logged: Sequence[str] | None) -> str:
+    """What differs between a champion's logged input columns and :func:`served_features` ('' when they match)."""
+    if logged is None:
+        return "no signature was logged"
+    expected = served_features(name)
+    missing = [c for c in expected if c not in set(logged)]
+    extra = [c for c in logged if c not in set(expected)]
+
+    def some(cols: list[str]) -> str:
+        return ", ".join(cols[:8]) + (f" and {len(cols) - 8} more" if len(cols) > 8 else "")
+
+    return "; ".join(([f"missing {some(missing)}"] if missing else []) +
+                     ([f"unexpected {some(extra)}"] if extra else []))
+
+
 def _first(*values: Any) -> Any:
     """The first value that is not None."""
     return next((v for v in values if v is not None), None)
@@ -512,6 +553,69 @@ def _day(value: Any) -> date:
 
 
 HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v1/health"})  # open even when API keys are set
+REAL_PATH = "aftersales.real_path"  # scope key: the request path while the metrics middleware sees the template
+UNMATCHED = "/{unmatched}"  # the metrics label of every path that is no route (404s)
+
+
+def route_labeler(static: Sequence[str], templated: Sequence[Any]) -> Callable[[str], str]:
+    """A function from request path to metrics label: static routes as they are, templated routes as their
+    template (``/v1/accounts/{account_id}/decision``), anything else :data:`UNMATCHED`; so the number of metric
+    series is bounded by the number of routes, whatever paths clients send. ``templated``: (regex, template)."""
+    known = frozenset(static)
+
+    def label(path: str) -> str:
+        if path in known:
+            return path
+        for regex, template in templated:
+            if regex.match(path):
+                return template
+        return UNMATCHED
+
+    return label
+
+
+BENTOML_PATHS = ("/", "/docs.json", "/schema.json", "/livez", "/readyz", "/healthz", "/metrics")
+
+
+def service_labeler(native_routes: Sequence[str]) -> Callable[[str], str]:
+    """:func:`route_labeler` for this service: BentoML's own pages, its API routes, and the mounted FastAPI routes."""
+    import re
+
+    static, templated = [*BENTOML_PATHS, *native_routes], [(re.compile(r"^/static_content/"), "/static_content/")]
+    for route in api.routes:
+        path = getattr(route, "path", None)
+        if path is None:
+            continue
+        if "{" in path:
+            templated.append((route.path_regex, path))
+        else:
+            static.append(path)
+    return route_labeler(static, templated)
+
+
+def label_metrics_by_route(label: Callable[[str], str]) -> None:
+    """Make BentoML's request metrics label by route instead of by raw path.
+
+    BentoML 1.4's ``RunnerTrafficMetricsMiddleware`` uses ``scope["path"]`` as the ``endpoint`` label, so each
+    account ID posted to ``/v1/accounts/{id}/decision`` (and each random 404 path) adds series to ``/metrics`` for
+    the life of the process: memory and scrape size grow without bound. The patched middleware sees the route
+    label as the path; :class:`GuardMiddleware` (inner) puts the real path back before routing.
+    """
+    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+
+    middleware = RunnerTrafficMetricsMiddleware
+    original = getattr(middleware, "_aftersales_original", middleware.__call__)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/metrics":
+            path = scope["path"]
+            shown = label(path)
+            if shown != path:
+                scope = dict(scope, path=shown, **{REAL_PATH: path})
+        return await original(self, scope, receive, send)
+
+    middleware._aftersales_original = original
+    middleware.__call__ = __call__
 
 
 class GuardMiddleware:
@@ -521,6 +625,8 @@ class GuardMiddleware:
       ``Authorization: Bearer <key>``; keys are compared in constant time and never logged.
     - A body larger than ``AFTERSALES_MAX_BODY_BYTES`` is refused with 413 before it is read (declared length) or
       as soon as it passes the limit (chunked upload).
+    - A body that is not JSON (form, multipart, text) is refused with 415.
+    - Puts back the real path where :func:`label_metrics_by_route` handed BentoML's metrics the route template.
     Settings are read when the worker builds its app, not at import.
     """
 
@@ -547,9 +653,18 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        real_path = scope.pop(REAL_PATH, None)
+        if real_path is not None:  # the metrics middleware saw the route template; routing needs the real path
+            scope["path"] = real_path
         headers = scope["headers"]
         if self.keys and scope["path"] not in HEALTH_PATHS and not self._authorized(headers):
             return await _reject(send, 401, "missing or invalid API key: send it in the X-API-Key header")
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            ctype = next((v for k, v in headers if k == b"content-type"), None)
+            media = ctype.split(b";", 1)[0].strip().lower() if ctype is not None else b"application/json"
+            if media != b"application/json" and not media.endswith(b"+json"):
+                # BentoML would otherwise parse forms and multipart bodies (and fetch URLs found in file fields).
+                return await _reject(send, 415, "request bodies are JSON: send Content-Type: application/json")
         declared = next((v for k, v in headers if k == b"content-length"), None)
         if declared is not None:
             if not declared.isdigit() or int(declared) > self.max_body:
@@ -635,6 +750,57 @@ def cancel_timeout_timers() -> None:
     middleware._cancels_timer = True
 
 
+class _ClientErrorFilter(logging.Filter):
+    """Turns BentoML's ERROR-with-traceback for each request that fails validation into one WARNING line.
+
+    Those are the client's mistakes, answered 400 with the details; a traceback per bad request lets anyone fill
+    the log, and pydantic's message quotes the submitted values into it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "ValidationError" and record.msg.startswith("Exception on"):
+            fields = sorted({".".join(str(x) for x in e.get("loc", ())) or "body" for e in exc.errors()})
+            record.msg, record.args = "invalid request on %s [%s] answered 400: %s", (
+                *record.args[:2], ", ".join(fields[:10]))
+            record.levelno, record.levelname, record.exc_info, record.exc_text = (
+                logging.WARNING, "WARNING", None, None)
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Install :class:`_ClientErrorFilter` on BentoML's HTTP app logger (once per worker, after logging is set)."""
+    logger = logging.getLogger("bentoml._internal.server.http_app")
+    if not any(isinstance(f, _ClientErrorFilter) for f in logger.filters):
+        logger.addFilter(_ClientErrorFilter())
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel send this worker SIGTERM when the ``bentoml serve`` process that started it dies.
+
+    BentoML's process manager (circus) starts each worker in its own session, so killing the server's process
+    group with SIGKILL (a crash, the OOM killer, ``kill -9``) left the worker running: still bound to the port,
+    serving the old model versions with no supervisor, and in the way of the restarted service. With this the
+    worker finishes its in-flight requests and exits. No-op elsewhere.
+    """
+    import os
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, signal.SIGTERM, 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        log.warning("serving: prctl(PR_SET_PDEATHSIG) failed (errno %d); an orphaned worker will not exit by itself",
+                    ctypes.get_errno())
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def bind_apis_once(instance: Any, service: Any) -> None:
     """Bind each BentoML API method of ``instance`` once instead of on every request.
 
@@ -699,7 +865,7 @@ async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     message, detail = _field_errors(exc.errors())
-    return JSONResponse({"error": message, "detail": detail}, status_code=422)
+    return JSONResponse({"error": message, "detail": detail}, status_code=400)  # as BentoML's own routes answer
 
 
 @api.exception_handler(StarletteHTTPException)

@@ -8,9 +8,9 @@ A ticket is the contract's ``tickets`` row without what is only known when the c
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from features.contract import CASE_TYPES, CHANNELS
 
@@ -28,6 +28,18 @@ assert set(CaseType.__args__) == set(CASE_TYPES), "serving.schemas.CaseType drif
 assert set(Channel.__args__) == set(CHANNELS), "serving.schemas.Channel drifted from features.contract"
 
 _ID = Field(min_length=1, max_length=128)
+MIN_YEAR, MAX_YEAR = 1970, 2199  # times outside are typos or attacks (and overflow pandas' nanosecond times)
+
+
+def _plausible(value: date) -> date:
+    # The local year is checked (a zone offset moves a time by hours, which pandas' range absorbs).
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise ValueError(f"must lie between the years {MIN_YEAR} and {MAX_YEAR} (got {value.isoformat()})")
+    return value
+
+
+Instant = Annotated[datetime, AfterValidator(_plausible)]  # ISO 8601, years 1970-2199; no zone = UTC
+Day = Annotated[date, AfterValidator(_plausible)]
 MAX_TEXT = 20_000  # characters of a first message; real ones are far shorter, the cap bounds work per request
 
 
@@ -40,7 +52,7 @@ class TicketIn(_In):
     """One after-sales case as the ticket system knows it when the case is opened."""
 
     ticket_id: str = _ID
-    created_at: datetime = Field(description="ISO 8601; a time without zone is UTC.")
+    created_at: Instant = Field(description="ISO 8601; a time without zone is UTC.")
     account_id: str | None = Field(None, max_length=128, description="Null for guest checkouts.")
     merchant_id: str | None = Field(None, max_length=128)
     order_id: str | None = Field(None, max_length=128)
@@ -49,11 +61,11 @@ class TicketIn(_In):
     amount: float | None = Field(None, ge=0, allow_inf_nan=False, description="Amount at stake, one currency.")
     text: str | None = Field(None, max_length=MAX_TEXT, description="Free text of the first message.")
     # Optional order context the ticket system may attach (else unknown to the model).
-    ordered_at: datetime | None = None
-    promised_delivery_at: datetime | None = None
-    delivered_at: datetime | None = None
+    ordered_at: Instant | None = None
+    promised_delivery_at: Instant | None = None
+    delivered_at: Instant | None = None
     return_reason: str | None = Field(None, max_length=32, description="Reason of a return already requested.")
-    return_requested_at: datetime | None = None
+    return_requested_at: Instant | None = None
     prior_tickets_30d: int | None = Field(None, ge=0, description="The account's tickets in the 30 days before.")
 
 
@@ -102,7 +114,7 @@ class TicketBatchScores(BaseModel):
 class ForecastRequest(_In):
     """Request of ``POST /v1/forecast``: the forecast covers the ``horizon`` days after ``origin``."""
 
-    origin: date = Field(description="Last day whose data may be used (YYYY-MM-DD).")
+    origin: Day = Field(description="Last day whose data may be used (YYYY-MM-DD).")
     horizon: int = Field(ge=1, le=366, description="Days to forecast after the origin.")
     series: list[str] | None = Field(
         None, max_length=1000, description="Series to return (e.g. 'total', 'channel=chat'); default: all.")
@@ -169,7 +181,7 @@ class DecisionIn(_In):
     decision: Decision
     reviewer: str = _ID
     note: str | None = Field(None, max_length=2000)
-    decided_at: datetime | None = Field(None, description="When it was decided (default: now); not in the future.")
+    decided_at: Instant | None = Field(None, description="When it was decided (default: now); not in the future.")
     decision_id: str | None = Field(
         None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
         description="Idempotency key: a retry with the same key is stored once (default: a new random key).")

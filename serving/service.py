@@ -47,7 +47,11 @@ from serving.app import (  # noqa: E402
     api,
     bind_apis_once,
     cancel_timeout_timers,
+    die_with_parent,
     install,
+    label_metrics_by_route,
+    quiet_client_errors,
+    service_labeler,
     tune_gc,
 )
 from serving.schemas import (  # noqa: E402
@@ -75,6 +79,8 @@ class AfterSalesService:
     """After-sales risk and forecasting: ticket triage, return-volume forecast, review queue, merchant risk."""
 
     def __init__(self) -> None:
+        die_with_parent()
+        quiet_client_errors()
         self.runtime = Runtime.load(get_settings())
         install(self.runtime)
         bind_apis_once(self, AfterSalesService)
@@ -112,5 +118,7 @@ class AfterSalesService:
         self.runtime.close()
 
 
-# API keys and the body size limit, on every route (native and mounted); inner to BentoML's metrics and tracing.
+# API keys, the body size limit and JSON-only bodies, on every route (native and mounted); inner to BentoML's metrics
+# and tracing. Metrics are labelled by route, not raw path (GuardMiddleware restores the path: the two go together).
 AfterSalesService.add_asgi_middleware(GuardMiddleware)
+label_metrics_by_route(service_labeler([api.route for api in AfterSalesService.apis.values()]))

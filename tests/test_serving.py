@@ -6,99 +6,31 @@ serial-returner snapshot, a merchant ranking), plus a second service on an empty
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
-from sklearn.dummy import DummyRegressor
+from _service import Service, build_deployment
+from _service import json_ticket as _json_ticket
 
-from features.accounts import SerialReturnerModel, dataset_features
-from features.contract import load_dataset
-from features.return_volume import ReturnVolumeForecaster, build_history
-from features.settings import Settings
-from features.synthetic import generate_world
-from features.tickets import CalendarTable, TicketTriageModel, build_training_features, load_serving_snapshots
+from features.return_volume import ReturnVolumeForecaster
+from features.tickets import load_serving_snapshots
 from training import registry
-from training.merchant_risk import write_serving_snapshot
-from training.serial_returners import write_snapshot as write_serial_snapshot
-from training.ticket_triage import model_params, write_snapshots
 
-ROOT = Path(__file__).resolve().parent.parent
-WORLD = dict(seed=21, accounts=900, merchants=25, start="2024-01-01", days=240, market="CN", progress=False)
 MAX_BATCH = 40  # the served limit in these tests (AFTERSALES_MAX_BATCH_SIZE), so a too-large batch is cheap
 MAX_BODY = 300_000  # bytes (AFTERSALES_MAX_BODY_BYTES)
 API_KEYS = ["key-for-tests-1", "key-for-tests-2"]
-TICKET_COLUMNS = ["ticket_id", "created_at", "account_id", "merchant_id", "order_id", "case_type", "channel",
-                  "amount", "text"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Fixtures: models folder, running services
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """A ``bentoml serve`` subprocess on loopback, with its log for failure messages (started at construction,
-    waited for by :meth:`wait_ready`, so two services can boot while the test builds its models)."""
-
-    def __init__(self, models_dir: Path, data_dir: Path, log: Path, api_key: str | None = None, **env: str):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        full_env = dict(os.environ, AFTERSALES_MODELS_DIR=str(models_dir), AFTERSALES_DATA_DIR=str(data_dir),
-                        AFTERSALES_MAX_BATCH_SIZE=str(MAX_BATCH), **env)
-        bentoml = Path(sys.executable).parent / "bentoml"
-        self.proc = subprocess.Popen(
-            [str(bentoml), "serve", "serving.service:AfterSalesService", "--host", "127.0.0.1", "--port",
-             str(self.port)], cwd=ROOT, env=full_env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.client = httpx.Client(base_url=self.url, timeout=60,
-                                   headers={"X-API-Key": api_key} if api_key else None)
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"service exited ({self.proc.returncode}):\n{self.tail()}"
-            try:
-                if self.client.get("/readyz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"service not ready in {timeout:.0f}s:\n{self.tail()}")
-
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
-
-    def stop(self) -> None:
-        self.client.close()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-
-
 @pytest.fixture(scope="module")
 def empty_service(tmp_path_factory) -> Service:
     """A service on a models folder with nothing registered (and no data folder)."""
     root = tmp_path_factory.mktemp("empty")
-    svc = Service(root / "models", root / "no-data", root / "service.log")
+    svc = Service(root / "models", root / "no-data", root / "service.log", AFTERSALES_MAX_BATCH_SIZE=str(MAX_BATCH))
     try:
         yield svc
     finally:
@@ -107,74 +39,21 @@ def empty_service(tmp_path_factory) -> Service:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, empty_service) -> dict:
-    """A world and a models folder holding every champion the service loads, built the way training builds them.
-
-    (Depends on ``empty_service`` only so that one boots while this builds.)
-    """
-    root = tmp_path_factory.mktemp("serving")
-    world = root / "world"
-    generate_world(world, **WORLD)
-    settings = Settings(models_dir=root / "models", data_dir=world)
-    ds = load_dataset(world)
-
-    # Ticket triage: the real model class on the world's labelled tickets, and the snapshots training writes.
-    feats = build_training_features(ds, CalendarTable("CN", first_year=2023, last_year=2025))
-    labelled = feats.meta["escalated"].notna().to_numpy()
-    triage = TicketTriageModel(**model_params(settings)).fit(
-        feats.X[labelled], feats.meta["escalated"][labelled].astype(int).to_numpy())
-    v_triage = registry.log_and_register("ticket_triage", triage, feats.X.head(5), "roc_auc", 0.70, True,
-                                         settings=settings).version
-    write_snapshots(ds, settings)
-
-    # Serial returners: cold-start model on the accounts as of the last day; its snapshot and review queue.
-    X = dataset_features(ds, ds.time_span()[1], "CN", settings)
-    returners = SerialReturnerModel().fit(X)
-    write_serial_snapshot(X, returners, settings, capacity=12)
-    registry.log_and_register("serial_returners", returners, X.head(5), "pr_auc", 0.3, True, settings=settings)
-
-    # Merchant risk: a ranking in the layout rank-merchants writes (scores known to the test), and its snapshot.
-    merchants = sorted(ds.orders["merchant_id"].astype(str).unique())
-    score = np.linspace(1.0, 0.1, len(merchants))
-    ranking = pd.DataFrame({"merchant_id": merchants, "score": score, "rank": np.arange(1, len(merchants) + 1),
-                            "expected_complaints": score * 10, "late_delivery_rate": score / 4,
-                            "complaint_rate_90d": score / 50,
-                            "reasons": [f"complaints {s:.0%} of orders; late deliveries" for s in score]})
-    write_serving_snapshot(ranking.sample(frac=1.0, random_state=0), settings)  # shuffled: the service sorts
-    stand_in = DummyRegressor().fit(np.zeros((3, 1)), [0.0, 1.0, 2.0])
-    registry.log_and_register("merchant_risk", stand_in, pd.DataFrame({"x": [0.0]}), "ndcg_at_50", 0.5, True,
-                              settings=settings)
-
-    # Return volume: a short-horizon forecaster fitted on the history up to the last day.
-    history = build_history(ds, "CN")
-    forecaster = ReturnVolumeForecaster(horizon=7, n_estimators=40, max_rows=4000).fit(history)
-    registry.log_and_register("return_volume", forecaster, pd.DataFrame({"origin": ["x"]}), "holiday_wape", 0.3,
-                              False, settings=settings)
-
-    tickets = ds.tickets.drop(columns=["escalated", "resolved_at"]).tail(60).reset_index(drop=True)
-    return {"settings": settings, "world": world, "tickets": tickets, "triage_version": v_triage,
-            "history_end": history.days[-1], "root": root}
+    """Every champion the service loads, built the way training builds them (this module's own: it registers a
+    new champion). Depends on ``empty_service`` only so that one boots while this builds."""
+    return build_deployment(tmp_path_factory.mktemp("serving"))
 
 
 @pytest.fixture(scope="module")
 def service(deployment) -> Service:
     svc = Service(deployment["settings"].models_dir, deployment["world"], deployment["root"] / "service.log",
                   api_key=API_KEYS[1], AFTERSALES_API_KEYS=json.dumps(API_KEYS),
-                  AFTERSALES_MAX_BODY_BYTES=str(MAX_BODY))
+                  AFTERSALES_MAX_BODY_BYTES=str(MAX_BODY), AFTERSALES_MAX_BATCH_SIZE=str(MAX_BATCH))
     try:
         svc.wait_ready()
         yield svc
     finally:
         svc.stop()
-
-
-def _json_ticket(row: pd.Series) -> dict:
-    out = {}
-    for k in TICKET_COLUMNS:
-        v = row[k]
-        if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
-            continue
-        out[k] = v.isoformat() if isinstance(v, pd.Timestamp) else (float(v) if k == "amount" else str(v))
-    return out
 
 
 def _no_trace(r: httpx.Response) -> None:
@@ -278,9 +157,9 @@ def test_malformed_bodies_get_4xx_without_stack_traces(service):
     r = service.client.post("/v1/tickets/score-batch", json={"tickets": [{"ticket_id": "x"}]})
     assert r.status_code == 400 and any(d["loc"][:2] == ["tickets", 0] for d in r.json()["detail"])
     r = service.client.get("/v1/accounts/flagged", params={"limit": "many"})
-    assert r.status_code == 422 and "limit" in r.json()["error"]
+    assert r.status_code == 400 and "limit" in r.json()["error"]  # schema errors are 400 on every route
     r = service.client.post("/v1/accounts/A1/decision", json={"decision": "maybe", "reviewer": "li"})
-    assert r.status_code == 422 and "decision" in r.json()["error"]
+    assert r.status_code == 400 and "decision" in r.json()["error"]
     _no_trace(r)
 
 
@@ -420,6 +299,90 @@ def test_api_keys_guard_every_route_but_health(service):
         for path in ("/livez", "/readyz", "/v1/health"):
             assert anonymous.get(path).status_code == 200, path
     assert API_KEYS[1] not in service.tail(200_000)  # keys are never logged
+
+
+def test_api_keys_are_compared_whole_in_constant_time_and_never_logged(service, monkeypatch):
+    from serving import app
+
+    ticket = {"ticket_id": "k2", "created_at": "2024-08-20T09:30:00Z", "case_type": "refund", "channel": "chat"}
+    key = API_KEYS[0]
+    wrong_same_length = key[:-1] + ("x" if key[-1] != "x" else "y")
+    with httpx.Client(base_url=service.url, timeout=30) as anonymous:
+        for given in (wrong_same_length, key[:-1], key[:4], key + "0", key.upper(), ""):
+            r = anonymous.post("/v1/tickets/score", json=ticket, headers={"X-API-Key": given})
+            assert r.status_code == 401, (given, r.text)
+            assert key not in r.text
+        r = anonymous.post("/v1/tickets/score", json=ticket, headers={"X-API-Key": key})
+        assert r.status_code == 200
+    log = service.tail(10_000_000)
+    assert not any(k in log for k in (*API_KEYS, wrong_same_length)), "an API key reached the log"
+
+    # The comparison itself: hmac.compare_digest against every configured key (no early exit on a match).
+    calls: list[tuple[bytes, bytes]] = []
+
+    def spy(a, b):
+        calls.append((a, b))
+        return a == b
+
+    monkeypatch.setattr(app.hmac, "compare_digest", spy)
+    monkeypatch.setenv("AFTERSALES_API_KEYS", json.dumps(API_KEYS))
+    from features.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        guard = app.GuardMiddleware(None)
+        assert guard._authorized([(b"x-api-key", key.encode())])
+        assert not guard._authorized([(b"x-api-key", wrong_same_length.encode())])
+    finally:
+        get_settings.cache_clear()
+    assert len(calls) == 2 * len(API_KEYS)  # every key compared, each time
+
+
+def test_metrics_have_one_series_per_route_not_per_account(service, deployment):
+    """200 different account IDs (and 50 random paths) add no metric series beyond one per route and status."""
+    def series() -> set[str]:
+        text = service.client.get("/metrics").text
+        return {line.split(" ")[0] for line in text.splitlines()
+                if line.startswith("bentoml_service_request_total{")}
+
+    before = series()
+    for i in range(200):
+        r = service.client.post(f"/v1/accounts/no-such-account-{i}/decision", json={"decision": "cleared",
+                                                                                    "reviewer": "li"})
+        assert r.status_code == 404
+    for i in range(50):
+        assert service.client.get(f"/v1/random-{i}/x").status_code == 404
+    after = series()
+    new = after - before
+    assert len(new) <= 2, new  # at most the decision route's 404 series and the one for unmatched paths
+    assert not any("no-such-account" in s or "random-" in s for s in after)
+    assert any('endpoint="/v1/accounts/{account_id}/decision"' in s and 'http_response_code="404"' in s
+               for s in after), sorted(after)
+    text = service.client.get("/metrics").text
+    count = next(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith("bentoml_service_request_total{")
+                 and 'endpoint="/v1/accounts/{account_id}/decision"' in line and 'code="404"' in line)
+    assert count >= 200
+
+
+def test_non_json_bodies_are_refused_with_415(service):
+    for ctype in ("multipart/form-data", "application/x-www-form-urlencoded", "text/plain"):
+        r = service.client.post("/v1/tickets/score", content=b"ticket_id=1", headers={"content-type": ctype})
+        assert r.status_code == 415 and "application/json" in r.json()["error"], (ctype, r.text)
+    r = service.client.post("/v1/tickets/score", content=b'{"ticket_id": "j", "created_at": "2024-08-20T09:30:00Z",'
+                            b' "case_type": "refund", "channel": "chat"}',
+                            headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
+def test_times_outside_plausible_years_are_a_400_naming_the_field(service):
+    ticket = {"ticket_id": "y", "created_at": "0203-10-11T01:53:20+07:15", "case_type": "refund", "channel": "chat"}
+    r = service.client.post("/v1/tickets/score", json=ticket)
+    assert r.status_code == 400 and any(d["loc"] == ["created_at"] for d in r.json()["detail"]), r.text
+    r = service.client.post("/v1/tickets/score-batch", json={"tickets": [dict(ticket, created_at="2024-01-01",
+                                                                              delivered_at="9999-01-01T00:00:00")]})
+    assert r.status_code == 400 and "delivered_at" in r.text
+    _no_trace(r)
 
 
 def test_bodies_over_the_limit_are_refused_before_they_are_read(service):

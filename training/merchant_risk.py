@@ -37,7 +37,7 @@ from features.merchants import (
     sort_ranking,
 )
 from features.settings import Settings, get_settings
-from training.data import load_for_command
+from training.data import data_validated, load_for_command
 
 MODEL_NAME = "merchant_risk"
 PRIMARY_METRIC = "ndcg_at_50"
@@ -307,7 +307,7 @@ def decile_slices(scored: pd.DataFrame, methods: list[str], masks: dict[str, pd.
     return pd.DataFrame(rows)
 
 
-def model_card(bt: Backtest, ds, data_dir: Path, settings: Settings) -> dict:
+def model_card(bt: Backtest, ds, data_dir: Path, settings: Settings, validated: bool = True) -> dict:
     """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow."""
     from features.calendar import holiday_windows
     from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
@@ -321,7 +321,7 @@ def model_card(bt: Backtest, ds, data_dir: Path, settings: Settings) -> dict:
         "expected complaints, the top reasons and flags (new_merchant, no_orders_in_window).",
         "The marketplace's merchant-quality team deciding which merchants to review or warn first; ticket triage "
         "reads each merchant's risk percentile.",
-        data_summary(ds, data_dir, True, ["orders", "returns", "tickets"]),
+        data_summary(ds, data_dir, validated, ["orders", "returns", "tickets"]),
         f"As-of snapshots every {settings.merchant_snapshot_every_days} days; label = complaints per order in the "
         f"{horizon} days after each as-of. The latest {len(bt.test_dates)} matured snapshots "
         f"({bt.test_dates[0].date()} to {bt.test_dates[-1].date()}) are the test set; the models trained only on the "
@@ -465,6 +465,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
     data_dir = Path(data_dir)
     try:
         ds = load_for_command(data_dir, settings.models_dir / "merchant_risk", click.echo)
+        validated = data_validated(ds)
         events = prepare_events(ds)
         check_rankable(events)
         snapshot_dates(events, settings)
@@ -484,8 +485,8 @@ def train(data_dir: Path, settings: Settings) -> dict:
         result = registry.log_and_register(
             MODEL_NAME, final, input_example=example, primary_metric=PRIMARY_METRIC,
             metric_value=bt.summary.loc[bt.chosen, PRIMARY_METRIC], higher_is_better=True, settings=settings,
-            extra_metrics={k: bt.summary.loc[bt.chosen, k] for k in bt.summary.columns},
-            card=model_card(bt, ds, data_dir, settings))
+            extra_metrics={k: bt.summary.loc[bt.chosen, k] for k in bt.summary.columns}, data_validated=validated,
+            card=model_card(bt, ds, data_dir, settings, validated))
     snap = write_serving_snapshot(ranking, settings)
     s = bt.summary
     return {

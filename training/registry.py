@@ -76,6 +76,7 @@ class LoadedModel:
     model: Any
     metrics: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    input_columns: tuple[str, ...] | None = None  # the logged signature's input columns (None: no signature)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -476,8 +477,20 @@ def load_champion(model_name: str, settings: Settings | None = None) -> LoadedMo
             f"run `aftersales train {model_name.replace('_', '-')}`"
         )
     # Loading by version, not by alias: the alias may move while we load, the version may not.
-    model = mlflow.sklearn.load_model(f"models:/{model_name}/{mv.version}")
-    return LoadedModel(model_name, int(mv.version), model, _version_metrics(client, mv), mv.run_id)
+    uri = f"models:/{model_name}/{mv.version}"
+    model = mlflow.sklearn.load_model(uri)
+    return LoadedModel(model_name, int(mv.version), model, _version_metrics(client, mv), mv.run_id,
+                       _input_columns(uri))
+
+
+def _input_columns(uri: str) -> tuple[str, ...] | None:
+    """The input column names of a logged model's signature (None when it was logged without one)."""
+    from mlflow.models import get_model_info
+
+    signature = get_model_info(uri).signature
+    if signature is None or signature.inputs is None:
+        return None
+    return tuple(str(n) for n in signature.inputs.input_names())
 
 
 def _version_metrics(client, mv) -> dict[str, float]:

@@ -478,6 +478,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
     """Backtest on rolling origins against the baselines, refit on all the data, register the model in MLflow
     (the champion alias moves only when holiday WAPE beats the champion's)."""
     from training import registry
+    from training.data import data_validated
 
     t0 = time.perf_counter()
     out_dir = settings.models_dir / MODEL_NAME
@@ -496,7 +497,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
         final = ReturnVolumeForecaster(**params).fit(history)
         example = _input_example(final, history)
         primary = _primary(result)
-        validated = all(r.balanced for r in ds.reports.values())
+        validated = data_validated(ds)
         gate = registry.log_and_register(
             MODEL_NAME, final, input_example=example, primary_metric="holiday_wape",
             metric_value=primary["holiday_wape"], higher_is_better=False, settings=settings,

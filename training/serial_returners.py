@@ -36,7 +36,7 @@ from features.accounts import (
 from features.contract import ContractError, Dataset, load_dataset
 from features.reviews import DecisionError, decision_labels, import_decisions, list_decisions, record_decision
 from features.settings import Settings, get_settings
-from training.data import load_for_command
+from training.data import data_validated, load_for_command
 
 MODEL_NAME = "serial_returners"
 COUNT_FEATURES = ("lines_30d", "lines_90d", "lines_365d", "returns_30d", "returns_90d", "returns_365d")
@@ -435,7 +435,7 @@ def _load(data_dir: Path, out_dir: Path, echo: Echo) -> Dataset:
 
 
 def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialReturnerModel, capacity: int,
-               ev: Evaluation | None = None, fw: dict | None = None) -> dict:
+               ev: Evaluation | None = None, fw: dict | None = None, validated: bool = True) -> dict:
     """The model card's content (see :mod:`training.model_card`): figures from the evaluation as logged to MLflow."""
     from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
 
@@ -445,7 +445,7 @@ def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialRet
         f"({', '.join(PATTERNS)}), and the review queue sized to the risk team's capacity ({capacity}). "
         f"Mode of this version: {final.mode_} ({final.n_labels_} review decisions learnt from).",
         "The risk team choosing which accounts to review; their decisions train the next version.",
-        data_summary(ds, data_dir, True, ["orders", "returns", "account_links", "review_decisions"]),
+        data_summary(ds, data_dir, validated, ["orders", "returns", "account_links", "review_decisions"]),
         "",
     )
     methods = {"model": "model", "cold_start": "cold-start detector", "rule": "rule baseline",
@@ -551,6 +551,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
     t0 = time.perf_counter()
     out_dir = settings.models_dir / MODEL_NAME
     ds = _load(Path(data_dir), out_dir, echo)
+    validated = data_validated(ds, echo)
     truth = _truth(Path(data_dir))
     first, last = ds.time_span()
     capacity = settings.review_capacity
@@ -587,10 +588,11 @@ def train(data_dir: Path, settings: Settings) -> dict:
         registry.log_params({"final_mode": final.mode_, "final_labels": final.n_labels_, "as_of": str(last.date()),
                              "accounts": len(X_end)})
         card = model_card(ds, Path(data_dir), settings, final, capacity, ev=ev if truth is not None else None,
-                          fw=fw if truth is None else None)
+                          fw=fw if truth is None else None, validated=validated)
         result = registry.log_and_register(
             MODEL_NAME, final, X_end[list(FEATURES)].head(5).reset_index(drop=True), primary_metric="pr_auc",
-            metric_value=primary, higher_is_better=True, settings=settings, extra_metrics=extra, card=card)
+            metric_value=primary, higher_is_better=True, settings=settings, extra_metrics=extra,
+            data_validated=validated, card=card)
         echo(f"registered {MODEL_NAME} v{result.version}: {result.reason}")
         paths = write_snapshot(X_end, final, settings,
                                exclude=excluded_accounts(labels, last, settings.serial_review_cooldown_days))

@@ -34,15 +34,13 @@ from features.tickets import (
     order_context,
     series_us,
 )
-from training.data import load_for_command
+from training.data import MAX_REJECTED_SHARE, data_validated, load_for_command
 from training.model_card import HOLIDAY_WINDOW_TEXT as HOLIDAY_TEXT
 
 MODEL_NAME = "ticket_triage"
 PRIMARY_METRIC = "roc_auc"
 TARGET_LIFT = 0.05  # ROC-AUC above the case-type baseline on the default world
 TEST_FRACTION = 0.2
-# A data folder where more than this share of ticket rows broke the contract is suspect: register, don't promote.
-MAX_REJECTED_SHARE = 0.10
 
 
 @dataclass
@@ -311,11 +309,7 @@ def _load(data_dir: Path, out_dir: Path, echo=click.echo) -> tuple[Dataset, bool
     if not ds.has("tickets"):
         raise click.ClickException(f"{data_dir}: no tickets table (tickets.parquet / tickets.csv): the escalation "
                                    "model learns from past tickets; add the platform's ticket export")
-    rep = ds.reports["tickets"]
-    share = rep.rejected / max(rep.rows_in, 1)
-    if share > MAX_REJECTED_SHARE:
-        echo(f"warning: {share:.0%} of ticket rows were rejected: the model is registered but not promoted")
-    return ds, share <= MAX_REJECTED_SHARE
+    return ds, data_validated(ds, echo)
 
 
 def _features(ds: Dataset, settings: Settings, echo=click.echo) -> TicketFeatures:
