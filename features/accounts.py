@@ -666,7 +666,7 @@ class SerialReturnerModel:
         ``B``: background accounts from the population, weak negatives (positive-unlabelled learning): a few
         dozen decisions say little on their own about how confirmed abusers differ from everybody else.
         """
-        import lightgbm as lgb
+        from features.engine import train_booster
 
         anomaly = D[ANOMALY_FEATURE].to_numpy()
         a, b = _platt(anomaly, y)
@@ -678,15 +678,29 @@ class SerialReturnerModel:
             w = np.r_[w, np.full(len(B), self.background_weight * len(y) / len(B))]
             y = np.r_[y, np.zeros(len(B))]
         init = prior[0] * D[ANOMALY_FEATURE].to_numpy() + prior[1]
-        data = lgb.Dataset(D, y, weight=w, init_score=init)
-        return prior, lgb.train(self._params(int(w.sum())), data, self.num_boost_round)
+        booster, _ = train_booster(self._params(int(w.sum())), D, y, self.num_boost_round,
+                                   client=getattr(self, "_client", None), weight=w, init_score=init,
+                                   feature_name=list(D.columns))
+        return prior, booster
 
     @staticmethod
     def _raw(D: pd.DataFrame, prior: tuple[float, float], booster) -> np.ndarray:
         return booster.predict(D, raw_score=True) + prior[0] * D[ANOMALY_FEATURE].to_numpy() + prior[1]
 
-    def fit(self, X: AccountFrame, y: Sequence[float] | np.ndarray | None = None) -> SerialReturnerModel:
-        """Fit the detector on the population and, when the labels allow, the calibrated supervised model."""
+    def fit(self, X: AccountFrame, y: Sequence[float] | np.ndarray | None = None, client=None
+            ) -> SerialReturnerModel:
+        """Fit the detector on the population and, when the labels allow, the calibrated supervised model.
+
+        ``client``: a ``distributed.Client``; the boosters are then trained with ``lightgbm.dask`` and kept as local
+        boosters (the client is not kept on the fitted model).
+        """
+        self._client = client
+        try:
+            return self._fit(X, y)
+        finally:
+            del self._client
+
+    def _fit(self, X: AccountFrame, y) -> SerialReturnerModel:
         y_arr = np.full(len(X), np.nan) if y is None else np.asarray(y, dtype=float)
         if len(y_arr) != len(X):
             raise ValueError(f"y has {len(y_arr)} values for {len(X)} rows")

@@ -242,14 +242,14 @@ def train_booster(params: dict, X: pd.DataFrame | np.ndarray, y: np.ndarray, num
     if eval_set is not None:
         ex = np.asarray(eval_set[0], dtype=np.float64)
         ec = max(1, math.ceil(len(ex) / workers))
-        kw["eval_set"] = [(da.from_array(ex, chunks=(ec, ex.shape[1])),
-                           da.from_array(np.asarray(eval_set[1], dtype=np.float64), chunks=ec))]
+        kw["eval_X"] = (da.from_array(ex, chunks=(ec, ex.shape[1])),)
+        kw["eval_y"] = (da.from_array(np.asarray(eval_set[1], dtype=np.float64), chunks=ec),)
         kw["eval_metric"] = "binary_logloss"
     skip = {"objective", "num_threads", "verbose", "deterministic", "force_row_wise"}
     extra = {k: v for k, v in params.items() if k not in skip}
+    # Threads per worker come from the Dask workers (lightgbm.dask ignores n_jobs).
     model = DaskLGBMClassifier(client=client, objective=params.get("objective", "binary"),
-                               n_estimators=num_boost_round, n_jobs=params.get("num_threads", 1),
-                               verbose=-1, **extra)
+                               n_estimators=num_boost_round, verbose=-1, **extra)
     model.fit(dX, dy, **kw)
     booster = model.to_local().booster_
     best = booster.current_iteration()

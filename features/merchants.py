@@ -456,15 +456,22 @@ def _merchant_counts_part(orders: pd.DataFrame, returns: pd.DataFrame, tickets: 
     return merchant_counts(events, as_of, horizon_days, new_merchant_days)
 
 
-def dataset_merchant_features(ds: Dataset, as_of, engine=None, horizon_days: int = HORIZON_DAYS,
+def dataset_merchant_features(ds: Dataset, as_of=None, engine=None, horizon_days: int = HORIZON_DAYS,
                               new_merchant_days: int = NEW_MERCHANT_DAYS) -> FeatureFrame:
-    """:func:`build_features` of a dataset as of one day, per merchant partition on ``engine`` when given.
+    """:func:`build_features` of a dataset as of one day (default: its last day), per merchant partition on ``engine``.
 
     Equal to ``build_features(prepare_events(ds), as_of)``; on a Dask engine the coded events are prepared on the
     workers from each merchant partition's rows, and only one row per merchant comes back for the category stage.
+    The as-of day used is in ``frame.attrs["as_of"]``. Raises :class:`AsOfError` outside the data's days.
     """
     if engine is None or engine.name == "pandas":
-        return build_features(prepare_events(ds), as_of, horizon_days, new_merchant_days)
+        events = prepare_events(ds)
+        day = events.check_as_of(events.end if as_of is None else as_of)
+        frame = build_features(events, day, horizon_days, new_merchant_days)
+        frame.attrs["as_of"] = day
+        return frame
+    from types import SimpleNamespace
+
     tickets = ds.tickets[ds.tickets["merchant_id"].notna()]
     ts = [s.dropna() for s in (ds.orders["ordered_at"], ds.returns["requested_at"], tickets["created_at"])]
     ts = [s for s in ts if len(s)]
@@ -472,11 +479,16 @@ def dataset_merchant_features(ds: Dataset, as_of, engine=None, horizon_days: int
         raise ValueError(f"{ds.source}: no merchant_id in orders, returns or tickets; nothing to rank")
     start = min(s.min() for s in ts).tz_convert("UTC").normalize()
     end = max(s.max() for s in ts).tz_convert("UTC").normalize()
+    # The same check (and message) as MerchantEvents.check_as_of, on the whole data's days.
+    day = MerchantEvents.check_as_of(SimpleNamespace(start=start, end=end), end if as_of is None else as_of)
     counts = engine.by_key(
         _merchant_counts_part,
-        {"orders": (ds.orders, "merchant_id"), "returns": (ds.returns, "merchant_id"), "tickets": (tickets, "merchant_id")},
-        as_of=as_of, start=start, end=end, horizon_days=horizon_days, new_merchant_days=new_merchant_days)
-    return finish_merchant_features(counts.sort_index())
+        {"orders": (ds.orders, "merchant_id"), "returns": (ds.returns, "merchant_id"),
+         "tickets": (tickets, "merchant_id")},
+        as_of=day, start=start, end=end, horizon_days=horizon_days, new_merchant_days=new_merchant_days)
+    frame = finish_merchant_features(counts.sort_index())
+    frame.attrs["as_of"] = day
+    return frame
 
 
 def build_labels(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DAYS) -> pd.DataFrame:

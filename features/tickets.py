@@ -789,9 +789,16 @@ class TicketTriageModel:
             raise ValueError(f"expected a (n, {len(FEATURES)}) feature matrix, got shape {X.shape}")
         return X
 
-    def fit(self, X: pd.DataFrame | Arr, y) -> TicketTriageModel:
-        """Fit booster and calibrator on ``X`` (time-ordered feature rows) and ``y`` (1 = escalated)."""
+    def fit(self, X: pd.DataFrame | Arr, y, client=None) -> TicketTriageModel:
+        """Fit booster and calibrator on ``X`` (time-ordered feature rows) and ``y`` (1 = escalated).
+
+        ``client``: a ``distributed.Client``; the booster is then trained with ``lightgbm.dask`` across its workers
+        (see ``features.engine.train_booster``) and kept as a local booster, so the fitted model is the same kind of
+        object either way.
+        """
         import lightgbm as lgb
+
+        from features.engine import train_booster
 
         if self.calibration not in ("isotonic", "platt"):
             raise ValueError(f"calibration must be 'isotonic' or 'platt', got {self.calibration!r}")
@@ -813,12 +820,9 @@ class TicketTriageModel:
             "deterministic": True,
         }
         cats = [_IDX[c] for c in CATEGORICAL]
-        train_set = lgb.Dataset(fit_X, fit_y, feature_name=list(FEATURES), categorical_feature=cats,
-                                free_raw_data=True)
-        valid = lgb.Dataset(cal_X, cal_y, reference=train_set)
-        booster = lgb.train(params, train_set, self.num_boost_round, valid_sets=[valid],
-                            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
-        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        booster, self.best_iteration_ = train_booster(
+            params, fit_X, fit_y, self.num_boost_round, client=client, categorical_feature=cats,
+            feature_name=list(FEATURES), eval_set=(cal_X, cal_y), early_stopping_rounds=self.early_stopping_rounds)
         # Keep only the trees early stopping chose: predict() then needs no num_iteration argument.
         self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=self.best_iteration_))
         margin = self.booster_.predict(cal_X, raw_score=True)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from features.accounts import account_features
 from features.contract import load_dataset
-from features.engine import DaskEngine, PandasEngine, get_engine, partition_of
+from features.engine import PandasEngine, get_engine, partition_of
 from features.merchants import build_features, dataset_merchant_features, prepare_events
 from features.return_volume import build_history
 from features.synthetic import generate_world
@@ -27,7 +26,9 @@ def ds(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = get_engine("dask", n_workers=2, threads_per_worker=1, processes=True)
+    # Threads, not processes: the same scheduler, shuffle and tasks, a few seconds faster to start on a busy machine
+    # (the process-based cluster the CLI starts is exercised by tests/test_scale_cli.py).
+    eng = get_engine("dask", n_workers=2, threads_per_worker=1, processes=False)
     eng.npartitions = 4  # more partitions than workers: entities of one worker still split
     yield eng
     eng.close()
@@ -85,5 +86,4 @@ def test_pandas_engine_refuses_a_scheduler_and_unknown_engines():
         get_engine("pandas", scheduler="tcp://127.0.0.1:1")
     with pytest.raises(ValueError, match="unknown engine"):
         get_engine("spark")
-    assert isinstance(get_engine("pandas"), PandasEngine) and issubclass(DaskEngine, object)
-    assert np.isfinite(1.0)
+    assert isinstance(get_engine("pandas"), PandasEngine)
