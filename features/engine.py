@@ -27,6 +27,7 @@ client and returns a local ``lightgbm.Booster`` either way, so the fitted models
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -191,7 +192,7 @@ def get_engine(name: str = "pandas", scheduler: str | None = None, n_workers: in
                              "for a local cluster") from e
         return DaskEngine(client)
     cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
-                           dashboard_address=None, memory_limit=memory_limit)
+                           dashboard_address=":0", memory_limit=memory_limit)
     return DaskEngine(Client(cluster), owns_cluster=True)
 
 
@@ -208,11 +209,15 @@ def train_booster(params: dict, X: pd.DataFrame | np.ndarray, y: np.ndarray, num
     On Dask the rows are split into one chunk per worker and trained data-parallel; the fitted model is brought back
     with ``to_local()`` so what is pickled and served is a plain booster. ``lightgbm.dask`` has no early stopping:
     with ``eval_set`` it records the validation loss of every round and the booster is cut at the best round
-    afterwards (the same choice early stopping makes, at the cost of training every round).
-    Returns (booster, best_iteration).
+    afterwards (the same choice early stopping makes, at the cost of training every round). Fits of fewer rows than
+    ``AFTERSALES_DASK_MIN_TRAIN_ROWS`` (default 50,000) stay in this process. Returns (booster, best_iteration).
     """
     import lightgbm as lgb
 
+    from features.settings import get_settings
+
+    if client is not None and len(X) < get_settings().dask_min_train_rows:
+        client = None  # a small fit: the cluster's per-fit network set-up would cost more than the fit
     if client is None:
         data = lgb.Dataset(X, y, weight=weight, init_score=init_score, feature_name=feature_name or "auto",
                            categorical_feature=categorical_feature or "auto", free_raw_data=True)
@@ -250,7 +255,9 @@ def train_booster(params: dict, X: pd.DataFrame | np.ndarray, y: np.ndarray, num
     # Threads per worker come from the Dask workers (lightgbm.dask ignores n_jobs).
     model = DaskLGBMClassifier(client=client, objective=params.get("objective", "binary"),
                                n_estimators=num_boost_round, verbose=-1, **extra)
-    model.fit(dX, dy, **kw)
+    with warnings.catch_warnings():  # the scikit-learn wrapper always passes n_jobs, which lightgbm.dask drops
+        warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+        model.fit(dX, dy, **kw)
     booster = model.to_local().booster_
     best = booster.current_iteration()
     if eval_set is not None:

@@ -61,9 +61,14 @@ def engine_for_command(name: str = "pandas", scheduler: str | None = None,
                        echo: Callable[[str], None] = click.echo) -> Iterator:
     """The ``features.engine`` engine a command asked for, closed (its LocalCluster shut down) afterwards."""
     from features.engine import get_engine
+    from features.settings import get_settings
 
+    settings = get_settings()
     try:
-        engine = get_engine(name, scheduler)
+        engine = get_engine(name, scheduler, n_workers=settings.dask_workers,
+                            threads_per_worker=settings.dask_threads_per_worker, processes=settings.dask_processes)
+        if engine.name != "pandas" and settings.dask_partitions > 0:
+            engine.npartitions = settings.dask_partitions
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     if engine.name != "pandas":
