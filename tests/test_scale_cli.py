@@ -178,3 +178,16 @@ def test_scheduler_without_dask_engine_is_refused(parted, tmp_path):
     r = CliRunner().invoke(main, ["flag-accounts", "--data", str(parted), "--out", str(tmp_path / "q.csv"),
                                   "--scheduler", "tcp://127.0.0.1:1"])
     assert r.exit_code != 0 and "--scheduler needs --engine dask" in r.output
+
+
+def test_generate_writes_partitioned_folders(tmp_path):
+    out = tmp_path / "w"
+    r = CliRunner().invoke(main, ["generate", "--out", str(out), "--accounts", "200", "--merchants", "8", "--days", "90",
+                                  "--start", "2024-01-01", "--format", "parquet-partitioned"])
+    assert r.exit_code == 0, r.output
+    for table in KEYS:
+        assert not (out / f"{table}.parquet").exists()
+        days = sorted(p.name for p in (out / table).iterdir())
+        assert days[0].startswith("date=2024-01") and len(days) > 30
+    ds = load_dataset(out)
+    assert ds.reports["orders"].rows_in == ds.reports["orders"].accepted > 300
