@@ -119,10 +119,12 @@ class DaskEngine:
         if isinstance(frame, dd.DataFrame):
             blocks = frame.to_delayed()
         else:
-            # Scatter row blocks straight to the workers (no copy through the scheduler).
+            # Scatter row blocks straight to the workers (no copy through the scheduler). Unhashed keys: the same
+            # table scattered again by a later call must not share a key that the earlier call is releasing.
             n_in = max(1, min(npartitions, math.ceil(len(frame) / 250_000)))
             bounds = np.linspace(0, len(frame), n_in + 1).astype(int)
-            blocks = self.client.scatter([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+            blocks = self.client.scatter([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+                                         hash=False)
             keep.extend(blocks)
         pieces = [delayed(_split, nout=npartitions, pure=True)(blk, key, npartitions) for blk in blocks]
         return [delayed(_concat, pure=True)([pc[i] for pc in pieces]) for i in range(npartitions)]
@@ -143,7 +145,7 @@ class DaskEngine:
         keep: list = []
         for n, (frame, key) in tables.items():
             if key is None:  # a small table every partition needs whole: sent once, shared by every task
-                [fut] = self.client.scatter([frame], broadcast=True)
+                [fut] = self.client.scatter([frame], broadcast=True, hash=False)
                 keep.append(fut)
                 parts[n] = [fut] * p
             else:
