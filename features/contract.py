@@ -257,6 +257,7 @@ def find_table_file(data_dir: Path, table: str) -> Path | None:
 # (``orders/date=2024-11-11/part-0.parquet``; see features/partitioned.py). Commands with an as-of date read only the
 # partitions up to it; the partition column itself is not a contract column and is dropped.
 PARTITION_DATE = "date"
+UNKNOWN_DAY = "unknown"  # the partition of rows whose event time cannot be read: always read, so they are rejected
 EVENT_TIME = {"orders": "ordered_at", "returns": "requested_at", "tickets": "created_at"}
 
 
@@ -272,7 +273,8 @@ def partition_files(path: Path, until: pd.Timestamp | None = None) -> list[str]:
     dataset = pads.dataset(path, format="parquet", partitioning="hive")
     flt = None
     if until is not None and date_partitioned(path):
-        flt = pads.field(PARTITION_DATE) <= str(pd.Timestamp(until).date())
+        day = pads.field(PARTITION_DATE)
+        flt = (day <= str(pd.Timestamp(until).date())) | (day == UNKNOWN_DAY)
     return [f.path for f in dataset.get_fragments(filter=flt)]
 
 
@@ -287,7 +289,8 @@ def read_raw(path: Path, until: pd.Timestamp | None = None) -> pd.DataFrame:
     frame = None
     if path.is_dir() and date_partitioned(path):
         try:
-            filters = [(PARTITION_DATE, "<=", str(pd.Timestamp(until).date()))] if until is not None else None
+            filters = None if until is None else [[(PARTITION_DATE, "<=", str(pd.Timestamp(until).date()))],
+                                                   [(PARTITION_DATE, "==", UNKNOWN_DAY)]]
             frame = pd.read_parquet(path, filters=filters, partitioning="hive")
         except Exception as e:  # noqa: BLE001 - any reader failure is the same user problem
             raise ContractError(path, f"cannot be read as a partitioned Parquet folder: {type(e).__name__}: {e}") \

@@ -15,13 +15,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from features.contract import EVENT_TIME, PARTITION_DATE, find_table_file, read_raw
+from features.contract import EVENT_TIME, PARTITION_DATE, UNKNOWN_DAY, find_table_file, read_raw
 
 
 def _day_text(ts: pd.Series) -> pd.Series:
     t = pd.to_datetime(ts, utc=True, errors="coerce", format="ISO8601")
     # Rows whose event time cannot be read keep a partition of their own, so the contract still sees and rejects them.
-    return t.dt.strftime("%Y-%m-%d").fillna("unknown")
+    return t.dt.strftime("%Y-%m-%d").fillna(UNKNOWN_DAY)
 
 
 def write_partitioned(src: Path | str, out: Path | str, progress=None) -> dict[str, int]:

@@ -80,10 +80,15 @@ def test_bad_rows_in_a_partition_are_rejected_and_counted(parted, tmp_path):
     frame = pd.read_parquet(f)
     frame.loc[frame.index[:3], "quantity"] = -1
     frame.to_parquet(f, index=False)
+    # A row whose event time cannot be read has a partition of its own, read whatever the date filter.
+    bad = (data / "orders" / "date=unknown")
+    bad.mkdir()
+    frame.head(2).assign(ordered_at=pd.NaT).to_parquet(bad / "part-0.parquet", index=False)
     ds = load_dataset(data, until=UNTIL)
     rep = ds.reports["orders"]
-    assert rep.rejected == 3 and rep.balanced and rep.by_rule == {"quantity: must be > 0": 3}
-    assert (ds.rejects["table"] == "orders").sum() == 3
+    assert rep.rejected == 5 and rep.balanced
+    assert rep.by_rule == {"quantity: must be > 0": 3, "ordered_at: required (must not be empty)": 2}
+    assert (ds.rejects["table"] == "orders").sum() == 5
 
 
 def test_lightgbm_dask_models_score_like_the_pandas_ones(world, engine, monkeypatch):
