@@ -190,12 +190,46 @@ def _group_median(values: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+# Columns of :func:`account_counts` that are not features: what the population-level stage needs.
+_COUNT_EXTRA = ("_prior_returns",)
+# Features that depend on other accounts (population priors, the link graph): made by finish_account_features.
+_GLOBAL_FEATURES = ("return_rate_30d", "return_rate_90d", "return_rate_365d", "refund_share_365d", "return_rate_change",
+                    "link_group_size", "link_strong_group_size", "link_max_shared_types", "link_group_returns_90d",
+                    "link_group_return_rate_90d", "link_group_refund_without_return_365d")
+
+
 def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links: pd.DataFrame | None,
-                     as_of, market: str = "CN", settings=None, max_link_share: int = MAX_LINK_SHARE) -> AccountFrame:
+                     as_of, market: str = "CN", settings=None, max_link_share: int = MAX_LINK_SHARE,
+                     engine=None) -> AccountFrame:
     """Features of every account (index ``account_id``) from what was known at the end of ``as_of``.
 
     Inputs are contract frames (see ``features.contract``). Accounts are those with an order or a return up to
     ``as_of``; guests (null account_id) are not accounts and never appear. Columns: :data:`FEATURES`.
+
+    Two stages: :func:`account_counts` reads each account's own order lines and returns (``engine`` runs it per
+    account partition, see ``features.engine``), then :func:`finish_account_features` adds what depends on the
+    population (shrinkage priors) and on other accounts (the link graph), once, on one row per account.
+    """
+    if engine is None:
+        counts = account_counts(orders, returns, as_of, market, settings)
+    else:
+        counts = engine.by_key(account_counts, {"orders": (orders, "account_id"), "returns": (returns, "account_id")},
+                               as_of=as_of, market=market, settings=settings)
+        counts = _empty_counts() if counts is None else counts.sort_index()
+    return finish_account_features(counts, account_links, as_of, max_link_share)
+
+
+def _empty_counts() -> pd.DataFrame:
+    cols = [c for c in FEATURES if c not in _GLOBAL_FEATURES] + list(_COUNT_EXTRA)
+    return pd.DataFrame({c: np.zeros(0) for c in cols}, index=pd.Index([], dtype="string", name="account_id"))
+
+
+def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: str = "CN", settings=None
+                   ) -> pd.DataFrame:
+    """The per-account stage of :func:`account_features`: every feature an account's own rows decide.
+
+    The result for an account depends only on that account's orders and returns (and their order lines), so it
+    can be computed on any subset of accounts holding all of their rows. Index ``account_id`` (sorted).
     """
     as_of = as_day(as_of)
     cut = int((as_of + pd.Timedelta(days=1)).value // 1000)  # first microsecond after the as-of day
@@ -233,15 +267,9 @@ def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links:
     no_item = returns["item_returned"].eq(False).fillna(False).to_numpy(dtype=bool)[r_keep]
     reason = pd.Categorical(returns["reason"][r_keep], categories=RETURN_REASONS).codes
     for w in WINDOWS:
-        cnt = np.bincount(pos_r[age_r < w], minlength=n).astype(float)
-        f[f"returns_{w}d"] = cnt
-        # A return may belong to an order placed before the window: a line count below the returns is raised.
-        f[f"return_rate_{w}d"] = _shrunk_rate(cnt, np.maximum(f[f"lines_{w}d"], cnt))
+        f[f"returns_{w}d"] = np.bincount(pos_r[age_r < w], minlength=n).astype(float)
     y = age_r < 365
     f["refund_365d"] = np.bincount(pos_r[y], weights=refund[y], minlength=n)
-    spent = np.maximum(f["spend_365d"], f["refund_365d"])
-    line_value = spent.sum() / max(np.maximum(f["lines_365d"], f["returns_365d"]).sum(), 1.0)
-    f["refund_share_365d"] = _shrunk_rate(f["refund_365d"], spent, line_value)
     rc = np.bincount(pos_r[y] * len(RETURN_REASONS) + np.maximum(reason[y], 0),
                      minlength=n * len(RETURN_REASONS)).reshape(n, len(RETURN_REASONS)).astype(float)
     p = _safe_div(rc, f["returns_365d"][:, None])
@@ -264,10 +292,8 @@ def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links:
     # Change against the account's own past: the last 90 days against days 91-365.
     prior = (age_r >= 90) & (age_r < 365)
     prior_returns = np.bincount(pos_r[prior], minlength=n).astype(float)
-    prior_lines = f["lines_365d"] - f["lines_90d"]
     f["return_trend"] = (f["returns_90d"] / 90 * 30 + 0.25) / (prior_returns / 275 * 30 + 0.25)
-    f["return_rate_change"] = f["return_rate_90d"] - _shrunk_rate(prior_returns,
-                                                                   np.maximum(prior_lines, prior_returns))
+    f["_prior_returns"] = prior_returns
 
     # Returns joined to their order lines: timing, and wardrobing.
     timing = _return_timing(orders, o_keep, returns, r_keep, y, cut, market, as_of, settings)
@@ -276,10 +302,34 @@ def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links:
     f["wardrobe_returns_365d"] = np.bincount(pos_r[y][timing["wardrobe"]], minlength=n).astype(float)
     f["wardrobe_share"] = _safe_div(f["wardrobe_returns_365d"], f["returns_365d"])
 
+    cols = [c for c in FEATURES if c not in _GLOBAL_FEATURES] + list(_COUNT_EXTRA)
+    return pd.DataFrame({k: f[k] for k in cols}, index=index)
+
+
+def finish_account_features(counts: pd.DataFrame, account_links: pd.DataFrame | None, as_of,
+                            max_link_share: int = MAX_LINK_SHARE) -> AccountFrame:
+    """The population stage of :func:`account_features` on :func:`account_counts` of every account (sorted by ID).
+
+    Rates are shrunk toward the population's rate (a sum over all accounts), and linked accounts are found in the
+    whole link graph: neither can be computed one account partition at a time, and both need only one row per
+    account.
+    """
+    f = {c: counts[c].to_numpy(dtype=float) for c in counts.columns}
+    for w in WINDOWS:
+        cnt = f[f"returns_{w}d"]
+        # A return may belong to an order placed before the window: a line count below the returns is raised.
+        f[f"return_rate_{w}d"] = _shrunk_rate(cnt, np.maximum(f[f"lines_{w}d"], cnt))
+    spent = np.maximum(f["spend_365d"], f["refund_365d"])
+    line_value = spent.sum() / max(np.maximum(f["lines_365d"], f["returns_365d"]).sum(), 1.0)
+    f["refund_share_365d"] = _shrunk_rate(f["refund_365d"], spent, line_value)
+    prior_returns = f["_prior_returns"]
+    prior_lines = f["lines_365d"] - f["lines_90d"]
+    f["return_rate_change"] = f["return_rate_90d"] - _shrunk_rate(prior_returns,
+                                                                   np.maximum(prior_lines, prior_returns))
     # Linked accounts.
-    f.update(_link_features(account_links, index, f, max_link_share))
-    out = pd.DataFrame({k: f[k] for k in FEATURES}, index=index)
-    out.attrs["as_of"] = str(as_of.date())
+    f.update(_link_features(account_links, counts.index, f, max_link_share))
+    out = pd.DataFrame({k: f[k] for k in FEATURES}, index=counts.index)
+    out.attrs["as_of"] = str(as_day(as_of).date())
     return out
 
 
@@ -408,13 +458,14 @@ def _link_features(account_links: pd.DataFrame | None, index: pd.Index, f: dict[
     }
 
 
-def dataset_features(ds, as_of, market: str | None = None, settings=None) -> AccountFrame:
+def dataset_features(ds, as_of, market: str | None = None, settings=None, engine=None) -> AccountFrame:
     """:func:`account_features` for a loaded :class:`features.contract.Dataset`, checking ``as_of`` is in range."""
     from features.settings import get_settings
 
     settings = settings or get_settings()
     day = check_as_of(as_of, ds.time_span())
-    return account_features(ds.orders, ds.returns, ds.account_links, day, market or settings.market, settings)
+    return account_features(ds.orders, ds.returns, ds.account_links, day, market or settings.market, settings,
+                            engine=engine)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -615,7 +666,7 @@ class SerialReturnerModel:
         ``B``: background accounts from the population, weak negatives (positive-unlabelled learning): a few
         dozen decisions say little on their own about how confirmed abusers differ from everybody else.
         """
-        import lightgbm as lgb
+        from features.engine import train_booster
 
         anomaly = D[ANOMALY_FEATURE].to_numpy()
         a, b = _platt(anomaly, y)
@@ -627,15 +678,29 @@ class SerialReturnerModel:
             w = np.r_[w, np.full(len(B), self.background_weight * len(y) / len(B))]
             y = np.r_[y, np.zeros(len(B))]
         init = prior[0] * D[ANOMALY_FEATURE].to_numpy() + prior[1]
-        data = lgb.Dataset(D, y, weight=w, init_score=init)
-        return prior, lgb.train(self._params(int(w.sum())), data, self.num_boost_round)
+        booster, _ = train_booster(self._params(int(w.sum())), D, y, self.num_boost_round,
+                                   client=getattr(self, "_client", None), weight=w, init_score=init,
+                                   feature_name=list(D.columns))
+        return prior, booster
 
     @staticmethod
     def _raw(D: pd.DataFrame, prior: tuple[float, float], booster) -> np.ndarray:
         return booster.predict(D, raw_score=True) + prior[0] * D[ANOMALY_FEATURE].to_numpy() + prior[1]
 
-    def fit(self, X: AccountFrame, y: Sequence[float] | np.ndarray | None = None) -> SerialReturnerModel:
-        """Fit the detector on the population and, when the labels allow, the calibrated supervised model."""
+    def fit(self, X: AccountFrame, y: Sequence[float] | np.ndarray | None = None, client=None
+            ) -> SerialReturnerModel:
+        """Fit the detector on the population and, when the labels allow, the calibrated supervised model.
+
+        ``client``: a ``distributed.Client``; the boosters are then trained with ``lightgbm.dask`` and kept as local
+        boosters (the client is not kept on the fitted model).
+        """
+        self._client = client
+        try:
+            return self._fit(X, y)
+        finally:
+            del self._client
+
+    def _fit(self, X: AccountFrame, y) -> SerialReturnerModel:
         y_arr = np.full(len(X), np.nan) if y is None else np.asarray(y, dtype=float)
         if len(y_arr) != len(X):
             raise ValueError(f"y has {len(y_arr)} values for {len(X)} rows")

@@ -297,12 +297,39 @@ def complaint_counts(events: MerchantEvents, as_of, days: int = 90) -> pd.Series
                      index=pd.Index(events.merchant_ids, name="merchant_id"), name="complaints")
 
 
+# The rates the merchant features shrink toward the merchant's category: name -> kind (see shrink_rates).
+# merchant_counts stores each rate's raw count ``_k_<name>`` and exposure ``_n_<name>``; finish_merchant_features
+# shrinks them, because the category priors are sums over every merchant of the category.
+SHRUNK_RATES: dict[str, str] = {
+    **{f"late_{w}": "binomial" for w in ("30", "prev60", "90", "365")},
+    **{f"very_late_{w}": "binomial" for w in ("30", "prev60", "90", "365")},
+    **{f"quality_{w}": "poisson" for w in ("30", "prev60", "90", "365")},
+    "logistics_90": "poisson", "returns_90": "poisson",
+    **{f"complaints_{w}": "poisson" for w in ("30", "90", "180", "365", "prev60", "base")},
+    **{f"escalation_{w}": "binomial" for w in ("90", "365")},
+    **{f"tickets_{w}": "poisson" for w in ("90", "365")},
+}
+
+
 def build_features(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DAYS,
                    new_merchant_days: int = NEW_MERCHANT_DAYS) -> FeatureFrame:
     """Every merchant known by the end of ``as_of`` with its features, using only what was known by then.
 
     Merchants with no orders in the last 90 days stay in (flag ``no_orders_in_window``); merchants trading for less
     than ``new_merchant_days`` are flagged ``new_merchant``. Raises :class:`AsOfError` outside the data's days.
+    Two stages: :func:`merchant_counts` (each merchant's own events; ``features.engine`` can run it per merchant
+    partition) and :func:`finish_merchant_features` (category priors, once).
+    """
+    counts = merchant_counts(events, as_of, horizon_days, new_merchant_days)
+    return finish_merchant_features(counts)
+
+
+def merchant_counts(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DAYS,
+                    new_merchant_days: int = NEW_MERCHANT_DAYS) -> pd.DataFrame:
+    """The per-merchant stage of :func:`build_features`: what each merchant's own events decide.
+
+    Features that need no other merchant, the info columns, a ``_known`` flag, and the raw count and exposure of
+    every rate in :data:`SHRUNK_RATES`. One row per merchant of ``events`` (index merchant_id, sorted).
     """
     day = events.check_as_of(as_of)
     cut = _cutoff(day)
@@ -321,6 +348,7 @@ def build_features(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DA
     category = ev.categories[main_cat]
 
     f: dict[str, Arr] = {}
+    raw: dict[str, tuple[Arr, Arr]] = {}
     # Windows ending at the cutoff (days) plus the 60 days before the last 30 (the trend's reference).
     windows = {w: window(int(w)) for w in ("30", "90", "180", "365")} | {"prev60": window(60, 30)}
     orders = {w: _count(ev.o_m, _in(ev.o_t, lo, hi), n_m) for w, (lo, hi) in windows.items()}
@@ -334,47 +362,26 @@ def build_features(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DA
     f["days_since_last_order"] = np.where(last >= 0, (cut - last) / DAY, np.nan)
     f["tenure_days"] = np.where(known, (cut - ev.first_seen) / DAY, 0.0)
 
-    def shrunk(k: Arr, n: Arr, kind: str = "binomial") -> tuple[Arr, Arr]:
-        return shrink_rates(k, n, main_cat, kind=kind)
-
     # Late deliveries: only orders whose promise (or promise + VERY_LATE_DAYS) has passed, windowed by that moment.
-    late, very_late = {}, {}
     for w in ("30", "prev60", "90", "365"):
-        late[w] = shrunk(*_late_counts(ev, *windows[w], grace_days=0))
-        very_late[w] = shrunk(*_late_counts(ev, *windows[w], grace_days=VERY_LATE_DAYS))
-    f["late_rate_30d"], f["late_rate_90d"] = late["30"][0], late["90"][0]
-    for w in ("30", "90", "365"):
-        f[f"very_late_rate_{w}d"] = very_late[w][0]
-    f["late_trend"] = very_late["30"][0] - very_late["prev60"][0]
-
+        raw[f"late_{w}"] = _late_counts(ev, *windows[w], grace_days=0)
+        raw[f"very_late_{w}"] = _late_counts(ev, *windows[w], grace_days=VERY_LATE_DAYS)
     # Returns per order, by reason.
-    quality = {}
     for w in ("30", "prev60", "90", "365"):
-        quality[w] = shrunk(_count(ev.r_m, _in(ev.r_t, *windows[w]) & ev.r_quality, n_m), orders[w], "poisson")
+        raw[f"quality_{w}"] = (_count(ev.r_m, _in(ev.r_t, *windows[w]) & ev.r_quality, n_m), orders[w])
     r90 = _in(ev.r_t, *windows["90"])
-    for w in ("30", "90", "365"):
-        f[f"quality_return_rate_{w}d"] = quality[w][0]
-    f["quality_trend"] = quality["30"][0] - quality["prev60"][0]
-    f["logistics_return_rate_90d"] = shrunk(_count(ev.r_m, r90 & ev.r_logistics, n_m), orders["90"], "poisson")[0]
-    f["return_rate_90d"] = shrunk(_count(ev.r_m, r90, n_m), orders["90"], "poisson")[0]
-
+    raw["logistics_90"] = (_count(ev.r_m, r90 & ev.r_logistics, n_m), orders["90"])
+    raw["returns_90"] = (_count(ev.r_m, r90, n_m), orders["90"])
     # Complaints known by the cutoff: complaint cases when created, escalations once resolved.
-    comp = {}
     for w in (*windows, "base"):
         k = _complaint_counts(ev, *(window(BASELINE_DAYS) if w == "base" else windows[w]), known_by=cut)
-        comp[w] = (k, *shrunk(k, orders[w], "poisson"))
-    f["complaint_count_90d"] = comp["90"][0]
-    for w in ("30", "90", "180", "365"):
-        f[f"complaint_rate_{w}d"] = comp[w][1]
-    f["complaint_trend"] = comp["30"][1] - comp["prev60"][1]
-
+        raw[f"complaints_{w}"] = (k, orders[w])
+    f["complaint_count_90d"] = raw["complaints_90"][0]
     # Tickets: escalation rate and resolution time of cases closed in the window; cases per order.
     for w in ("90", "365"):
         closed = _in(ev.t_resolved, *windows[w])
-        f[f"escalation_rate_{w}d"] = shrunk(_count(ev.t_m, closed & ev.t_escalated, n_m),
-                                             _count(ev.t_m, closed, n_m))[0]
-        f[f"tickets_per_order_{w}d"] = shrunk(_count(ev.t_m, _in(ev.t_created, *windows[w]), n_m), orders[w],
-                                              "poisson")[0]
+        raw[f"escalation_{w}"] = (_count(ev.t_m, closed & ev.t_escalated, n_m), _count(ev.t_m, closed, n_m))
+        raw[f"tickets_{w}"] = (_count(ev.t_m, _in(ev.t_created, *windows[w]), n_m), orders[w])
     closed = _in(ev.t_resolved, *windows["90"])
     hours = np.log1p((ev.t_resolved[closed] - ev.t_created[closed]) / 3600.0)
     n_closed = _count(ev.t_m, closed, n_m)
@@ -383,24 +390,104 @@ def build_features(events: MerchantEvents, as_of, horizon_days: int = HORIZON_DA
 
     f["main_category_share"] = np.where(lines > 0, mix.max(axis=1) / np.maximum(lines, 1), np.nan)
     f["n_categories"] = (mix > 0).sum(axis=1).astype(float)
-    f["cat_late_rate_90d"] = late["90"][1]
-    f["cat_very_late_rate_90d"] = very_late["90"][1]
-    f["cat_quality_return_rate_90d"] = quality["90"][1]
-    f["cat_complaint_rate_90d"] = comp["90"][2]
 
-    frame = pd.DataFrame({k: f[k] for k in FEATURES}, index=pd.Index(ev.merchant_ids, name="merchant_id"))
+    frame = pd.DataFrame(f, index=pd.Index(ev.merchant_ids, name="merchant_id"))
+    for name, (k, n) in raw.items():
+        frame[f"_k_{name}"], frame[f"_n_{name}"] = k, n
     frame["category"] = category
     flags = np.where(orders["90"] == 0, "no_orders_in_window", "")
     new = f["tenure_days"] < new_merchant_days
     flags = np.where(new, np.where(flags == "", "new_merchant", flags + ",new_merchant"), flags)
     frame["flag"] = flags
     # The baselines: last period's raw complaint rate and count (no shrinkage, no model).
-    frame["baseline_rate"] = np.where(orders["base"] > 0, comp["base"][0] / np.maximum(orders["base"], 1), 0.0)
-    frame["baseline_count"] = comp["base"][0]
+    k_base = raw["complaints_base"][0]
+    frame["baseline_rate"] = np.where(orders["base"] > 0, k_base / np.maximum(orders["base"], 1), 0.0)
+    frame["baseline_count"] = k_base
     # Orders expected in the coming window at the recent run rate (for expected complaints).
     frame["expected_orders"] = orders["90"] * horizon_days / 90.0
-    frame = frame[known]
+    frame["_known"] = known
     frame.index = frame.index.astype("string")
+    return frame
+
+
+def finish_merchant_features(counts: pd.DataFrame) -> FeatureFrame:
+    """The category stage of :func:`build_features` on :func:`merchant_counts` of every merchant (sorted by ID).
+
+    Each rate is shrunk toward its merchant's category (a prior fitted on every merchant of the category, so it
+    cannot be computed one merchant partition at a time); merchants not yet known at the as-of date are dropped.
+    """
+    group = counts["category"].to_numpy(dtype=object)
+    shrunk = {name: shrink_rates(counts[f"_k_{name}"].to_numpy(), counts[f"_n_{name}"].to_numpy(), group, kind=kind)
+              for name, kind in SHRUNK_RATES.items()}
+    f = {c: counts[c].to_numpy() for c in FEATURES if c in counts.columns}
+    f["late_rate_30d"], f["late_rate_90d"] = shrunk["late_30"][0], shrunk["late_90"][0]
+    for w in ("30", "90", "365"):
+        f[f"very_late_rate_{w}d"] = shrunk[f"very_late_{w}"][0]
+    f["late_trend"] = shrunk["very_late_30"][0] - shrunk["very_late_prev60"][0]
+    for w in ("30", "90", "365"):
+        f[f"quality_return_rate_{w}d"] = shrunk[f"quality_{w}"][0]
+    f["quality_trend"] = shrunk["quality_30"][0] - shrunk["quality_prev60"][0]
+    f["logistics_return_rate_90d"] = shrunk["logistics_90"][0]
+    f["return_rate_90d"] = shrunk["returns_90"][0]
+    for w in ("30", "90", "180", "365"):
+        f[f"complaint_rate_{w}d"] = shrunk[f"complaints_{w}"][0]
+    f["complaint_trend"] = shrunk["complaints_30"][0] - shrunk["complaints_prev60"][0]
+    for w in ("90", "365"):
+        f[f"escalation_rate_{w}d"] = shrunk[f"escalation_{w}"][0]
+        f[f"tickets_per_order_{w}d"] = shrunk[f"tickets_{w}"][0]
+    f["cat_late_rate_90d"] = shrunk["late_90"][1]
+    f["cat_very_late_rate_90d"] = shrunk["very_late_90"][1]
+    f["cat_quality_return_rate_90d"] = shrunk["quality_90"][1]
+    f["cat_complaint_rate_90d"] = shrunk["complaints_90"][1]
+    frame = pd.DataFrame({k: f[k] for k in FEATURES}, index=counts.index)
+    for c in INFO_COLUMNS:
+        frame[c] = counts[c].to_numpy()
+    return frame[counts["_known"].to_numpy(dtype=bool)]
+
+
+def _merchant_counts_part(orders: pd.DataFrame, returns: pd.DataFrame, tickets: pd.DataFrame, as_of, start, end,
+                          horizon_days: int, new_merchant_days: int) -> pd.DataFrame:
+    """:func:`merchant_counts` of the merchants in one partition; the as-of check uses the whole data's days."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    part = SimpleNamespace(orders=orders, returns=returns, tickets=tickets, source="partition")
+    events = replace(prepare_events(part), start=start, end=end)
+    return merchant_counts(events, as_of, horizon_days, new_merchant_days)
+
+
+def dataset_merchant_features(ds: Dataset, as_of=None, engine=None, horizon_days: int = HORIZON_DAYS,
+                              new_merchant_days: int = NEW_MERCHANT_DAYS) -> FeatureFrame:
+    """:func:`build_features` of a dataset as of one day (default: its last day), per merchant partition on ``engine``.
+
+    Equal to ``build_features(prepare_events(ds), as_of)``; on a Dask engine the coded events are prepared on the
+    workers from each merchant partition's rows, and only one row per merchant comes back for the category stage.
+    The as-of day used is in ``frame.attrs["as_of"]``. Raises :class:`AsOfError` outside the data's days.
+    """
+    if engine is None or engine.name == "pandas":
+        events = prepare_events(ds)
+        day = events.check_as_of(events.end if as_of is None else as_of)
+        frame = build_features(events, day, horizon_days, new_merchant_days)
+        frame.attrs["as_of"] = day
+        return frame
+    from types import SimpleNamespace
+
+    tickets = ds.tickets[ds.tickets["merchant_id"].notna()]
+    ts = [s.dropna() for s in (ds.orders["ordered_at"], ds.returns["requested_at"], tickets["created_at"])]
+    ts = [s for s in ts if len(s)]
+    if not ts:
+        raise ValueError(f"{ds.source}: no merchant_id in orders, returns or tickets; nothing to rank")
+    start = min(s.min() for s in ts).tz_convert("UTC").normalize()
+    end = max(s.max() for s in ts).tz_convert("UTC").normalize()
+    # The same check (and message) as MerchantEvents.check_as_of, on the whole data's days.
+    day = MerchantEvents.check_as_of(SimpleNamespace(start=start, end=end), end if as_of is None else as_of)
+    counts = engine.by_key(
+        _merchant_counts_part,
+        {"orders": (ds.orders, "merchant_id"), "returns": (ds.returns, "merchant_id"),
+         "tickets": (tickets, "merchant_id")},
+        as_of=day, start=start, end=end, horizon_days=horizon_days, new_merchant_days=new_merchant_days)
+    frame = finish_merchant_features(counts.sort_index())
+    frame.attrs["as_of"] = day
     return frame
 
 

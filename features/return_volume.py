@@ -169,12 +169,15 @@ def _match_lines(returns: pd.DataFrame, orders: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def build_history(ds, market: str, end: pd.Timestamp | None = None) -> History:
+def build_history(ds, market: str, end: pd.Timestamp | None = None, engine=None) -> History:
     """Build the daily series and order drivers from a validated :class:`features.contract.Dataset`.
 
     Series: ``total`` (return requests per day), ``refund_amount``, ``category=<c>`` and ``region=<r>`` for the
     larger categories/regions (a return's category and region come from its order line; a ``region`` column on the
     returns themselves wins), and ``channel=<ch>`` (tickets created per day) when tickets exist.
+
+    ``engine`` (``features.engine``) runs the join of returns to their order lines per order partition; the day
+    counts are sums over the whole data (which series are kept depends on every row), made once from the columns.
     """
     orders, returns, tickets = ds.orders, ds.returns, ds.tickets
     if returns.empty:
@@ -189,7 +192,14 @@ def build_history(ds, market: str, end: pd.Timestamp | None = None) -> History:
     r_idx = (r_day - day0).dt.days.to_numpy()
     o_idx = (o_day - day0).dt.days.to_numpy()
 
-    matched = _match_lines(returns, orders)
+    if engine is None or engine.name == "pandas":
+        matched = _match_lines(returns, orders)
+    else:
+        cols = ["order_id", "ordered_at", "category", "region", "quantity", "amount"]
+        matched = engine.by_key(_match_lines, {"returns": (returns[["order_id", "quantity", "refund_amount"]],
+                                                           "order_id"),
+                                               "orders": (orders[cols], "order_id")}, primary="returns")
+        matched = matched.reindex(returns.index)
     r_cat = matched["category"].astype("object")
     r_region = matched["region"].astype("object")
     if "region" in returns.columns:  # e.g. the Online Retail import keeps the customer's country on the return
@@ -242,12 +252,12 @@ def build_history(ds, market: str, end: pd.Timestamp | None = None) -> History:
                    region_mix, float(lines_per_order))
 
 
-def load_history(data_dir: Path | str, market: str, end: pd.Timestamp | None = None):
+def load_history(data_dir: Path | str, market: str, end: pd.Timestamp | None = None, engine=None):
     """Load and validate a data folder, then build its :class:`History`. Returns (history, dataset)."""
     from features.contract import load_dataset
 
     ds = load_dataset(data_dir, tables=["orders", "returns", "tickets"])
-    return build_history(ds, market, end=end), ds
+    return build_history(ds, market, end=end, engine=engine), ds
 
 
 # --------------------------------------------------------------------------------------------------------------------

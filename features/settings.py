@@ -75,6 +75,16 @@ class Settings(BaseSettings):
     serial_rule_min_return_rate: float = Field(0.5, description="...and a 90-day return rate at or above this.")
     serial_num_threads: int = Field(1, description="LightGBM threads for the serial-returner model.")
 
+    # Dask engine (features/engine.py; `--engine dask` without `--scheduler` starts a LocalCluster with these)
+    dask_workers: int = Field(2, description="Worker processes of the LocalCluster that --engine dask starts.")
+    dask_threads_per_worker: int = Field(1, description="Threads per LocalCluster worker.")
+    dask_processes: bool = Field(True, description="LocalCluster workers as processes (False: threads of this one).")
+    dask_partitions: int = Field(0, description="Entity partitions per table on Dask (0: one per million rows, at "
+                                 "least one per worker).")
+    dask_min_train_rows: int = Field(50_000, description="Below this many training rows a model trains in this "
+                                     "process even under --engine dask (distributing a small fit costs more than it "
+                                     "saves: network set-up per fit).")
+
     # Return-volume forecast (training/return_volume.py, features/return_volume.py)
     return_volume_horizon: int = Field(60, description="Days forecast after the origin by `train` and its backtest.")
     return_volume_backtest_origins: int = Field(10, description="Backtest origins in `aftersales train return-volume`.")

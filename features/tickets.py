@@ -526,10 +526,78 @@ class TicketFeatures:
     meta: pd.DataFrame  # ticket_id, created_at, resolved_at, case_type, channel, IDs, amount, escalated
 
 
-def build_training_features(ds: Dataset, calendar: CalendarTable, progress: Any = None) -> TicketFeatures:
+def _order_context_part(queries: pd.DataFrame, orders: pd.DataFrame, returns: pd.DataFrame) -> pd.DataFrame:
+    """:func:`order_context` of the queries (order_id, _t) of one order partition."""
+    from types import SimpleNamespace
+
+    part = SimpleNamespace(orders=orders, returns=returns)
+    return order_context(part, queries["order_id"], queries["_t"].to_numpy(dtype=np.float64), order_table(orders))
+
+
+def _account_history_part(queries: pd.DataFrame, orders: pd.DataFrame, returns: pd.DataFrame,
+                          tickets: pd.DataFrame) -> pd.DataFrame:
+    """:func:`account_history` of the queries (account_id, _t) of one account partition."""
+    from types import SimpleNamespace
+
+    part = SimpleNamespace(orders=orders, returns=returns, tickets=tickets)
+    return account_history(part, queries["account_id"], queries["_t"].to_numpy(dtype=np.float64))
+
+
+def _order_table_part(orders: pd.DataFrame) -> pd.DataFrame:
+    return order_table(orders).rename_axis("order_id").reset_index()
+
+
+def _merchant_signals_part(queries: pd.DataFrame, order_rows: pd.DataFrame, tickets: pd.DataFrame) -> pd.DataFrame:
+    """:func:`merchant_signals` of the queries (merchant_id, _t) of one merchant partition."""
+    from types import SimpleNamespace
+
+    ot = order_rows.set_index("order_id")
+    return merchant_signals(SimpleNamespace(tickets=tickets), queries["merchant_id"],
+                            queries["_t"].to_numpy(dtype=np.float64), ot)
+
+
+def point_in_time_context(ds: Dataset, t: pd.DataFrame, times: Arr, engine=None, say=lambda _m: None
+                          ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(order context, account + merchant history) of the tickets ``t`` at ``times``, per entity partition.
+
+    Each part is keyed by one entity (order, account, merchant): on a Dask engine the tickets and the events are
+    shuffled on that key and :func:`order_context`, :func:`account_history` and :func:`merchant_signals` run per
+    partition. The one cross-entity input, the order table (an order's merchant and times, keyed by order), is built
+    per order partition first and then shuffled by merchant.
+    """
+    q = t[["order_id", "account_id", "merchant_id"]].assign(_t=times)
+    if engine is None or engine.name == "pandas":
+        ot = order_table(ds.orders)
+        say(f"features: order context of {len(t):,} tickets")
+        ctx = order_context(ds, t["order_id"], times, ot)
+        say("features: account history (point in time)")
+        acc = account_history(ds, t["account_id"], times)
+        say("features: merchant signals (point in time)")
+        mer = merchant_signals(ds, t["merchant_id"], times, ot)
+        return ctx, pd.concat([acc, mer], axis=1)
+    say(f"features: order context of {len(t):,} tickets ({engine.describe()})")
+    ctx = engine.by_key(_order_context_part, {"queries": (q, "order_id"), "orders": (ds.orders, "order_id"),
+                                              "returns": (ds.returns, "order_id")}, primary="queries")
+    say("features: account history (point in time)")
+    acc = engine.by_key(_account_history_part, {
+        "queries": (q, "account_id"), "orders": (ds.orders, "account_id"), "returns": (ds.returns, "account_id"),
+        "tickets": (ds.tickets, "account_id")}, primary="queries")
+    say("features: merchant signals (point in time)")
+    ot = engine.by_key(_order_table_part, {"orders": (ds.orders, "order_id")})
+    if ot is None:
+        ot = _order_table_part(ds.orders.iloc[:0])
+    mer = engine.by_key(_merchant_signals_part, {"queries": (q, "merchant_id"), "order_rows": (ot, "merchant_id"),
+                                                 "tickets": (ds.tickets, "merchant_id")}, primary="queries")
+    ctx, acc, mer = (frame.reindex(t.index) for frame in (ctx, acc, mer))
+    return ctx, pd.concat([acc, mer], axis=1)
+
+
+def build_training_features(ds: Dataset, calendar: CalendarTable, progress: Any = None, engine=None
+                            ) -> TicketFeatures:
     """Point-in-time features of every ticket in ``ds`` (nothing known after a ticket's creation is used).
 
-    ``progress`` is an optional callable taking a message (e.g. ``click.echo``).
+    ``progress`` is an optional callable taking a message (e.g. ``click.echo``); ``engine`` a
+    ``features.engine`` engine that runs the per-entity parts (default: this process).
     """
     say = progress or (lambda _msg: None)
     t = ds.tickets.sort_values(["created_at", "ticket_id"], kind="stable").reset_index(drop=True)
@@ -537,15 +605,9 @@ def build_training_features(ds: Dataset, calendar: CalendarTable, progress: Any 
         raise ValueError(f"{ds.source}: no tickets (tickets.parquet/.csv absent or every row rejected); "
                          "the escalation model needs the tickets table")
     times = series_us(t["created_at"])
-    say(f"features: order context of {len(t):,} tickets")
-    ot = order_table(ds.orders)
-    ctx = order_context(ds, t["order_id"], times, ot)
-    say("features: account history (point in time)")
-    acc = account_history(ds, t["account_id"], times)
-    say("features: merchant signals (point in time)")
-    mer = merchant_signals(ds, t["merchant_id"], times, ot)
+    ctx, history = point_in_time_context(ds, t, times, engine, say)
     say("features: ticket, calendar and text")
-    X = assemble_batch(t, ctx, pd.concat([acc, mer], axis=1), calendar)
+    X = assemble_batch(t, ctx, history, calendar)
     meta = t[["ticket_id", "created_at", "resolved_at", "case_type", "channel", "account_id", "merchant_id",
               "order_id", "amount", "escalated"]].copy()
     return TicketFeatures(pd.DataFrame(X, columns=list(FEATURES)), meta)
@@ -727,9 +789,16 @@ class TicketTriageModel:
             raise ValueError(f"expected a (n, {len(FEATURES)}) feature matrix, got shape {X.shape}")
         return X
 
-    def fit(self, X: pd.DataFrame | Arr, y) -> TicketTriageModel:
-        """Fit booster and calibrator on ``X`` (time-ordered feature rows) and ``y`` (1 = escalated)."""
+    def fit(self, X: pd.DataFrame | Arr, y, client=None) -> TicketTriageModel:
+        """Fit booster and calibrator on ``X`` (time-ordered feature rows) and ``y`` (1 = escalated).
+
+        ``client``: a ``distributed.Client``; the booster is then trained with ``lightgbm.dask`` across its workers
+        (see ``features.engine.train_booster``) and kept as a local booster, so the fitted model is the same kind of
+        object either way.
+        """
         import lightgbm as lgb
+
+        from features.engine import train_booster
 
         if self.calibration not in ("isotonic", "platt"):
             raise ValueError(f"calibration must be 'isotonic' or 'platt', got {self.calibration!r}")
@@ -751,12 +820,9 @@ class TicketTriageModel:
             "deterministic": True,
         }
         cats = [_IDX[c] for c in CATEGORICAL]
-        train_set = lgb.Dataset(fit_X, fit_y, feature_name=list(FEATURES), categorical_feature=cats,
-                                free_raw_data=True)
-        valid = lgb.Dataset(cal_X, cal_y, reference=train_set)
-        booster = lgb.train(params, train_set, self.num_boost_round, valid_sets=[valid],
-                            callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
-        self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
+        booster, self.best_iteration_ = train_booster(
+            params, fit_X, fit_y, self.num_boost_round, client=client, categorical_feature=cats,
+            feature_name=list(FEATURES), eval_set=(cal_X, cal_y), early_stopping_rounds=self.early_stopping_rounds)
         # Keep only the trees early stopping chose: predict() then needs no num_iteration argument.
         self.booster_ = lgb.Booster(model_str=booster.model_to_string(num_iteration=self.best_iteration_))
         margin = self.booster_.predict(cal_X, raw_score=True)

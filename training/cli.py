@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from training.data import engine_for_command, engine_options
+
 # Command name -> "module:attribute" of a click.Command, imported on first use.
 LAZY_HELP: dict[str, str] = {
     "forecast": "Forecast daily return volume P10/P50/P90 after an origin date.",
@@ -26,6 +28,7 @@ LAZY_HELP: dict[str, str] = {
     "rank-merchants": "Rank merchants by their complaint risk in the coming period.",
     "report": "Write a static HTML report of every model's results.",
     "card": "Print a registered model version's model card (Markdown).",
+    "score-all": "Score every account and merchant as of a day; write Parquet (pandas or Dask).",
     "return-volume": "Rolling-origin backtest of the return-volume forecast.",
     "serial-returners": "Evaluate the serial-returner detector on later time.",
     "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
@@ -39,6 +42,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "rank-merchants": "training.merchant_risk:rank_merchants_cmd",
     "report": "training.report:report_cmd",
     "card": "training.model_card:card_cmd",
+    "score-all": "training.scoring:score_all_cmd",
 }
 LAZY_BACKTESTS: dict[str, str] = {
     "return-volume": "training.return_volume:backtest_cmd",
@@ -48,6 +52,8 @@ LAZY_EVALUATIONS: dict[str, str] = {
     "merchant-risk": "training.merchant_risk:evaluate_cmd",
     "ticket-triage": "training.ticket_triage:evaluate_cmd",
 }
+# Trainers that take a features.engine engine (Dask features + lightgbm.dask).
+DASK_TRAINERS = ("serial-returners", "ticket-triage")
 # Training order matters: triage reads the account and merchant snapshots the other two write.
 TRAINERS: dict[str, str] = {
     "return-volume": "training.return_volume:train",
@@ -136,13 +142,22 @@ def main() -> None:
 @click.option("--start", default="2023-01-01", show_default=True, help="First day (YYYY-MM-DD).")
 @click.option("--days", default=730, show_default=True, help="Number of days simulated.")
 @click.option("--market", default="CN", show_default=True, help="Market whose holidays apply (CN, US, GB, DE, BR).")
-def generate(out_dir: Path, seed: int, accounts: int, merchants: int, start: str, days: int, market: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(["parquet", "parquet-partitioned"]), default="parquet",
+              show_default=True,
+              help="parquet: one file per table; parquet-partitioned: orders, returns and tickets as folders "
+                   "partitioned by day (orders/date=2024-11-11/part-0.parquet), read lazily up to a command's as-of.")
+def generate(out_dir: Path, seed: int, accounts: int, merchants: int, start: str, days: int, market: str,
+             fmt: str) -> None:
     """Write a synthetic after-sales world (all contract tables plus truth/ with the ground truth)."""
     from features.synthetic import generate_world
 
     t0 = time.perf_counter()
     summary = generate_world(out_dir, seed=seed, accounts=accounts, merchants=merchants, start=start, days=days,
                              market=market, progress=True)
+    if fmt == "parquet-partitioned":
+        from features.partitioned import write_partitioned
+
+        write_partitioned(out_dir, out_dir, progress=click.echo)
     click.echo(f"wrote {out_dir} in {time.perf_counter() - t0:.1f}s")
     for k, v in summary.items():
         if k.endswith("rows") or isinstance(v, int):
@@ -195,22 +210,32 @@ def validate(data_dir: Path | None, rejects_dir: Path | None) -> None:
 @main.command()
 @click.argument("model", type=click.Choice([*TRAINERS, "all"]))
 @_data_option
-def train(model: str, data_dir: Path | None) -> None:
+@engine_options
+def train(model: str, data_dir: Path | None, engine: str = "pandas", scheduler: str | None = None) -> None:
     """Train MODEL (or all), evaluate it on held-out later time against baselines, register it in MLflow.
 
     The `champion` alias moves to the new version only when it beats the current champion on the model's
-    primary backtest metric.
+    primary backtest metric. With --engine dask, serial-returners and ticket-triage build their features on Dask
+    and train with lightgbm.dask; return-volume and merchant-risk train in this process.
     """
     data_dir = _data_dir(data_dir)
     names = list(TRAINERS) if model == "all" else [model]
     settings = _settings()
-    for name in names:
-        click.secho(f"== training {name} on {data_dir}", bold=True)
-        t0 = time.perf_counter()
-        summary = _resolve(TRAINERS[name])(data_dir, settings) or {}
-        for k, v in summary.items():
-            click.echo(f"  {k}: {v}")
-        click.echo(f"  ({time.perf_counter() - t0:.1f}s)")
+    with engine_for_command(engine, scheduler) as eng:
+        for name in names:
+            click.secho(f"== training {name} on {data_dir}", bold=True)
+            t0 = time.perf_counter()
+            trainer = _resolve(TRAINERS[name])
+            if eng.name != "pandas" and name in DASK_TRAINERS:
+                summary = trainer(data_dir, settings, engine=eng) or {}
+            else:
+                if eng.name != "pandas":
+                    click.echo(f"  ({name} trains in this process: its features are small daily or per-merchant "
+                               "series)")
+                summary = trainer(data_dir, settings) or {}
+            for k, v in summary.items():
+                click.echo(f"  {k}: {v}")
+            click.echo(f"  ({time.perf_counter() - t0:.1f}s)")
 
 
 @main.group(cls=LazyGroup, lazy=LAZY_BACKTESTS)

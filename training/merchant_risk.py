@@ -32,12 +32,13 @@ from features.merchants import (
     MerchantRiskModel,
     build_features,
     build_snapshots,
+    dataset_merchant_features,
     prepare_events,
     relevance_grades,
     sort_ranking,
 )
 from features.settings import Settings, get_settings
-from training.data import data_validated, load_for_command
+from training.data import data_validated, engine_for_command, engine_options, load_for_command
 
 MODEL_NAME = "merchant_risk"
 PRIMARY_METRIC = "ndcg_at_50"
@@ -532,7 +533,9 @@ def evaluate_cmd(data_dir: Path | None) -> None:
 @click.option("--top", type=int, default=None, help="Write only the N riskiest merchants (default: all).")
 @click.option("--snapshot/--no-snapshot", default=True, show_default=True,
               help="Also write the serving snapshot models/snapshots/merchants.parquet.")
-def rank_merchants_cmd(data_dir: Path | None, as_of: str | None, out: Path, top: int | None, snapshot: bool) -> None:
+@engine_options
+def rank_merchants_cmd(data_dir: Path | None, as_of: str | None, out: Path, top: int | None, snapshot: bool,
+                       engine: str = "pandas", scheduler: str | None = None) -> None:
     """Rank merchants by the complaints per order expected in the coming period, with reasons and flags.
 
     Uses the registered champion of merchant_risk (train it with `aftersales train merchant-risk --data DIR`).
@@ -544,10 +547,13 @@ def rank_merchants_cmd(data_dir: Path | None, as_of: str | None, out: Path, top:
     settings = get_settings()
     data_dir = data_dir or settings.data_dir
     try:
-        events = _load(data_dir, out.parent, click.echo)
-        day = events.check_as_of(as_of if as_of is not None else events.end)
+        ds = load_for_command(data_dir, out.parent, click.echo, until=as_of)
         loaded = registry.load_champion(MODEL_NAME, settings=settings)
-        ranking = rank_as_of(loaded.model, events, day, settings)
+        with engine_for_command(engine, scheduler) as eng:
+            features = dataset_merchant_features(ds, as_of, eng, horizon_days=settings.merchant_horizon_days,
+                                                 new_merchant_days=settings.merchant_new_days)
+        day = features.attrs["as_of"]
+        ranking = loaded.model.rank(features)
     except registry.ModelNotFound as e:
         raise click.ClickException(str(e)) from e
     except (ContractError, AsOfError, ValueError) as e:

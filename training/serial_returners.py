@@ -36,7 +36,7 @@ from features.accounts import (
 from features.contract import ContractError, Dataset, load_dataset
 from features.reviews import DecisionError, decision_labels, import_decisions, list_decisions, record_decision
 from features.settings import Settings, get_settings
-from training.data import data_validated, load_for_command
+from training.data import data_validated, engine_for_command, engine_options, load_for_command
 
 MODEL_NAME = "serial_returners"
 COUNT_FEATURES = ("lines_30d", "lines_90d", "lines_365d", "returns_30d", "returns_90d", "returns_365d")
@@ -51,10 +51,14 @@ Echo = Callable[[str], None]
 # Data, labels, fitting
 
 
-def features_as_of(ds: Dataset, as_of, settings: Settings, market: str | None = None) -> AccountFrame:
-    """Point-in-time account features of a dataset as of a day (checked to lie within the data)."""
+def features_as_of(ds: Dataset, as_of, settings: Settings, market: str | None = None, engine=None) -> AccountFrame:
+    """Point-in-time account features of a dataset as of a day (checked to lie within the data).
+
+    ``engine``: a ``features.engine`` engine (Dask runs the per-account stage per account partition).
+    """
     day = check_as_of(as_of, ds.time_span())
-    return account_features(ds.orders, ds.returns, ds.account_links, day, market or settings.market, settings)
+    return account_features(ds.orders, ds.returns, ds.account_links, day, market or settings.market, settings,
+                            engine=engine)
 
 
 def load_labels(ds: Dataset, settings: Settings, as_of=None) -> pd.DataFrame:
@@ -67,7 +71,7 @@ def load_labels(ds: Dataset, settings: Settings, as_of=None) -> pd.DataFrame:
 
 
 def fit_model(X: AccountFrame, labels: pd.DataFrame, settings: Settings, as_of=None,
-              source: str = "") -> SerialReturnerModel:
+              source: str = "", client=None) -> SerialReturnerModel:
     """Fit the serial-return model on the population ``X``; supervised when ``labels`` are enough, else cold start.
 
     The decided accounts' features are those of ``X`` (as of the training day): a confirmed abuser's later
@@ -76,7 +80,7 @@ def fit_model(X: AccountFrame, labels: pd.DataFrame, settings: Settings, as_of=N
     lab = labels[labels["account_id"].isin(X.index)]
     Xl = X.loc[lab["account_id"].to_numpy()]
     model = SerialReturnerModel(min_labels=settings.serial_min_labels, num_threads=settings.serial_num_threads)
-    model.fit(pd.concat([X, Xl]), np.r_[np.full(len(X), np.nan), lab["label"].to_numpy(dtype=float)])
+    model.fit(pd.concat([X, Xl]), np.r_[np.full(len(X), np.nan), lab["label"].to_numpy(dtype=float)], client=client)
     model.as_of_ = str(as_day(as_of).date()) if as_of is not None else X.attrs.get("as_of")
     model.data_source_ = source
     return model
@@ -169,13 +173,19 @@ def default_split(ds: Dataset, settings: Settings, as_of=None, horizon_days: int
 
 
 def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settings, capacity: int,
-                      market: str | None = None, feedback: bool = True, echo: Echo = lambda s: None) -> Evaluation:
-    """Fit as of ``t1`` (decisions up to ``t1``), score as of ``t2``, compare with baselines against the truth."""
+                      market: str | None = None, feedback: bool = True, echo: Echo = lambda s: None,
+                      engine=None) -> Evaluation:
+    """Fit as of ``t1`` (decisions up to ``t1``), score as of ``t2``, compare with baselines against the truth.
+
+    ``engine``: where the features run; with Dask the evaluated model's boosters train with ``lightgbm.dask`` (the
+    feedback simulation's many small refits stay in this process).
+    """
     echo(f"features as of {t1.date()} (training) and {t2.date()} (evaluation)")
-    X1, X2 = features_as_of(ds, t1, settings, market), features_as_of(ds, t2, settings, market)
+    X1 = features_as_of(ds, t1, settings, market, engine)
+    X2 = features_as_of(ds, t2, settings, market, engine)
     labels = load_labels(ds, settings, t1)
     echo(f"fitting on {len(X1):,} accounts with {len(labels)} review decisions up to {t1.date()}")
-    model = fit_model(X1, labels, settings, t1)
+    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None))
     cold = model if model.mode_ == "cold_start" else fit_model(X1, labels.iloc[:0], settings, t1)
     forest = counts_forest(X1)
     learnt = set(labels["account_id"].astype(str))
@@ -281,7 +291,7 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
 
 
 def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon_days: int = FORWARD_HORIZON_DAYS,
-                     market: str | None = None, echo: Echo = lambda s: None) -> dict:
+                     market: str | None = None, echo: Echo = lambda s: None, engine=None) -> dict:
     """Data without ground truth: flag the top ``top`` as of ``t1``; how many are heavy returners in the next quarter.
 
     A heavy returner makes at least as many returns in (t1, t1 + horizon] as the top 10% of the accounts that
@@ -294,9 +304,9 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
     end = t1 + pd.Timedelta(days=horizon_days)
     if end > ds.time_span()[1]:
         echo(f"note: the data ends on {ds.time_span()[1].date()}, before the {horizon_days}-day window closes")
-    X1 = features_as_of(ds, t1, settings, market)
+    X1 = features_as_of(ds, t1, settings, market, engine)
     labels = load_labels(ds, settings, t1)
-    model = fit_model(X1, labels, settings, t1)
+    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None))
     r = ds.returns
     window = (r["requested_at"] >= t1 + pd.Timedelta(days=1)) & (r["requested_at"] < end + pd.Timedelta(days=1))
     counts = r.loc[window, "account_id"].dropna().astype(str).value_counts()
@@ -539,7 +549,7 @@ def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialRet
     return card
 
 
-def train(data_dir: Path, settings: Settings) -> dict:
+def train(data_dir: Path, settings: Settings, engine=None) -> dict:
     """Evaluate on later time against baselines, fit on all data up to the end, register, write the snapshots.
 
     With ground truth (``DATA/truth/accounts.parquet``) the primary metric is the PR-AUC of the model fitted at T1
@@ -560,7 +570,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
                             tags={"data_dir": str(data_dir), "evaluation": "truth" if truth is not None else "proxy"}):
         if truth is not None:
             t1, t2 = default_split(ds, settings)
-            ev = evaluate_on_truth(ds, truth, t1, t2, settings, capacity, echo=echo)
+            ev = evaluate_on_truth(ds, truth, t1, t2, settings, capacity, echo=echo, engine=engine)
             _log_evaluation(ev, capacity)
             primary = float(ev.metrics.loc["model", "pr_auc"])
             for line in targets_report(ev):
@@ -573,7 +583,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
                             "evaluated": f"fit {t1.date()}, scored {t2.date()}"})
         else:
             t1 = max(last - pd.Timedelta(days=FORWARD_HORIZON_DAYS), first + (last - first) / 2).normalize()
-            fw = evaluate_forward(ds, t1, settings, top=capacity, echo=echo)
+            fw = evaluate_forward(ds, t1, settings, top=capacity, echo=echo, engine=engine)
             table = fw["table"]
             registry.log_table(table.reset_index(), "tables/forward_check.csv")
             extra = {f"{m}_{k}": v for m, row in table.iterrows() for k, v in row.items()}
@@ -582,9 +592,10 @@ def train(data_dir: Path, settings: Settings) -> dict:
             echo(table.to_string())
             summary.update({"pr_auc_proxy": round(primary, 4), "evaluated": f"forward from {fw['t1']}"})
         echo(f"fitting the final model on everything up to {last.date()}")
-        X_end = features_as_of(ds, last, settings)
+        X_end = features_as_of(ds, last, settings, engine=engine)
         labels = load_labels(ds, settings, last)
-        final = fit_model(X_end, labels, settings, last, source=str(Path(data_dir).resolve()))
+        final = fit_model(X_end, labels, settings, last, source=str(Path(data_dir).resolve()),
+                          client=getattr(engine, "client", None))
         registry.log_params({"final_mode": final.mode_, "final_labels": final.n_labels_, "as_of": str(last.date()),
                              "accounts": len(X_end)})
         card = model_card(ds, Path(data_dir), settings, final, capacity, ev=ev if truth is not None else None,
@@ -615,7 +626,7 @@ def _data_dir(data_dir: Path | None, settings: Settings) -> Path:
 
 
 def _choose_model(ds: Dataset, X: AccountFrame, day: pd.Timestamp, data_dir: Path, settings: Settings,
-                  use: str, echo: Echo) -> SerialReturnerModel:
+                  use: str, echo: Echo, client=None) -> SerialReturnerModel:
     """The registered champion when it was trained on this data no later than the as-of day; else a fresh fit."""
     if use in ("auto", "champion"):
         from training import registry
@@ -632,7 +643,7 @@ def _choose_model(ds: Dataset, X: AccountFrame, day: pd.Timestamp, data_dir: Pat
                 raise click.ClickException(f"no champion for {MODEL_NAME}: run `aftersales train serial-returners "
                                            "--data DIR` first, or use --model fit") from None
     labels = load_labels(ds, settings, day)
-    model = fit_model(X, labels, settings, day, source=str(data_dir.resolve()))
+    model = fit_model(X, labels, settings, day, source=str(data_dir.resolve()), client=client)
     echo(f"fitted as of {day.date()}: {model.mode_} ({model.n_labels_} review decisions up to that day)")
     return model
 
@@ -651,8 +662,9 @@ def _choose_model(ds: Dataset, X: AccountFrame, day: pd.Timestamp, data_dir: Pat
               help="auto: the champion if it was trained on this data up to the as-of day, else fit as of that day.")
 @click.option("--snapshot/--no-snapshot", default=True, show_default=True,
               help="Also write every account's score to models/snapshots/accounts.parquet for serving.")
+@engine_options
 def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | None, out: Path, market: str | None,
-                      use: str, snapshot: bool) -> None:
+                      use: str, snapshot: bool, engine: str, scheduler: str | None) -> None:
     """Write the review queue of abnormal returners as of a day, sized to the team's capacity.
 
     Accounts already confirmed, or cleared within the cooldown, are left out; guests are never flagged.
@@ -662,13 +674,15 @@ def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | 
     capacity = capacity or settings.review_capacity
     if capacity < 1:
         raise click.BadParameter("must be at least 1", param_hint="--capacity")
-    ds = _load(data_dir, Path(out).parent / f"{Path(out).stem}_rejects", click.echo)
+    ds = load_for_command(data_dir, Path(out).parent / f"{Path(out).stem}_rejects", click.echo, until=as_of)
     try:
         day = check_as_of(as_of or ds.time_span()[1], ds.time_span())
     except AsOfError as e:
         raise click.ClickException(str(e)) from e
-    X = account_features(ds.orders, ds.returns, ds.account_links, day, market or settings.market, settings)
-    model = _choose_model(ds, X, day, data_dir, settings, use, click.echo)
+    with engine_for_command(engine, scheduler) as eng:
+        X = account_features(ds.orders, ds.returns, ds.account_links, day, market or settings.market, settings,
+                             engine=eng)
+        model = _choose_model(ds, X, day, data_dir, settings, use, click.echo, client=eng.client)
     labels = load_labels(ds, settings, day)
     exclude = excluded_accounts(labels, day, settings.serial_review_cooldown_days)
     scores = model.predict(X)

@@ -201,10 +201,11 @@ class Evaluation:
 
 
 def evaluate(feats: TicketFeatures, settings: Settings, test_fraction: float = TEST_FRACTION,
-             calibration: str = "isotonic", echo=click.echo, ds: Dataset | None = None) -> Evaluation:
+             calibration: str = "isotonic", echo=click.echo, ds: Dataset | None = None, client=None) -> Evaluation:
     """Fit on earlier tickets, score later ones; model and case-type baseline side by side.
 
-    With ``ds``, also the serving-path check (:func:`serving_path_check`) on the week after the cut-off.
+    With ``ds``, also the serving-path check (:func:`serving_path_check`) on the week after the cut-off. With
+    ``client`` (a ``distributed.Client``) the booster trains with ``lightgbm.dask``.
     """
     split = time_split(feats.meta, test_fraction)
     X, meta = feats.X, feats.meta
@@ -214,7 +215,7 @@ def evaluate(feats: TicketFeatures, settings: Settings, test_fraction: float = T
          f"{split.n_unlabelled:,} unlabelled left out; {split.n_label_after_cutoff:,} earlier tickets left out "
          "(outcome known only after the cut-off)")
     t0 = time.perf_counter()
-    model = TicketTriageModel(**model_params(settings, calibration)).fit(X.iloc[tr], y[tr])
+    model = TicketTriageModel(**model_params(settings, calibration)).fit(X.iloc[tr], y[tr], client=client)
     fit_s = time.perf_counter() - t0
     echo(f"fitted in {fit_s:.1f}s ({model.best_iteration_} trees, {calibration} calibration on the last "
          f"{model.n_calibration_:,} training tickets)")
@@ -312,9 +313,9 @@ def _load(data_dir: Path, out_dir: Path, echo=click.echo) -> tuple[Dataset, bool
     return ds, data_validated(ds, echo)
 
 
-def _features(ds: Dataset, settings: Settings, echo=click.echo) -> TicketFeatures:
+def _features(ds: Dataset, settings: Settings, echo=click.echo, engine=None) -> TicketFeatures:
     cal = CalendarTable(settings.market, settings.summer_sale, settings.summer_sale_days)
-    return build_training_features(ds, cal, progress=echo)
+    return build_training_features(ds, cal, progress=echo, engine=engine)
 
 
 def _log_evaluation(ev: Evaluation, settings: Settings, extra_params: dict | None = None) -> None:
@@ -409,15 +410,20 @@ def write_snapshots(ds: Dataset, settings: Settings) -> dict[str, Path]:
     return paths
 
 
-def train(data_dir: Path, settings: Settings) -> dict:
-    """Evaluate on later tickets, refit on every labelled ticket, register (gate on ROC-AUC), write snapshots."""
+def train(data_dir: Path, settings: Settings, engine=None) -> dict:
+    """Evaluate on later tickets, refit on every labelled ticket, register (gate on ROC-AUC), write snapshots.
+
+    ``engine``: a ``features.engine`` engine; with Dask the ticket features are built per entity partition and
+    both fits train with ``lightgbm.dask`` (the registered model holds a local booster either way).
+    """
+    client = getattr(engine, "client", None)
     from training import registry
 
     t_start = time.perf_counter()
     out_dir = settings.models_dir / MODEL_NAME
     ds, validated = _load(Path(data_dir), out_dir)
-    feats = _features(ds, settings)
-    ev = evaluate(feats, settings, ds=ds)
+    feats = _features(ds, settings, engine=engine)
+    ev = evaluate(feats, settings, ds=ds, client=client)
     for line in report_lines(ev.metrics):
         click.echo(line)
     click.echo(ev.reliability.round(4).to_string(index=False))
@@ -426,7 +432,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
     labelled = np.flatnonzero(feats.meta["escalated"].notna().to_numpy())
     y = feats.meta["escalated"].astype("boolean").fillna(False).to_numpy(dtype=float)
     t0 = time.perf_counter()
-    final = TicketTriageModel(**model_params(settings)).fit(feats.X.iloc[labelled], y[labelled])
+    final = TicketTriageModel(**model_params(settings)).fit(feats.X.iloc[labelled], y[labelled], client=client)
     refit_s = time.perf_counter() - t0
     click.echo(f"refitted on all {len(labelled):,} labelled tickets in {refit_s:.1f}s ({final.best_iteration_} trees)")
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
