@@ -65,6 +65,18 @@ def _request(port: int, path: str, body: bytes) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
+async def read_response(reader: asyncio.StreamReader, timeout: float | None = None) -> int:
+    """Read one HTTP/1.1 response (head and Content-Length body) off a keep-alive connection; its status code."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return int(head[9:12])
+
+
 async def _connection(port: int, requests: Sequence[bytes], offset: int, start_at: float, stop_at: float,
                       latencies: list[float], errors: list[int]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -73,15 +85,8 @@ async def _connection(port: int, requests: Sequence[bytes], offset: int, start_a
         while (t0 := time.perf_counter()) < stop_at:
             writer.write(requests[i % len(requests)])
             i += 1
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
+            status = await read_response(reader)
             t1 = time.perf_counter()
-            status = int(head[9:12])
             if status != 200:
                 errors.append(status)
             elif t0 >= start_at:

@@ -149,15 +149,9 @@ async def _connection(port: int, requests: Sequence[bytes], offset: int, t0: flo
             while (start := time.perf_counter()) < stop_at:
                 writer.write(requests[i % len(requests)])
                 i += 1
-                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                if length:
-                    await reader.readexactly(length)
+                status = await bs.read_response(reader, timeout=60)
                 end = time.perf_counter()
-                report.done.append((end - t0, end - start, int(head[9:12])))
+                report.done.append((end - t0, end - start, status))
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as e:
             report.failures.append(f"{type(e).__name__}: {e}")
         finally:

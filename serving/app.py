@@ -142,20 +142,15 @@ class Runtime:
                 rt.problems[name] = f"failed to load ({type(e).__name__}: {e}); retrain or re-register it"
                 log.exception("serving: loading %s failed", name)
                 continue
+            # Refused now rather than failing request by request: pickled by an older version of its class, or
+            # trained on other columns than this code builds (its answers would be wrong or fail).
             stale = _missing_params(loaded.model)
-            if stale:
-                # Pickled by an older version of its class: it would fail on the first request, so refuse it now.
-                rt.problems[name] = (f"v{loaded.version} was saved by an older version of "
-                                     f"{type(loaded.model).__name__} (no {', '.join(stale[:3])}); retrain it with "
-                                     f"`aftersales train {name.replace('_', '-')}`")
-                log.error("serving: %s", rt.problems[name])
-                continue
-            mismatch = signature_mismatch(name, loaded.input_columns)
-            if mismatch:
-                # Trained on other columns than this code builds: its answers would be wrong or fail, so refuse it.
-                rt.problems[name] = (f"v{loaded.version} was logged with a signature that does not match the "
-                                     f"features this service sends ({mismatch}); retrain it with "
-                                     f"`aftersales train {name.replace('_', '-')}`")
+            mismatch = None if stale else signature_mismatch(name, loaded.input_columns)
+            if stale or mismatch:
+                why = (f"was saved by an older version of {type(loaded.model).__name__} (no {', '.join(stale[:3])})"
+                       if stale else
+                       f"was logged with a signature that does not match the features this service sends ({mismatch})")
+                rt.problems[name] = f"v{loaded.version} {why}; retrain it with `aftersales train {name.replace('_', '-')}`"
                 log.error("serving: %s", rt.problems[name])
                 continue
             rt.models[name] = loaded
