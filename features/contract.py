@@ -565,7 +565,7 @@ def _finish(spec_name: str, out: pd.DataFrame, raw: pd.DataFrame, v: _Violations
         "value": v.value[bad].values,
         "record": _record_json(raw.loc[bad]).values if bad.any() else [],
     })
-    accepted = _plain_dtypes(out.loc[~bad].reset_index(drop=True))
+    accepted = _plain_dtypes(out.loc[~bad].reset_index(drop=True) if bad.any() else out)
     report.rejected = int(bad.sum())
     report.accepted = len(accepted)
     return accepted, rejects
@@ -581,6 +581,10 @@ def _plain_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
             frame[c] = s.astype("int64")
         elif isinstance(s.dtype, pd.DatetimeTZDtype):
             frame[c] = s.dt.as_unit("us")
+        elif isinstance(s.array, pd.arrays.ArrowStringArray) and s.array.__arrow_array__().num_chunks > 1:
+            # A partitioned folder reads as one Arrow chunk per file: one contiguous array makes every later take
+            # (row selection, partitioning) several times faster (measured: 6x on 1M of 4.8M order IDs).
+            frame[c] = pd.Series(type(s.array)(s.array.__arrow_array__().combine_chunks()), index=s.index)
     return frame
 
 
@@ -604,6 +608,32 @@ def empty_table(name: str) -> pd.DataFrame:
     return _plain_dtypes(validate_table(spec, empty, "")[0])
 
 
+def _check_returns_against_orders(r: pd.DataFrame, raw: pd.DataFrame, v: _Violations, orders: pd.DataFrame) -> None:
+    """Cross-table rules on returns: the order must be an accepted order when given, and the return cannot precede it."""
+    first_order = orders.groupby("order_id", observed=True)["ordered_at"].min()
+    given = r["order_id"].notna()
+    if first_order.empty:  # no accepted order at all (header-only file, every row rejected): nothing to join
+        ordered_at = pd.Series(pd.NaT, index=r.index, dtype=r["requested_at"].dtype)
+    else:
+        ordered_at = r["order_id"].map(first_order)  # a join, much faster than isin() on arrow strings
+    known = ordered_at.notna()
+    v.add(given & ~known, "order_id", "must refer to an accepted order in orders", raw.get("order_id"))
+    v.add(known & (r["requested_at"] < ordered_at), "requested_at", "must be >= the order's ordered_at",
+          raw["requested_at"])
+
+
+def release_memory() -> None:
+    """Give memory freed by a large read back to the operating system (glibc keeps freed heap pages otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
 def load_dataset(
     data_dir: Path | str, tables: Iterable[str] | None = None, now: pd.Timestamp | None = None,
     until: pd.Timestamp | str | None = None,
@@ -617,7 +647,11 @@ def load_dataset(
     if not data_dir.is_dir():
         raise ContractError(data_dir, "data folder not found (run `aftersales generate --out DIR` to make one)")
     wanted = list(tables) if tables is not None else list(TABLES)
-    frames, raws, reports, viols = {}, {}, {}, {}
+    accepted: dict[str, pd.DataFrame] = {}
+    reports: dict[str, TableReport] = {}
+    rejects = []
+    # One table at a time, finished (split into accepted rows and rejects) before the next is read, so only one
+    # table's raw and typed copies are in memory at once. Orders come first: the returns' rules need them.
     for name in TABLES:
         spec = TABLES[name]
         check_single_source(data_dir, name)
@@ -627,36 +661,19 @@ def load_dataset(
                 raise ContractError(data_dir / f"{name}.parquet",
                                     f"required table '{name}' not found (looked for {name}.parquet, {name}.csv, "
                                     f"{name}.csv.gz or a folder {name}/ of Parquet files)")
-            frames[name], raws[name] = empty_table(name), None
-            reports[name] = TableReport(name, "")
+            accepted[name], reports[name] = empty_table(name), TableReport(name, "")
             continue
         if name not in wanted and not spec.required_table:
-            frames[name], raws[name] = empty_table(name), None
-            reports[name] = TableReport(name, "")
+            accepted[name], reports[name] = empty_table(name), TableReport(name, "")
             continue
         out, raw, report, v = validate_table(spec, read_raw(path, until), path, now=now, check_unique=False)
-        frames[name], raws[name], reports[name], viols[name] = out, raw, report, v
-    # Cross-table rules on returns: the order must exist when given, and the return cannot precede it.
-    r, v = frames["returns"], viols["returns"]
-    o_ok = frames["orders"].loc[~viols["orders"].mask]
-    first_order = o_ok.groupby("order_id", observed=True)["ordered_at"].min()
-    given = r["order_id"].notna()
-    if first_order.empty:  # no accepted order at all (header-only file, every row rejected): nothing to join
-        ordered_at = pd.Series(pd.NaT, index=r.index, dtype=r["requested_at"].dtype)
-    else:
-        ordered_at = r["order_id"].map(first_order)  # a join, much faster than isin() on arrow strings
-    known = ordered_at.notna()
-    v.add(given & ~known, "order_id", "must refer to an accepted order in orders", raws["returns"].get("order_id"))
-    v.add(known & (r["requested_at"] < ordered_at), "requested_at", "must be >= the order's ordered_at",
-          raws["returns"]["requested_at"])
-    for name, viol in viols.items():  # uniqueness last: a key is taken by the first row that passed everything else
-        check_uniqueness(TABLES[name], frames[name], viol)
-    accepted, rejects = {}, []
-    for name in TABLES:
-        if raws[name] is None:
-            accepted[name] = frames[name]
-            continue
-        accepted[name], rej = _finish(name, frames[name], raws[name], viols[name], reports[name])
+        if name == "returns":
+            _check_returns_against_orders(out, raw, v, accepted["orders"])
+        check_uniqueness(spec, out, v)  # last: a key is taken by the first row that passed everything else
+        accepted[name], rej = _finish(name, out, raw, v, report)
+        reports[name] = report
         rejects.append(rej)
+        del out, raw, v
+    release_memory()
     rej_all = pd.concat(rejects, ignore_index=True) if rejects else pd.DataFrame(columns=REJECT_COLUMNS)
     return Dataset(accepted, rej_all[REJECT_COLUMNS], reports, data_dir)

@@ -3,7 +3,11 @@
 There is one implementation of every feature: the pandas functions in ``features/``. An engine only decides where
 they run:
 
-- :class:`PandasEngine` calls the function once on the whole tables (what every command did before).
+- :class:`PandasEngine` runs in this process: on the whole tables when the largest keyed table has at most
+  ``rows_per_partition`` rows, else once per hash partition of the entity key (the same partitions as Dask, one at a
+  time), so the cost of the per-entity work grows linearly with the data and only one partition's intermediates are
+  in memory at once (whole-table sorts and hash tables grow faster than linearly: measured, ticket features 3.5 s
+  at 1M order lines and 24.8 s at 4.8M on the whole tables).
 - :class:`DaskEngine` hashes each table's entity key (``account_id``, ``merchant_id``, ``order_id``) to one of
   ``npartitions`` partitions, shuffles every table on that partition number on the cluster, and calls the same
   function on partition *i* of every table at once. All rows of one entity meet in one partition (the same rule a
@@ -42,21 +46,46 @@ Tables = Mapping[str, tuple[pd.DataFrame, str | None]]  # name -> (frame, entity
 
 
 class PandasEngine:
-    """Run a feature function on the whole tables in this process."""
+    """Run a feature function in this process: whole tables, or one entity partition at a time when they are large."""
 
     name = "pandas"
     client = None
 
+    def __init__(self, rows_per_partition: int | None = None):
+        self.rows_per_partition = int(rows_per_partition or ROWS_PER_PARTITION)
+
     def by_key(self, fn: Callable[..., pd.DataFrame | None], tables: Tables, primary: str | None = None,
                **kwargs: Any) -> pd.DataFrame | None:
-        """``fn(**tables, **kwargs)`` on the whole frames (the keys are not needed: every entity is there)."""
-        return fn(**{name: frame for name, (frame, _) in tables.items()}, **kwargs)
+        """``fn(**tables, **kwargs)``: on the whole frames, or per partition with results concatenated.
+
+        Partitioned when the largest keyed table has more than ``rows_per_partition`` rows: partition i of every
+        keyed table (and every unkeyed table whole) goes to one call, as on :class:`DaskEngine`; a partition
+        whose ``primary`` table (default: every keyed table) is empty is skipped. The result's index is what
+        ``fn`` returns per call; callers sort or reindex it.
+        """
+        rows = max((len(frame) for frame, key in tables.values() if key is not None), default=0)
+        p = math.ceil(rows / self.rows_per_partition)
+        if p <= 1:
+            return fn(**{name: frame for name, (frame, _) in tables.items()}, **kwargs)
+        names = list(tables)
+        keyed = [n for n, (_, key) in tables.items() if key is not None]
+        index = {n: _partition_index(tables[n][0], tables[n][1], p) for n in keyed}
+        results = []
+        for i in range(p):  # one partition's rows at a time: a take of row positions already in file order
+            frames = [tables[n][0].iloc[index[n][0][index[n][1][i]:index[n][1][i + 1]]] if n in index
+                      else tables[n][0] for n in names]
+            out = _apply(fn, kwargs, names, [primary] if primary else keyed, *frames)
+            if out is not None:
+                results.append(out)
+        if not results:
+            return None
+        return pd.concat(results) if len(results) > 1 else results[0]
 
     def close(self) -> None:
         pass
 
     def describe(self) -> str:
-        return "pandas (one process)"
+        return f"pandas (one process, partitions of up to {self.rows_per_partition:,} rows)"
 
 
 def partition_of(keys: pd.Series, npartitions: int) -> np.ndarray:
@@ -68,11 +97,19 @@ def partition_of(keys: pd.Series, npartitions: int) -> np.ndarray:
     return out
 
 
+def _partition_index(frame: pd.DataFrame, key: str, npartitions: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row positions grouped by partition, in row order within each; bounds): partition i is
+    ``positions[bounds[i]:bounds[i + 1]]``."""
+    part = partition_of(frame[key], npartitions)
+    if npartitions <= np.iinfo(np.int16).max:  # a stable sort of 16-bit integers is a radix sort: linear time
+        part = part.astype(np.int16)
+    order = np.argsort(part, kind="stable")
+    return order, np.searchsorted(part[order], np.arange(npartitions + 1))
+
+
 def _split(frame: pd.DataFrame, key: str, npartitions: int) -> list[pd.DataFrame]:
     """The rows of ``frame`` whose key falls in partition 0, 1, ..., npartitions-1 (row order kept)."""
-    part = partition_of(frame[key], npartitions)
-    order = np.argsort(part, kind="stable")
-    bounds = np.searchsorted(part[order], np.arange(npartitions + 1))
+    order, bounds = _partition_index(frame, key, npartitions)
     return [frame.iloc[order[bounds[i]:bounds[i + 1]]] for i in range(npartitions)]
 
 

@@ -124,11 +124,38 @@ def _day(x) -> pd.Timestamp:
     return ts.normalize()
 
 
-def _days_of(ts: pd.Series) -> pd.Series:
-    """UTC day (tz-naive midnight) of each timestamp."""
-    if getattr(ts.dt, "tz", None) is not None:
-        ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
-    return ts.dt.normalize()
+EPOCH = pd.Timestamp("1970-01-01")
+
+
+def _epoch_days(ts: pd.Series) -> np.ndarray:
+    """UTC day number (days since 1970-01-01) of each timestamp, as int64 (missing: the int64 minimum)."""
+    values = ts.to_numpy(dtype="datetime64[us]") if len(ts) else np.zeros(0, dtype="datetime64[us]")
+    return values.astype("datetime64[D]").astype(np.int64)
+
+
+def _label_codes(labels: pd.Series, missing: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """(code of each row's label, the labels as text): missing labels get the code of ``missing`` when given, else -1."""
+    codes, uniques = pd.factorize(labels)
+    names = [str(u) for u in uniques]
+    codes = np.asarray(codes, dtype=np.int64)
+    if missing is not None and (codes < 0).any():
+        slot = names.index(missing) if missing in names else len(names)
+        if slot == len(names):
+            names.append(missing)
+        codes = np.where(codes < 0, slot, codes)
+    return codes, names
+
+
+def _daily_by_label(labels: pd.Series, day_idx: np.ndarray, n: int, weights: np.ndarray | None = None,
+                    missing: str | None = None) -> dict[str, np.ndarray]:
+    """Daily counts (or sums of ``weights``) per label, in one pass (a factorisation and one bincount) rather than
+    one comparison over all rows per label. Missing labels are counted under ``missing`` when given, else left out."""
+    codes, names = _label_codes(labels, missing)
+    ok = (codes >= 0) & (day_idx >= 0) & (day_idx < n)
+    w = None if weights is None else weights[ok]
+    table = np.bincount(codes[ok] * n + day_idx[ok], weights=w, minlength=len(names) * n).astype(float)
+    table = table.reshape(len(names), n)
+    return {name: table[i] for i, name in enumerate(names)}
 
 
 def _keep_groups(labels: pd.Series, n_days: int) -> list[str]:
@@ -183,16 +210,17 @@ def build_history(ds, market: str, end: pd.Timestamp | None = None, engine=None)
     if returns.empty:
         raise HistoryError(f"{getattr(ds, 'source', 'data')}: the returns table has no rows; a return-volume "
                            "forecast needs return requests (returns.requested_at) over at least a few months")
-    o_day, r_day = _days_of(orders["ordered_at"]), _days_of(returns["requested_at"])
-    first = min(o_day.min(), r_day.min()) if len(o_day) else r_day.min()
-    last = _day(end) if end is not None else max(o_day.max() if len(o_day) else r_day.max(), r_day.max())
-    days = pd.date_range(first, last, freq="D")
+    o_dn, r_dn = _epoch_days(orders["ordered_at"]), _epoch_days(returns["requested_at"])
+    first = int(min(o_dn.min(), r_dn.min()) if len(o_dn) else r_dn.min())
+    last = (int((_day(end) - EPOCH).days) if end is not None
+            else int(max(o_dn.max() if len(o_dn) else r_dn.max(), r_dn.max())))
+    day0 = EPOCH + pd.Timedelta(days=first)
+    days = pd.date_range(day0, EPOCH + pd.Timedelta(days=last), freq="D")
     n = len(days)
-    day0 = days[0]
-    r_idx = (r_day - day0).dt.days.to_numpy()
-    o_idx = (o_day - day0).dt.days.to_numpy()
+    r_idx = r_dn - first
+    o_idx = o_dn - first
 
-    if engine is None or engine.name == "pandas":
+    if engine is None:
         matched = _match_lines(returns, orders)
     else:
         cols = ["order_id", "ordered_at", "category", "region", "quantity", "amount"]
@@ -210,38 +238,44 @@ def build_history(ds, market: str, end: pd.Timestamp | None = None, engine=None)
         TOTAL: _daily_counts(r_idx, n),
         REFUND: _daily_counts(r_idx, n, returns["refund_amount"].to_numpy(dtype=float)),
     }
+    by_cat = _daily_by_label(r_cat, r_idx, n)
     for c in _keep_groups(r_cat, n):
-        y[f"category={c}"] = _daily_counts(r_idx[(r_cat == c).to_numpy()], n)
+        y[f"category={c}"] = by_cat[c]
+    by_region = _daily_by_label(r_region, r_idx, n)
     for r in _keep_groups(r_region, n):
-        y[f"region={r}"] = _daily_counts(r_idx[(r_region == r).to_numpy()], n)
+        y[f"region={r}"] = by_region[r]
     if tickets is not None and not tickets.empty:
-        t_idx = (_days_of(tickets["created_at"]) - day0).dt.days.to_numpy()
-        ch = tickets["channel"].astype("object")
-        for c in sorted(ch.dropna().unique()):
-            y[f"channel={c}"] = _daily_counts(t_idx[(ch == c).to_numpy()], n)
+        t_idx = _epoch_days(tickets["created_at"]) - first
+        by_channel = _daily_by_label(tickets["channel"], t_idx, n)
+        for c in sorted(by_channel):
+            y[f"channel={c}"] = by_channel[c]
 
     # Order drivers: lines per category (all categories, so the total pipeline is exact), per region kept as a
-    # series, amounts per category, and all lines.
-    cats = orders["category"].astype("object").fillna("?") if len(orders) else pd.Series(dtype=object)
-    regs = orders["region"].astype("object").fillna("?") if len(orders) else pd.Series(dtype=object)
+    # series, amounts per category, and all lines. Missing category/region: "?".
     amount = orders["amount"].to_numpy(dtype=float) if len(orders) else np.zeros(0)
+    lines_by_cat = _daily_by_label(orders["category"], o_idx, n, missing="?")
+    amount_by_cat = _daily_by_label(orders["category"], o_idx, n, amount, missing="?")
     drivers: dict[str, np.ndarray] = {"lines": _daily_counts(o_idx, n)}
-    for c in sorted(cats.unique()):
-        sel = (cats == c).to_numpy()
-        drivers[f"lines|category={c}"] = _daily_counts(o_idx[sel], n)
-        drivers[f"amount|category={c}"] = _daily_counts(o_idx[sel], n, amount[sel])
+    for c in sorted(lines_by_cat):
+        drivers[f"lines|category={c}"] = lines_by_cat[c]
+        drivers[f"amount|category={c}"] = amount_by_cat[c]
     region_mix: dict[str, dict[str, float]] = {}
-    for s in y:
-        if s.startswith("region="):
-            r = s.split("=", 1)[1]
-            sel = (regs == r).to_numpy()
-            drivers[f"lines|region={r}"] = _daily_counts(o_idx[sel], n)
-            mix = cats[sel].value_counts(normalize=True)
-            region_mix[r] = {str(k): float(v) for k, v in mix.items()}
+    kept_regions = [s.split("=", 1)[1] for s in y if s.startswith("region=")]
+    if kept_regions:
+        lines_by_region = _daily_by_label(orders["region"], o_idx, n, missing="?")
+        reg, reg_names = _label_codes(orders["region"], missing="?")
+        cat, cat_names = _label_codes(orders["category"], missing="?")
+        mix = np.bincount(reg * len(cat_names) + cat, minlength=len(reg_names) * len(cat_names))
+        mix = mix.reshape(len(reg_names), len(cat_names))
+        for r in kept_regions:
+            drivers[f"lines|region={r}"] = lines_by_region.get(r, np.zeros(n))
+            row = mix[reg_names.index(r)] if r in reg_names else np.zeros(len(cat_names), dtype=np.int64)
+            total = row.sum()
+            region_mix[r] = {cat_names[j]: float(row[j] / total) for j in np.flatnonzero(row)}
 
     known = matched["ordered_at"].notna()
     linked = pd.DataFrame({
-        "order_day": (_days_of(matched.loc[known, "ordered_at"]) - day0).dt.days.to_numpy(),
+        "order_day": _epoch_days(matched.loc[known, "ordered_at"]) - first,
         "request_day": r_idx[known.to_numpy()],
         "category": r_cat[known].fillna("?").astype(str).to_numpy(),
         "refund_amount": returns.loc[known, "refund_amount"].to_numpy(dtype=float),

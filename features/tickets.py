@@ -307,9 +307,12 @@ def assemble_one(ticket: Row, order: Row | None, account: Row | None, merchant: 
 
 
 def _codes(s: pd.Series, table: Mapping[str, int]) -> Arr:
-    vals = s.astype("object")
-    mapped = vals.map(lambda v: table.get(str(v), table.get("other", -1)) if isinstance(v, str) else np.nan)
-    return mapped.to_numpy(dtype=np.float64)
+    """The code of each text value (unknown text: the code of ``other``, else -1; not text: NaN), per distinct value."""
+    codes, uniques = pd.factorize(s)
+    other = table.get("other", -1)
+    lut = np.array([table.get(str(v), other) if isinstance(v, str) else np.nan for v in uniques] + [np.nan],
+                   dtype=np.float64)
+    return lut[np.asarray(codes)]  # code -1 (missing) picks the NaN at the end
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -369,25 +372,56 @@ def _keys(*series: pd.Series) -> list[Arr]:
     return out
 
 
+def _dense_ranks(*arrays: Arr) -> list[Arr]:
+    """The dense rank (0, 1, ...) of every value among all ``arrays`` together (equal values share a rank), by one
+    sort. Ranking by binary search into the sorted unique values costs the same on paper, but its look-ups jump
+    across memory once the values outgrow the CPU caches (see :func:`window_sum`)."""
+    values = np.concatenate(arrays)
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = np.empty(len(ordered), dtype=bool)
+    new[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])  # NaN never equals NaN: each missing time ranks last
+    ranks = np.empty(len(values), dtype=np.int64)
+    ranks[order] = np.cumsum(new) - 1
+    return np.split(ranks, np.cumsum([len(a) for a in arrays])[:-1])
+
+
+def _sorted_positions(comp: Arr, queries: Arr, side: str) -> Arr:
+    """``np.searchsorted(comp, queries, side)`` with the queries visited in sorted order, so the binary searches walk
+    ``comp`` forward instead of jumping across it."""
+    order = np.argsort(queries, kind="stable")
+    out = np.empty(len(queries), dtype=np.int64)
+    out[order] = np.searchsorted(comp, queries[order], side=side)
+    return out
+
+
 def window_sum(ev_key: Arr, ev_time: Arr, ev_weight: Arr, q_key: Arr, q_time: Arr, window_days: float) -> Arr:
     """For each query (key, time): the sum of event weights with the same key and time in [time - window, time).
 
+    ``ev_weight`` may be a matrix (one column per sum wanted over the same events): the result then has a column
+    per weight column, for the cost of one sort.
+
     Strictly before the query time, so an event at the query's own instant (the ticket itself) never counts.
-    Exact at microsecond resolution: times are replaced by their rank among all the times involved.
+    Exact at microsecond resolution: times are replaced by their rank among all the times involved. Linear in
+    practice: ranks come from one sort and the queries are searched in sorted order (measured on 5M events and
+    625k queries: 1.4 s, against 7.5 s with binary-search ranking and queries in their own order; 0.24 s vs 0.5 s
+    on 1M).
     """
     ok = (ev_key >= 0) & ~np.isnan(ev_time)
     ev_key, ev_time, ev_weight = ev_key[ok], ev_time[ok], ev_weight[ok]
-    lo_time = q_time - window_days * DAY_US
-    uniq = np.unique(np.concatenate([ev_time, q_time, lo_time]))
-    m = np.int64(len(uniq) + 1)
-    comp = ev_key * m + np.searchsorted(uniq, ev_time)
+    ev_r, q_r, lo_r = _dense_ranks(ev_time, q_time, q_time - window_days * DAY_US)
+    m = np.int64(len(ev_r) + len(q_r) + len(lo_r) + 1)
+    comp = ev_key * m + ev_r
     order = np.argsort(comp, kind="stable")
     comp = comp[order]
-    cum = np.concatenate([[0.0], np.cumsum(ev_weight[order], dtype=np.float64)])
+    w = ev_weight[order]
+    cum = np.concatenate([np.zeros((1, *w.shape[1:])), np.cumsum(w, axis=0, dtype=np.float64)])
     qk = np.maximum(q_key, 0)
-    hi = np.searchsorted(comp, qk * m + np.searchsorted(uniq, q_time), side="left")
-    lo = np.searchsorted(comp, qk * m + np.searchsorted(uniq, lo_time), side="left")
-    return np.where(q_key >= 0, cum[hi] - cum[lo], np.nan)
+    hi = _sorted_positions(comp, qk * m + q_r, "left")
+    lo = _sorted_positions(comp, qk * m + lo_r, "left")
+    known = (q_key >= 0).reshape(-1, *([1] * (w.ndim - 1)))
+    return np.where(known, cum[hi] - cum[lo], np.nan)
 
 
 def account_history(ds: Dataset, account_ids: pd.Series, times: Arr) -> pd.DataFrame:
@@ -406,27 +440,48 @@ def account_history(ds: Dataset, account_ids: pd.Series, times: Arr) -> pd.DataF
     ones_r = np.ones(len(r))
     rwr = (r["item_returned"] == False).fillna(False).to_numpy(dtype=np.float64)  # noqa: E712 — nullable bool
     lines = window_sum(ko, o_t, np.ones(len(o)), q, times, WINDOW_LONG)
-    ret90 = window_sum(kr, r_t, ones_r, q, times, WINDOW_LONG)
+    ret90, rwr90 = window_sum(kr, r_t, np.column_stack([ones_r, rwr]), q, times, WINDOW_LONG).T
     return pd.DataFrame({
         "prior_tickets_30d": window_sum(kt, t_t, np.ones(len(t)), q, times, WINDOW_SHORT),
         "returns_30d": window_sum(kr, r_t, ones_r, q, times, WINDOW_SHORT),
         "return_rate_90d": ret90 / np.maximum(lines, 1.0),
-        "refund_without_return_90d": window_sum(kr, r_t, rwr, q, times, WINDOW_LONG),
+        "refund_without_return_90d": rwr90,
     }, index=account_ids.index)
 
 
 def order_table(orders: pd.DataFrame) -> pd.DataFrame:
-    """One row per order: first ordered_at, latest promise, delivered_at (null unless every line was delivered)."""
-    g = orders.groupby("order_id", sort=False, observed=True)
-    out = pd.DataFrame({
-        "merchant_id": g["merchant_id"].first(),
-        "ordered_at": g["ordered_at"].min(),
-        "promised_delivery_at": g["promised_delivery_at"].max(),
-        "delivered_at": g["delivered_at"].max(),
-    })
-    pending = g["delivered_at"].count() < g.size()
-    out.loc[pending, "delivered_at"] = pd.NaT
-    return out
+    """One row per order: first ordered_at, latest promise, delivered_at (null unless every line was delivered).
+
+    Orders in order of first appearance, indexed by ``order_id``. The IDs are factorised once (Arrow dictionary
+    encoding) and the times reduced over the integer codes with unbuffered NumPy reductions (``np.fmin.at``), ten
+    times faster than a group-by on the ID text.
+    """
+    codes, uniques = pd.factorize(orders["order_id"])
+    codes = np.asarray(codes, dtype=np.int64)
+    if (codes < 0).any():  # lines without an order ID belong to no order (as a group-by drops null keys)
+        orders, codes = orders[codes >= 0], codes[codes >= 0]
+    n = len(uniques)
+    # factorize numbers IDs by first appearance: an order's first row is where its code first exceeds all before it
+    new = np.ones(len(codes), dtype=bool)
+    if len(codes):
+        new[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
+    first_row = np.flatnonzero(new)
+
+    def reduce(ufunc, column: str) -> Arr:  # NaN-skipping min/max per order; NaN when every line is missing
+        out = np.full(n, np.nan)
+        ufunc.at(out, codes, series_us(orders[column]))
+        return out
+
+    d = series_us(orders["delivered_at"])
+    pending = np.bincount(codes[~np.isnan(d)], minlength=n) < np.bincount(codes, minlength=n)
+    delivered = reduce(np.fmax, "delivered_at")
+    index = pd.Index(uniques, name="order_id") if n else pd.Index(orders["order_id"].iloc[:0], name="order_id")
+    return pd.DataFrame({
+        "merchant_id": pd.Series(orders["merchant_id"].iloc[first_row].array, index=index),
+        "ordered_at": us_series(reduce(np.fmin, "ordered_at"), index),
+        "promised_delivery_at": us_series(reduce(np.fmax, "promised_delivery_at"), index),
+        "delivered_at": us_series(np.where(pending, np.nan, delivered), index),
+    }, index=index)
 
 
 def _complaints(tickets: pd.DataFrame) -> tuple[pd.Series, Arr]:
@@ -459,8 +514,7 @@ def merchant_signals(ds: Dataset, merchant_ids: pd.Series, times: Arr, orders: p
     promised = series_us(ot["promised_delivery_at"])
     delivered = series_us(ot["delivered_at"])
     late = (np.isnan(delivered) | (delivered > promised)).astype(np.float64)
-    due = window_sum(ko, promised, np.ones(len(ot)), q, times, WINDOW_LONG)
-    n_late = window_sum(ko, promised, late, q, times, WINDOW_LONG)
+    due, n_late = window_sum(ko, promised, np.column_stack([np.ones(len(ot)), late]), q, times, WINDOW_LONG).T
     placed = window_sum(ko, series_us(ot["ordered_at"]), np.ones(len(ot)), q, times, WINDOW_LONG)
     n_compl = window_sum(kc, c_time, np.ones(len(c_time)), q, times, WINDOW_LONG)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -480,13 +534,13 @@ def latest_before(ev_key: Arr, ev_time: Arr, q_key: Arr, q_time: Arr) -> Arr:
     """For each query (key, time): the index of the latest event with that key at or before the time, else -1."""
     if len(ev_key) == 0:
         return np.full(len(q_key), -1, dtype=np.int64)
-    uniq = np.unique(np.concatenate([ev_time, q_time]))
-    m = np.int64(len(uniq) + 1)
-    comp = ev_key * m + np.searchsorted(uniq, ev_time)
+    ev_r, q_r = _dense_ranks(ev_time, q_time)
+    m = np.int64(len(ev_r) + len(q_r) + 1)
+    comp = ev_key * m + ev_r
     order = np.argsort(comp, kind="stable")
     comp = comp[order]
     qk = np.maximum(q_key, 0)
-    j = np.searchsorted(comp, qk * m + np.searchsorted(uniq, q_time), side="right") - 1
+    j = _sorted_positions(comp, qk * m + q_r, "right") - 1
     jj = np.maximum(j, 0)
     hit = (q_key >= 0) & (j >= 0) & (comp[jj] // m == qk)
     return np.where(hit, order[jj], -1)
@@ -500,7 +554,11 @@ def order_context(ds: Dataset, order_ids: pd.Series, times: Arr, orders: pd.Data
     return is the latest one requested at or before ``time`` (later returns are invisible).
     """
     ot = order_table(ds.orders) if orders is None else orders
-    pos = pd.Index(ot.index.astype("string")).get_indexer(order_ids.astype("string"))
+    q, k_ot = _keys(order_ids, ot.index.to_series())  # one factorisation: cheaper than a hash index of the orders
+    row_of = np.full(int(max(q.max(initial=-1), k_ot.max(initial=-1))) + 2, -1, dtype=np.int64)
+    row_of[k_ot] = np.arange(len(k_ot))  # order IDs are unique in the order table; a null ID (-1) lands in the spare slot
+    row_of[-1] = -1
+    pos = row_of[q]
     out = pd.DataFrame(index=order_ids.index)
     for col in ("ordered_at", "promised_delivery_at", "delivered_at"):
         vals = series_us(ot[col])
@@ -566,7 +624,7 @@ def point_in_time_context(ds: Dataset, t: pd.DataFrame, times: Arr, engine=None,
     per order partition first and then shuffled by merchant.
     """
     q = t[["order_id", "account_id", "merchant_id"]].assign(_t=times)
-    if engine is None or engine.name == "pandas":
+    if engine is None:
         ot = order_table(ds.orders)
         say(f"features: order context of {len(t):,} tickets")
         ctx = order_context(ds, t["order_id"], times, ot)
