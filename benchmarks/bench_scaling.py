@@ -6,7 +6,8 @@ loaded and validated once (in the process), the engine started (for Dask: a Loca
 imported the feature code; "start s"), and the four feature pipelines run as of the last day: daily volumes (return-volume
 history), account features, merchant features and ticket features. Measured: seconds of loading, seconds of
 feature building, and the peak resident memory of the whole process tree (the process plus its Dask workers,
-sampled every 0.1 s). A run whose estimated peak would not fit in the memory available is skipped and said so.
+sampled every 0.1 s). A run whose estimated peak (the line through the two largest runs so far, plus 15%) would not
+fit in the memory available is skipped and said so.
 
 Printed: one row per (size, engine) and the growth exponent of feature time (log-log slope from the smallest to the
 largest size measured; 1.0 = linear). Target: no worse than linear; 20M lines on Dask within 24 GiB.
@@ -158,9 +159,14 @@ def main() -> None:
             for engine in engines:
                 avail = psutil.virtual_memory().available
                 known = peaks[engine]
-                if known:  # memory grows about linearly with lines: estimate from the largest run so far
-                    m, p = max(known)
-                    need = p * n / m * 1.15
+                if known:  # memory grows about linearly with lines: extrapolate the line through the two largest
+                    # runs (a fixed part, imports and idle workers, plus a part per line), or proportionally from one
+                    (m, p), *_ = sorted(known, reverse=True)
+                    if len(known) >= 2:
+                        m0, p0 = sorted(known, reverse=True)[1]
+                        need = (p + max(p - p0, 0) * (n - m) / (m - m0)) * 1.15
+                    else:
+                        need = p * n / m * 1.15
                     if need > avail:
                         rows.append({"size": n, "engine": engine, "skipped": f"needs ~{need / GIB:.1f} GiB, "
                                                                                  f"{avail / GIB:.1f} GiB available"})

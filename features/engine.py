@@ -3,11 +3,9 @@
 There is one implementation of every feature: the pandas functions in ``features/``. An engine only decides where
 they run:
 
-- :class:`PandasEngine` runs in this process: on the whole tables when the largest keyed table has at most
-  ``rows_per_partition`` rows, else once per hash partition of the entity key (the same partitions as Dask, one at a
-  time), so the cost of the per-entity work grows linearly with the data and only one partition's intermediates are
-  in memory at once (whole-table sorts and hash tables grow faster than linearly: measured, ticket features 3.5 s
-  at 1M order lines and 24.8 s at 4.8M on the whole tables).
+- :class:`PandasEngine` calls the function once on the whole tables (what every command did before). Running it
+  per entity partition in this process was measured too and is slower (4.8M order lines: 35 s against 23 s for
+  the four pipelines; the hashing and row selection cost more than the smaller sorts save) for no less memory.
 - :class:`DaskEngine` hashes each table's entity key (``account_id``, ``merchant_id``, ``order_id``) to one of
   ``npartitions`` partitions, shuffles every table on that partition number on the cluster, and calls the same
   function on partition *i* of every table at once. All rows of one entity meet in one partition (the same rule a
@@ -41,51 +39,28 @@ import pandas as pd
 ENGINES = ("pandas", "dask")
 # Rows per partition the Dask engine aims at when it chooses the partition count itself.
 ROWS_PER_PARTITION = 1_000_000
+# Row blocks the Dask engine scatters per call (of up to 250,000 rows each).
+SCATTER_BATCH = 2
 
 Tables = Mapping[str, tuple[pd.DataFrame, str | None]]  # name -> (frame, entity key column or None = broadcast)
 
 
 class PandasEngine:
-    """Run a feature function in this process: whole tables, or one entity partition at a time when they are large."""
+    """Run a feature function on the whole tables in this process."""
 
     name = "pandas"
     client = None
 
-    def __init__(self, rows_per_partition: int | None = None):
-        self.rows_per_partition = int(rows_per_partition or ROWS_PER_PARTITION)
-
     def by_key(self, fn: Callable[..., pd.DataFrame | None], tables: Tables, primary: str | None = None,
                **kwargs: Any) -> pd.DataFrame | None:
-        """``fn(**tables, **kwargs)``: on the whole frames, or per partition with results concatenated.
-
-        Partitioned when the largest keyed table has more than ``rows_per_partition`` rows: partition i of every
-        keyed table (and every unkeyed table whole) goes to one call, as on :class:`DaskEngine`; a partition
-        whose ``primary`` table (default: every keyed table) is empty is skipped. The result's index is what
-        ``fn`` returns per call; callers sort or reindex it.
-        """
-        rows = max((len(frame) for frame, key in tables.values() if key is not None), default=0)
-        p = math.ceil(rows / self.rows_per_partition)
-        if p <= 1:
-            return fn(**{name: frame for name, (frame, _) in tables.items()}, **kwargs)
-        names = list(tables)
-        keyed = [n for n, (_, key) in tables.items() if key is not None]
-        index = {n: _partition_index(tables[n][0], tables[n][1], p) for n in keyed}
-        results = []
-        for i in range(p):  # one partition's rows at a time: a take of row positions already in file order
-            frames = [tables[n][0].iloc[index[n][0][index[n][1][i]:index[n][1][i + 1]]] if n in index
-                      else tables[n][0] for n in names]
-            out = _apply(fn, kwargs, names, [primary] if primary else keyed, *frames)
-            if out is not None:
-                results.append(out)
-        if not results:
-            return None
-        return pd.concat(results) if len(results) > 1 else results[0]
+        """``fn(**tables, **kwargs)`` on the whole frames (the keys are not needed: every entity is there)."""
+        return fn(**{name: frame for name, (frame, _) in tables.items()}, **kwargs)
 
     def close(self) -> None:
         pass
 
     def describe(self) -> str:
-        return f"pandas (one process, partitions of up to {self.rows_per_partition:,} rows)"
+        return "pandas (one process)"
 
 
 def partition_of(keys: pd.Series, npartitions: int) -> np.ndarray:
@@ -160,8 +135,11 @@ class DaskEngine:
             # table scattered again by a later call must not share a key that the earlier call is releasing.
             n_in = max(1, min(npartitions, math.ceil(len(frame) / 250_000)))
             bounds = np.linspace(0, len(frame), n_in + 1).astype(int)
-            blocks = self.client.scatter([frame.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
-                                         hash=False)
+            spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+            blocks = []
+            for i in range(0, n_in, SCATTER_BATCH):  # a few blocks at a time: few serialised copies in flight
+                blocks.extend(self.client.scatter([frame.iloc[a:b] for a, b in spans[i:i + SCATTER_BATCH]],
+                                                  hash=False))
             keep.extend(blocks)
         pieces = [delayed(_split, nout=npartitions, pure=True)(blk, key, npartitions) for blk in blocks]
         return [delayed(_concat, pure=True)([pc[i] for pc in pieces]) for i in range(npartitions)]
@@ -190,8 +168,12 @@ class DaskEngine:
         run = delayed(_apply, pure=False)
         needed = [primary] if primary else keyed
         tasks = [run(fn, kwargs, names, needed, *(parts[n][i] for n in names)) for i in range(p)]
-        results = [r for r in self.client.compute(tasks, sync=True) if r is not None]
-        del keep  # the scattered inputs may go now
+        futures = self.client.compute(tasks)
+        # Drop this process's references to the scattered blocks: the cluster keeps each only until the tasks that
+        # read it are done, so a table's blocks and its shuffled pieces are not all held at once.
+        del keep, parts, tasks
+        results = [r for r in self.client.gather(futures) if r is not None]
+        del futures
         if not results:
             return None
         return pd.concat(results) if len(results) > 1 else results[0]

@@ -464,7 +464,7 @@ def dataset_merchant_features(ds: Dataset, as_of=None, engine=None, horizon_days
     workers from each merchant partition's rows, and only one row per merchant comes back for the category stage.
     The as-of day used is in ``frame.attrs["as_of"]``. Raises :class:`AsOfError` outside the data's days.
     """
-    if engine is None:
+    if engine is None or engine.name == "pandas":
         events = prepare_events(ds)
         day = events.check_as_of(events.end if as_of is None else as_of)
         frame = build_features(events, day, horizon_days, new_merchant_days)

@@ -220,7 +220,7 @@ def build_history(ds, market: str, end: pd.Timestamp | None = None, engine=None)
     r_idx = r_dn - first
     o_idx = o_dn - first
 
-    if engine is None:
+    if engine is None or engine.name == "pandas":
         matched = _match_lines(returns, orders)
     else:
         cols = ["order_id", "ordered_at", "category", "region", "quantity", "amount"]

@@ -624,7 +624,7 @@ def point_in_time_context(ds: Dataset, t: pd.DataFrame, times: Arr, engine=None,
     per order partition first and then shuffled by merchant.
     """
     q = t[["order_id", "account_id", "merchant_id"]].assign(_t=times)
-    if engine is None:
+    if engine is None or engine.name == "pandas":
         ot = order_table(ds.orders)
         say(f"features: order context of {len(t):,} tickets")
         ctx = order_context(ds, t["order_id"], times, ot)
