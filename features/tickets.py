@@ -584,12 +584,12 @@ class TicketFeatures:
     meta: pd.DataFrame  # ticket_id, created_at, resolved_at, case_type, channel, IDs, amount, escalated
 
 
-def _order_context_part(queries: pd.DataFrame, orders: pd.DataFrame, returns: pd.DataFrame) -> pd.DataFrame:
-    """:func:`order_context` of the queries (order_id, _t) of one order partition."""
+def _order_context_part(queries: pd.DataFrame, order_rows: pd.DataFrame, returns: pd.DataFrame) -> pd.DataFrame:
+    """:func:`order_context` of the queries (order_id, _t) of one order partition (``order_rows``: its order table)."""
     from types import SimpleNamespace
 
-    part = SimpleNamespace(orders=orders, returns=returns)
-    return order_context(part, queries["order_id"], queries["_t"].to_numpy(dtype=np.float64), order_table(orders))
+    return order_context(SimpleNamespace(returns=returns), queries["order_id"],
+                         queries["_t"].to_numpy(dtype=np.float64), order_rows.set_index("order_id"))
 
 
 def _account_history_part(queries: pd.DataFrame, orders: pd.DataFrame, returns: pd.DataFrame,
@@ -599,6 +599,9 @@ def _account_history_part(queries: pd.DataFrame, orders: pd.DataFrame, returns: 
 
     part = SimpleNamespace(orders=orders, returns=returns, tickets=tickets)
     return account_history(part, queries["account_id"], queries["_t"].to_numpy(dtype=np.float64))
+
+
+ORDER_TABLE_INPUT = ["order_id", "merchant_id", "ordered_at", "promised_delivery_at", "delivered_at"]
 
 
 def _order_table_part(orders: pd.DataFrame) -> pd.DataFrame:
@@ -621,7 +624,8 @@ def point_in_time_context(ds: Dataset, t: pd.DataFrame, times: Arr, engine=None,
     Each part is keyed by one entity (order, account, merchant): on a Dask engine the tickets and the events are
     shuffled on that key and :func:`order_context`, :func:`account_history` and :func:`merchant_signals` run per
     partition. The one cross-entity input, the order table (an order's merchant and times, keyed by order), is built
-    per order partition first and then shuffled by merchant.
+    per order partition first; the order context reads it by order and the merchant signals after a shuffle by
+    merchant.
     """
     q = t[["order_id", "account_id", "merchant_id"]].assign(_t=times)
     if engine is None or engine.name == "pandas":
@@ -634,18 +638,23 @@ def point_in_time_context(ds: Dataset, t: pd.DataFrame, times: Arr, engine=None,
         mer = merchant_signals(ds, t["merchant_id"], times, ot)
         return ctx, pd.concat([acc, mer], axis=1)
     say(f"features: order context of {len(t):,} tickets ({engine.describe()})")
-    ctx = engine.by_key(_order_context_part, {"queries": (q, "order_id"), "orders": (ds.orders, "order_id"),
-                                              "returns": (ds.returns, "order_id")}, primary="queries")
+    # Each part gets only the columns it reads: less to send to the workers and to shuffle.
+    ot = engine.by_key(_order_table_part, {"orders": (ds.orders[ORDER_TABLE_INPUT], "order_id")})
+    if ot is None:
+        ot = _order_table_part(ds.orders[ORDER_TABLE_INPUT].iloc[:0])
+    ctx = engine.by_key(_order_context_part, {
+        "queries": (q, "order_id"), "order_rows": (ot, "order_id"),
+        "returns": (ds.returns[["order_id", "requested_at", "reason"]], "order_id")}, primary="queries")
     say("features: account history (point in time)")
     acc = engine.by_key(_account_history_part, {
-        "queries": (q, "account_id"), "orders": (ds.orders, "account_id"), "returns": (ds.returns, "account_id"),
-        "tickets": (ds.tickets, "account_id")}, primary="queries")
+        "queries": (q, "account_id"), "orders": (ds.orders[["account_id", "ordered_at"]], "account_id"),
+        "returns": (ds.returns[["account_id", "requested_at", "item_returned"]], "account_id"),
+        "tickets": (ds.tickets[["account_id", "created_at"]], "account_id")}, primary="queries")
     say("features: merchant signals (point in time)")
-    ot = engine.by_key(_order_table_part, {"orders": (ds.orders, "order_id")})
-    if ot is None:
-        ot = _order_table_part(ds.orders.iloc[:0])
-    mer = engine.by_key(_merchant_signals_part, {"queries": (q, "merchant_id"), "order_rows": (ot, "merchant_id"),
-                                                 "tickets": (ds.tickets, "merchant_id")}, primary="queries")
+    mer = engine.by_key(_merchant_signals_part, {
+        "queries": (q, "merchant_id"), "order_rows": (ot, "merchant_id"),
+        "tickets": (ds.tickets[["merchant_id", "case_type", "escalated", "created_at", "resolved_at"]], "merchant_id")},
+        primary="queries")
     ctx, acc, mer = (frame.reindex(t.index) for frame in (ctx, acc, mer))
     return ctx, pd.concat([acc, mer], axis=1)
 
