@@ -101,6 +101,37 @@ def test_series_cover_total_refund_categories_regions_channels(history):
     assert history.y["category=apparel"].sum() > history.y[cats].drop(columns="category=apparel").max().max()
 
 
+def test_daily_counts_equal_a_group_by_recount(dataset):
+    """Drivers, series and region mixes (counted in one bincount pass) against a plain pandas group-by, with some
+    order lines' category and region blanked (they count under "?")."""
+    o = dataset.orders.copy()
+    o.loc[o.index[::17], "category"] = pd.NA
+    o.loc[o.index[::29], "region"] = pd.NA
+    ds = dataclasses.replace(dataset, tables={**dataset.tables, "orders": o})
+    h = build_history(ds, "CN")
+    day = o["ordered_at"].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
+    cat = o["category"].astype("object").fillna("?")
+    lines = o.groupby([cat, day]).size().unstack(0).reindex(h.drivers.index).fillna(0.0)
+    amount = o.groupby([cat, day])["amount"].sum().unstack(0).reindex(h.drivers.index).fillna(0.0)
+    assert "?" in lines.columns
+    for c in lines.columns:
+        np.testing.assert_allclose(h.drivers[f"lines|category={c}"], lines[c])
+        np.testing.assert_allclose(h.drivers[f"amount|category={c}"], amount[c], rtol=1e-12)
+    region = o["region"].astype("object").fillna("?")
+    kept = [s.split("=", 1)[1] for s in h.series if s.startswith("region=")]
+    assert kept
+    for r in kept:
+        np.testing.assert_allclose(h.drivers[f"lines|region={r}"],
+                                   o[region == r].groupby(day[region == r]).size().reindex(h.drivers.index).fillna(0))
+        mix = cat[region == r].value_counts(normalize=True)
+        assert h.region_mix[r] == pytest.approx({str(k): float(v) for k, v in mix.items()})
+    channel = ds.tickets["channel"].astype("object")
+    t_day = ds.tickets["created_at"].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
+    for c in channel.dropna().unique():
+        n = ds.tickets[channel == c].groupby(t_day[channel == c]).size().reindex(h.y.index).fillna(0)
+        np.testing.assert_allclose(h.y[f"channel={c}"], n)
+
+
 def test_days_without_returns_are_zeros_not_gaps(dataset):
     day = dataset.returns["requested_at"].dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
     quiet = (day >= "2023-06-01") & (day <= "2023-06-10")

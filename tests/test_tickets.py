@@ -28,10 +28,12 @@ from features.tickets import (
     assemble_one,
     build_training_features,
     feature_snapshots,
+    latest_before,
     load_serving_snapshots,
     text_features,
     triage_batch,
     triage_one,
+    order_table,
     window_sum,
 )
 
@@ -154,6 +156,56 @@ def test_window_sum_counts_strictly_before_the_query():
     got = window_sum(ev_key, ev_t, np.ones(4), q_key, q_t, window_days=20)
     # [10, 30) holds days 10 and 20; [25, 45) holds day 30; key 1's event at the query instant is excluded.
     assert got[:3].tolist() == [2.0, 1.0, 0.0] and math.isnan(got[3])
+
+
+def test_window_sums_and_latest_event_equal_a_brute_force_count():
+    """The sort-based look-ups against a plain loop: ties at the query instant and at the window's start, events and
+    queries without a key, missing event times, queries before and after every event, two weight columns at once."""
+    rng = np.random.default_rng(3)
+    n, q, day = 3000, 800, 86_400e6
+    ev_key, q_key = rng.integers(-1, 40, n), rng.integers(-1, 40, q)
+    ev_t = rng.integers(0, 200, n) * day + rng.choice([0.0, 1.0, 0.5 * day], n)
+    ev_t[::53] = np.nan
+    q_t = rng.integers(-20, 230, q) * day
+    q_t[:40] = np.nan_to_num(ev_t[:40], nan=5 * day)  # a query at an event's very instant
+    q_t[40:80] = np.nan_to_num(ev_t[40:80], nan=5 * day) + 30 * day  # a window that starts at an event's instant
+    q_t[80] = np.nan
+    w = np.column_stack([np.ones(n), rng.integers(0, 2, n).astype(float)])
+    got = window_sum(ev_key, ev_t, w, q_key, q_t, window_days=30)
+    latest = latest_before(ev_key[~np.isnan(ev_t)], ev_t[~np.isnan(ev_t)], q_key, q_t)
+    kept_key, kept_t = ev_key[~np.isnan(ev_t)], ev_t[~np.isnan(ev_t)]
+    for i in range(q):
+        if q_key[i] < 0:
+            assert np.isnan(got[i]).all() and latest[i] == -1
+            continue
+        inside = (ev_key == q_key[i]) & (ev_t < q_t[i]) & (ev_t >= q_t[i] - 30 * day)
+        assert got[i].tolist() == w[inside].sum(axis=0).tolist(), i
+        assert window_sum(ev_key, ev_t, w[:, 1], q_key[i:i + 1], q_t[i:i + 1], 30)[0] == w[inside, 1].sum()
+        seen = np.flatnonzero((kept_key == q_key[i]) & (kept_t <= q_t[i]))
+        if np.isnan(q_t[i]):  # no time: the window is empty (the latest event is not defined)
+            assert got[i].tolist() == [0.0, 0.0]
+        elif len(seen) == 0:
+            assert latest[i] == -1, i
+        else:  # the latest such event (the last in input order among equal times)
+            assert kept_t[latest[i]] == kept_t[seen].max() and kept_key[latest[i]] == q_key[i], i
+
+
+def test_order_table_by_hand():
+    t = pd.to_datetime(["2024-01-01", "2024-01-03", "2024-01-02", "2024-01-05", "2024-01-04"], utc=True)
+    orders = pd.DataFrame({
+        "order_id": pd.array(["B", "A", "B", "A", "C"], dtype="string"),
+        "merchant_id": pd.array(["m2", "m1", "m9", "m1", "m3"], dtype="string"),
+        "ordered_at": t,
+        "promised_delivery_at": t + pd.Timedelta(days=3),
+        "delivered_at": pd.Series([t[0] + pd.Timedelta(days=1), t[1], pd.NaT, t[3], pd.NaT], dtype=t.dtype),
+    })
+    ot = order_table(orders)
+    assert ot.index.tolist() == ["B", "A", "C"]  # first appearance
+    assert ot["merchant_id"].tolist() == ["m2", "m1", "m3"]  # the order's first line
+    assert ot.loc["B", "ordered_at"] == t[0] and ot.loc["B", "promised_delivery_at"] == t[2] + pd.Timedelta(days=3)
+    assert pd.isna(ot.loc["B", "delivered_at"])  # one of its lines is not delivered yet
+    assert ot.loc["A", "delivered_at"] == t[3] and pd.isna(ot.loc["C", "delivered_at"])
+    assert len(order_table(orders.iloc[:0])) == 0
 
 
 def _truncate(ds, cut: pd.Timestamp):
