@@ -30,10 +30,10 @@ from features.tickets import (
     feature_snapshots,
     latest_before,
     load_serving_snapshots,
+    order_table,
     text_features,
     triage_batch,
     triage_one,
-    order_table,
     window_sum,
 )
 
