@@ -6,8 +6,9 @@ loaded and validated once (in the process), the engine started (for Dask: a Loca
 imported the feature code; "start s"), and the four feature pipelines run as of the last day: daily volumes (return-volume
 history), account features, merchant features and ticket features. Measured: seconds of loading, seconds of
 feature building, and the peak resident memory of the whole process tree (the process plus its Dask workers,
-sampled every 0.1 s). A run whose estimated peak (the line through the two largest runs so far, plus 15%) would not
-fit in the memory available is skipped and said so.
+sampled every 0.1 s) and of the command's process alone ("process": it holds the validated tables). A run whose
+estimated peak (the line through the two largest runs so far, plus 15%) would not fit in the memory available is
+skipped and said so.
 
 Printed: one row per (size, engine) and the growth exponent of feature time (log-log slope from the smallest to the
 largest size measured; 1.0 = linear). Target: no worse than linear; 20M lines on Dask within 24 GiB.
@@ -47,18 +48,23 @@ def _tree_rss(proc) -> int:
     return total
 
 
-def _run_measured(cmd: list[str]) -> tuple[dict | None, float, str]:
-    """Run ``cmd``; return (its JSON result or None, peak RSS of its process tree in bytes, its stderr tail)."""
+def _run_measured(cmd: list[str]) -> tuple[dict | None, float, float, str]:
+    """Run ``cmd``; return (its JSON result or None, peak RSS of its process tree and of the process alone in bytes,
+    its stderr tail)."""
     import psutil
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ps = psutil.Process(proc.pid)
-    peak = [0]
+    peak = [0, 0]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             peak[0] = max(peak[0], _tree_rss(ps))
+            try:
+                peak[1] = max(peak[1], ps.memory_info().rss)
+            except Exception:  # noqa: BLE001 - the process has just exited
+                pass
             time.sleep(0.1)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -71,7 +77,7 @@ def _run_measured(cmd: list[str]) -> tuple[dict | None, float, str]:
         if line.startswith("{"):
             result = json.loads(line)
             break
-    return result, float(peak[0]), err[-1500:] if proc.returncode else ""
+    return result, float(peak[0]), float(peak[1]), err[-1500:] if proc.returncode else ""
 
 
 def child(engine_name: str, data: str, workers: int) -> None:
@@ -173,14 +179,15 @@ def main() -> None:
                         print(f"  {engine}: skipped (needs ~{need / GIB:.1f} GiB)", flush=True)
                         continue
                 cmd = [sys.executable, __file__, "--child", engine, str(world), "--workers", str(args.workers)]
-                res, peak, err = _run_measured(cmd)
+                res, peak, own, err = _run_measured(cmd)
                 if res is None:
                     rows.append({"size": n, "engine": engine, "skipped": f"failed: {err.strip().splitlines()[-1:]}"})
                     print(f"  {engine}: failed\n{err}", flush=True)
                     continue
                 peaks[engine].append((n, peak))
-                rows.append({"size": n, "engine": engine, **res, "peak_gib": peak / GIB})
+                rows.append({"size": n, "engine": engine, **res, "peak_gib": peak / GIB, "own_gib": own / GIB})
                 print(f"  {engine}: features {res['features_s']:.1f}s, peak {peak / GIB:.2f} GiB "
+                      f"(command process {own / GIB:.2f}) "
                       f"{ {k: round(v, 1) for k, v in res['steps'].items()} }", flush=True)
             shutil.rmtree(world, ignore_errors=True)
     finally:
@@ -188,14 +195,14 @@ def main() -> None:
 
     print()
     print(f"{'order lines':>12} {'engine':>7} {'accounts':>9} {'tickets':>9} {'load s':>7} {'start s':>7} "
-          f"{'features s':>10} {'peak GiB':>9}  feature steps (s)")
+          f"{'features s':>10} {'peak GiB':>9} {'process':>8}  feature steps (s)")
     for r in rows:
         if "skipped" in r:
             print(f"{r['size']:>12,} {r['engine']:>7}  {r['skipped']}")
             continue
         steps = " ".join(f"{k}={v:.1f}" for k, v in r["steps"].items())
         print(f"{r['lines']:>12,} {r['engine']:>7} {r['accounts']:>9,} {r['tickets']:>9,} {r['load_s']:>7.1f} "
-              f"{r['start_s']:>7.1f} {r['features_s']:>10.1f} {r['peak_gib']:>9.2f}  {steps}")
+              f"{r['start_s']:>7.1f} {r['features_s']:>10.1f} {r['peak_gib']:>9.2f} {r['own_gib']:>8.2f}  {steps}")
     for engine in engines:
         done = [r for r in rows if r["engine"] == engine and "skipped" not in r]
         if len(done) >= 2:
