@@ -10,8 +10,8 @@ sampled every 0.1 s) and of the command's process alone ("process": it holds the
 estimated peak (the line through the two largest runs so far, plus 15%) would not fit in the memory available is
 skipped and said so.
 
-Printed: one row per (size, engine) and the growth exponent of feature time (log-log slope from the smallest to the
-largest size measured; 1.0 = linear). Target: no worse than linear; 20M lines on Dask within 24 GiB.
+Printed: one row per (size, engine) and the growth exponent of feature time (least-squares log-log slope over the
+sizes measured; 1.0 = linear). Target: no worse than linear; 20M lines on Dask within 24 GiB.
 
 Usage: ``python benchmarks/bench_scaling.py [--sizes 1e6,5e6,2e7] [--engines pandas,dask] [--workers 2]``
 """
