@@ -167,9 +167,9 @@ def main() -> None:
                 known = peaks[engine]
                 if known:  # memory grows about linearly with lines: extrapolate the line through the two largest
                     # runs (a fixed part, imports and idle workers, plus a part per line), or proportionally from one
-                    (m, p), *_ = sorted(known, reverse=True)
-                    if len(known) >= 2:
-                        m0, p0 = sorted(known, reverse=True)[1]
+                    (m, p), *smaller = sorted(known, reverse=True)
+                    if smaller:
+                        m0, p0 = smaller[0]
                         need = (p + max(p - p0, 0) * (n - m) / (m - m0)) * 1.15
                     else:
                         need = p * n / m * 1.15

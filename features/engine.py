@@ -72,19 +72,13 @@ def partition_of(keys: pd.Series, npartitions: int) -> np.ndarray:
     return out
 
 
-def _partition_index(frame: pd.DataFrame, key: str, npartitions: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row positions grouped by partition, in row order within each; bounds): partition i is
-    ``positions[bounds[i]:bounds[i + 1]]``."""
+def _split(frame: pd.DataFrame, key: str, npartitions: int) -> list[pd.DataFrame]:
+    """The rows of ``frame`` whose key falls in partition 0, 1, ..., npartitions-1 (row order kept)."""
     part = partition_of(frame[key], npartitions)
     if npartitions <= np.iinfo(np.int16).max:  # a stable sort of 16-bit integers is a radix sort: linear time
         part = part.astype(np.int16)
     order = np.argsort(part, kind="stable")
-    return order, np.searchsorted(part[order], np.arange(npartitions + 1))
-
-
-def _split(frame: pd.DataFrame, key: str, npartitions: int) -> list[pd.DataFrame]:
-    """The rows of ``frame`` whose key falls in partition 0, 1, ..., npartitions-1 (row order kept)."""
-    order, bounds = _partition_index(frame, key, npartitions)
+    bounds = np.searchsorted(part[order], np.arange(npartitions + 1))
     return [frame.iloc[order[bounds[i]:bounds[i + 1]]] for i in range(npartitions)]
 
 

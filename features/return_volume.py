@@ -146,11 +146,10 @@ def _label_codes(labels: pd.Series, missing: str | None = None) -> tuple[np.ndar
     return codes, names
 
 
-def _daily_by_label(labels: pd.Series, day_idx: np.ndarray, n: int, weights: np.ndarray | None = None,
-                    missing: str | None = None) -> dict[str, np.ndarray]:
-    """Daily counts (or sums of ``weights``) per label, in one pass (a factorisation and one bincount) rather than
-    one comparison over all rows per label. Missing labels are counted under ``missing`` when given, else left out."""
-    codes, names = _label_codes(labels, missing)
+def _daily_by_label(codes: np.ndarray, names: list[str], day_idx: np.ndarray, n: int,
+                    weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Daily counts (or sums of ``weights``) per label from :func:`_label_codes`, in one ``bincount`` rather than
+    one comparison over all rows per label; rows with code -1 (missing label) are left out."""
     ok = (codes >= 0) & (day_idx >= 0) & (day_idx < n)
     w = None if weights is None else weights[ok]
     table = np.bincount(codes[ok] * n + day_idx[ok], weights=w, minlength=len(names) * n).astype(float)
@@ -238,23 +237,24 @@ def build_history(ds, market: str, end: pd.Timestamp | None = None, engine=None)
         TOTAL: _daily_counts(r_idx, n),
         REFUND: _daily_counts(r_idx, n, returns["refund_amount"].to_numpy(dtype=float)),
     }
-    by_cat = _daily_by_label(r_cat, r_idx, n)
+    by_cat = _daily_by_label(*_label_codes(r_cat), r_idx, n)
     for c in _keep_groups(r_cat, n):
         y[f"category={c}"] = by_cat[c]
-    by_region = _daily_by_label(r_region, r_idx, n)
+    by_region = _daily_by_label(*_label_codes(r_region), r_idx, n)
     for r in _keep_groups(r_region, n):
         y[f"region={r}"] = by_region[r]
     if tickets is not None and not tickets.empty:
         t_idx = _epoch_days(tickets["created_at"]) - first
-        by_channel = _daily_by_label(tickets["channel"], t_idx, n)
+        by_channel = _daily_by_label(*_label_codes(tickets["channel"]), t_idx, n)
         for c in sorted(by_channel):
             y[f"channel={c}"] = by_channel[c]
 
     # Order drivers: lines per category (all categories, so the total pipeline is exact), per region kept as a
     # series, amounts per category, and all lines. Missing category/region: "?".
     amount = orders["amount"].to_numpy(dtype=float) if len(orders) else np.zeros(0)
-    lines_by_cat = _daily_by_label(orders["category"], o_idx, n, missing="?")
-    amount_by_cat = _daily_by_label(orders["category"], o_idx, n, amount, missing="?")
+    cat, cat_names = _label_codes(orders["category"], missing="?")
+    lines_by_cat = _daily_by_label(cat, cat_names, o_idx, n)
+    amount_by_cat = _daily_by_label(cat, cat_names, o_idx, n, amount)
     drivers: dict[str, np.ndarray] = {"lines": _daily_counts(o_idx, n)}
     for c in sorted(lines_by_cat):
         drivers[f"lines|category={c}"] = lines_by_cat[c]
@@ -262,9 +262,8 @@ def build_history(ds, market: str, end: pd.Timestamp | None = None, engine=None)
     region_mix: dict[str, dict[str, float]] = {}
     kept_regions = [s.split("=", 1)[1] for s in y if s.startswith("region=")]
     if kept_regions:
-        lines_by_region = _daily_by_label(orders["region"], o_idx, n, missing="?")
         reg, reg_names = _label_codes(orders["region"], missing="?")
-        cat, cat_names = _label_codes(orders["category"], missing="?")
+        lines_by_region = _daily_by_label(reg, reg_names, o_idx, n)
         mix = np.bincount(reg * len(cat_names) + cat, minlength=len(reg_names) * len(cat_names))
         mix = mix.reshape(len(reg_names), len(cat_names))
         for r in kept_regions:

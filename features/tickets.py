@@ -467,19 +467,19 @@ def order_table(orders: pd.DataFrame) -> pd.DataFrame:
         new[1:] = codes[1:] > np.maximum.accumulate(codes)[:-1]
     first_row = np.flatnonzero(new)
 
-    def reduce(ufunc, column: str) -> Arr:  # NaN-skipping min/max per order; NaN when every line is missing
+    def reduce(ufunc, values: Arr) -> Arr:  # NaN-skipping min/max per order; NaN when every line is missing
         out = np.full(n, np.nan)
-        ufunc.at(out, codes, series_us(orders[column]))
+        ufunc.at(out, codes, values)
         return out
 
     d = series_us(orders["delivered_at"])
     pending = np.bincount(codes[~np.isnan(d)], minlength=n) < np.bincount(codes, minlength=n)
-    delivered = reduce(np.fmax, "delivered_at")
+    delivered = reduce(np.fmax, d)
     index = pd.Index(uniques, name="order_id") if n else pd.Index(orders["order_id"].iloc[:0], name="order_id")
     return pd.DataFrame({
         "merchant_id": pd.Series(orders["merchant_id"].iloc[first_row].array, index=index),
-        "ordered_at": us_series(reduce(np.fmin, "ordered_at"), index),
-        "promised_delivery_at": us_series(reduce(np.fmax, "promised_delivery_at"), index),
+        "ordered_at": us_series(reduce(np.fmin, series_us(orders["ordered_at"])), index),
+        "promised_delivery_at": us_series(reduce(np.fmax, series_us(orders["promised_delivery_at"])), index),
         "delivered_at": us_series(np.where(pending, np.nan, delivered), index),
     }, index=index)
 
