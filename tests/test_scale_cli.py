@@ -131,14 +131,6 @@ def test_lightgbm_dask_models_score_like_the_pandas_ones(world, engine, monkeypa
     assert pr["dask"] > 3 * y.mean(), pr  # far above chance
 
 
-@pytest.fixture()
-def cli_settings(tmp_path, monkeypatch) -> Settings:
-    monkeypatch.setenv("AFTERSALES_MODELS_DIR", str(tmp_path / "models"))
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
-
-
 def _register_merchant_model(parted: Path, settings: Settings) -> None:
     """A merchant_risk champion without the backtest (what `train merchant-risk` registers, minus the evaluation)."""
     from features.merchants import MerchantRiskModel, build_snapshots, prepare_events

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from features.contract import load_dataset
 from features.reviews import record_decision
-from features.settings import Settings, get_settings
+from features.settings import Settings
 from features.synthetic import generate_world
 from training import serial_returners as sr
 
@@ -33,14 +33,6 @@ def evaluation(world, ds, tmp_path_factory):
     settings = Settings(models_dir=tmp_path_factory.mktemp("sr_eval_models"))
     t1, t2 = sr.default_split(ds, settings)
     return sr.evaluate_on_truth(ds, sr._truth(world), t1, t2, settings, capacity=25, feedback=False)
-
-
-@pytest.fixture()
-def cli_settings(tmp_path, monkeypatch) -> Settings:
-    monkeypatch.setenv("AFTERSALES_MODELS_DIR", str(tmp_path / "models"))
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
 
 
 def test_evaluation_is_on_later_time_and_leaves_learnt_accounts_out(evaluation, ds):

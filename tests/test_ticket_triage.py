@@ -12,7 +12,7 @@ from cardcheck import assert_card
 from click.testing import CliRunner
 
 from features.contract import load_dataset
-from features.settings import Settings, get_settings
+from features.settings import Settings
 from features.synthetic import generate_world
 from features.tickets import (
     SNAPSHOT_FILES,
@@ -131,11 +131,8 @@ def test_latency_measurement_runs_on_the_serving_path(world, evaluation, tmp_pat
 
 
 @pytest.fixture()
-def models_dir(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("AFTERSALES_MODELS_DIR", str(tmp_path / "models"))
-    get_settings.cache_clear()
-    yield tmp_path / "models"
-    get_settings.cache_clear()
+def models_dir(cli_settings) -> Path:
+    return cli_settings.models_dir
 
 
 def test_cli_train_registers_and_evaluate_reports(world, models_dir):
