@@ -29,8 +29,9 @@ test: $(STAMP) ## ruff + the whole test suite
 bench: $(STAMP) ## print the benchmark figures (not run by CI)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-lock: ## re-resolve requirements.lock from pyproject.toml (needs the registry)
+lock: ## re-resolve requirements.lock from pyproject.toml, then the Bento's requirements-serve.lock (needs the registry)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra peers --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile requirements-serve.in -c requirements.lock --python-version 3.11 -o requirements-serve.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
