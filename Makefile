@@ -3,6 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SYSTEM_DEPS ?= install
 
 .PHONY: demo test lint install bench clean
 
@@ -22,7 +23,8 @@ demo: $(STAMP) ## generate the default world, train and register every model, pr
 lint: $(STAMP)
 	$(BIN)/ruff check features training serving tests benchmarks
 
-test: $(STAMP) ## ruff + the whole test suite
+test: $(STAMP) ## system programs the suite starts (SYSTEM_DEPS=skip: don't), ruff, the whole test suite
+	@[ "$(SYSTEM_DEPS)" = skip ] || bash scripts/system-deps.sh
 	$(BIN)/ruff check features training serving tests benchmarks
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
