@@ -38,7 +38,7 @@ class Service:
     waited for by :meth:`wait_ready`, so two services can boot while the test builds its models)."""
 
     def __init__(self, models_dir: Path, data_dir: Path, log: Path, api_key: str | None = None,
-                 port: int | None = None, **env: str):
+                 port: int | None = None, via_cli: bool = False, **env: str):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -48,11 +48,13 @@ class Service:
         full_env = dict(os.environ, AFTERSALES_MODELS_DIR=str(models_dir), AFTERSALES_DATA_DIR=str(data_dir),
                         BENTOML_HOME=str(home), **env)
         bentoml = Path(sys.executable).parent / "bentoml"
+        address = ["--host", "127.0.0.1", "--port", str(self.port)]
+        # via_cli: `aftersales serve` (what the README and a process supervisor run), this checkout's code
+        cmd = ([sys.executable, "-m", "training.cli", "serve", *address] if via_cli else
+               [str(bentoml), "serve", "serving.service:AfterSalesService", *address])
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(bentoml), "serve", "serving.service:AfterSalesService", "--host", "127.0.0.1", "--port",
-                 str(self.port)], cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         self.client = httpx.Client(base_url=self.url, timeout=60,
                                    headers={"X-API-Key": api_key} if api_key else None)
 

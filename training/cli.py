@@ -10,7 +10,6 @@ import importlib
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -291,7 +290,12 @@ def models() -> None:
 @click.option("--port", default=3000, show_default=True, help="Port to listen on.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
 def serve(host: str, port: int, workers: int) -> None:
-    """Start the BentoML HTTP service (models loaded by MLflow alias `champion`)."""
+    """Start the BentoML HTTP service (models loaded by MLflow alias `champion`).
+
+    This process becomes `bentoml serve` (exec, same PID): SIGTERM or SIGINT from a supervisor or Ctrl-C reaches the
+    server itself, which stops its workers. Run as a child instead, a SIGTERM ended only this wrapper and left the
+    server and its worker serving on the port with no parent.
+    """
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     cmd = [bentoml, "serve", "serving.service:AfterSalesService", "--host", host, "--port", str(port)]
     env = dict(os.environ)
@@ -300,7 +304,12 @@ def serve(host: str, port: int, workers: int) -> None:
         extra = f"services.aftersales.workers={workers}"
         env["BENTOML_CONFIG_OPTIONS"] = " ".join(filter(None, [env.get("BENTOML_CONFIG_OPTIONS"), extra]))
     click.echo(" ".join(cmd))
-    raise SystemExit(subprocess.call(cmd, env=env))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(bentoml, cmd, env)
+    except OSError as e:
+        raise click.ClickException(f"could not start {bentoml} ({e}); is BentoML installed in this environment?") from e
 
 
 @main.command()
