@@ -182,9 +182,8 @@ def test_train_registers_and_writes_the_serving_snapshot(world, cli_settings):
     summary = sr.train(world, cli_settings)
     assert summary["version"] == 1 and summary["promoted"] is True
     assert summary["pr_auc"] > summary["pr_auc_if_counts"]
-    from training import registry
-
     from features import generations
+    from training import registry
 
     loaded = registry.load_champion(sr.MODEL_NAME, settings=cli_settings)
     snap = pd.read_parquet(generations.served_dir(cli_settings.snapshots_dir) / "accounts.parquet")
