@@ -471,7 +471,7 @@ def _decide_on_evidence(client, name: str, current, evidence, columns: list[str]
     seen_until = None
     if evidence.data_source and current.tags.get("gate_data_source") == evidence.data_source:
         # Trained on this same data folder: rows up to its data end may be in its training set.
-        seen_until = pd.Timestamp(current.tags.get("gate_data_end") or "2200-01-01", tz=None)
+        seen_until = pd.Timestamp(current.tags.get("gate_data_end") or "2200-01-01T00:00:00+00:00")
     elif not current.tags.get("gate_data_source"):
         seen_until = None  # registered before the gate recorded data folders: nothing known, rows taken as unseen
     model, why = None, None
