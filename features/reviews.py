@@ -161,7 +161,9 @@ def _retry(fn, attempts: int = LOCK_RETRIES):
 def known_accounts_from_snapshot(settings: Settings | None = None) -> set[str] | None:
     """Account IDs in the serving snapshot written by training/scoring, or None when there is none yet."""
     settings = settings or get_settings()
-    path = settings.snapshots_dir / "accounts.parquet"
+    from features.generations import served_dir
+
+    path = served_dir(settings.snapshots_dir) / "accounts.parquet"
     if not path.exists():
         return None
     return set(pd.read_parquet(path, columns=["account_id"])["account_id"].astype(str))

@@ -370,16 +370,19 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-def open_store(snapshots_dir: Path, redis_url: str | None = None) -> tuple[OnlineStore, SnapshotStore]:
+def open_store(snapshots_dir: Path, redis_url: str | None = None,
+               prefix: str | None = None) -> tuple[OnlineStore, SnapshotStore]:
     """The store lookups use (Redis when a URL is configured, else the snapshots) and the local snapshots.
 
     The local snapshots are always read when present: the review queue and the merchant ranking come from them,
-    and they are Redis's fallback.
+    and they are Redis's fallback. ``prefix``: the Redis key prefix of the served generation (``refresh-features``
+    publishes each generation under its own prefix, so a swap never mixes two generations' records); default
+    ``aftersales`` (what ``python -m serving.online_store`` publishes).
     """
     snapshots = SnapshotStore(snapshots_dir)
     if not redis_url:
         return snapshots, snapshots
-    return RedisStore(redis_url, fallback=snapshots), snapshots
+    return RedisStore(redis_url, fallback=snapshots, prefix=prefix or "aftersales"), snapshots
 
 
 def publish_snapshot(client, table: SnapshotTable, prefix: str = "aftersales", chunk: int = 1000) -> int:

@@ -28,6 +28,7 @@ LAZY_HELP: dict[str, str] = {
     "report": "Write a static HTML report of every model's results.",
     "card": "Print a registered model version's model card (Markdown).",
     "score-all": "Score every account and merchant as of a day; write Parquet (pandas or Dask).",
+    "refresh-features": "Recompute the served features as of the data's end for the served versions; swap them in.",
     "return-volume": "Rolling-origin backtest of the return-volume forecast.",
     "serial-returners": "Evaluate the serial-returner detector on later time.",
     "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
@@ -42,6 +43,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "report": "training.report:report_cmd",
     "card": "training.model_card:card_cmd",
     "score-all": "training.scoring:score_all_cmd",
+    "refresh-features": "training.refresh:refresh_features_cmd",
 }
 LAZY_BACKTESTS: dict[str, str] = {
     "return-volume": "training.return_volume:backtest_cmd",
@@ -237,8 +239,9 @@ def validate(data_dir: Path | None, rejects_dir: Path | None) -> None:
 def train(model: str, data_dir: Path | None, engine: str = "pandas", scheduler: str | None = None) -> None:
     """Train MODEL (or all), evaluate it on held-out later time against baselines, register it in MLflow.
 
-    The `champion` alias moves to the new version only when it beats the current champion on the model's
-    primary backtest metric. With --engine dask, serial-returners and ticket-triage build their features on Dask
+    The `champion` alias moves to the new version only when, on the new version's held-out later rows, it is at
+    least as good as the current champion scored on the same rows (see the README's "Promotion and served
+    features"); a promotion also serves the new version's snapshots. With --engine dask, serial-returners and ticket-triage build their features on Dask
     and train with lightgbm.dask; return-volume and merchant-risk train in this process.
     """
     data_dir = _data_dir(data_dir)

@@ -20,6 +20,7 @@ import click
 import numpy as np
 import pandas as pd
 
+from features import generations
 from features.calendar import holiday_windows
 from features.return_volume import (
     LY,
@@ -430,6 +431,57 @@ def _primary(result: BacktestResult) -> dict[str, float]:
     return out
 
 
+def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
+    """The promotion gate's evidence (:mod:`training.evidence`): the backtest's holiday-window days of 'total'.
+
+    The champion (one fitted forecaster) forecasts the history from each backtest origin it can forecast from (not
+    before its own training end) with the horizons evaluated; holiday WAPE of both on the same (origin, day) rows.
+    """
+    from training.evidence import Evidence, Unscorable
+
+    t = result.table.set_index(["method", "slice"])
+    base = {m: float(t.loc[(m, "holiday"), "wape"]) for m in t.index.get_level_values(0).unique()
+            if m != MODEL and (m, "holiday") in t.index}
+    mine = result.forecasts[(result.forecasts["method"] == MODEL) & (result.forecasts["series"] == TOTAL)]
+
+    def holiday_rows(fc: pd.DataFrame) -> pd.DataFrame:
+        return fc[_windows_of(fc["date"], result.holiday_windows) != ""]
+
+    def rows(fc: pd.DataFrame) -> str:
+        return (f"{len(fc):,} holiday-window days of series 'total' from {fc['origin'].nunique()} backtest origins "
+                f"({pd.Timestamp(fc['origin'].min()):%Y-%m-%d} to {pd.Timestamp(fc['origin'].max()):%Y-%m-%d})")
+
+    def compare(champion, seen_until):
+        parts = []
+        for o, g in mine.groupby("origin"):
+            h = int(len(g))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fc = champion.forecast(history, o, h)
+            except (ValueError, KeyError):
+                continue  # an origin before its training end, or a horizon it was not trained for
+            fc = fc[fc["series"] == TOTAL][["date", "p50"]].rename(columns={"p50": "champion"})
+            parts.append(g.merge(fc, on="date", how="inner"))
+        if not parts:
+            raise Unscorable("it cannot forecast from any backtest origin (each lies before its training end, or "
+                             "the horizon is beyond the one it was trained for)")
+        both = holiday_rows(pd.concat(parts, ignore_index=True))
+        if len(both) < 7:
+            raise Unscorable(f"only {len(both)} holiday-window days are forecastable from origins after its "
+                             "training end")
+
+        def wape(col: str) -> float:
+            return float((both["y"] - both[col]).abs().sum() / max(both["y"].sum(), 1e-9))
+
+        return wape("p50"), wape("champion"), rows(both)
+
+    held = holiday_rows(mine)
+    return Evidence("holiday_wape", False, float(_primary(result)["holiday_wape"]), base,
+                    rows(held) if len(held) else "no holiday-window days", compare, str(Path(data_dir).resolve()),
+                    history.days[-1], pd.Timestamp(result.origins["origin"].min()))
+
+
 def report(result: BacktestResult, echo=click.echo) -> None:
     """Print the metrics table, the targets and the notes."""
     origins = ", ".join(f"{r.origin.date()}{' (' + r.event + ')' if r.event else ''}"
@@ -503,10 +555,15 @@ def train(data_dir: Path, settings: Settings) -> dict:
             metric_value=primary["holiday_wape"], higher_is_better=False, settings=settings,
             extra_metrics={k: v for k, v in primary.items() if k != "holiday_wape"},
             data_validated=validated,
-            card=model_card(result, ds, history, Path(data_dir), validated, horizon))
+            card=model_card(result, ds, history, Path(data_dir), validated, horizon),
+            evidence=gate_evidence(result, history, data_dir))
+    # No snapshot files: the generation pins the promoted version so every worker serves it.
+    served = generations.record_version(settings.snapshots_dir, MODEL_NAME, gate.version, gate.promoted, None,
+                                        history.days[-1], str(Path(data_dir).resolve()))
     t = result.table.set_index(["method", "slice"])
     summary = {
         "version": gate.version, "promoted": gate.promoted, "gate": gate.reason,
+        "served generation": served or "unchanged (not promoted)",
         "trained_until": str(final.trained_until_.date()), "series": len(final.series_),
         **{f"holiday WAPE {m}": f"{100 * t.loc[(m, 'holiday'), 'wape']:.1f}%"
            for m in t.index.get_level_values(0).unique() if (m, "holiday") in t.index},
