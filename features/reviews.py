@@ -1,8 +1,8 @@
 """The review decision store: what the risk team decided about flagged accounts, in a SQL database.
 
 SQLAlchemy 2.0 Core over SQLite (default ``settings.review_db``, a file under models/) or any other URL, e.g.
-``postgresql+psycopg://user:pw@host/db``. Each decision is one transaction. Concurrent writers neither lose nor
-double a decision:
+``postgresql+psycopg2://user:pw@host/db`` (psycopg2 is the PostgreSQL driver the project installs). Each decision is
+one transaction. Concurrent writers neither lose nor double a decision:
 
 - every decision carries a ``decision_id`` (an idempotency key; given by the caller, or derived from the decision's
   content for imports, or random); a unique constraint makes a retried write land once;

@@ -747,6 +747,7 @@ def label_metrics_by_route(label: Callable[[str], str]) -> None:
     the life of the process: memory and scrape size grow without bound. The patched middleware sees the route
     label as the path; :class:`GuardMiddleware` (inner) puts the real path back before routing.
     """
+    check_bentoml_internals()
     from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
     middleware = RunnerTrafficMetricsMiddleware
@@ -850,6 +851,50 @@ async def _reject(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+BENTOML_PATCHED = "1.4"  # the BentoML series whose private internals the patches below were written against
+
+
+def check_bentoml_internals() -> None:
+    """Refuse to start, naming the installed BentoML, if the private pieces patched below are not where they were.
+
+    :func:`cancel_timeout_timers` and :func:`label_metrics_by_route` replace methods of BentoML 1.4 private
+    classes, and :func:`quiet_client_errors` filters a private logger; pyproject.toml bounds ``bentoml<1.5``. A
+    release that moved them would otherwise fail on the first request, or silently drop the fixes.
+    """
+    import importlib
+    import inspect
+
+    import bentoml
+
+    moved = []
+
+    def find(module: str, name: str | None = None) -> Any:
+        try:
+            found = importlib.import_module(module)
+            return getattr(found, name) if name else found
+        except (ImportError, AttributeError):
+            moved.append(f"{module}{'.' + name if name else ''}")
+            return None
+
+    timeout = find("bentoml._internal.server.http.traffic", "TimeoutMiddleware")
+    if timeout is not None:
+        if not callable(getattr(timeout, "_set_timer_out", None)):
+            moved.append("TimeoutMiddleware._set_timer_out")
+        if "timeout" not in inspect.signature(timeout.__init__).parameters:
+            moved.append("TimeoutMiddleware(app, timeout)")
+    metrics = find("bentoml._internal.server.http.instruments", "RunnerTrafficMetricsMiddleware")
+    for cls in (timeout, metrics):
+        if cls is not None and list(inspect.signature(getattr(cls, "_aftersales_original", cls.__call__))
+                                    .parameters)[1:] != ["scope", "receive", "send"]:
+            moved.append(f"{cls.__name__}.__call__(scope, receive, send)")
+    find("bentoml._internal.server.http_app")
+    if moved:
+        raise RuntimeError(
+            f"BentoML {bentoml.__version__} is installed, but serving/app.py patches BentoML {BENTOML_PATCHED} "
+            f"internals that are not there in it: {', '.join(moved)}. Install the version pyproject.toml names "
+            f"(bentoml>=1.4.30,<1.5, as pinned in requirements.lock) or port the patches in serving/app.py.")
+
+
 def cancel_timeout_timers() -> None:
     """Make BentoML's request-timeout middleware cancel its timer when the request finishes.
 
@@ -861,6 +906,7 @@ def cancel_timeout_timers() -> None:
     """
     import asyncio
 
+    check_bentoml_internals()
     from bentoml._internal.server.http import traffic
 
     middleware = traffic.TimeoutMiddleware

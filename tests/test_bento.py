@@ -104,3 +104,20 @@ def test_the_service_serves_every_route_with_only_the_serve_lock_installed(deplo
         assert any("--worker-id" in line for line in active), active
     finally:
         svc.stop()
+
+
+def test_moved_bentoml_internals_stop_the_start_with_a_message_naming_the_installed_version(monkeypatch):
+    import bentoml
+    from bentoml._internal.server.http import instruments, traffic
+
+    from serving.app import cancel_timeout_timers, check_bentoml_internals, label_metrics_by_route
+
+    check_bentoml_internals()  # the pinned 1.4 has them all
+    monkeypatch.delattr(traffic.TimeoutMiddleware, "_set_timer_out")
+    with pytest.raises(RuntimeError, match=re.escape(f"BentoML {bentoml.__version__} is installed")) as e:
+        cancel_timeout_timers()  # what the service runs at import, before any worker starts
+    assert "TimeoutMiddleware._set_timer_out" in str(e.value) and "bentoml>=1.4.30,<1.5" in str(e.value)
+    monkeypatch.undo()
+    monkeypatch.delattr(instruments, "RunnerTrafficMetricsMiddleware")
+    with pytest.raises(RuntimeError, match="RunnerTrafficMetricsMiddleware"):
+        label_metrics_by_route(lambda path: path)

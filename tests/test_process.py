@@ -4,13 +4,14 @@ started stops the server and every worker within 10 s, and frees the port."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
 
 import psutil
 import pytest
-from _service import Service
+from _service import ROOT, Service
 
 STOP_WITHIN_S = 10.0
 
@@ -44,6 +45,18 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def _links_answer(svc: Service) -> None:
+    """Every page of the service that the README and `aftersales demo` send users to exists (not 404)."""
+    text = (ROOT / "README.md").read_text() + (ROOT / "training" / "cli.py").read_text()
+    paths = set(re.findall(r"http://127\.0\.0\.1:3000(/[\w./{}-]*)", text))
+    assert "/" in paths and "/docs.json" in paths, paths
+    for path in sorted(p for p in paths if "{" not in p):
+        status = svc.client.get(path).status_code
+        assert status != 404, f"{path} answers 404 (linked from the README or the demo output)"
+    assert svc.client.get("/").headers["content-type"].startswith("text/html")
+    assert "/v1/tickets/score" in svc.client.get("/docs.json").json()["paths"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_to_aftersales_serve_stops_the_server_and_every_worker_and_frees_the_port(
         sig, deployment_shared, tmp_path):
@@ -52,6 +65,8 @@ def test_a_signal_to_aftersales_serve_stops_the_server_and_every_worker_and_free
     try:
         svc.wait_ready()
         assert svc.client.get("/v1/health").json()["models"], svc.tail()
+        if sig == signal.SIGTERM:
+            _links_answer(svc)
         pids = svc.worker_pids()
         assert len(pids) >= 2, f"expected the server and at least one worker, found {pids}"
         svc.client.close()

@@ -125,7 +125,38 @@ def _data_dir(data_dir: Path | None) -> Path:
     return path
 
 
+# Libraries whose versions decide whether a registered model loads and how the service behaves (bug reports).
+VERSION_OF = ("bentoml", "mlflow-skinny", "lightgbm", "scikit-learn", "pandas")
+
+
+def version_text() -> str:
+    """``aftersales X (Python Y; bentoml ..., ...)``: the installed package, or this checkout's pyproject.toml."""
+    import platform
+    import tomllib
+    from importlib import metadata
+
+    def installed(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    own = (tomllib.loads(pyproject.read_text())["project"]["version"] if pyproject.exists()
+           else installed("aftersales") or "unknown")
+    libs = ", ".join(f"{d.removesuffix('-skinny')} {v}" for d in VERSION_OF if (v := installed(d)))
+    return f"aftersales {own} (Python {platform.python_version()}; {libs})"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text())
+        ctx.exit()
+
+
 @click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the version of aftersales and of the libraries its models depend on, and exit.")
 def main() -> None:
     """After-sales risk and forecasting service.
 
@@ -343,7 +374,8 @@ def demo(out_dir: Path | None, seed: int, fresh: bool) -> None:
     click.echo(
         f"\ndata: {out_dir}\nMLflow: {settings.tracking_uri}\n{ui}\n"
         f"model cards: {settings.cards_dir} (or `aftersales card NAME`)\n"
-        "start the service: .venv/bin/aftersales serve   (OpenAPI docs at http://127.0.0.1:3000/docs)"
+        "start the service: .venv/bin/aftersales serve   (API docs at http://127.0.0.1:3000/, OpenAPI spec at "
+        "http://127.0.0.1:3000/docs.json)"
     )
 
 
