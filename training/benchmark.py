@@ -126,7 +126,10 @@ def data_as_of(src: Path, dst: Path, as_of: pd.Timestamp) -> Path:
         d = pd.read_parquet(src / "review_decisions.parquet")
         d[d["decided_at"] < end].to_parquet(dst / "review_decisions.parquet", index=False)
     if (src / DATASET_FILE).exists():
-        shutil.copy(src / DATASET_FILE, dst / DATASET_FILE)
+        meta = json.loads((src / DATASET_FILE).read_text(encoding="utf-8"))
+        meta["end"] = str(min(pd.Timestamp(as_of).date(), pd.Timestamp(meta.get("end", as_of)).date()))
+        meta["as_of_copy_of"] = str(src)
+        (dst / DATASET_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
     return dst
 
 
@@ -317,16 +320,20 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
         raise ValueError("no abusive accounts as of the evaluation day")
     ids = pd.Index(X2.index.astype(str))
     counts = account_counts_as_of(ds.orders, ds.returns, t2, ids)
+    s_model = model.predict(X2)
     queue = review_queue(X2, model, k, exclude=excluded_accounts(labels, t2, settings.serial_review_cooldown_days),
-                         scores=model.predict(X2), pattern_share=settings.serial_pattern_share,
+                         scores=s_model, pattern_share=settings.serial_pattern_share,
                          explore_share=settings.serial_explore_share)
     picks = {"model": ids.get_indexer(queue["account_id"].astype(str))}
+    row_extra = {"model_top_k": float(y[top_k(s_model, ids, k)].mean())}  # the ranking without the queue's
+    # pattern slots and audit sample
     scores = {"rule_return_rate": (counts["returns"].to_numpy() + 1) / (counts["orders"].to_numpy() + 10),
               "most_returns": counts["returns"].to_numpy(),
               "isolation_forest": _forest_score(counts_forest(X1), X2)}
     for name, s in scores.items():
         picks[name] = top_k(s, ids, k)
-    row: dict = {"t1": str(t1.date()), "t2": str(t2.date()), "k": k, "accounts": len(ids), "mode": model.mode_}
+    row: dict = {"t1": str(t1.date()), "t2": str(t2.date()), "k": k, "accounts": len(ids), "mode": model.mode_,
+                 **row_extra}
     for name, pos in picks.items():
         row[name] = float(y[pos].mean())
         for p in PATTERNS:
@@ -371,10 +378,10 @@ def _quiet(_: str) -> None:
 
 
 def _train_quietly(trainer, *args, **kwargs):
-    """Run a `train` entry point with its console output swallowed (it echoes through click)."""
+    """Run a `train` entry point with its console output swallowed (click echoes, MLflow's registration notes)."""
     import contextlib
 
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
         return trainer(*args, **kwargs)
 
 
@@ -407,6 +414,25 @@ def merchant_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market
     return row
 
 
+def _serial_snapshot(data_dir: Path, as_of, settings: Settings) -> None:
+    """The account snapshot `train serial-returners` leaves for serving (abuse scores the triage policy reads),
+    fitted the way it fits its final model, as of the day the data ends."""
+    from training.data import load_for_command
+    from training.serial_returners import (
+        excluded_accounts,
+        features_as_of,
+        fit_model,
+        load_labels,
+        write_snapshot,
+    )
+
+    ds = load_for_command(data_dir, settings.models_dir / "serial_returners", _quiet)
+    X = features_as_of(ds, as_of, settings)
+    labels = load_labels(ds, settings, as_of)
+    model = fit_model(X, labels, settings, as_of, source=str(Path(data_dir).resolve()))
+    write_snapshot(X, model, settings, exclude=excluded_accounts(labels, as_of, settings.serial_review_cooldown_days))
+
+
 SERVED_FIELDS = ("ticket_id", "created_at", "account_id", "merchant_id", "order_id", "case_type", "channel", "amount",
                  "text")
 
@@ -422,6 +448,7 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
     from training.ticket_triage import train as train_triage
 
     settings = world_settings(models_dir, market)
+    _serial_snapshot(asof_dir, as_of, settings)
     _train_quietly(train_triage, asof_dir, settings)
     end = utc_day_end(as_of)
     later = pd.read_parquet(full_dir / "tickets.parquet")
@@ -586,7 +613,7 @@ def section_table(section: Section, results: list[WorldResult]) -> pd.DataFrame:
     df = df[["world", "seed", *cols, "model_wins", *rest, "error"]]
     summary = [{"world": "min", **vals.min().to_dict()}, {"world": "median", **vals.median().to_dict()},
                {"world": "max", **vals.max().to_dict()},
-               {"world": "wins (model best)", "model": float(win.sum()),
+               {"world": "wins", "model": float(win.sum()),
                 **{b: float((vals[b].notna() & ~vals["model"].isna() & ~better(vals["model"], vals[b])
                              & ~(vals["model"] == vals[b])).sum()) for b in section.baselines}}]
     return pd.concat([df, pd.DataFrame(summary)], ignore_index=True)
@@ -625,7 +652,9 @@ def write_html(out: Path, tables: dict[str, pd.DataFrame], real: pd.DataFrame | 
              "<h1>Cross-world model benchmark</h1>",
              f"<p>{meta['worlds']} worlds (random scenarios, seeds {meta['seeds']}), {meta['accounts']} accounts and "
              f"{meta['merchants']} merchants each; took {meta['seconds']:.0f}s. Each model trains on earlier time "
-             "and is scored on later time; the baselines on the same accounts, merchants, tickets or days.</p>"]
+             "and is scored on later time; the baselines on the same accounts, merchants, tickets or days. Row "
+             "<i>wins</i>: under <i>model</i> the worlds where the model beats every baseline; under a baseline the "
+             "worlds where that baseline beats the model.</p>"]
     for key, table in tables.items():
         s = SECTIONS[key]
         shown = table[["world", "model", *s.baselines, "model_wins", "error"]]
@@ -652,6 +681,10 @@ def run_benchmark(worlds: int, seed_base: int, out: Path, accounts: int = 3000, 
     root = out / "worlds"
     seeds = list(range(seed_base, seed_base + worlds))
     results: list[WorldResult] = []
+    import logging
+
+    for name in ("mlflow", "serving", "alembic"):  # registrations and missing-champion notes of every world
+        logging.getLogger(name).setLevel(logging.ERROR)
     with click.progressbar(length=len(seeds) * len(sections), label="benchmark", show_pos=True,
                            hidden=not progress, file=None) as bar:
         for seed in seeds:
