@@ -683,7 +683,7 @@ def run_benchmark(worlds: int, seed_base: int, out: Path, accounts: int = 3000, 
     results: list[WorldResult] = []
     import logging
 
-    for name in ("mlflow", "serving", "alembic"):  # registrations and missing-champion notes of every world
+    for name in ("mlflow", "aftersales.serving", "serving", "alembic"):  # registrations, missing-champion notes
         logging.getLogger(name).setLevel(logging.ERROR)
     with click.progressbar(length=len(seeds) * len(sections), label="benchmark", show_pos=True,
                            hidden=not progress, file=None) as bar:
