@@ -33,6 +33,7 @@ LAZY_HELP: dict[str, str] = {
     "serial-returners": "Evaluate the serial-returner detector on later time.",
     "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
     "ticket-triage": "Evaluate the ticket escalation model on later tickets.",
+    "benchmark-models": "Every model vs every baseline on K random worlds (and Online Retail).",
 }
 LAZY_COMMANDS: dict[str, str] = {
     "forecast": "training.return_volume:forecast_cmd",
@@ -44,6 +45,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "card": "training.model_card:card_cmd",
     "score-all": "training.scoring:score_all_cmd",
     "refresh-features": "training.refresh:refresh_features_cmd",
+    "benchmark-models": "training.benchmark:benchmark_models_cmd",
 }
 LAZY_BACKTESTS: dict[str, str] = {
     "return-volume": "training.return_volume:backtest_cmd",
