@@ -55,7 +55,8 @@ def main() -> None:
         registry.log_and_register("serial_returners", SerialReturnerModel().fit(X), X.head(5), "pr_auc", 0.5, True,
                                   settings=settings)
         events = prepare_events(ds)
-        dates = pd.date_range(end=last - pd.Timedelta(days=61), periods=6, freq="28D").tz_localize("UTC")
+        end = pd.Timestamp(last).normalize() - pd.Timedelta(days=61)
+        dates = pd.date_range(end=end.tz_localize("UTC") if end.tzinfo is None else end, periods=6, freq="28D")
         frames = build_snapshots(events, dates)
         merchant = MerchantRiskModel(kind="poisson", n_estimators=50).fit(frames)
         registry.log_and_register("merchant_risk", merchant, frames.head(3), "ndcg_at_50", 0.5, True,

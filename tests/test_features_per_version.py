@@ -178,3 +178,38 @@ def test_live_service_answers_throughout_refreshes_without_mixing(deployment):
         if t["ticket_id"] in late_ids:  # its order is known to the generations made from the whole world only
             early = body["snapshot_generation"] in (start, made[1])
             assert (body["feature_sources"]["order"] != "online_store") == early, body
+
+
+def test_refresh_publishes_each_generation_to_redis_under_its_own_prefix(deployment, tmp_path):
+    import shutil
+
+    from test_online_store import _free_port, _start_redis
+
+    from serving.app import Runtime
+    from serving.online_store import FOUND, RedisStore
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run installs it)")
+    port = _free_port()
+    proc = _start_redis(port, tmp_path)
+    try:
+        settings = deployment["settings"].model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+        first = refresh_features(deployment["early"], settings, echo=quiet)
+        prefix = generations.current_manifest(settings.snapshots_dir)["redis_prefix"]
+        assert prefix == f"aftersales:{first['generation']}" and first["redis"]["accounts"] > 0
+        rt = Runtime.load(settings)
+        try:
+            assert isinstance(rt.store, RedisStore) and rt.store.prefix == prefix
+            account = next(iter(rt.snapshots.accounts.ids))
+            found = rt.store.lookup(account, None, None)
+            assert found.account_source == FOUND and found.account == rt.snapshots.accounts.get(account)
+            second = refresh_features(deployment["world"], settings, echo=quiet)
+            assert rt.refresh() and rt.served.generation == second["generation"]
+            assert rt.store.prefix == f"aftersales:{second['generation']}"
+            found = rt.store.lookup(account, None, None)
+            assert found.account_source == FOUND and found.account == rt.snapshots.accounts.get(account)
+        finally:
+            rt.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
