@@ -452,20 +452,27 @@ def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
                 f"({pd.Timestamp(fc['origin'].min()):%Y-%m-%d} to {pd.Timestamp(fc['origin'].max()):%Y-%m-%d})")
 
     def compare(champion, seen_until):
-        parts = []
+        import copy
+
+        if seen_until is None and hasattr(champion, "trained_until_"):
+            # Trained on another data folder: it has seen none of this history, so its guard against origins
+            # before its own training end (which protects a backtest on its own data) does not apply here.
+            champion = copy.copy(champion)
+            champion.trained_until_ = history.days[0]
+        parts, why = [], ""
         for o, g in mine.groupby("origin"):
             h = int(len(g))
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     fc = champion.forecast(history, o, h)
-            except (ValueError, KeyError):
-                continue  # an origin before its training end, or a horizon it was not trained for
+            except Exception as e:  # noqa: BLE001 — an origin before its training end, a horizon or series it lacks
+                why = str(e)
+                continue
             fc = fc[fc["series"] == TOTAL][["date", "p50"]].rename(columns={"p50": "champion"})
             parts.append(g.merge(fc, on="date", how="inner"))
         if not parts:
-            raise Unscorable("it cannot forecast from any backtest origin (each lies before its training end, or "
-                             "the horizon is beyond the one it was trained for)")
+            raise Unscorable(f"it cannot forecast from any backtest origin ({why})")
         both = holiday_rows(pd.concat(parts, ignore_index=True))
         if len(both) < 7:
             raise Unscorable(f"only {len(both)} holiday-window days are forecastable from origins after its "
