@@ -435,7 +435,9 @@ def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
     """The promotion gate's evidence (:mod:`training.evidence`): the backtest's holiday-window days of 'total'.
 
     The champion (one fitted forecaster) forecasts the history from each backtest origin it can forecast from (not
-    before its own training end) with the horizons evaluated; holiday WAPE of both on the same (origin, day) rows.
+    before its own training end, whatever data it trained on: it must not be judged on dates it has seen) with the
+    horizons evaluated; holiday WAPE of both on the same (origin, day) rows. Where no origin qualifies the champion is
+    not scored and the fallback rule decides (the challenger must beat every baseline).
     """
     from training.evidence import Evidence, Unscorable
 
@@ -452,13 +454,8 @@ def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
                 f"({pd.Timestamp(fc['origin'].min()):%Y-%m-%d} to {pd.Timestamp(fc['origin'].max()):%Y-%m-%d})")
 
     def compare(champion, seen_until):
-        import copy
-
-        if seen_until is None and hasattr(champion, "trained_until_"):
-            # Trained on another data folder: it has seen none of this history, so its guard against origins
-            # before its own training end (which protects a backtest on its own data) does not apply here.
-            champion = copy.copy(champion)
-            champion.trained_until_ = history.days[0]
+        # Only origins at or after the champion's training end: a forecaster that has seen the held-out dates (on
+        # this data or another platform's with the same calendar) would be judged on seasons it already knows.
         parts, why = [], ""
         for o, g in mine.groupby("origin"):
             h = int(len(g))
