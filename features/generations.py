@@ -19,11 +19,13 @@ Files only: no MLflow, no HTTP.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,19 @@ def current_manifest(snapshots_dir: Path) -> dict:
     return read_manifest(generation_dir(snapshots_dir, gen)) if gen else {}
 
 
+@contextmanager
+def lock(snapshots_dir: Path) -> Iterator[None]:
+    """Exclusive lock on making generations in ``snapshots_dir`` (a promotion and a refresh running at once would
+    otherwise each build on the same base and the later swap would drop the other's change)."""
+    Path(snapshots_dir).mkdir(parents=True, exist_ok=True)
+    with (Path(snapshots_dir) / ".lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)  # same file system: no copy, and the file can never change under the generation
@@ -113,7 +128,8 @@ def stage(snapshots_dir: Path, models: Mapping[str, Mapping[str, Any]], reason: 
     """Build (but do not serve) a new generation: the current one's models, with ``models`` replacing theirs.
 
     ``models``: name -> {"version": N, "dir": folder holding that model's files (or None: no files), "as_of",
-    "source"}. Returns (id, folder). :func:`activate` makes it current.
+    "source", optional "origin": what to record as each file's origin (default: its path in "dir")}. Returns (id,
+    folder). :func:`activate` makes it current. Call under :func:`lock`.
     """
     snapshots_dir = Path(snapshots_dir)
     base = current_manifest(snapshots_dir)
@@ -146,7 +162,7 @@ def stage(snapshots_dir: Path, models: Mapping[str, Mapping[str, Any]], reason: 
                 if src is not None and (src / f).exists():
                     _link_or_copy(src / f, tmp / f)
                     if not carried:  # where the file was written (a carried entry keeps its own provenance)
-                        entry["files"][f] = str(src / f)
+                        entry["files"][f] = (new or {}).get("origin") or str(src / f)
             entries[name] = entry
         manifest = {"generation": gen_id, "created_at": _now(), "reason": reason, "previous": base.get("generation"),
                     "models": entries}
@@ -179,9 +195,10 @@ def activate(snapshots_dir: Path, gen_id: str) -> None:
 
 
 def publish(snapshots_dir: Path, models: Mapping[str, Mapping[str, Any]], reason: str) -> str:
-    """:func:`stage` then :func:`activate`; returns the new generation's id."""
-    gen_id, _ = stage(snapshots_dir, models, reason)
-    activate(snapshots_dir, gen_id)
+    """:func:`stage` then :func:`activate` under :func:`lock`; returns the new generation's id."""
+    with lock(snapshots_dir):
+        gen_id, _ = stage(snapshots_dir, models, reason)
+        activate(snapshots_dir, gen_id)
     return gen_id
 
 

@@ -129,7 +129,7 @@ class Settings(BaseSettings):
 
     @property
     def snapshots_dir(self) -> Path:
-        """Account and merchant feature snapshots that serving loads at start."""
+        """Feature snapshots: per model version (``<model>/v<N>``) and the served generations (features/generations.py)."""
         return self.models_dir / "snapshots"
 
 

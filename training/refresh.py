@@ -43,19 +43,29 @@ def _pinned(name: str, pins: dict[str, int], settings: Settings, echo):
 
 def refresh_features(data_dir: Path, settings: Settings, echo=click.echo) -> dict:
     """Write a new generation of served features as of the end of ``data_dir`` and serve it; returns a summary."""
+
+    t0 = time.perf_counter()
+    snapdir = settings.snapshots_dir
+    # Loaded before taking the lock: a promotion may finish meanwhile; the pins are read under the lock.
+    ds = load_for_command(data_dir, settings.models_dir / "refresh", echo)
+    with generations.lock(snapdir):
+        return _refresh(ds, data_dir, settings, echo, t0)
+
+
+def _refresh(ds, data_dir: Path, settings: Settings, echo, t0: float) -> dict:
+    """The refresh proper, under the generations lock: read the pins, compute, stage, publish, swap."""
     from features.merchants import prepare_events
     from features.tickets import data_end
     from training import merchant_risk as mr
     from training import serial_returners as sr
     from training.ticket_triage import write_snapshots
 
-    t0 = time.perf_counter()
     snapdir = settings.snapshots_dir
     base = generations.current_manifest(snapdir)
     pins = {n: int(e["version"]) for n, e in base.get("models", {}).items() if e.get("version") is not None}
-    ds = load_for_command(data_dir, settings.models_dir / "refresh", echo)
     first, last = ds.time_span()
     source = f"refresh-features on {Path(data_dir).resolve()}"
+    origin = "written by refresh-features into this generation"
     staging = snapdir / ".refresh" / uuid.uuid4().hex[:8]
     entries: dict[str, dict] = {}
     timings: dict[str, float] = {}
@@ -69,7 +79,7 @@ def refresh_features(data_dir: Path, settings: Settings, echo=click.echo) -> dic
             sr.write_snapshot(X, loaded.model, settings, out=out,
                               exclude=sr.excluded_accounts(labels, last, settings.serial_review_cooldown_days))
             entries[sr.MODEL_NAME] = {"version": loaded.version, "dir": out, "as_of": str(last.date()),
-                                      "source": source}
+                                      "source": source, "origin": origin}
             timings["accounts"] = time.perf_counter() - t
             echo(f"  accounts: {len(X):,} scored by {sr.MODEL_NAME} v{loaded.version} as of {last.date()} "
                  f"({timings['accounts']:.1f}s)")
@@ -81,7 +91,7 @@ def refresh_features(data_dir: Path, settings: Settings, echo=click.echo) -> dic
             out = staging / mr.MODEL_NAME
             mr.write_serving_snapshot(ranking, settings, out=out)
             entries[mr.MODEL_NAME] = {"version": loaded.version, "dir": out, "as_of": str(events.end.date()),
-                                      "source": source}
+                                      "source": source, "origin": origin}
             timings["merchants"] = time.perf_counter() - t
             echo(f"  merchants: {len(ranking):,} ranked by {mr.MODEL_NAME} v{loaded.version} as of "
                  f"{events.end.date()} ({timings['merchants']:.1f}s)")
@@ -96,7 +106,7 @@ def refresh_features(data_dir: Path, settings: Settings, echo=click.echo) -> dic
             out = staging / TRIAGE
             write_snapshots(ds, settings, out=out)
             end = data_end(ds)
-            entries[TRIAGE] = {"version": version, "dir": out, "as_of": str(end), "source": source}
+            entries[TRIAGE] = {"version": version, "dir": out, "as_of": str(end), "source": source, "origin": origin}
             timings["ticket context"] = time.perf_counter() - t
             echo(f"  ticket-triage account, merchant and order context as of {end:%Y-%m-%d %H:%M} "
                  f"({timings['ticket context']:.1f}s)")

@@ -435,7 +435,9 @@ def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
     """The promotion gate's evidence (:mod:`training.evidence`): the backtest's holiday-window days of 'total'.
 
     The champion (one fitted forecaster) forecasts the history from each backtest origin it can forecast from (not
-    before its own training end) with the horizons evaluated; holiday WAPE of both on the same (origin, day) rows.
+    before its own training end, whatever data it trained on: it must not be judged on dates it has seen) with the
+    horizons evaluated; holiday WAPE of both on the same (origin, day) rows. Where no origin qualifies the champion is
+    not scored and the fallback rule decides (the challenger must beat every baseline).
     """
     from training.evidence import Evidence, Unscorable
 
@@ -452,20 +454,22 @@ def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
                 f"({pd.Timestamp(fc['origin'].min()):%Y-%m-%d} to {pd.Timestamp(fc['origin'].max()):%Y-%m-%d})")
 
     def compare(champion, seen_until):
-        parts = []
+        # Only origins at or after the champion's training end: a forecaster that has seen the held-out dates (on
+        # this data or another platform's with the same calendar) would be judged on seasons it already knows.
+        parts, why = [], ""
         for o, g in mine.groupby("origin"):
             h = int(len(g))
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     fc = champion.forecast(history, o, h)
-            except (ValueError, KeyError):
-                continue  # an origin before its training end, or a horizon it was not trained for
+            except Exception as e:  # noqa: BLE001 — an origin before its training end, a horizon or series it lacks
+                why = str(e)
+                continue
             fc = fc[fc["series"] == TOTAL][["date", "p50"]].rename(columns={"p50": "champion"})
             parts.append(g.merge(fc, on="date", how="inner"))
         if not parts:
-            raise Unscorable("it cannot forecast from any backtest origin (each lies before its training end, or "
-                             "the horizon is beyond the one it was trained for)")
+            raise Unscorable(f"it cannot forecast from any backtest origin ({why})")
         both = holiday_rows(pd.concat(parts, ignore_index=True))
         if len(both) < 7:
             raise Unscorable(f"only {len(both)} holiday-window days are forecastable from origins after its "

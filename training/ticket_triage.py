@@ -391,7 +391,8 @@ def model_card(ev: Evaluation, ds: Dataset, data_dir: Path, validated: bool, n_r
         limits.append(f"The service scores from snapshots taken at training time: on the week after the cut-off, "
                       f"served probabilities differ from the training path by {m['serving_check_mean_abs_diff']:.4f} "
                       f"on average (ROC-AUC {m['serving_check_roc_auc']:.4f} served vs "
-                      f"{m['serving_check_offline_roc_auc']:.4f}); stale snapshots cost more as they age.")
+                      f"{m['serving_check_offline_roc_auc']:.4f}); stale snapshots cost more as they age "
+                      "(`aftersales refresh-features` renews them without retraining).")
     limits.append("Text signals are English keyword families and hashed words of the first message; other "
                   "languages contribute only the non-text features.")
     limits.append(f"{m['unlabelled_tickets']:,} open tickets had no outcome and were not learnt from; if long-open "
