@@ -20,7 +20,9 @@ import click
 import numpy as np
 import pandas as pd
 
+from features import forecast_ensemble as ens
 from features.calendar import holiday_windows
+from features.forecast_ensemble import HolidayForecaster
 from features.return_volume import (
     LY,
     QUANTILES,
@@ -45,7 +47,15 @@ MODEL = "model"
 SEASONAL_NAIVE = "seasonal_naive_7"
 PLANNERS = "planners_last_year"
 AUTO_ETS = "autoets"
-POINT_ONLY = {SEASONAL_NAIVE, PLANNERS}
+LIGHTGBM = "lightgbm"
+PLANNERS_ALIGNED = "planners_aligned"
+MSTL_PEER = "mstl"
+# The forecaster's components reported as methods of their own (name in features.forecast_ensemble -> method).
+COMPONENT_METHODS = {ens.LGBM: LIGHTGBM, ens.PLANNERS: PLANNERS_ALIGNED, ens.MSTL: MSTL_PEER}
+# Method -> the candidate the forecaster can be pinned to when that method wins the held-out backtest.
+PINNABLE = {LIGHTGBM: ens.LGBM, PLANNERS_ALIGNED: ens.PLANNERS, MSTL_PEER: ens.MSTL, AUTO_ETS: ens.AUTOETS,
+            SEASONAL_NAIVE: ens.NAIVE}
+POINT_ONLY = {SEASONAL_NAIVE, PLANNERS, LIGHTGBM, PLANNERS_ALIGNED, MSTL_PEER}
 
 Forecasts = pd.DataFrame  # origin, date, series, method, p10, p50, p90, y
 
@@ -267,7 +277,7 @@ def run_backtest(history: History, n_origins: int = 10, horizon: int = 60, setti
     t0 = time.perf_counter()
     params = {"horizon": horizon, "market": history.market, "summer_sale": settings.summer_sale,
               "summer_sale_days": settings.summer_sale_days, **(model_params or {})}
-    proto = ReturnVolumeForecaster(**params)
+    proto = HolidayForecaster.from_params(**params)
     if origin_dates:
         for o in origin_dates:
             check_history(history, o, horizon, proto.min_calibration_days, settings)
@@ -286,12 +296,17 @@ def run_backtest(history: History, n_origins: int = 10, horizon: int = 60, setti
             t = int(days.get_loc(o))
             h_eval = min(horizon, len(days) - 1 - t)
             dates = days[t + 1:t + 1 + h_eval]
-            model = ReturnVolumeForecaster(**params).fit(history, o)
+            model = HolidayForecaster.from_params(**params).fit(history, o)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # events without a previous instance: expected early in the data
-                fc = model.forecast(history, o, h_eval)
+                fc, comps = model.forecast_with_components(history, o, h_eval)
             fc["method"] = MODEL
             parts.append(fc.assign(origin=o))
+            # The forecaster's own components, as it saw them at this origin (AutoETS and seasonal naive are the
+            # baselines below already): point forecasts on every series they cover.
+            comps = comps[comps["method"].isin(list(COMPONENT_METHODS))]
+            parts.append(comps.assign(method=comps["method"].map(COMPONENT_METHODS), p10=comps["p50"],
+                                      p90=comps["p50"], origin=o).drop(columns="weight"))
             y = history.y
             parts.append(_baseline_rows(SEASONAL_NAIVE, seasonal_naive(y, t, h_eval), dates).assign(origin=o))
             pl = planners_method(y, t, h_eval)
@@ -418,11 +433,49 @@ def _log_backtest(result: BacktestResult, history: History, params: dict) -> Non
     registry.log_figure(backtest_figure(result, history), "plots/backtest.png")
 
 
-def _primary(result: BacktestResult) -> dict[str, float]:
-    """The registry's metrics: holiday WAPE of the model on 'total' (the gate's), overall WAPE and coverage."""
+@dataclass
+class ProductChoice:
+    """What ``train`` registers: the combination (``use`` None) or the one candidate that beat it."""
+
+    method: str  # backtest method whose figures the product carries (MODEL or a PINNABLE one)
+    use: str | None  # HolidayForecaster(use=...)
+    reason: str
+
+
+def choose_product(result: BacktestResult) -> ProductChoice:
+    """The combination, unless one of its candidates has a lower holiday-window WAPE on 'total' in the held-out
+    backtest (all days when the backtest has no holiday days): then that candidate alone. Never a worse model."""
     t = result.table.set_index(["method", "slice"])
-    out = {"holiday_wape": float(t.loc[(MODEL, "holiday"), "wape"]) if (MODEL, "holiday") in t.index else np.nan,
-           "wape": float(t.loc[(MODEL, "all"), "wape"]), "coverage80": float(t.loc[(MODEL, "all"), "coverage80"]),
+    sl = "holiday" if (MODEL, "holiday") in t.index else "all"
+    scores = {m: float(t.loc[(m, sl), "wape"]) for m in [MODEL, *PINNABLE] if (m, sl) in t.index}
+    best = min(scores, key=lambda m: (scores[m], m != MODEL))
+    others = ", ".join(f"{m} {100 * v:.1f}%" for m, v in sorted(scores.items(), key=lambda kv: kv[1]))
+    if best == MODEL:
+        return ProductChoice(MODEL, None, f"the combination has the lowest {sl} WAPE on 'total' in the held-out "
+                                          f"backtest ({others})")
+    return ProductChoice(best, PINNABLE[best], f"{best} alone beat the combination on {sl} WAPE of 'total' in the "
+                                               f"held-out backtest ({others}): the product uses {best}")
+
+
+def _log_weights(model: HolidayForecaster, choice: ProductChoice) -> None:
+    """The product choice, the weights per series, band and window, and why, to the active MLflow run."""
+    from training import registry
+
+    table = model.weights_table()
+    registry.log_params({"product": choice.method, "product_use": choice.use or "combination"})
+    registry.log_text(choice.reason, "product.txt")
+    registry.log_table(table, "tables/forecaster_weights.csv")
+    tot = table[table["series"] == TOTAL]
+    registry.log_metrics({f"weight.{r.band}.{'window' if r.window != 'ordinary' else 'ordinary'}.{c}":
+                          float(getattr(r, c)) for r in tot.itertuples() for c in ens.CANDIDATES})
+
+
+def _primary(result: BacktestResult, method: str = MODEL) -> dict[str, float]:
+    """The registry's metrics: holiday WAPE on 'total' of the product (``method``: the combination or the
+    candidate that beat it; the gate's), overall WAPE and the combination's coverage."""
+    t = result.table.set_index(["method", "slice"])
+    out = {"holiday_wape": float(t.loc[(method, "holiday"), "wape"]) if (method, "holiday") in t.index else np.nan,
+           "wape": float(t.loc[(method, "all"), "wape"]), "coverage80": float(t.loc[(MODEL, "all"), "coverage80"]),
            "backtest_seconds": result.seconds}
     cov = result.by_series.get(("coverage80", MODEL))
     if cov is not None:
@@ -493,20 +546,23 @@ def train(data_dir: Path, settings: Settings) -> dict:
             raise click.ClickException(str(e)) from e
         report(result)
         _log_backtest(result, history, {**params, "n_origins": len(result.origins), "data_dir": str(data_dir)})
+        choice = choose_product(result)
+        click.echo(f"  product: {choice.method} ({choice.reason})")
         click.echo("  refitting on all the data")
-        final = ReturnVolumeForecaster(**params).fit(history)
+        final = HolidayForecaster.from_params(**params, use=choice.use).fit(history)
         example = _input_example(final, history)
-        primary = _primary(result)
+        primary = _primary(result, choice.method)
         validated = data_validated(ds)
+        _log_weights(final, choice)
         gate = registry.log_and_register(
             MODEL_NAME, final, input_example=example, primary_metric="holiday_wape",
             metric_value=primary["holiday_wape"], higher_is_better=False, settings=settings,
             extra_metrics={k: v for k, v in primary.items() if k != "holiday_wape"},
             data_validated=validated,
-            card=model_card(result, ds, history, Path(data_dir), validated, horizon))
+            card=model_card(result, ds, history, Path(data_dir), validated, horizon, final, choice))
     t = result.table.set_index(["method", "slice"])
     summary = {
-        "version": gate.version, "promoted": gate.promoted, "gate": gate.reason,
+        "version": gate.version, "promoted": gate.promoted, "gate": gate.reason, "product": choice.method,
         "trained_until": str(final.trained_until_.date()), "series": len(final.series_),
         **{f"holiday WAPE {m}": f"{100 * t.loc[(m, 'holiday'), 'wape']:.1f}%"
            for m in t.index.get_level_values(0).unique() if (m, "holiday") in t.index},
@@ -516,8 +572,10 @@ def train(data_dir: Path, settings: Settings) -> dict:
     return summary
 
 
-def model_card(result: BacktestResult, ds, history: History, data_dir: Path, validated: bool, horizon: int) -> dict:
-    """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow."""
+def model_card(result: BacktestResult, ds, history: History, data_dir: Path, validated: bool, horizon: int,
+               final: HolidayForecaster | None = None, choice: ProductChoice | None = None) -> dict:
+    """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow;
+    with ``final`` and ``choice``: what the product is (combination or a single winner), its weights and why."""
     from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
 
     t = result.table.set_index(["method", "slice"])
@@ -562,6 +620,16 @@ def model_card(result: BacktestResult, ds, history: History, data_dir: Path, val
     card["slices"] = [(f"Series 'total', backtest days split by {HOLIDAY_WINDOW_TEXT}.", slices),
                       ("Every series (model only): WAPE on holiday windows and on all days, 80% coverage.",
                        by[keep])]
+    if final is not None:
+        wt = final.weights_table()
+        wt = wt[wt["series"] == TOTAL].drop(columns="series")
+        card["slices"].append((
+            "The registered forecaster's weights on 'total' per horizon band and event window / ordinary day, "
+            "fitted on inner rolling origins of the training data, with why (days, origins, event instances, each "
+            "candidate's WAPE there, shrinkage toward the parent cell), and its 80% interval as relative residual "
+            "bounds (split-conformal on the combination's own inner-origin errors).", wt))
+    if choice is not None:
+        card["metrics_note"] = f"Product: {choice.reason}. " + card["metrics_note"]
     guest = float(ds.returns["account_id"].isna().mean()) if len(ds.returns) else 0.0
     card["not_applicable"] = {
         "new merchants": "volumes are forecast per total, category, region and channel, not per merchant; a new "
@@ -649,10 +717,10 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
     o = _day_option(origin) or history.days[-1]
     t0 = time.perf_counter()
     try:
-        model = ReturnVolumeForecaster(**model_params(settings, market, horizon)).fit(history, o)
+        model = HolidayForecaster.from_params(**model_params(settings, market, horizon)).fit(history, o)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fc = model.forecast(history, o, horizon, plan=plan)
+            fc, comps = model.forecast_with_components(history, o, horizon, plan=plan)
     except HistoryError as e:
         raise click.ClickException(str(e)) from e
     for w in caught:
@@ -667,11 +735,13 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
     click.echo(f"  total returns {fc.loc[fc['series'] == TOTAL, 'p50'].sum():.0f} (P50) over "
                f"{total['date'].min().date()}..{total['date'].max().date()}; peak day {peak['date'].date()}: "
                f"P50 {peak['p50']:.0f}, P90 {peak['p90']:.0f}")
+    click.echo(f"  components carrying the {model.peak_components(comps, fc)}")
     try:
         with registry.start_run(MODEL_NAME, run_name="forecast", settings=settings):
             registry.log_params({**model_params(settings, market, horizon), "origin": str(o.date()),
                                  "data_dir": str(data_dir), "plan": str(plan_file) if plan_file else None})
             registry.log_artifact(out_file, "forecast")
+            registry.log_table(model.weights_table(), "tables/forecaster_weights.csv")
     except Exception as e:  # noqa: BLE001 — the forecast is written; tracking is a record, not the product
         click.echo(f"  note: not logged to MLflow ({e})")
 
