@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from features.contract import ContractError, normalise_ids
+from features.market import market_of_countries, write_dataset_info
 
 # Canonical field -> column name, per layout. Headers are matched ignoring case, blanks and underscores.
 Layout = dict[str, str]
@@ -354,6 +355,9 @@ def import_online_retail(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     orders.to_parquet(out_dir / "orders.parquet", index=False)
+    # The calendar the data follows: the market of its main country (the commands read it; --market overrides).
+    write_dataset_info(out_dir, market=market_of_countries(std.loc[is_sale, "country"]) if is_sale.any() else None,
+                       source="online_retail")
     returns.to_parquet(out_dir / "returns.parquet", index=False)
     rejects.to_csv(out_dir / REJECT_FILE, index=False)
     product = orders["category"].ne(NON_PRODUCT).fillna(True)

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from features.calendar import SIZE_CLASSES, market_events
+from features.market import write_dataset_info
 from features.settings import Settings
 
 DAY = 86_400  # seconds
@@ -852,6 +853,7 @@ def generate_world(out_dir: Path | str, seed: int = 42, accounts: int = 20_000, 
     _write(reviews_tbl, out / "review_decisions.parquet")
     step("write returns, tickets, links")
     _write_truth(out / "truth", w, acc, mer, ln, tk, acc_ids, mer_ids, ticket_ids, seed, market)
+    write_dataset_info(out, market=str(market).upper(), source="synthetic")  # the world's calendar, for the commands
     step("truth")
     steps.close()
     summary = {

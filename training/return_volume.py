@@ -513,6 +513,29 @@ def model_params(settings: Settings, market: str, horizon: int) -> dict:
             "summer_sale_days": settings.summer_sale_days, "num_threads": settings.return_volume_num_threads}
 
 
+def resolve_market(data_dir: Path, option: str | None, settings: Settings, echo=click.echo) -> str:
+    """The market whose calendar applies: --market, AFTERSALES_MARKET when set, the data folder's dataset.json,
+    then CN; says which."""
+    from features.market import resolve_market as resolve
+
+    try:
+        market, source = resolve(option, settings, data_dir)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    echo(f"  market {market} (from {source})")
+    return market
+
+
+def warn_market(history: History, settings: Settings, echo=click.echo) -> str | None:
+    """Print (and return) a warning when the history's peaks fit another market's calendar better."""
+    from features.market import market_warning
+
+    msg = market_warning(history.y[TOTAL], history.market, settings)
+    if msg:
+        echo(f"  warning: {msg}")
+    return msg
+
+
 def _load(data_dir: Path, out_dir: Path, market: str, echo=click.echo):
     """Load and validate the data folder, write its rejects to ``out_dir``, and build the daily history."""
     from training.data import load_for_command
@@ -535,7 +558,9 @@ def train(data_dir: Path, settings: Settings) -> dict:
 
     t0 = time.perf_counter()
     out_dir = settings.models_dir / MODEL_NAME
-    ds, history = _load(Path(data_dir), out_dir, settings.market)
+    market = resolve_market(Path(data_dir), None, settings)
+    ds, history = _load(Path(data_dir), out_dir, market)
+    market_note = warn_market(history, settings)
     horizon = settings.return_volume_horizon
     params = model_params(settings, history.market, horizon)
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
@@ -559,7 +584,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
             metric_value=primary["holiday_wape"], higher_is_better=False, settings=settings,
             extra_metrics={k: v for k, v in primary.items() if k != "holiday_wape"},
             data_validated=validated,
-            card=model_card(result, ds, history, Path(data_dir), validated, horizon, final, choice))
+            card=model_card(result, ds, history, Path(data_dir), validated, horizon, final, choice, market_note))
     t = result.table.set_index(["method", "slice"])
     summary = {
         "version": gate.version, "promoted": gate.promoted, "gate": gate.reason, "product": choice.method,
@@ -573,7 +598,8 @@ def train(data_dir: Path, settings: Settings) -> dict:
 
 
 def model_card(result: BacktestResult, ds, history: History, data_dir: Path, validated: bool, horizon: int,
-               final: HolidayForecaster | None = None, choice: ProductChoice | None = None) -> dict:
+               final: HolidayForecaster | None = None, choice: ProductChoice | None = None,
+               market_note: str | None = None) -> dict:
     """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow;
     with ``final`` and ``choice``: what the product is (combination or a single winner), its weights and why."""
     from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
@@ -655,6 +681,8 @@ def model_card(result: BacktestResult, ds, history: History, data_dir: Path, val
             limits.append(f"The 80% interval covers less on holiday windows ({ch:.1%}) than overall ({ca:.1%}): "
                           "plan holiday staffing on P90, not P50.")
     limits += result.notes
+    if market_note:
+        limits.append(f"Calendar: {market_note}.")
     limits.append("Sales plans change the forecast only where given (`aftersales forecast --plan`); without one, "
                   "future orders are projected from the recent run rate and last year's event uplift.")
     card["limits"] = limits
@@ -678,7 +706,8 @@ def _day_option(value: str | None) -> pd.Timestamp | None:
 
 
 _DATA_HELP = "Data folder holding the contract tables (default: AFTERSALES_DATA_DIR or data/default)."
-_MARKET_HELP = "Market whose holidays and events apply (default: AFTERSALES_MARKET, e.g. CN, US, GB, DE, BR)."
+_MARKET_HELP = ("Market whose holidays and events apply (CN, US, GB, DE, BR; default: AFTERSALES_MARKET when set, "
+                "else the data folder's dataset.json, else CN).")
 
 
 @click.command("forecast")
@@ -705,7 +734,7 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
 
     settings = get_settings()
     data_dir = Path(data_dir or settings.data_dir)
-    market = (market or settings.market).upper()
+    market = resolve_market(data_dir, market, settings)
     plan = None
     if plan_file is not None:
         try:
@@ -714,6 +743,7 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
             raise click.ClickException(str(e)) from e
     out_file.parent.mkdir(parents=True, exist_ok=True)
     _, history = _load(data_dir, out_file.parent, market)
+    warn_market(history.upto(_day_option(origin) or history.days[-1]), settings)
     o = _day_option(origin) or history.days[-1]
     t0 = time.perf_counter()
     try:
@@ -797,9 +827,10 @@ def backtest_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: st
 
     settings = get_settings()
     data_dir = Path(data_dir or settings.data_dir)
-    market = (market or settings.market).upper()
+    market = resolve_market(data_dir, market, settings)
     out_dir = out_dir or settings.models_dir / MODEL_NAME / "backtest"
     _, history = _load(data_dir, out_dir, market)
+    warn_market(history, settings)
     params = model_params(settings, market, horizon)
     try:
         result = run_backtest(history, n_origins=n_origins, horizon=horizon, settings=settings,

@@ -145,11 +145,12 @@ def return_volume_view(ds: Dataset, settings: Settings, market: str | None = Non
     the last day (horizon extended to the next major event's window when the history allows) and staff it."""
     from features.calendar import holiday_windows
     from features.forecast_ensemble import HolidayForecaster
+    from features.market import market_warning, resolve_market
     from features.return_volume import build_history
     from features.staffing import load_staffing_config, staffing_plan
     from training.return_volume import model_params, run_backtest
 
-    market = (market or settings.market).upper()
+    market, _ = resolve_market(market, settings, getattr(ds, "source", None))
     history = build_history(ds, market)
     horizon = settings.return_volume_horizon
     t0 = time.perf_counter()
@@ -163,6 +164,9 @@ def return_volume_view(ds: Dataset, settings: Settings, market: str | None = Non
     end = history.days[-1]
     h, ev, note = _event_horizon(history, end, horizon, settings)
     notes = list(bt.notes) + ([note] if note else [])
+    calendar_note = market_warning(history.y["total"], market, settings)
+    if calendar_note:
+        notes.append(calendar_note)
     if h > horizon:
         notes.append(f"the forecast reaches {h} days ahead to cover {ev['event']}'s window; the backtest above measured "
                      f"horizons up to {horizon} days (AFTERSALES_RETURN_VOLUME_HORIZON)")
