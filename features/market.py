@@ -1,7 +1,7 @@
 """Which market's calendar a data folder follows, and whether its return peaks fit that calendar.
 
-A data folder may carry ``dataset.json`` with its ``market`` (the Online Retail importer writes the market of the
-data's main country, ``generate`` the world's own). The commands resolve the market in this order: the
+A data folder may carry ``dataset.json`` with its ``market`` (``features.scenarios`` writes it: the Online Retail
+importer GB, ``generate`` the world's own). The commands resolve the market in this order: the
 ``--market`` option, ``AFTERSALES_MARKET`` when it is set, the folder's ``dataset.json``, then CN.
 
 :func:`calendar_fit` scores how well a daily series' peaks fit each supported market's calendar: the mean lift
@@ -13,7 +13,6 @@ better market when the history fits another calendar clearly better than the one
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,46 +23,21 @@ from features.settings import Settings
 
 DATASET_FILE = "dataset.json"
 DEFAULT_MARKET = "CN"
-# Country names (as in sales data) -> market codes the calendar supports.
-COUNTRY_MARKETS = {
-    "united kingdom": "GB", "uk": "GB", "great britain": "GB", "england": "GB", "eire": "GB",
-    "germany": "DE", "deutschland": "DE", "usa": "US", "united states": "US", "united states of america": "US",
-    "brazil": "BR", "brasil": "BR", "china": "CN", "prc": "CN",
-}
 AFTER_DAYS = 14  # days after an event whose lift counts toward the fit
 MIN_Z = 1.5  # a better market must fit by this many standard errors (and this many more than the one in use) ...
 OWN_Z = 1.0  # ... while the days after the events of the market in use move no more than this above usual
 
 
-def market_of_countries(countries: pd.Series) -> str | None:
-    """The market of the most common country (by rows) among those the calendar supports, or None."""
-    codes = countries.dropna().astype(str).str.strip().str.lower().map(COUNTRY_MARKETS).dropna()
-    return str(codes.value_counts().index[0]) if len(codes) else None
-
-
-def write_dataset_info(out_dir: Path | str, **fields) -> Path:
-    """Write (or update) ``dataset.json`` in a data folder."""
-    path = Path(out_dir) / DATASET_FILE
-    info = read_dataset_info(out_dir)
-    info.update({k: v for k, v in fields.items() if v is not None})
-    path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return path
-
-
 def read_dataset_info(data_dir: Path | str) -> dict:
-    """The folder's ``dataset.json`` (empty when absent). A malformed file is an error naming the file."""
-    path = Path(data_dir) / DATASET_FILE
-    if not path.is_file():
-        return {}
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not readable JSON ({e}); fix or delete it") from e
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: must hold a JSON object such as {{\"market\": \"GB\"}}")
+    """The folder's ``dataset.json`` (features.scenarios writes it; empty when absent), its market checked."""
+    from features.scenarios import DATASET_FILE as _FILE
+    from features.scenarios import read_dataset_meta
+
+    info = read_dataset_meta(data_dir)
     m = info.get("market")
     if m is not None and str(m).upper() not in SUPPORTED_MARKETS:
-        raise ValueError(f"{path}: field market {m!r} is not a supported market ({', '.join(SUPPORTED_MARKETS)})")
+        raise ValueError(f"{Path(data_dir) / _FILE}: field market {m!r} is not a supported market "
+                         f"({', '.join(SUPPORTED_MARKETS)})")
     return info
 
 
