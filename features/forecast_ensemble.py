@@ -55,7 +55,7 @@ LGBM, PLANNERS, AUTOETS, MSTL, NAIVE = "lightgbm", "planners", "autoets", "mstl"
 CANDIDATES = (LGBM, PLANNERS, AUTOETS, MSTL, NAIVE)
 STAT_PEERS = (AUTOETS, MSTL)
 BAND_EDGES = (7, 28)  # horizon bands of the weights and intervals: 1-7, 8-28, 29+
-BAND_NAMES = ("h1-7", "h8-28", "h29+")
+BAND_NAMES = ("h1-7", "h8-28", "h29_and_up")
 ALPHA = 0.2  # 80% intervals
 GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empty month last year is no signal
 
