@@ -344,16 +344,31 @@ class HolidayForecaster:
             if prior.sum() <= 0:
                 prior = np.eye(len(avail))[best]
             prior = prior / prior.sum()
-            toward = "its parent"
+            toward = "the event-aware candidates" if n_instances else "the series' weights over all days"
         else:
-            prior, toward = np.eye(len(avail))[best], avail[best]
+            prior, toward = np.eye(len(avail))[best], "the best single candidate"
         w = lam * w_opt + (1 - lam) * prior
         comb = np.abs(y - P @ w).sum() / max(y.sum(), 1e-9)
         why = (f"{len(g)} days from {n_o} origins"
                + (f", {n_instances} event instance(s)" if n_instances else "")
                + "; WAPE " + ", ".join(f"{c} {100 * e:.1f}%" for c, e in zip(avail, err, strict=True))
-               + f"; combination {100 * comb:.1f}% (shrunk {1 - lam:.0%} toward {toward})")
+               + f"; combination {100 * comb:.1f}% (shrunk {1 - lam:.0%} toward {toward}: "
+               + ", ".join(f"{c} {v:.2f}" for c, v in zip(avail, prior, strict=True) if v > 0) + ")")
         return {c: float(v) for c, v in zip(avail, w, strict=True) if v > 1e-4}, why
+
+    def _event_aware(self, gw: pd.DataFrame, ordinary: dict[str, float]) -> dict[str, float]:
+        """The prior of an event-window cell: only candidates that know the calendar (LightGBM and the planners'
+        method; AutoETS, MSTL and seasonal naive cannot see an event coming, whatever they did on ordinary days),
+        mixed by their fit on the window rows when both have forecasts there."""
+        aware = [c for c in (LGBM, PLANNERS) if gw[c].notna().mean() >= 0.9] if len(gw) else []
+        if not aware:
+            aware = [c for c in (LGBM, PLANNERS) if ordinary.get(c, 0) > 0] or [LGBM]
+            return {aware[0]: 1.0}
+        if len(aware) == 1 or len(gw) < self.min_cell_rows:
+            return {aware[0]: 1.0}
+        g = gw.dropna(subset=aware)
+        w = fit_simplex_lad(g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float))
+        return {c: float(v) for c, v in zip(aware, w, strict=True) if v > 0}
 
     def _fit_weights(self, ev: pd.DataFrame) -> tuple[dict, dict]:
         weights: dict[tuple[str, int, bool], dict[str, float]] = {}
@@ -370,7 +385,7 @@ class HolidayForecaster:
                 gb = gs[gs["band"] == b]
                 ordinary, why_o = self._cell_weights(gb[gb["window"] == ""], overall, 0)
                 gw = gb[gb["window"] != ""]
-                in_win, why_w = self._cell_weights(gw, ordinary, max(gw["window"].nunique(), 1))
+                in_win, why_w = self._cell_weights(gw, self._event_aware(gw, ordinary), max(gw["window"].nunique(), 1))
                 weights[(s, b, False)], why[(s, b, False)] = ordinary, why_o
                 weights[(s, b, True)], why[(s, b, True)] = in_win, why_w
         return weights, why
