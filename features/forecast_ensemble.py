@@ -57,6 +57,11 @@ STAT_PEERS = (AUTOETS, MSTL)
 BAND_EDGES = (7, 28)  # horizon bands of the weights and intervals: 1-7, 8-28, 29+
 BAND_NAMES = ("h1-7", "h8-28", "h29_and_up")
 ALPHA = 0.2  # 80% intervals
+# Kinds of forecast day with weights and intervals of their own: ordinary, in the after-sales window of a major event
+# the history holds a previous instance of, in the window of an event it never held.
+ORDINARY, SEEN, UNSEEN = 0, 1, 2
+DAY_KINDS = (ORDINARY, SEEN, UNSEEN)
+DAY_KIND_NAMES = ("ordinary", "event window", "unseen event window")
 GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empty month last year is no signal
 
 
@@ -254,6 +259,14 @@ class HolidayForecaster:
                 out[name] = full
         return out
 
+    def _day_kinds(self, hist: History, dates: pd.DatetimeIndex) -> np.ndarray:
+        """ORDINARY, SEEN (in the window of an event whose previous instance's window the history holds) or UNSEEN
+        (an event the history never held: no candidate has seen it) for each forecast date."""
+        inst = self._windows(dates).to_numpy()
+        past = holiday_windows(self.market, hist.days[0], hist.days[-1], self.settings())
+        seen = set(past.loc[past["window_start"] >= hist.days[0], "event"])
+        return np.array([ORDINARY if not i else (SEEN if i.split("@")[0] in seen else UNSEEN) for i in inst])
+
     def _windows(self, dates: pd.DatetimeIndex) -> pd.Series:
         """Event instance ('name@date') of each date's major-event window, or ''."""
         hw = holiday_windows(self.market, dates.min() - pd.Timedelta(days=40), dates.max(), self.settings())
@@ -323,8 +336,8 @@ class HolidayForecaster:
         ev["band"] = band_of(ev["h"].to_numpy())
         return ev
 
-    def _cell_weights(self, g: pd.DataFrame, parent: dict[str, float] | None, n_instances: int
-                      ) -> tuple[dict[str, float], str]:
+    def _cell_weights(self, g: pd.DataFrame, parent: dict[str, float] | None, n_instances: int,
+                      parent_name: str = "the series' weights over all days") -> tuple[dict[str, float], str]:
         """Weights of one cell: the WAPE-optimal combination on its rows, shrunk toward ``parent`` (or, at the top,
         toward the best single candidate) by n / (n + shrink_origins), n = the cell's origins (two per event
         instance in a window cell: the origins before one event share its surprises)."""
@@ -344,7 +357,7 @@ class HolidayForecaster:
             if prior.sum() <= 0:
                 prior = np.eye(len(avail))[best]
             prior = prior / prior.sum()
-            toward = "the event-aware candidates" if n_instances else "the series' weights over all days"
+            toward = parent_name
         else:
             prior, toward = np.eye(len(avail))[best], "the best single candidate"
         w = lam * w_opt + (1 - lam) * prior
@@ -376,7 +389,7 @@ class HolidayForecaster:
         for s, gs in ev.groupby("series", sort=False):
             if self.use is not None:
                 for b in range(len(BAND_NAMES)):
-                    for w in (False, True):
+                    for w in DAY_KINDS:
                         weights[(s, b, w)] = {self.use: 1.0}
                         why[(s, b, w)] = f"pinned to {self.use}"
                 continue
@@ -385,16 +398,21 @@ class HolidayForecaster:
                 gb = gs[gs["band"] == b]
                 ordinary, why_o = self._cell_weights(gb[gb["window"] == ""], overall, 0)
                 gw = gb[gb["window"] != ""]
-                in_win, why_w = self._cell_weights(gw, self._event_aware(gw, ordinary), max(gw["window"].nunique(), 1))
-                weights[(s, b, False)], why[(s, b, False)] = ordinary, why_o
-                weights[(s, b, True)], why[(s, b, True)] = in_win, why_w
+                n_inst = max(gw["window"].nunique(), 1)
+                in_win, why_w = self._cell_weights(gw, self._event_aware(gw, ordinary), n_inst,
+                                                   "the calendar-aware candidates")
+                unseen, why_u = self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights")
+                weights[(s, b, ORDINARY)], why[(s, b, ORDINARY)] = ordinary, why_o
+                weights[(s, b, SEEN)], why[(s, b, SEEN)] = in_win, why_w
+                weights[(s, b, UNSEEN)], why[(s, b, UNSEEN)] = unseen, why_u
         return weights, why
 
     def _combine_rows(self, frame: pd.DataFrame, weights: dict) -> np.ndarray:
         """The combination's P50 on rows with columns series, band, window (or in_window), <candidate>..."""
         out = np.full(len(frame), np.nan)
-        win = (frame["window"] != "").to_numpy() if "window" in frame.columns else frame["in_window"].to_numpy()
-        keys = list(zip(frame["series"], frame["band"].astype(int), win.astype(bool), strict=True))
+        win = ((frame["window"] != "").to_numpy().astype(int) if "window" in frame.columns
+               else frame["in_window"].to_numpy().astype(int))
+        keys = list(zip(frame["series"], frame["band"].astype(int), win, strict=True))
         key_arr = pd.Series(keys)
         for key, idx in key_arr.groupby(key_arr).groups.items():
             w = weights.get(key) or {LGBM: 1.0}
@@ -442,8 +460,11 @@ class HolidayForecaster:
                     n_inst = gw_all["inst"].nunique()
                 widen = self.single_instance_widen if n_inst <= 1 else 1.0
                 lo_w, hi_w = min(lo_w, 0.0) * widen, max(hi_w, 0.0) * widen
-                table[(s, b, False)] = (lo_o, hi_o)
-                table[(s, b, True)] = (min(lo_w, lo_o), max(hi_w, hi_o))  # never narrower than ordinary days
+                table[(s, b, ORDINARY)] = (lo_o, hi_o)
+                table[(s, b, SEEN)] = (min(lo_w, lo_o), max(hi_w, hi_o))  # never narrower than ordinary days
+                # An event the history never held: its window is widened as for a single instance.
+                k = self.single_instance_widen if widen == 1.0 else 1.0
+                table[(s, b, UNSEEN)] = (table[(s, b, SEEN)][0] * k, table[(s, b, SEEN)][1] * k)
                 self.interval_notes_[(s, b)] = (f"{len(go)} ordinary and {len(gw)} window days, {n_inst} event "
                                                 f"instance(s)" + (f" (widened x{widen:.2f})" if widen != 1 else ""))
         return table
@@ -484,7 +505,7 @@ class HolidayForecaster:
         cands = self._candidates(hist, t, horizon, src, names, lgbm)
         H = horizon
         dates = hist.days[-1] + pd.to_timedelta(np.arange(1, H + 1), unit="D")
-        win = self._windows(pd.DatetimeIndex(dates)).to_numpy() != ""
+        win = self._day_kinds(hist, pd.DatetimeIndex(dates))
         frame = pd.DataFrame({"series": np.repeat(names, H), "date": np.tile(dates, len(names)),
                               "band": np.tile(band_of(np.arange(1, H + 1)), len(names)),
                               "in_window": np.tile(win, len(names))})
@@ -493,7 +514,7 @@ class HolidayForecaster:
         p50 = self._combine_rows(frame, self.weights_)
         level = pd.DataFrame(hist.y[names].to_numpy(float)).rolling(28, min_periods=1).mean().to_numpy()[t]
         _, d = self._rel_residual(np.zeros(len(frame)), p50, np.repeat(level, H))
-        q = np.array([self.intervals_.get((s, int(b), bool(w)), (0.0, 0.0))
+        q = np.array([self.intervals_.get((s, int(b), int(w)), (0.0, 0.0))
                       for s, b, w in zip(frame["series"], frame["band"], frame["in_window"], strict=True)])
         # lg is sorted by series (model order) then date, as frame is.
         p50 = np.maximum(p50 + delta, 0.0)
@@ -506,7 +527,7 @@ class HolidayForecaster:
             out = out[out["series"].isin(keep)].reset_index(drop=True)
         comps = []
         for name in cands:
-            w = [self.weights_.get((s, int(b), bool(iw)), {}).get(name, 0.0)
+            w = [self.weights_.get((s, int(b), int(iw)), {}).get(name, 0.0)
                  for s, b, iw in zip(frame["series"], frame["band"], frame["in_window"], strict=True)]
             comps.append(pd.DataFrame({"date": frame["date"], "series": frame["series"], "method": name,
                                        "p50": frame[name], "weight": w}))
@@ -520,7 +541,7 @@ class HolidayForecaster:
         rows = []
         for (s, b, w), ws in self.weights_.items():
             lo, hi = self.intervals_.get((s, b, w), (np.nan, np.nan))
-            rows.append({"series": s, "band": BAND_NAMES[b], "window": "event window" if w else "ordinary",
+            rows.append({"series": s, "band": BAND_NAMES[b], "window": DAY_KIND_NAMES[int(w)],
                          **{c: ws.get(c, 0.0) for c in CANDIDATES}, "p10_rel": lo, "p90_rel": hi,
                          "why": self.why_[(s, b, w)]})
         return pd.DataFrame(rows)
