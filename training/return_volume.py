@@ -1,12 +1,17 @@
 """Return-volume forecast: rolling-origin backtest against baselines, training and registration, and the CLI
 commands ``aftersales forecast``, ``aftersales staff`` and ``aftersales backtest return-volume``.
 
+The forecaster is :class:`features.forecast_ensemble.HolidayForecaster`: LightGBM, the planners' method (aligned
+by events), AutoETS, MSTL and seasonal naive weighted by evidence on inner origins of the user's history.
 Backtest: origins six weeks (42 days) before each major holiday/event the history allows, then regular origins
 every four weeks back from the end; at each origin the forecaster is refitted on data up to the origin only and
-forecasts up to ``horizon`` days. Baselines in the same run: seasonal naive (7), the planners' method (same weekday
-52 weeks back, scaled by the last 28 days over the same 28 days a year before) and statsforecast AutoETS (optional
-``peers`` extra; skipped when not installed). Metrics (WAPE, MASE-7, bias, peak-day error and offset, scaled
-pinball, 80% coverage) overall and on holiday windows (3 days before to 21 days after each major event).
+forecasts up to ``horizon`` days. Beside the combination (``model``), the table reports its components as the
+forecaster saw them (``lightgbm``, ``planners_aligned``, ``mstl``) and the baselines: seasonal naive (7), the simple
+planners' method (same weekday 52 weeks back, scaled by the last 28 days over the same 28 days a year before) and
+statsforecast AutoETS. Metrics (WAPE, MASE-7, bias, peak-day error and offset, scaled pinball, 80% coverage) overall
+and on holiday windows (3 days before to 21 days after each major event). ``train`` registers the combination
+unless one of its candidates beat it on holiday WAPE in that backtest: then that candidate alone, and the card says
+so.
 """
 
 from __future__ import annotations
