@@ -109,7 +109,8 @@ def build_deployment(root: Path, world_params: dict | None = None) -> dict:
     from features import merchants as merchant_features
     from features.accounts import SerialReturnerModel, dataset_features
     from features.contract import load_dataset
-    from features.return_volume import ReturnVolumeForecaster, build_history
+    from features.forecast_ensemble import HolidayForecaster
+    from features.return_volume import build_history
     from features.settings import Settings
     from features.synthetic import generate_world
     from features.tickets import CalendarTable, TicketTriageModel, build_training_features
@@ -152,9 +153,9 @@ def build_deployment(root: Path, world_params: dict | None = None) -> dict:
     stand_in = DummyRegressor().fit(example, [0.0, 1.0, 2.0])
     registry.log_and_register("merchant_risk", stand_in, example, "ndcg_at_50", 0.5, True, settings=settings)
 
-    # Return volume: a short-horizon forecaster fitted on the history up to the last day.
+    # Return volume: a short-horizon holiday forecaster (what train registers) fitted on the history up to the last day.
     history = build_history(ds, "CN")
-    forecaster = ReturnVolumeForecaster(horizon=7, n_estimators=40, max_rows=4000).fit(history)
+    forecaster = HolidayForecaster.from_params(horizon=7, market="CN", n_estimators=40, max_rows=4000).fit(history)
     registry.log_and_register("return_volume", forecaster, _input_example(forecaster, history), "holiday_wape",
                               0.3, False, settings=settings)
 
