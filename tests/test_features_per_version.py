@@ -92,6 +92,8 @@ def test_only_refresh_changes_what_is_served(deployment, tmp_path, monkeypatch):
                      ["score-all", "--out", str(tmp_path / "all")]):
             r = run(main, [*args, "--data", str(deployment["world"])])
             assert r.exit_code == 0, r.output
+        r = run(main, ["models"])
+        assert f"served snapshot generation: {first['generation']}" in r.output, r.output
     finally:
         get_settings.cache_clear()
     assert generations.current_id(settings.snapshots_dir) == first["generation"]

@@ -261,6 +261,14 @@ def models() -> None:
         click.echo("no registered models yet: run `aftersales train all --data DIR`")
         return
     click.echo(frame.to_string(index=False))
+    from features import generations
+
+    manifest = generations.current_manifest(_settings().snapshots_dir)
+    if manifest:
+        pins = ", ".join(f"{n} v{e['version']}" for n, e in manifest.get("models", {}).items()
+                         if e.get("version") is not None)
+        click.echo(f"\nserved snapshot generation: {manifest['generation']} ({manifest.get('reason', '')}; "
+                   f"pins {pins or 'no version'})")
     click.echo("\nmodel cards: `aftersales card NAME [--version N]` (local copies of the cards registered from this "
                f"machine: {_settings().cards_dir})")
 
