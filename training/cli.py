@@ -29,7 +29,7 @@ LAZY_HELP: dict[str, str] = {
     "report": "Write a static HTML report of every model's results.",
     "card": "Print a registered model version's model card (Markdown).",
     "score-all": "Score every account and merchant as of a day; write Parquet (pandas or Dask).",
-    "refresh-features": "Recompute the served features as of the data's end for the served versions; swap them in.",
+    "refresh-features": "Recompute the served features as of the data's end for the champions; swap them in.",
     "return-volume": "Rolling-origin backtest of the return-volume forecast.",
     "serial-returners": "Evaluate the serial-returner detector on later time.",
     "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
