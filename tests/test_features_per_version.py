@@ -92,6 +92,8 @@ def test_only_refresh_changes_what_is_served(deployment, tmp_path, monkeypatch):
                      ["score-all", "--out", str(tmp_path / "all")]):
             r = run(main, [*args, "--data", str(deployment["world"])])
             assert r.exit_code == 0, r.output
+        r = run(main, ["models"])
+        assert f"served snapshot generation: {first['generation']}" in r.output, r.output
     finally:
         get_settings.cache_clear()
     assert generations.current_id(settings.snapshots_dir) == first["generation"]
@@ -168,11 +170,15 @@ def test_live_service_answers_throughout_refreshes_without_mixing(deployment):
     assert all(s["age_seconds"] is not None and s["age_seconds"] < 600 for s in ages.values())
     assert ages["accounts"]["as_of"] == "2024-08-27" and ages["accounts"]["model_version"] is not None
     # Each answer is exactly what its own generation's models and snapshots give: no answer mixes two.
-    model = registry.load_champion("ticket_triage", settings).model
     stores = {g: SnapshotStore(generations.generation_dir(settings.snapshots_dir, g)) for g in set(seen)}
+    pins = {g: generations.read_manifest(generations.generation_dir(settings.snapshots_dir, g))["models"]
+            ["ticket_triage"]["version"] for g in set(seen)}
+    models = {v: registry.load_version("ticket_triage", v, settings).model for v in set(pins.values())}
     late_ids = set(about_late_orders["ticket_id"].astype(str))
     for t, _, body in answers:
-        p, abuse = _expected(stores[body["snapshot_generation"]], model, t)
+        gen = body["snapshot_generation"]
+        assert body["model_versions"]["ticket_triage"] == pins[gen]  # the version its generation pins
+        p, abuse = _expected(stores[gen], models[pins[gen]], t)
         assert body["escalation_probability"] == pytest.approx(p, abs=1e-12)
         assert body["abuse_risk"] == abuse
         if t["ticket_id"] in late_ids:  # its order is known to the generations made from the whole world only
@@ -213,3 +219,34 @@ def test_refresh_publishes_each_generation_to_redis_under_its_own_prefix(deploym
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_refresh_serves_a_champion_promoted_from_another_machine(deployment):
+    """A promotion registered against the same (team) MLflow from elsewhere makes no generation here; the next
+    refresh pins it with features computed for it, and a running worker swaps model and snapshots together."""
+    from serving.app import Runtime
+
+    settings = deployment["settings"]
+    refresh_features(deployment["early"], settings, echo=quiet)
+    rt = Runtime.load(settings)
+    try:
+        before = rt.served.versions("ticket_triage")["ticket_triage"]
+        from features.tickets import CalendarTable, build_training_features
+
+        current = registry.load_champion("ticket_triage", settings)
+        example = build_training_features(load_dataset(deployment["early"]),
+                                          CalendarTable("CN", first_year=2023, last_year=2025)).X.head(5)
+        elsewhere = registry.log_and_register("ticket_triage", current.model, example, "roc_auc", 0.999, True,
+                                              settings=settings)
+        assert elsewhere.promoted and not rt.refresh()  # nothing served changed yet
+        lines: list[str] = []
+        refresh_features(deployment["world"], settings, echo=lines.append)
+        assert any(f"champion v{elsewhere.version} replaces the served v{before}" in line for line in lines)
+        assert generations.current_manifest(settings.snapshots_dir)["models"]["ticket_triage"]["version"] == \
+            elsewhere.version
+        old = rt.served
+        assert rt.refresh() and rt.served.versions("ticket_triage")["ticket_triage"] == elsewhere.version
+        assert old.versions("ticket_triage")["ticket_triage"] == before  # a request holding the old set keeps it
+        assert rt.served.models["serial_returners"] is old.models["serial_returners"]  # unchanged: not reloaded
+    finally:
+        rt.close()

@@ -28,7 +28,7 @@ LAZY_HELP: dict[str, str] = {
     "report": "Write a static HTML report of every model's results.",
     "card": "Print a registered model version's model card (Markdown).",
     "score-all": "Score every account and merchant as of a day; write Parquet (pandas or Dask).",
-    "refresh-features": "Recompute the served features as of the data's end for the served versions; swap them in.",
+    "refresh-features": "Recompute the served features as of the data's end for the champions; swap them in.",
     "return-volume": "Rolling-origin backtest of the return-volume forecast.",
     "serial-returners": "Evaluate the serial-returner detector on later time.",
     "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
@@ -317,6 +317,14 @@ def models() -> None:
         click.echo("no registered models yet: run `aftersales train all --data DIR`")
         return
     click.echo(frame.to_string(index=False))
+    from features import generations
+
+    manifest = generations.current_manifest(_settings().snapshots_dir)
+    if manifest:
+        pins = ", ".join(f"{n} v{e['version']}" for n, e in manifest.get("models", {}).items()
+                         if e.get("version") is not None)
+        click.echo(f"\nserved snapshot generation: {manifest['generation']} ({manifest.get('reason', '')}; "
+                   f"pins {pins or 'no version'})")
     click.echo("\nmodel cards: `aftersales card NAME [--version N]` (local copies of the cards registered from this "
                f"machine: {_settings().cards_dir})")
 

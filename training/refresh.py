@@ -1,4 +1,4 @@
-"""``aftersales refresh-features``: fresh served features for the served model versions, without retraining.
+"""``aftersales refresh-features``: fresh served features for the champion versions, without retraining.
 
 Recomputes, as of the data folder's end and with the same functions training uses, the account snapshot and review
 queue (scored by the pinned serial-returner version), the merchant snapshot (ranked by the pinned merchant-risk
@@ -7,8 +7,10 @@ version) and the ticket-triage account, merchant and order context; writes them 
 when ``AFTERSALES_REDIS_URL`` is set, and only then swaps ``CURRENT``. A running service picks the generation up on
 its next poll (about a second), whole.
 
-The pinned versions are those of the current generation; a model it does not pin is taken at its champion alias
-(and pinned from then on). A model with neither keeps its snapshot as it is.
+The versions served are the champions at refresh time (the ``champion`` alias, resolved and pinned in the new
+generation), so a promotion registered from another machine against a team server is served, with features computed
+for it, after the next refresh; a model without a champion keeps the version the current generation pins, and a
+model with neither keeps its snapshot as it is.
 """
 
 from __future__ import annotations
@@ -27,18 +29,22 @@ from training.data import load_for_command
 
 
 def _pinned(name: str, pins: dict[str, int], settings: Settings, echo):
-    """The pinned version of ``name`` (else its champion), or None when there is neither."""
+    """The version of ``name`` to serve: its champion (pinned from now on), else the version the served generation
+    pins; None when there is neither."""
     from training import registry
 
     try:
-        if name in pins:
-            return registry.load_version(name, pins[name], settings=settings)
         loaded = registry.load_champion(name, settings=settings)
-        echo(f"  {name}: not pinned by the served generation; using its champion v{loaded.version}")
-        return loaded
     except registry.ModelNotFound as e:
-        echo(f"  {name}: {e}; its snapshot is kept as it is")
-        return None
+        if name not in pins:
+            echo(f"  {name}: {e}; its snapshot is kept as it is")
+            return None
+        echo(f"  {name}: no champion; keeping the served v{pins[name]}")
+        return registry.load_version(name, pins[name], settings=settings)
+    if name in pins and pins[name] != loaded.version:
+        echo(f"  {name}: champion v{loaded.version} replaces the served v{pins[name]} (promoted from another "
+             "machine, or the alias was moved by hand)")
+    return loaded
 
 
 def refresh_features(data_dir: Path, settings: Settings, echo=click.echo) -> dict:
@@ -99,10 +105,8 @@ def _refresh(ds, data_dir: Path, settings: Settings, echo, t0: float) -> dict:
             from training.ticket_triage import MODEL_NAME as TRIAGE
 
             t = time.perf_counter()
-            version = pins.get(TRIAGE)
-            if version is None:
-                triage = _pinned(TRIAGE, pins, settings, echo)
-                version = triage.version if triage is not None else None
+            triage = _pinned(TRIAGE, pins, settings, echo)
+            version = triage.version if triage is not None else pins.get(TRIAGE)
             out = staging / TRIAGE
             write_snapshots(ds, settings, out=out)
             end = data_end(ds)
@@ -134,8 +138,8 @@ def _refresh(ds, data_dir: Path, settings: Settings, echo, t0: float) -> dict:
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Data folder holding the contract tables (default: AFTERSALES_DATA_DIR or data/default).")
 def refresh_features_cmd(data_dir: Path | None) -> None:
-    """Recompute the served account, merchant and order features as of the data's end, for the served model
-    versions, and serve them (a new snapshot generation; the running service swaps to it within a second).
+    """Recompute the served account, merchant and order features as of the data's end, for the champion versions
+    (pinned in the new generation), and serve them (a new snapshot generation; the running service swaps to it within a second).
 
     No model is retrained or promoted. With AFTERSALES_REDIS_URL set, the generation is published to Redis first.
     Run it on a schedule (hourly or daily: see the README's "Promotion and served features").
