@@ -7,8 +7,9 @@ returns to their order lines, sparse connected components for linked accounts), 
 
 Models follow the scikit-learn contract so the object training fits is the object serving loads:
 
-- :class:`ReturnAbnormalityDetector` (cold start, no labels): robust one-sided deviations of the risk features from the
-  population ("how far above a typical account"), scored by an IsolationForest.
+- :class:`PatternDetector` (cold start, no labels): one test per abuse pattern (serial returning, refund without
+  return and 'not received' claims against the delivery record, wardrobing, rings of linked accounts), each the
+  tail probability of the account's count under the platform's own beta-binomial null; the strongest pattern wins.
 - :class:`SerialReturnerModel`: the detector, plus, once enough review decisions exist, a small LightGBM on all
   features and the detector's score, boosted from a logistic prior on that score, with a background sample of the
   population as weak negatives (positive-unlabelled learning: a few dozen decisions say little on their own), and
@@ -43,10 +44,10 @@ WINDOWS = (30, 90, 365)
 WORN_CATEGORIES = ("apparel", "shoes")
 CLAIM_REASONS = ("not_received", "damaged_in_transit")
 PATTERNS = ("serial", "wardrobing", "refund_without_return", "ring")
-# Wardrobing: a worn-category item ordered at most this many days before a sales event or holiday and sent back
-# at most this many days after it, for a full refund.
+# Wardrobing: an item ordered at most this many days before a sales event or holiday and sent back after the event's
+# first day, at most this many days after it (events span days). Which categories are worn is learnt per platform.
 WARDROBE_BEFORE_DAYS = 7
-WARDROBE_AFTER_DAYS = 7
+WARDROBE_AFTER_DAYS = 14
 MIN_EVENT_SIZE = 2  # medium and major events (calendar size classes)
 # An identifier shared by more accounts than this is a hub (a shop's public tablet, a parcel locker address), not a
 # sign that the accounts belong together; it is left out of the link graph.
@@ -63,22 +64,24 @@ FEATURES: tuple[str, ...] = (
     "days_order_to_return", "days_delivery_to_return", "days_since_last_return",
     *(f"share_{r}" for r in RETURN_REASONS), "reason_entropy",
     "refund_without_return_90d", "refund_without_return_365d", "refund_without_return_share", "claims_365d",
-    "wardrobe_returns_365d", "wardrobe_share",
+    "lines_delivered_365d", "claims_on_delivered_365d",
+    "event_lines_365d", "wardrobe_returns_365d", "wardrobe_share",
     "return_trend", "return_rate_change",
     "link_group_size", "link_strong_group_size", "link_max_shared_types",
     "link_group_returns_90d", "link_group_return_rate_90d", "link_group_refund_without_return_365d",
+    "ring_lines_365d", "ring_returns_365d", "ring_no_item_365d", "ring_claims_365d",
 )
-# The features the cold-start detector looks at: for each, higher means more suspicious.
-DETECTOR_FEATURES: tuple[str, ...] = (
-    "returns_30d", "returns_90d", "returns_365d", "return_rate_90d", "return_rate_365d", "refund_share_365d",
-    "changed_mind_365d", "refund_without_return_90d", "refund_without_return_365d", "claims_365d",
-    "wardrobe_returns_365d", "return_trend",
-    "link_strong_group_size", "link_group_returns_90d", "link_group_refund_without_return_365d",
-)
-# Counts are compared on a log scale: 20 returns against 2 is a bigger step than 40 against 22.
-_LOG_FEATURES = {"returns_30d", "returns_90d", "returns_365d", "changed_mind_365d", "refund_without_return_90d",
-                 "refund_without_return_365d", "claims_365d", "wardrobe_returns_365d", "link_group_returns_90d",
-                 "link_group_refund_without_return_365d", "link_strong_group_size", "return_trend"}
+# The cold-start detector's tests, per pattern: (count, exposure). A test's tail is the chance that an ordinary
+# account of this platform with that exposure reaches the count (a beta-binomial fitted on the platform's accounts,
+# so both the rate and the number of events count: 3 returns of 3 lines is weaker evidence than 30 of 60).
+PATTERN_TESTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "serial": (("returns_365d", "lines_365d"), ("returns_90d", "lines_90d")),
+    "wardrobing": (("wardrobe_returns_365d", "event_lines_365d"),),
+    "refund_without_return": (("refund_without_return_365d", "lines_365d"),
+                              ("claims_on_delivered_365d", "lines_delivered_365d")),
+    "ring": (("ring_returns_365d", "ring_lines_365d"), ("ring_no_item_365d", "ring_lines_365d"),
+             ("ring_claims_365d", "ring_lines_365d")),
+}
 # Which abuse pattern a reason points to; features not listed describe context and name no pattern.
 FEATURE_PATTERN: dict[str, str] = {
     **{f: "serial" for f in ("returns_30d", "returns_90d", "returns_365d", "return_rate_30d", "return_rate_90d",
@@ -90,7 +93,9 @@ FEATURE_PATTERN: dict[str, str] = {
                                             "share_damaged_in_transit")},
     **{f: "ring" for f in ("link_group_size", "link_strong_group_size", "link_max_shared_types",
                            "link_group_returns_90d", "link_group_return_rate_90d",
-                           "link_group_refund_without_return_365d")},
+                           "link_group_refund_without_return_365d", "ring_lines_365d", "ring_returns_365d",
+                           "ring_no_item_365d", "ring_claims_365d")},
+    "claims_on_delivered_365d": "refund_without_return", "event_lines_365d": "wardrobing",
 }
 ANOMALY_FEATURE = "anomaly_score"
 
@@ -195,7 +200,8 @@ _COUNT_EXTRA = ("_prior_returns",)
 # Features that depend on other accounts (population priors, the link graph): made by finish_account_features.
 _GLOBAL_FEATURES = ("return_rate_30d", "return_rate_90d", "return_rate_365d", "refund_share_365d", "return_rate_change",
                     "link_group_size", "link_strong_group_size", "link_max_shared_types", "link_group_returns_90d",
-                    "link_group_return_rate_90d", "link_group_refund_without_return_365d")
+                    "link_group_return_rate_90d", "link_group_refund_without_return_365d",
+                    "ring_lines_365d", "ring_returns_365d", "ring_no_item_365d", "ring_claims_365d")
 
 
 def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links: pd.DataFrame | None,
@@ -255,6 +261,9 @@ def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: s
     for w in WINDOWS:
         f[f"lines_{w}d"] = np.bincount(pos_o[age_o < w], minlength=n).astype(float)
     f["spend_365d"] = np.bincount(pos_o[age_o < 365], weights=amount[age_o < 365], minlength=n)
+    deliv_o = _us(orders["delivered_at"])[o_keep]
+    delivered = (deliv_o > np.iinfo(np.int64).min) & (deliv_o < cut)  # delivered by the as-of day
+    f["lines_delivered_365d"] = np.bincount(pos_o[(age_o < 365) & delivered], minlength=n).astype(float)
     first = np.full(n, cut, dtype=np.int64)
     np.minimum.at(first, pos_o, ot)
     rt_all = r_t[r_keep]
@@ -299,7 +308,12 @@ def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: s
     timing = _return_timing(orders, o_keep, returns, r_keep, y, cut, market, as_of, settings)
     f["days_order_to_return"] = _group_median(timing["order_days"], pos_r[y], n)
     f["days_delivery_to_return"] = _group_median(timing["delivery_days"], pos_r[y], n)
-    f["wardrobe_returns_365d"] = np.bincount(pos_r[y][timing["wardrobe"]], minlength=n).astype(float)
+    not_rec = reason[y] == RETURN_REASONS.index("not_received")
+    f["claims_on_delivered_365d"] = np.bincount(pos_r[y][not_rec & timing["delivered_before"]],
+                                                minlength=n).astype(float)
+    yo = age_o < 365
+    f["event_lines_365d"] = np.bincount(pos_o[yo][timing["pre_event_lines"]], minlength=n).astype(float)
+    f["wardrobe_returns_365d"] = np.bincount(pos_r[y], weights=timing["wardrobe"], minlength=n)
     f["wardrobe_share"] = _safe_div(f["wardrobe_returns_365d"], f["returns_365d"])
 
     cols = [c for c in FEATURES if c not in _GLOBAL_FEATURES] + list(_COUNT_EXTRA)
@@ -335,14 +349,34 @@ def finish_account_features(counts: pd.DataFrame, account_links: pd.DataFrame | 
 
 def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFrame, r_keep: np.ndarray,
                    in_year: np.ndarray, cut: int, market: str, as_of: Day, settings) -> dict[str, np.ndarray]:
-    """For each return of the last 365 days: days from order and from delivery, and whether it looks like wardrobing.
+    """Returns of the last 365 days joined to their order lines: timing, delivery record and wardrobing.
 
-    Wardrobing: an apparel or shoes line ordered shortly before a sales event or holiday, refunded in full (the refund
-    per unit equals the line's unit price) and requested within a week after the event.
+    Per return: days from order and from delivery, whether the line had been delivered before the request (a 'not
+    received' claim against a delivered parcel), and its wardrobing weight. Per order line of the last 365 days:
+    whether it was ordered in the week before a sales event or holiday (``pre_event_lines``).
+
+    Wardrobing is buying just before an event, wearing, and sending back just after it: a return weighs 1 - the
+    share of the platform's returns of the same category that came back as quickly after delivery (the quickest
+    weigh about 1, the slowest about 0) when the line was ordered at most WARDROBE_BEFORE_DAYS before an event and
+    requested after the event, at most WARDROBE_AFTER_DAYS after its first day; other returns weigh 0. (With an
+    account-partitioned engine the category's delivery-to-return distribution is learnt per partition, each a
+    random share of the accounts.)
     """
     r = returns.loc[r_keep, ["order_id", "quantity", "refund_amount"]].loc[in_year]
     k = len(r)
-    out = {"order_days": np.full(k, np.nan), "delivery_days": np.full(k, np.nan), "wardrobe": np.zeros(k, bool)}
+    o_t = _us(orders["ordered_at"])[o_keep]
+    o_year = (cut - o_t) / US_PER_DAY < 365
+    out = {"order_days": np.full(k, np.nan), "delivery_days": np.full(k, np.nan), "wardrobe": np.zeros(k),
+           "delivered_before": np.zeros(k, bool), "pre_event_lines": np.zeros(int(o_year.sum()), bool)}
+    if not o_year.any():
+        return out
+    o_day_all = o_t[o_year] // US_PER_DAY
+    first = pd.Timestamp(int(o_day_all.min()), unit="D", tz="UTC")
+    ev = _event_days(market, first, as_of + pd.Timedelta(days=WARDROBE_BEFORE_DAYS), settings)
+    if len(ev):
+        nxt = ev[np.minimum(np.searchsorted(ev, o_day_all, side="left"), len(ev) - 1)]
+        out["pre_event_lines"] = (nxt >= o_day_all) & (nxt - o_day_all <= WARDROBE_BEFORE_DAYS)
+    cat_all, _ = _encode(_arrow(orders["category"]))
     has_order = r["order_id"].notna().to_numpy()
     if not has_order.any():
         return out
@@ -353,39 +387,38 @@ def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFra
     r_code = _positions(r_oid, wanted)
     o_code = _positions(_arrow(orders["order_id"]), wanted)
     o_mask = o_keep & (o_code >= 0)
-    ri = pd.DataFrame({"ret": np.arange(k)[has_order], "code": r_code[has_order],
-                       "rqty": r["quantity"].to_numpy()[has_order],
-                       "refund": r["refund_amount"].to_numpy(dtype=float)[has_order]})
-    o = orders.loc[o_mask, ["category", "amount", "quantity"]]
+    ri = pd.DataFrame({"ret": np.arange(k)[has_order], "code": r_code[has_order]})
     deliv = _us(orders["delivered_at"])[o_mask]
-    ol = pd.DataFrame({"code": o_code[o_mask], "worn": o["category"].isin(WORN_CATEGORIES).to_numpy(dtype=bool),
-                       "unit": o["amount"].to_numpy(dtype=float) / o["quantity"].to_numpy(dtype=float),
+    ol = pd.DataFrame({"code": o_code[o_mask], "cat": np.maximum(cat_all[o_mask], 0),
                        "ordered": _us(orders["ordered_at"])[o_mask],
                        # A delivery after the as-of day had not happened yet at the time.
                        "delivered": np.where((deliv > np.iinfo(np.int64).min) & (deliv < cut), deliv, -1)})
     m = ri.merge(ol, on="code", how="inner", sort=False)
     if m.empty:
         return out
-    per_unit = m["refund"].to_numpy() / np.maximum(m["rqty"].to_numpy(), 1)
-    unit = m["unit"].to_numpy()
-    m["full_worn"] = m["worn"].to_numpy() & (np.abs(per_unit - unit) <= 0.02 * unit + 0.01)
     g = m.groupby("ret", sort=False).agg(ordered=("ordered", "min"), delivered=("delivered", "max"),
-                                         full_worn=("full_worn", "any"))
+                                         cat=("cat", "first"))
     ret = g.index.to_numpy()
     t = req[ret]
     out["order_days"][ret] = (t - g["ordered"].to_numpy()) / US_PER_DAY
     dl = g["delivered"].to_numpy()
     out["delivery_days"][ret] = np.where(dl > 0, (t - dl) / US_PER_DAY, np.nan)
-    # The latest event day strictly before the request day must fall within a week after the order.
+    out["delivered_before"][ret] = (dl > 0) & (dl <= t)
+    if not len(ev):
+        return out
+    # The first event day on or after the order day falls within a week after the order, and the request comes
+    # after it, within WARDROBE_AFTER_DAYS of it (events span days: a week's holiday, Black Friday to Cyber Monday).
     o_day = g["ordered"].to_numpy() // US_PER_DAY
     r_day = t // US_PER_DAY
-    first = pd.Timestamp(int(o_day.min()), unit="D", tz="UTC")
-    ev = _event_days(market, first, as_of, settings)
-    if len(ev):
-        j = np.searchsorted(ev, r_day, side="left") - 1
-        e = ev[np.maximum(j, 0)]
-        near = (j >= 0) & (e >= o_day) & (e - o_day <= WARDROBE_BEFORE_DAYS) & (r_day - e <= WARDROBE_AFTER_DAYS)
-        out["wardrobe"][ret] = near & g["full_worn"].to_numpy()
+    j = np.searchsorted(ev, o_day, side="left")
+    e = ev[np.minimum(j, len(ev) - 1)]
+    bracket = (j < len(ev)) & (e - o_day <= WARDROBE_BEFORE_DAYS) & (r_day > e) & (r_day - e <= WARDROBE_AFTER_DAYS)
+    # Worn, not kept: the quicker the item came back after delivery, against the platform's own returns of the same
+    # category, the more it weighs (1 - the category's empirical distribution of delivery-to-return days).
+    days = out["delivery_days"][ret]
+    quick = 1.0 - pd.Series(days).groupby(g["cat"].to_numpy()).rank(pct=True, method="max").to_numpy()
+    quick = np.where(np.isfinite(days), quick, 0.0)
+    out["wardrobe"][ret] = np.where(bracket, quick, 0.0)
     return out
 
 
@@ -449,7 +482,20 @@ def _link_features(account_links: pd.DataFrame | None, index: pd.Index, f: dict[
         return np.bincount(label, weights=x, minlength=n)[label]
 
     g_ret, g_lines = group_sum(f["returns_90d"]), group_sum(f["lines_90d"])
-    return {
+    # The group's combined record without its most suspicious member: a household with one abuser in it is that
+    # abuser's case, not a ring; a ring stays abnormal when any one member is left out.
+    own = f["returns_365d"] + f["refund_without_return_365d"] + f["claims_on_delivered_365d"]
+    order = np.lexsort((-own, label))
+    head = np.ones(n, dtype=bool)
+    head[1:] = label[order][1:] != label[order][:-1]
+    strongest = np.zeros(label.max() + 1 if n else 0, dtype=np.int64)
+    strongest[label[order][head]] = order[head]
+    ring = {}
+    for name, x in (("ring_lines_365d", np.maximum(f["lines_365d"], f["returns_365d"])),
+                    ("ring_returns_365d", f["returns_365d"]), ("ring_no_item_365d", f["refund_without_return_365d"]),
+                    ("ring_claims_365d", f["claims_on_delivered_365d"])):
+        ring[name] = np.where(size > 1, group_sum(x) - x[strongest[label]], 0.0) if n else np.zeros(0)
+    return {**ring,
         "link_group_size": size, "link_strong_group_size": strong_size, "link_max_shared_types": max_types,
         "link_group_returns_90d": g_ret - f["returns_90d"],  # the others' returns
         "link_group_return_rate_90d": np.where(size > 1, _shrunk_rate(g_ret, np.maximum(g_lines, g_ret)), 0.0),
@@ -549,6 +595,42 @@ def reason_text(feature: str, row: dict, typical: float) -> str:
     return fn(value, float(typical), row)
 
 
+def _rarity(tail: float) -> str:
+    if tail < 1.0:
+        return "not unusual on this platform"
+    return f"1 in {10 ** min(tail, 15):,.0f} ordinary accounts of this platform shows this much"
+
+
+def pattern_text(pattern: str, r: dict, tail: float, rates: dict, typical: pd.Series) -> str:
+    """The evidence of one pattern for an account (``r``: its features), with the platform's rates (``rates``: the
+    detector's null rate per (count, exposure) test) and how rare this is (``tail``: -log10 probability)."""
+    rate = {count: v for (count, _), v in rates.items()}
+    if pattern == "serial":
+        lines = max(r["lines_365d"], r["returns_365d"])
+        t30 = float(typical.get("returns_30d", 0.0))
+        text = (f"serial returning: {_n(r['returns_365d'])} returns of {_n(lines)} order lines in 365 days "
+                f"({r['returns_365d'] / max(lines, 1):.0%}; platform {rate['returns_365d']:.0%}), "
+                f"{_n(r['returns_90d'])} in 90 days, {_n(r['returns_30d'])} returns in 30 days"
+                f"{_times(r['returns_30d'], t30)}")
+    elif pattern == "refund_without_return":
+        text = (f"refund without return: {_n(r['refund_without_return_365d'])} refunds without the item coming back "
+                f"in 365 days on {_n(r['lines_365d'])} order lines (platform {rate['refund_without_return_365d']:.1%}"
+                f" of lines), {_n(r['claims_on_delivered_365d'])} 'not received' claims on parcels the delivery "
+                f"record shows delivered")
+    elif pattern == "wardrobing":
+        text = (f"wardrobing: {r['wardrobe_returns_365d']:.1f} weighted returns of items bought in the week before a "
+                f"sales event or holiday and sent back soon after delivery, right after the event "
+                f"({_n(r['event_lines_365d'])} pre-event order lines in 365 days; platform "
+                f"{rate['wardrobe_returns_365d']:.1%})")
+    else:
+        text = (f"ring: one of {_n(r['link_group_size'])} accounts linked by a shared address, device or payment "
+                f"({_n(r['link_strong_group_size'])} sharing two or more); without its most suspicious member the "
+                f"group returned {_n(r['ring_returns_365d'])} of {_n(r['ring_lines_365d'])} order lines in 365 days "
+                f"(platform {rate['ring_returns_365d']:.0%}), {_n(r['ring_no_item_365d'])} refunds without the item "
+                f"and {_n(r['ring_claims_365d'])} 'not received' claims on delivered parcels")
+    return f"{text} ({_rarity(tail)})"
+
+
 def typical_values(X: AccountFrame) -> pd.Series:
     """The typical account per feature: the median, or the mean where the median is zero (sparse counts)."""
     med = X.median(numeric_only=True)
@@ -560,62 +642,140 @@ def typical_values(X: AccountFrame) -> pd.Series:
 # Models
 
 
-class ReturnAbnormalityDetector:
-    """Cold-start detector: one-sided robust deviations of the risk features, scored by an IsolationForest.
+def _beta_prior(k: np.ndarray, n: np.ndarray, trim: float = 0.02) -> tuple[float, float]:
+    """(a, b) of the beta distribution of per-account rates k/n, by the method of moments net of binomial noise.
 
-    Each feature is measured as "how far above the median, in units of the distance from the median to the 95th
-    percentile" (on a log scale for counts) and clipped at zero, so only the suspicious direction counts: an account
-    that returns nothing is not abnormal. ``score`` is the IsolationForest anomaly score in (0, 1).
+    Accounts with no exposure say nothing; the top ``trim`` share of rates is left out so that the abusers being
+    looked for do not widen the null they are measured against.
+    """
+    ok = n >= 1
+    k, n = k[ok], n[ok]
+    if len(k) < 10 or k.sum() <= 0:
+        return 0.5, 0.5 / max(float(k.sum() / max(n.sum(), 1.0)), 1e-4)
+    r = k / n
+    keep = r <= np.quantile(r, 1 - trim) if trim > 0 else np.ones(len(r), bool)
+    if keep.sum() >= 10 and k[keep].sum() > 0:
+        k, n, r = k[keep], n[keep], r[keep]
+    p = float(np.clip(k.sum() / n.sum(), 1e-6, 1 - 1e-6))
+    # Exposure-weighted: E[sum n (r - p)^2] = p (1 - p) sum(1 + (n - 1) rho) for a beta-binomial.
+    ss = float(np.sum(n * (r - p) ** 2)) / (p * (1 - p))
+    rho = (ss - len(n)) / max(float(np.sum(n - 1)), 1.0)
+    rho = float(np.clip(rho, 1e-3, 0.5))  # intra-account correlation: 0 = binomial, 1 = all or nothing
+    m = 1 / rho - 1
+    return p * m, (1 - p) * m
+
+
+def _log10_tail(k: np.ndarray, n: np.ndarray, a: float, b: float) -> np.ndarray:
+    """-log10 P(X >= k) for X ~ BetaBinomial(n, a, b); fractional k interpolate between whole counts.
+
+    Computed once per distinct (k, n) pair: a million accounts hold a few thousand.
+    """
+    from scipy.stats import betabinom
+
+    k = np.maximum(np.asarray(k, dtype=float), 0.0)
+    n = np.maximum(np.asarray(n, dtype=float), np.ceil(k)).astype(np.int64)
+    lo = np.floor(k).astype(np.int64)
+    frac = k - lo
+    out = np.zeros(len(k))
+    for kk, wgt in ((lo, 1 - frac), (lo + 1, frac)):
+        use = (wgt > 0) & (kk >= 1)
+        if not use.any():
+            continue
+        key = kk[use] * (1 << 32) + n[use]
+        uniq, inv = np.unique(key, return_inverse=True)
+        ls = betabinom.logsf((uniq >> 32) - 1, uniq & 0xFFFFFFFF, a, b)
+        out[use] += wgt[use] * (-ls[inv] / np.log(10))
+    return np.maximum(out, 0.0)
+
+
+def _combine(tails: np.ndarray) -> np.ndarray:
+    """One pattern's tests (-log10 p, one column each) combined into one -log10 p by Fisher's method: several
+    moderately unusual signs of the same pattern (a ring's returns and its refunds without the item) add up."""
+    from scipy.stats import chi2
+
+    if tails.shape[1] == 1:
+        return tails[:, 0]
+    stat = 2 * np.log(10) * tails.sum(axis=1)
+    return np.maximum(-chi2.logsf(stat, 2 * tails.shape[1]) / np.log(10), 0.0)
+
+
+class PatternDetector:
+    """Cold-start detector: one test per abuse pattern, each a tail probability under the platform's own null.
+
+    For each test of :data:`PATTERN_TESTS` (a count and its exposure: returns of order lines, refunds without the
+    item of order lines, 'not received' claims of delivered lines, wardrobing returns of pre-event lines, the same
+    for an account's link group without its most suspicious member) ``fit`` learns the platform's beta-binomial
+    null; ``tails`` gives, per pattern, -log10 of the chance that an ordinary account would show this much (the best
+    of the pattern's tests, Bonferroni-corrected for their number). ``score`` is the strongest pattern's tail, so an
+    account far out on one pattern ranks high whatever the others say; ``predict`` maps it into (0, 1).
     """
 
-    def __init__(self, features: Sequence[str] = DETECTOR_FEATURES, n_estimators: int = 100,
-                 max_samples: int = 512, random_state: int = 0):
-        self.features = features
-        self.n_estimators = n_estimators
-        self.max_samples = max_samples
-        self.random_state = random_state
+    def __init__(self, tests: dict[str, tuple[tuple[str, str], ...]] | None = None, trim: float = 0.02):
+        self.tests = tests
+        self.trim = trim
 
-    def _raw(self, X: AccountFrame) -> np.ndarray:
-        missing = [c for c in self.features if c not in X.columns]
+    def _tests(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        return self.tests or PATTERN_TESTS
+
+    @staticmethod
+    def _pair(X: AccountFrame, count: str, exposure: str) -> tuple[np.ndarray, np.ndarray]:
+        missing = [c for c in (count, exposure) if c not in X.columns]
         if missing:
             raise KeyError(f"account features missing columns {missing}: build them with account_features()")
-        raw = np.array(X[list(self.features)].to_numpy(dtype=float, na_value=np.nan), dtype=float)  # a copy
-        logs = np.array([c in _LOG_FEATURES for c in self.features])
-        raw[:, logs] = np.log1p(np.maximum(raw[:, logs], 0))
-        return np.nan_to_num(raw, nan=0.0)
+        k = np.nan_to_num(X[count].to_numpy(dtype=float, na_value=np.nan))
+        n = np.nan_to_num(X[exposure].to_numpy(dtype=float, na_value=np.nan))
+        return k, np.maximum(n, np.ceil(k))
 
-    def fit(self, X: AccountFrame, y=None) -> ReturnAbnormalityDetector:
-        """Learn each feature's median and spread on the population ``X`` and fit the forest on the deviations."""
-        from sklearn.ensemble import IsolationForest
-
-        raw = self._raw(X)
-        self.median_ = np.median(raw, axis=0)
-        spread = np.quantile(raw, 0.95, axis=0) - self.median_
-        for q in (0.99, 1.0):  # sparse features (most accounts at zero): look further out
-            spread = np.where(spread > 0, spread, np.quantile(raw, q, axis=0) - self.median_)
-        self.scale_ = np.where(spread > 0, spread, 1.0)
-        self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=min(self.max_samples, len(raw)),
-                                       random_state=self.random_state, n_jobs=1).fit(self._z(raw))
+    def fit(self, X: AccountFrame, y=None) -> PatternDetector:
+        """Learn each test's null (beta prior of the rate) from the population ``X``."""
+        self.priors_: dict[tuple[str, str], tuple[float, float]] = {}
+        for tests in self._tests().values():
+            for count, exposure in tests:
+                k, n = self._pair(X, count, exposure)
+                self.priors_[(count, exposure)] = _beta_prior(k, n, self.trim)
+        self.rates_ = {key: a / (a + b) for key, (a, b) in self.priors_.items()}
         return self
 
-    def _z(self, raw: np.ndarray) -> np.ndarray:
-        return np.maximum((raw - self.median_) / self.scale_, 0.0)
-
     def _check(self) -> None:
-        if not hasattr(self, "forest_"):
-            raise RuntimeError("ReturnAbnormalityDetector is not fitted: call fit(features) first")
+        if not hasattr(self, "priors_"):
+            raise RuntimeError("PatternDetector is not fitted: call fit(features) first")
+
+    def test_tails(self, X: AccountFrame) -> pd.DataFrame:
+        """-log10 tail probability of every test (columns ``count/exposure``)."""
+        self._check()
+        out = {}
+        for tests in self._tests().values():
+            for count, exposure in tests:
+                k, n = self._pair(X, count, exposure)
+                out[f"{count}/{exposure}"] = _log10_tail(k, n, *self.priors_[(count, exposure)])
+        return pd.DataFrame(out, index=X.index)
+
+    def tails(self, X: AccountFrame, test_tails: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Per pattern (columns :data:`PATTERNS`): -log10 of the chance an ordinary account shows this much."""
+        T = self.test_tails(X) if test_tails is None else test_tails
+        out = {}
+        for p in PATTERNS:
+            cols = [f"{c}/{e}" for c, e in self._tests().get(p, ())]
+            out[p] = _combine(T[cols].to_numpy()) if cols else np.zeros(len(T))
+        return pd.DataFrame(out, index=T.index)
 
     def deviations(self, X: AccountFrame) -> pd.DataFrame:
-        """One-sided deviations per feature (0 = typical or below, 1 = at the population's 95th percentile)."""
-        self._check()
-        return pd.DataFrame(self._z(self._raw(X)), index=X.index, columns=list(self.features))
+        """Per feature (columns :data:`FEATURES`): the tail of the test whose count it is, 0 for the others."""
+        T = self.test_tails(X)
+        out = pd.DataFrame(0.0, index=X.index, columns=list(FEATURES))
+        for col in T.columns:
+            count = col.split("/")[0]
+            out[count] = np.maximum(out[count].to_numpy(), T[col].to_numpy())
+        return out
 
     def score(self, X: AccountFrame) -> np.ndarray:
-        """Anomaly score in (0, 1): about 0.5 for ordinary accounts, towards 1 for the most abnormal."""
-        self._check()
-        return -self.forest_.score_samples(self._z(self._raw(X)))
+        """The strongest pattern's tail (-log10 probability; 0 = nothing unusual)."""
+        return self.tails(X).to_numpy().max(axis=1)
 
-    predict = score
+    def predict(self, X: AccountFrame) -> np.ndarray:
+        """The score mapped into (0, 1): 0.5 at a one-in-a-thousand tail, 0.8 at one in 10^12."""
+        s = self.score(X)
+        return s / (s + 3.0)
 
 
 class SerialReturnerModel:
@@ -706,7 +866,7 @@ class SerialReturnerModel:
             raise ValueError(f"y has {len(y_arr)} values for {len(X)} rows")
         labelled = ~np.isnan(y_arr)
         population = X.loc[~labelled] if (~labelled).any() else X
-        self.detector_ = ReturnAbnormalityDetector(**(self.detector_params or {})).fit(population)
+        self.detector_ = PatternDetector(**(self.detector_params or {})).fit(population)
         self.typical_ = typical_values(population[list(FEATURES)])
         self.anomaly_mean_ = float(np.mean(self.detector_.score(population)))
         self.n_labels_ = int(labelled.sum())
@@ -746,7 +906,10 @@ class SerialReturnerModel:
 
     def _design(self, X: AccountFrame) -> pd.DataFrame:
         D = X[list(FEATURES)].astype(float).copy()
-        D[ANOMALY_FEATURE] = self.detector_.score(X)
+        tails = self.detector_.tails(X)
+        for p in PATTERNS:
+            D[f"tail_{p}"] = tails[p].to_numpy()
+        D[ANOMALY_FEATURE] = tails.to_numpy().max(axis=1)
         return D
 
     # -- scoring -----------------------------------------------------------------------------------------------------
@@ -759,7 +922,7 @@ class SerialReturnerModel:
         """Abuse score per account: a calibrated probability (supervised) or the detector's score (cold start)."""
         self._check()
         if self.booster_ is None:
-            return self.detector_.score(X)
+            return self.detector_.predict(X)
         raw = self._raw(self._design(X), self.prior_, self.booster_)
         a, b = self.platt_ if self.platt_ is not None else (1.0, 0.0)
         return 1.0 / (1.0 + np.exp(-(a * raw + b)))
@@ -773,10 +936,11 @@ class SerialReturnerModel:
         self._check()
         dev = self.detector_.deviations(X)
         if self.booster_ is None:
-            return dev.reindex(columns=list(FEATURES), fill_value=0.0)
+            return dev
         D = self._design(X)
         contrib = self.booster_.predict(D, pred_contrib=True)[:, :-1]  # drop the bias column
-        anomaly = contrib[:, len(FEATURES)] + self.prior_[0] * (D[ANOMALY_FEATURE].to_numpy() - self.anomaly_mean_)
+        anomaly = contrib[:, len(FEATURES):].sum(axis=1) + self.prior_[0] * (D[ANOMALY_FEATURE].to_numpy()
+                                                                            - self.anomaly_mean_)
         C = pd.DataFrame(contrib[:, :len(FEATURES)], index=X.index, columns=list(FEATURES))
         share = dev.div(dev.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
         C[share.columns] += share.mul(anomaly, axis=0).to_numpy()
@@ -785,26 +949,25 @@ class SerialReturnerModel:
     def explain(self, X: AccountFrame, top: int = 3) -> pd.DataFrame:
         """Top reasons (sentences with the account's numbers), the top reason alone and the likely pattern.
 
-        The likely pattern is the one whose strongest feature pushes hardest (a maximum, not a sum: the serial
-        pattern has more features than the others and would win every sum).
+        The likely pattern is the one whose detector is furthest out in the platform's tail; each reason names a
+        pattern, its evidence and how rare that is for an ordinary account of this platform.
         """
-        C = self.contributions(X)
-        vals = C.to_numpy()
-        cols = np.array(C.columns)
-        # Only features that describe returning behaviour are shown as reasons; context features (tenure, volume,
-        # timing) shape the score but "active for 700 days" is no reason to suspect anybody.
-        shown = np.where(np.isin(cols, list(FEATURE_PATTERN)), vals, -np.inf)
-        order = np.argsort(-shown, axis=1)[:, :top]
-        typ = self.typical_.reindex(C.columns).fillna(0.0).to_numpy()
-        pattern_of = np.array([FEATURE_PATTERN.get(c, "") for c in cols])
-        strength = np.column_stack([np.where(pattern_of == p, vals, 0.0).max(axis=1) for p in PATTERNS])
-        best = np.array(PATTERNS)[strength.argmax(axis=1)]
-        patterns = np.where(strength.max(axis=1) > 0, best, "serial")
+        self._check()
+        tails = self.detector_.tails(X)
+        vals = tails.to_numpy()
+        pats = np.array(tails.columns)
+        best = pats[vals.argmax(axis=1)] if len(vals) else np.array([], dtype=object)
+        patterns = np.where(vals.max(axis=1, initial=0.0) > 0, best, "serial")
+        order = np.argsort(-vals, axis=1)[:, :top]
+        rates = {p: {k: self.detector_.rates_[k] for k in self.detector_._tests()[p]} for p in PATTERNS}
+        typ = self.typical_
+        feats = X.to_numpy(dtype=float, na_value=np.nan)
+        cols = list(X.columns)
         reasons, tops = [], []
-        feats = X[list(FEATURES)].to_numpy(dtype=float, na_value=np.nan)
-        for i in range(len(C)):
-            row = dict(zip(FEATURES, feats[i], strict=True))
-            texts = [reason_text(cols[j], row, typ[j]) for j in order[i] if shown[i, j] > 0]
+        for i in range(len(X)):
+            row = dict(zip(cols, feats[i], strict=True))
+            texts = [pattern_text(pats[j], row, vals[i, j], rates[pats[j]], typ) for j in order[i]
+                     if vals[i, j] >= 1.0 or j == order[i][0]]
             reasons.append("; ".join(texts))
             tops.append(texts[0] if texts else "")
         return pd.DataFrame({"reasons": reasons, "top_reason": tops, "likely_pattern": patterns}, index=X.index)
