@@ -642,11 +642,11 @@ def typical_values(X: AccountFrame) -> pd.Series:
 # Models
 
 
-def _beta_prior(k: np.ndarray, n: np.ndarray, trim: float = 0.02) -> tuple[float, float]:
+def _beta_prior(k: np.ndarray, n: np.ndarray, trim: float = 0.0) -> tuple[float, float]:
     """(a, b) of the beta distribution of per-account rates k/n, by the method of moments net of binomial noise.
 
-    Accounts with no exposure say nothing; the top ``trim`` share of rates is left out so that the abusers being
-    looked for do not widen the null they are measured against.
+    Accounts with no exposure say nothing. ``trim`` (default none) leaves out the top share of rates; trimming made
+    sparse counts (refunds without return) look binomial and their honest tails far too rare (random worlds 11-22).
     """
     ok = n >= 1
     k, n = k[ok], n[ok]
@@ -699,6 +699,9 @@ def _combine(tails: np.ndarray) -> np.ndarray:
     return np.maximum(-chi2.logsf(stat, 2 * tails.shape[1]) / np.log(10), 0.0)
 
 
+CALIBRATION_QUANTILES = (0.90, 0.95)
+
+
 class PatternDetector:
     """Cold-start detector: one test per abuse pattern, each a tail probability under the platform's own null.
 
@@ -710,7 +713,7 @@ class PatternDetector:
     account far out on one pattern ranks high whatever the others say; ``predict`` maps it into (0, 1).
     """
 
-    def __init__(self, tests: dict[str, tuple[tuple[str, str], ...]] | None = None, trim: float = 0.02):
+    def __init__(self, tests: dict[str, tuple[tuple[str, str], ...]] | None = None, trim: float = 0.0):
         self.tests = tests
         self.trim = trim
 
@@ -734,6 +737,14 @@ class PatternDetector:
                 k, n = self._pair(X, count, exposure)
                 self.priors_[(count, exposure)] = _beta_prior(k, n, self.trim)
         self.rates_ = {key: a / (a + b) for key, (a, b) in self.priors_.items()}
+        # Calibration: where a pattern's null is narrower than the platform really is, its ordinary accounts already
+        # reach large tails; the excess at the population's 90th/95th percentile (below the abusers, a few percent
+        # at most) is taken off that pattern, so that patterns are compared on the same footing.
+        self.offsets_ = {p: 0.0 for p in PATTERNS}
+        raw = self._raw_tails(X)
+        for p in PATTERNS:
+            t = raw[p].to_numpy()
+            self.offsets_[p] = float(max(0.0, *(np.quantile(t, q) + np.log10(1 - q) for q in CALIBRATION_QUANTILES)))
         return self
 
     def _check(self) -> None:
@@ -750,14 +761,20 @@ class PatternDetector:
                 out[f"{count}/{exposure}"] = _log10_tail(k, n, *self.priors_[(count, exposure)])
         return pd.DataFrame(out, index=X.index)
 
-    def tails(self, X: AccountFrame, test_tails: pd.DataFrame | None = None) -> pd.DataFrame:
-        """Per pattern (columns :data:`PATTERNS`): -log10 of the chance an ordinary account shows this much."""
-        T = self.test_tails(X) if test_tails is None else test_tails
+    def _raw_tails(self, X: AccountFrame) -> pd.DataFrame:
+        T = self.test_tails(X)
         out = {}
         for p in PATTERNS:
             cols = [f"{c}/{e}" for c, e in self._tests().get(p, ())]
             out[p] = _combine(T[cols].to_numpy()) if cols else np.zeros(len(T))
         return pd.DataFrame(out, index=T.index)
+
+    def tails(self, X: AccountFrame) -> pd.DataFrame:
+        """Per pattern (columns :data:`PATTERNS`): -log10 of the chance an ordinary account shows this much."""
+        raw = self._raw_tails(X)
+        for p in PATTERNS:
+            raw[p] = np.maximum(raw[p].to_numpy() - self.offsets_[p], 0.0)
+        return raw
 
     def deviations(self, X: AccountFrame) -> pd.DataFrame:
         """Per feature (columns :data:`FEATURES`): the tail of the test whose count it is, 0 for the others."""
