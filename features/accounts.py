@@ -795,6 +795,41 @@ class PatternDetector:
         return s / (s + 3.0)
 
 
+BASELINES = ("rate_rule", "most_returns", "rule", "if_counts")
+COUNT_FEATURES = ("lines_30d", "lines_90d", "lines_365d", "returns_30d", "returns_90d", "returns_365d")
+
+
+def counts_forest(X: AccountFrame, seed: int = 0):
+    """Baseline: an IsolationForest on raw order and return counts, fitted on a day's population."""
+    from sklearn.ensemble import IsolationForest
+
+    return IsolationForest(n_estimators=200, random_state=seed, n_jobs=1).fit(X[list(COUNT_FEATURES)])
+
+
+def baseline_score(name: str, X: AccountFrame, forest=None, rule: tuple[float, float] = (5, 0.5)) -> np.ndarray:
+    """The one-line baselines, higher = more suspicious.
+
+    rate_rule: (returns + 1) / (order lines + 10) over 365 days; most_returns: returns in 365 days (ties: the
+    higher rate first); rule: the lesser of returns_90d / rule[0] and return_rate_90d / rule[1] (>= 1 when both
+    thresholds are reached); if_counts: the IsolationForest's anomaly score on raw counts (``forest``).
+    """
+    r365, l365 = X["returns_365d"].to_numpy(dtype=float), X["lines_365d"].to_numpy(dtype=float)
+    rate = (r365 + 1) / (l365 + 10)
+    if name == "rate_rule":
+        return rate
+    if name == "most_returns":
+        return r365 + 1e-3 * rate
+    if name == "rule":
+        count = X["returns_90d"].to_numpy(dtype=float) / rule[0]
+        r = X["return_rate_90d"].to_numpy(dtype=float) / rule[1]
+        return np.minimum(count, r) + 1e-6 * X["returns_90d"].to_numpy(dtype=float)
+    if name == "if_counts":
+        if forest is None:
+            raise ValueError("baseline 'if_counts' needs its fitted forest")
+        return -forest.score_samples(X[list(COUNT_FEATURES)])
+    raise ValueError(f"unknown baseline {name!r}: choose one of {', '.join(BASELINES)}")
+
+
 class SerialReturnerModel:
     """The serial-return model that training fits and serving loads.
 
@@ -816,7 +851,7 @@ class SerialReturnerModel:
     def __init__(self, min_labels: int = 30, min_per_class: int = 3, n_folds: int = 5,
                  num_boost_round: int = 120, learning_rate: float = 0.05, num_leaves: int = 7,
                  background: int = 2000, background_weight: float = 1.0, num_threads: int = 1,
-                 random_state: int = 0, detector_params: dict | None = None):
+                 random_state: int = 0, detector_params: dict | None = None, gate: bool = True):
         self.min_labels = min_labels
         self.min_per_class = min_per_class
         self.n_folds = n_folds
@@ -828,6 +863,7 @@ class SerialReturnerModel:
         self.num_threads = num_threads
         self.random_state = random_state
         self.detector_params = detector_params
+        self.gate = gate
 
     # -- fitting -----------------------------------------------------------------------------------------------------
 
@@ -892,7 +928,8 @@ class SerialReturnerModel:
         n_neg = self.n_labels_ - self.n_positive_
         self.mode_ = ("supervised" if self.n_labels_ >= self.min_labels
                       and min(self.n_positive_, n_neg) >= self.min_per_class else "cold_start")
-        self.prior_, self.booster_, self.platt_ = None, None, None
+        self.prior_, self.booster_, self.platt_, self.oof_ = None, None, None, None
+        self.gate_ = {"use_supervised": False, "heldout_decisions": 0, "auc_supervised": None, "auc_cold_start": None}
         if self.mode_ == "supervised":
             D = self._design(X.loc[labelled])
             B = None
@@ -901,8 +938,27 @@ class SerialReturnerModel:
                 pick = rng.choice(len(population), min(self.background, len(population)), replace=False)
                 B = self._design(population.iloc[np.sort(pick)])
             self.platt_ = self._calibrate(D, yl, B)
-            self.prior_, self.booster_ = self._fit_raw(D, yl, B)  # the final model sees every decision
+            self.gate_ = self._gate(D, yl)
+            if self.gate_["use_supervised"] or not self.gate:
+                self.prior_, self.booster_ = self._fit_raw(D, yl, B)  # the final model sees every decision
+            else:  # held-out decisions say the detector ranks them at least as well: keep the cold start
+                self.mode_, self.platt_ = "cold_start", None
         return self
+
+    def _gate(self, D: pd.DataFrame, y: np.ndarray) -> dict:
+        """Whether the supervised model beats the cold start on held-out decisions (ROC-AUC of the out-of-fold
+        scores against the detector's score on the same decisions); without enough held-out decisions, no."""
+        from sklearn.metrics import roc_auc_score
+
+        oof = getattr(self, "oof_", None)
+        ok = ~np.isnan(oof) if oof is not None else np.zeros(len(y), bool)
+        if ok.sum() < 10 or len(np.unique(y[ok])) < 2:
+            return {"use_supervised": False, "heldout_decisions": int(ok.sum()), "auc_supervised": None,
+                    "auc_cold_start": None}
+        sup = float(roc_auc_score(y[ok], oof[ok]))
+        cold = float(roc_auc_score(y[ok], D[ANOMALY_FEATURE].to_numpy()[ok]))
+        return {"use_supervised": sup > cold, "heldout_decisions": int(ok.sum()), "auc_supervised": sup,
+                "auc_cold_start": cold}
 
     def _calibrate(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None) -> tuple[float, float] | None:
         """Platt (a, b) on out-of-fold raw scores from contiguous blocks of decisions; None if too few to fit."""
@@ -913,6 +969,7 @@ class SerialReturnerModel:
                 continue
             prior, booster = self._fit_raw(D.iloc[rest], y[rest], B)
             oof[block] = self._raw(D.iloc[block], prior, booster)
+        self.oof_ = oof
         ok = ~np.isnan(oof)
         if ok.sum() < 10 or len(np.unique(y[ok])) < 2:
             return None
@@ -935,9 +992,29 @@ class SerialReturnerModel:
         if not hasattr(self, "detector_"):
             raise RuntimeError("SerialReturnerModel is not fitted: call fit(features, labels) first")
 
-    def predict(self, X: AccountFrame) -> np.ndarray:
-        """Abuse score per account: a calibrated probability (supervised) or the detector's score (cold start)."""
+    def use(self, method: str, X: AccountFrame | None = None, rule: tuple[float, float] = (5, 0.5),
+            evidence: str = "") -> SerialReturnerModel:
+        """Make ``method`` what :meth:`predict` ranks by: 'model' (this model) or a baseline of :data:`BASELINES`
+        that won the evaluation on the user's data (``evidence`` says how; kept for the model card). 'if_counts'
+        fits its IsolationForest on ``X``; 'rule' keeps its thresholds (returns in 90 days, 90-day rate)."""
         self._check()
+        if method not in ("model", *BASELINES):
+            raise ValueError(f"unknown method {method!r}: choose model or one of {', '.join(BASELINES)}")
+        if method == "if_counts":
+            if X is None:
+                raise ValueError("method 'if_counts' needs the accounts to fit its IsolationForest on")
+            self.forest_ = counts_forest(X)
+        self.method_, self.rule_, self.method_evidence_ = method, tuple(rule), evidence
+        return self
+
+    def predict(self, X: AccountFrame) -> np.ndarray:
+        """Abuse score per account in [0, 1]: by the method chosen with :meth:`use` (default the model: a
+        calibrated probability when supervised, the detector's score in cold start)."""
+        self._check()
+        method = getattr(self, "method_", "model")
+        if method != "model":
+            s = baseline_score(method, X, forest=getattr(self, "forest_", None), rule=self.rule_)
+            return s / (s + 1.0) if method in ("most_returns", "rule") else s
         if self.booster_ is None:
             return self.detector_.predict(X)
         raw = self._raw(self._design(X), self.prior_, self.booster_)

@@ -251,7 +251,13 @@ def test_model_contract_and_modes(feats, world):
     X = pd.concat([feats, feats.iloc[labelled]])
     few = SerialReturnerModel(min_labels=1000).fit(X, y)
     assert few.mode_ == "cold_start"
-    sup = SerialReturnerModel().fit(X, y)
+    gated = SerialReturnerModel().fit(X, y)
+    g = gated.gate_
+    assert g["heldout_decisions"] >= 10
+    # The supervised model is used only when it beats the cold start on held-out decisions.
+    assert (gated.mode_ == "supervised") == (g["auc_supervised"] > g["auc_cold_start"])
+    assert (gated.booster_ is None) == (gated.mode_ == "cold_start")
+    sup = SerialReturnerModel(gate=False).fit(X, y)
     assert sup.mode_ == "supervised" and sup.n_labels_ == 80
     p = sup.predict(feats)
     assert ((p >= 0) & (p <= 1)).all()
