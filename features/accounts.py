@@ -75,7 +75,7 @@ FEATURES: tuple[str, ...] = (
 # account of this platform with that exposure reaches the count (a beta-binomial fitted on the platform's accounts,
 # so both the rate and the number of events count: 3 returns of 3 lines is weaker evidence than 30 of 60).
 PATTERN_TESTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "serial": (("returns_365d", "lines_365d"), ("returns_90d", "lines_90d")),
+    "serial": (("returns_365d", "lines_365d"), ("returns_90d", "lines_90d"), ("returns_365d", "")),
     "wardrobing": (("wardrobe_returns_365d", "event_lines_365d"),),
     "refund_without_return": (("refund_without_return_365d", "lines_365d"),
                               ("claims_on_delivered_365d", "lines_delivered_365d")),
@@ -665,6 +665,25 @@ def _beta_prior(k: np.ndarray, n: np.ndarray, trim: float = 0.0) -> tuple[float,
     return p * m, (1 - p) * m
 
 
+def _nb_prior(k: np.ndarray) -> tuple[float, float]:
+    """(r, p) of the negative binomial with the counts' mean and variance (Poisson when not over-dispersed)."""
+    m, v = float(np.mean(k)), float(np.var(k))
+    m = max(m, 1e-6)
+    v = max(v, m * 1.001)
+    p = m / v
+    return m * p / (1 - p), p
+
+
+def _nb_log10_tail(k: np.ndarray, r: float, p: float) -> np.ndarray:
+    """-log10 P(X >= k) for X ~ NegativeBinomial(r, p), once per distinct count."""
+    from scipy.stats import nbinom
+
+    k = np.floor(np.maximum(np.asarray(k, dtype=float), 0.0)).astype(np.int64)
+    uniq, inv = np.unique(k, return_inverse=True)
+    t = np.where(uniq >= 1, -nbinom.logsf(uniq - 1, r, p) / np.log(10), 0.0)
+    return np.maximum(t[inv], 0.0)
+
+
 def _log10_tail(k: np.ndarray, n: np.ndarray, a: float, b: float) -> np.ndarray:
     """-log10 P(X >= k) for X ~ BetaBinomial(n, a, b); fractional k interpolate between whole counts.
 
@@ -722,10 +741,12 @@ class PatternDetector:
 
     @staticmethod
     def _pair(X: AccountFrame, count: str, exposure: str) -> tuple[np.ndarray, np.ndarray]:
-        missing = [c for c in (count, exposure) if c not in X.columns]
+        missing = [c for c in (count, exposure) if c and c not in X.columns]
         if missing:
             raise KeyError(f"account features missing columns {missing}: build them with account_features()")
         k = np.nan_to_num(X[count].to_numpy(dtype=float, na_value=np.nan))
+        if not exposure:  # a count on its own (no exposure): -1 marks it for the negative binomial
+            return k, np.full(len(k), -1.0)
         n = np.nan_to_num(X[exposure].to_numpy(dtype=float, na_value=np.nan))
         return k, np.maximum(n, np.ceil(k))
 
@@ -735,8 +756,8 @@ class PatternDetector:
         for tests in self._tests().values():
             for count, exposure in tests:
                 k, n = self._pair(X, count, exposure)
-                self.priors_[(count, exposure)] = _beta_prior(k, n, self.trim)
-        self.rates_ = {key: a / (a + b) for key, (a, b) in self.priors_.items()}
+                self.priors_[(count, exposure)] = _nb_prior(k) if not exposure else _beta_prior(k, n, self.trim)
+        self.rates_ = {key: (a / (a + b) if key[1] else a * (1 - b) / b) for key, (a, b) in self.priors_.items()}
         # Calibration: where a pattern's null is narrower than the platform really is, its ordinary accounts already
         # reach large tails; the excess at the population's 90th/95th percentile (below the abusers, a few percent
         # at most) is taken off that pattern, so that patterns are compared on the same footing.
@@ -758,7 +779,8 @@ class PatternDetector:
         for tests in self._tests().values():
             for count, exposure in tests:
                 k, n = self._pair(X, count, exposure)
-                out[f"{count}/{exposure}"] = _log10_tail(k, n, *self.priors_[(count, exposure)])
+                prior = self.priors_[(count, exposure)]
+                out[f"{count}/{exposure}"] = _nb_log10_tail(k, *prior) if not exposure else _log10_tail(k, n, *prior)
         return pd.DataFrame(out, index=X.index)
 
     def _raw_tails(self, X: AccountFrame) -> pd.DataFrame:
