@@ -64,7 +64,7 @@ FEATURES: tuple[str, ...] = (
     "days_order_to_return", "days_delivery_to_return", "days_since_last_return",
     *(f"share_{r}" for r in RETURN_REASONS), "reason_entropy",
     "refund_without_return_90d", "refund_without_return_365d", "refund_without_return_share", "claims_365d",
-    "lines_delivered_365d", "claims_on_delivered_365d",
+    "lines_delivered_365d", "claims_on_delivered_365d", "no_item_on_delivered_365d",
     "event_lines_365d", "wardrobe_returns_365d", "wardrobe_share",
     "return_trend", "return_rate_change",
     "link_group_size", "link_strong_group_size", "link_max_shared_types",
@@ -77,7 +77,7 @@ FEATURES: tuple[str, ...] = (
 PATTERN_TESTS: dict[str, tuple[tuple[str, str], ...]] = {
     "serial": (("returns_365d", "lines_365d"), ("returns_90d", "lines_90d"), ("returns_365d", "")),
     "wardrobing": (("wardrobe_returns_365d", "event_lines_365d"),),
-    "refund_without_return": (("refund_without_return_365d", "lines_365d"),
+    "refund_without_return": (("no_item_on_delivered_365d", "lines_delivered_365d"),
                               ("claims_on_delivered_365d", "lines_delivered_365d")),
     "ring": (("ring_returns_365d", "ring_lines_365d"), ("ring_no_item_365d", "ring_lines_365d"),
              ("ring_claims_365d", "ring_lines_365d")),
@@ -95,7 +95,8 @@ FEATURE_PATTERN: dict[str, str] = {
                            "link_group_returns_90d", "link_group_return_rate_90d",
                            "link_group_refund_without_return_365d", "ring_lines_365d", "ring_returns_365d",
                            "ring_no_item_365d", "ring_claims_365d")},
-    "claims_on_delivered_365d": "refund_without_return", "event_lines_365d": "wardrobing",
+    "claims_on_delivered_365d": "refund_without_return", "no_item_on_delivered_365d": "refund_without_return",
+    "event_lines_365d": "wardrobing",
 }
 ANOMALY_FEATURE = "anomaly_score"
 
@@ -311,6 +312,8 @@ def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: s
     not_rec = reason[y] == RETURN_REASONS.index("not_received")
     f["claims_on_delivered_365d"] = np.bincount(pos_r[y][not_rec & timing["delivered_before"]],
                                                 minlength=n).astype(float)
+    f["no_item_on_delivered_365d"] = np.bincount(pos_r[y][no_item[y] & timing["delivered_before"]],
+                                                 minlength=n).astype(float)
     yo = age_o < 365
     f["event_lines_365d"] = np.bincount(pos_o[yo][timing["pre_event_lines"]], minlength=n).astype(float)
     f["wardrobe_returns_365d"] = np.bincount(pos_r[y], weights=timing["wardrobe"], minlength=n)
@@ -613,10 +616,11 @@ def pattern_text(pattern: str, r: dict, tail: float, rates: dict, typical: pd.Se
                 f"{_n(r['returns_90d'])} in 90 days, {_n(r['returns_30d'])} returns in 30 days"
                 f"{_times(r['returns_30d'], t30)}")
     elif pattern == "refund_without_return":
-        text = (f"refund without return: {_n(r['refund_without_return_365d'])} refunds without the item coming back "
-                f"in 365 days on {_n(r['lines_365d'])} order lines (platform {rate['refund_without_return_365d']:.1%}"
-                f" of lines), {_n(r['claims_on_delivered_365d'])} 'not received' claims on parcels the delivery "
-                f"record shows delivered")
+        text = (f"refund without return: {_n(r['no_item_on_delivered_365d'])} refunds without the item coming back "
+                f"on parcels the delivery record shows delivered, of {_n(r['lines_delivered_365d'])} delivered order "
+                f"lines in 365 days (platform {rate['no_item_on_delivered_365d']:.1%}; "
+                f"{_n(r['refund_without_return_365d'])} refunds without the item in all), "
+                f"{_n(r['claims_on_delivered_365d'])} 'not received' claims on delivered parcels")
     elif pattern == "wardrobing":
         text = (f"wardrobing: {r['wardrobe_returns_365d']:.1f} weighted returns of items bought in the week before a "
                 f"sales event or holiday and sent back soon after delivery, right after the event "
@@ -702,7 +706,11 @@ def _log10_tail(k: np.ndarray, n: np.ndarray, a: float, b: float) -> np.ndarray:
             continue
         key = kk[use] * (1 << 32) + n[use]
         uniq, inv = np.unique(key, return_inverse=True)
-        ls = betabinom.logsf((uniq >> 32) - 1, uniq & 0xFFFFFFFF, a, b)
+        kk_u, n_u = uniq >> 32, uniq & 0xFFFFFFFF
+        ls = betabinom.logsf(kk_u - 1, n_u, a, b)
+        bad = ~np.isfinite(ls)  # sf below float precision: P(X = k) is a lower bound, and stable
+        if bad.any():
+            ls[bad] = betabinom.logpmf(kk_u[bad], n_u[bad], a, b)
         out[use] += wgt[use] * (-ls[inv] / np.log(10))
     return np.maximum(out, 0.0)
 
@@ -782,6 +790,7 @@ class PatternDetector:
                 prior = self.priors_[(count, exposure)]
                 out[f"{count}/{exposure}"] = _nb_log10_tail(k, *prior) if not exposure else _log10_tail(k, n, *prior)
         return pd.DataFrame(out, index=X.index)
+
 
     def _raw_tails(self, X: AccountFrame) -> pd.DataFrame:
         T = self.test_tails(X)

@@ -273,7 +273,7 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
 
     At each checkpoint (number of reviewed accounts) the refitted model and the cold start are scored as of ``t2``
     on the accounts neither has seen reviewed. Columns: reviewed, positives, mode, pr_auc_supervised,
-    pr_auc_cold_start, gain.
+    pr_auc_cold_start, gain, and precision in a queue of K = the abusers left (supervised, cold start, gain).
     """
     from sklearn.metrics import average_precision_score
 
@@ -295,9 +295,15 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
             ev = X2.loc[~X2.index.isin(reviewed + list(exclude))]
             te = truth.reindex(ev.index)
             y = (te["is_abuser"].fillna(False).astype(bool) & (te["abuse_start"] <= t2)).to_numpy()
-            sup, base = average_precision_score(y, model.predict(ev)), average_precision_score(y, cold.predict(ev))
+            ps, pc = model.predict(ev), cold.predict(ev)
+            sup, base = average_precision_score(y, ps), average_precision_score(y, pc)
+            k = max(int(y.sum()), 1)  # a queue as long as there are abusers left to find
+            prec_s = float(y[np.argsort(-ps, kind="stable")[:k]].mean())
+            prec_c = float(y[np.argsort(-pc, kind="stable")[:k]].mean())
             rows.append({"reviewed": len(reviewed), "positives": int(sum(labels)), "mode": model.mode_,
-                         "pr_auc_supervised": sup, "pr_auc_cold_start": base, "gain": sup - base})
+                         "pr_auc_supervised": sup, "pr_auc_cold_start": base, "gain": sup - base,
+                         "precision_at_k_supervised": prec_s, "precision_at_k_cold_start": prec_c,
+                         "precision_gain": prec_s - prec_c})
     return pd.DataFrame(rows)
 
 
