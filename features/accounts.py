@@ -48,6 +48,8 @@ PATTERNS = ("serial", "wardrobing", "refund_without_return", "ring")
 # first day, at most this many days after it (events span days). Which categories are worn is learnt per platform.
 WARDROBE_BEFORE_DAYS = 7
 WARDROBE_AFTER_DAYS = 14
+# Bins (upper edges, days) of the platform's delivery-to-return distribution that wardrobing weighs returns against.
+DELIVERY_EDGES = np.arange(0.0, 120.25, 0.25)
 MIN_EVENT_SIZE = 2  # medium and major events (calendar size classes)
 # An identifier shared by more accounts than this is a hub (a shop's public tablet, a parcel locker address), not a
 # sign that the accounts belong together; it is left out of the link graph.
@@ -220,8 +222,14 @@ def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links:
     if engine is None:
         counts = account_counts(orders, returns, as_of, market, settings)
     else:
-        counts = engine.by_key(account_counts, {"orders": (orders, "account_id"), "returns": (returns, "account_id")},
-                               as_of=as_of, market=market, settings=settings)
+        tables = {"orders": (orders, "account_id"), "returns": (returns, "account_id")}
+        # Wardrobing reads each return's delivery-to-return time against the whole platform's: one light pass for
+        # that distribution first, so every account partition weighs returns alike.
+        hist = engine.by_key(delivery_histogram, tables, as_of=as_of)
+        hist = None if hist is None else hist.groupby(level=0)["count"].sum().reindex(
+            range(len(DELIVERY_EDGES) + 1), fill_value=0).to_numpy(dtype=float)
+        counts = engine.by_key(account_counts, tables, as_of=as_of, market=market, settings=settings,
+                               delivery_hist=hist)
         counts = _empty_counts() if counts is None else counts.sort_index()
     return finish_account_features(counts, account_links, as_of, max_link_share)
 
@@ -231,12 +239,30 @@ def _empty_counts() -> pd.DataFrame:
     return pd.DataFrame({c: np.zeros(0) for c in cols}, index=pd.Index([], dtype="string", name="account_id"))
 
 
-def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: str = "CN", settings=None
-                   ) -> pd.DataFrame:
+def delivery_histogram(orders: pd.DataFrame, returns: pd.DataFrame, as_of) -> pd.DataFrame:
+    """Returns of the 365 days to ``as_of`` counted by days from delivery to request (bins of
+    :data:`DELIVERY_EDGES`; column ``count``, index the bin): summed over account partitions, the platform's."""
+    as_of = as_day(as_of)
+    cut = int((as_of + pd.Timedelta(days=1)).value // 1000)
+    o_keep = (_us(orders["ordered_at"]) < cut) & _valid(_arrow(orders["account_id"]))
+    r_t = _us(returns["requested_at"])
+    r_keep = (r_t < cut) & _valid(_arrow(returns["account_id"]))
+    in_year = (cut - r_t[r_keep]) / US_PER_DAY < 365
+    hist = _return_timing(orders, o_keep, returns, r_keep, in_year, cut, "", as_of, None, hist_only=True)
+    return pd.DataFrame({"count": hist}, index=pd.RangeIndex(len(hist), name="bin"))
+
+
+def _delivery_bins(days: np.ndarray) -> np.ndarray:
+    return np.searchsorted(DELIVERY_EDGES, days, side="left")
+
+
+def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: str = "CN", settings=None,
+                   delivery_hist: np.ndarray | None = None) -> pd.DataFrame:
     """The per-account stage of :func:`account_features`: every feature an account's own rows decide.
 
     The result for an account depends only on that account's orders and returns (and their order lines), so it
-    can be computed on any subset of accounts holding all of their rows. Index ``account_id`` (sorted).
+    can be computed on any subset of accounts holding all of their rows, given the platform's
+    ``delivery_hist`` (:func:`delivery_histogram`; default: the one of the rows given). Index ``account_id``.
     """
     as_of = as_day(as_of)
     cut = int((as_of + pd.Timedelta(days=1)).value // 1000)  # first microsecond after the as-of day
@@ -306,7 +332,8 @@ def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: s
     f["_prior_returns"] = prior_returns
 
     # Returns joined to their order lines: timing, and wardrobing.
-    timing = _return_timing(orders, o_keep, returns, r_keep, y, cut, market, as_of, settings)
+    timing = _return_timing(orders, o_keep, returns, r_keep, y, cut, market, as_of, settings,
+                            delivery_hist=delivery_hist)
     f["days_order_to_return"] = _group_median(timing["order_days"], pos_r[y], n)
     f["days_delivery_to_return"] = _group_median(timing["delivery_days"], pos_r[y], n)
     not_rec = reason[y] == RETURN_REASONS.index("not_received")
@@ -351,7 +378,8 @@ def finish_account_features(counts: pd.DataFrame, account_links: pd.DataFrame | 
 
 
 def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFrame, r_keep: np.ndarray,
-                   in_year: np.ndarray, cut: int, market: str, as_of: Day, settings) -> dict[str, np.ndarray]:
+                   in_year: np.ndarray, cut: int, market: str, as_of: Day, settings,
+                   delivery_hist: np.ndarray | None = None, hist_only: bool = False):
     """Returns of the last 365 days joined to their order lines: timing, delivery record and wardrobing.
 
     Per return: days from order and from delivery, whether the line had been delivered before the request (a 'not
@@ -371,18 +399,20 @@ def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFra
     o_year = (cut - o_t) / US_PER_DAY < 365
     out = {"order_days": np.full(k, np.nan), "delivery_days": np.full(k, np.nan), "wardrobe": np.zeros(k),
            "delivered_before": np.zeros(k, bool), "pre_event_lines": np.zeros(int(o_year.sum()), bool)}
+    none = np.zeros(len(DELIVERY_EDGES) + 1) if hist_only else out
     if not o_year.any():
-        return out
+        return none
     o_day_all = o_t[o_year] // US_PER_DAY
     first = pd.Timestamp(int(o_day_all.min()), unit="D", tz="UTC")
-    ev = _event_days(market, first, as_of + pd.Timedelta(days=WARDROBE_BEFORE_DAYS), settings)
+    ev = (np.zeros(0, dtype=np.int64) if hist_only
+          else _event_days(market, first, as_of + pd.Timedelta(days=WARDROBE_BEFORE_DAYS), settings))
     if len(ev):
         nxt = ev[np.minimum(np.searchsorted(ev, o_day_all, side="left"), len(ev) - 1)]
         out["pre_event_lines"] = (nxt >= o_day_all) & (nxt - o_day_all <= WARDROBE_BEFORE_DAYS)
     cat_all, _ = _encode(_arrow(orders["category"]))
     has_order = r["order_id"].notna().to_numpy()
     if not has_order.any():
-        return out
+        return none
     req = _us(returns["requested_at"])[r_keep][in_year]
     r_oid = _arrow(returns["order_id"]).filter(pa.array(r_keep)).filter(pa.array(in_year))
     wanted = pc.unique(r_oid.drop_null())
@@ -398,7 +428,7 @@ def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFra
                        "delivered": np.where((deliv > np.iinfo(np.int64).min) & (deliv < cut), deliv, -1)})
     m = ri.merge(ol, on="code", how="inner", sort=False)
     if m.empty:
-        return out
+        return none
     g = m.groupby("ret", sort=False).agg(ordered=("ordered", "min"), delivered=("delivered", "max"),
                                          cat=("cat", "first"))
     ret = g.index.to_numpy()
@@ -407,6 +437,11 @@ def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFra
     dl = g["delivered"].to_numpy()
     out["delivery_days"][ret] = np.where(dl > 0, (t - dl) / US_PER_DAY, np.nan)
     out["delivered_before"][ret] = (dl > 0) & (dl <= t)
+    days = out["delivery_days"][ret]
+    known = np.isfinite(days)
+    local = np.bincount(_delivery_bins(days[known]), minlength=len(DELIVERY_EDGES) + 1).astype(float)
+    if hist_only:
+        return local
     if not len(ev):
         return out
     # The first event day on or after the order day falls within a week after the order, and the request comes
@@ -416,11 +451,11 @@ def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFra
     j = np.searchsorted(ev, o_day, side="left")
     e = ev[np.minimum(j, len(ev) - 1)]
     bracket = (j < len(ev)) & (e - o_day <= WARDROBE_BEFORE_DAYS) & (r_day > e) & (r_day - e <= WARDROBE_AFTER_DAYS)
-    # Worn, not kept: the quicker the item came back after delivery, against the platform's own returns of the same
-    # category, the more it weighs (1 - the category's empirical distribution of delivery-to-return days).
-    days = out["delivery_days"][ret]
-    quick = 1.0 - pd.Series(days).groupby(g["cat"].to_numpy()).rank(pct=True, method="max").to_numpy()
-    quick = np.where(np.isfinite(days), quick, 0.0)
+    # Worn, not kept: the quicker the item came back after delivery, against the platform's returns, the more it
+    # weighs (1 - the share of the platform's returns that came back as quickly or quicker).
+    hist = local if delivery_hist is None else np.asarray(delivery_hist, dtype=float)
+    cum = np.cumsum(hist) / max(float(hist.sum()), 1.0)
+    quick = np.where(known, 1.0 - cum[_delivery_bins(np.nan_to_num(days, nan=0.0))], 0.0)
     out["wardrobe"][ret] = np.where(bracket, quick, 0.0)
     return out
 

@@ -82,7 +82,8 @@ def fit_model(X: AccountFrame, labels: pd.DataFrame, settings: Settings, as_of=N
     """
     lab = labels[labels["account_id"].isin(X.index)]
     Xl = X.loc[lab["account_id"].to_numpy()]
-    model = SerialReturnerModel(min_labels=settings.serial_min_labels, num_threads=settings.serial_num_threads)
+    model = SerialReturnerModel(min_labels=settings.serial_min_labels, num_threads=settings.serial_num_threads,
+                                gate=settings.serial_supervised_gate)
     model.fit(pd.concat([X, Xl]), np.r_[np.full(len(X), np.nan), lab["label"].to_numpy(dtype=float)], client=client)
     model.as_of_ = str(as_day(as_of).date()) if as_of is not None else X.attrs.get("as_of")
     model.data_source_ = source
@@ -214,7 +215,11 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     qt = truth.reindex(queue["account_id"])
     queue = queue.assign(true_pattern=qt["pattern"].fillna("normal").to_numpy(),
                          abuser=(qt["is_abuser"].fillna(False).astype(bool) & (qt["abuse_start"] <= t2)).to_numpy())
-    qm = {"queue_precision": float(queue["abuser"].mean())}
+    top_part = queue["slot"].eq("top score").to_numpy()
+    # Precision is measured on the top-score part: reserved pattern slots and the audit sample are there to learn
+    # and to check, not to be precise.
+    qm = {"queue_precision": float(queue["abuser"].mean()),
+          "queue_precision_top_score": float(queue["abuser"][top_part].mean()) if top_part.any() else float("nan")}
     for p in PATTERNS:
         pos = int((y & (pattern == p)).sum())
         qm[f"queue_recall_{p}"] = float((queue["abuser"] & (queue["true_pattern"] == p)).sum() / max(pos, 1))
