@@ -95,6 +95,8 @@ class Settings(BaseSettings):
 
     # Serving (serving/app.py, serving/service.py)
     max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest request body the service reads (413 above).")
+    snapshot_poll_s: float = Field(1.0, description="Seconds between the service's checks of models/snapshots/CURRENT "
+                                   "(a new generation is swapped in whole); 0 turns the check off.")
 
     @property
     def tracking_uri(self) -> str:
@@ -129,7 +131,7 @@ class Settings(BaseSettings):
 
     @property
     def snapshots_dir(self) -> Path:
-        """Account and merchant feature snapshots that serving loads at start."""
+        """Feature snapshots: per model version (``<model>/v<N>``) and the served generations (features/generations.py)."""
         return self.models_dir / "snapshots"
 
 

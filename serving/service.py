@@ -86,6 +86,8 @@ class AfterSalesService:
         bind_apis_once(self, AfterSalesService)
         self.runtime.warm_up()
         tune_gc()
+        # New snapshot generations (a promotion, `aftersales refresh-features`) are swapped in without a restart.
+        self.runtime.start_watching(get_settings().snapshot_poll_s)
 
     @bentoml.api(route="/v1/tickets/score")
     async def score_ticket(self, ticket: TicketIn, /) -> TicketScore:

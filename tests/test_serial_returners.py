@@ -140,7 +140,7 @@ def test_decisions_in_the_store_feed_training(ds, tmp_path):
     assert after.set_index("account_id").loc[new, "label"].eq(1).all()
 
 
-def test_flag_accounts_cli_writes_queue_and_snapshot(world, ds, cli_settings, tmp_path):
+def test_flag_accounts_cli_writes_the_queue_only(world, ds, cli_settings, tmp_path):
     from training.cli import main
 
     out = tmp_path / "queue.csv"
@@ -152,10 +152,9 @@ def test_flag_accounts_cli_writes_queue_and_snapshot(world, ds, cli_settings, tm
     assert list(q.columns[:5]) == ["account_id", "score", "rank", "reasons", "likely_pattern"]
     assert len(q) == 15 and q["account_id"].notna().all() and q["rank"].tolist() == list(range(1, 16))
     assert q["reasons"].str.len().gt(0).all()
-    snap = pd.read_parquet(cli_settings.snapshots_dir / "accounts.parquet")
-    assert {"account_id", "abuse_score", "abuse_percentile", "likely_pattern", "top_reason", "returns_30d",
-            "return_rate_90d", "refund_without_return_90d", "link_group_size"} <= set(snap.columns)
-    assert snap["account_id"].notna().all() and snap["as_of"].eq(as_of).all()
+    # An ad-hoc queue changes nothing the service serves (only a promotion or refresh-features does).
+    assert not (cli_settings.snapshots_dir / "accounts.parquet").exists()
+    assert not (cli_settings.snapshots_dir / "CURRENT").exists()
     assert "rows rejected" in res.output
 
 
@@ -214,11 +213,15 @@ def test_train_registers_and_writes_the_serving_snapshot(world, cli_settings):
     assert summary["version"] == 1 and summary["promoted"] is True
     assert summary["queue_method"] in sr.CANDIDATES
     assert summary["pr_auc"] > summary["pr_auc_if_counts"]
+    from features import generations
     from training import registry
 
     loaded = registry.load_champion(sr.MODEL_NAME, settings=cli_settings)
     assert loaded.model.method_ == summary["queue_method"]  # the artifact carries the queue's choice
-    snap = pd.read_parquet(cli_settings.snapshots_dir / "accounts.parquet")
+    snap = pd.read_parquet(generations.served_dir(cli_settings.snapshots_dir) / "accounts.parquet")
+    assert {"account_id", "abuse_score", "abuse_percentile", "likely_pattern", "top_reason", "returns_30d",
+            "return_rate_90d", "refund_without_return_90d", "link_group_size"} <= set(snap.columns)
+    assert generations.current_manifest(cli_settings.snapshots_dir)["models"][sr.MODEL_NAME]["version"] == 1
     X = sr.features_as_of(load_dataset(world), snap["as_of"].iloc[0], cli_settings)
     scores = pd.Series(loaded.model.predict(X), index=X.index)
     # Serving loads the object training fitted: its scores are the snapshot's.

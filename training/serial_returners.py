@@ -21,6 +21,7 @@ import click
 import numpy as np
 import pandas as pd
 
+from features import generations
 from features.accounts import (
     BASELINES,
     FEATURES,
@@ -159,6 +160,7 @@ class Evaluation:
     params: dict = field(default_factory=dict)
     model: SerialReturnerModel | None = None
     slices: pd.DataFrame | None = None  # metrics per slice of the evaluated accounts (model card)
+    X_eval: AccountFrame | None = None  # the evaluated accounts' features as of T2 (the gate scores the champion)
 
 
 def _truth(data_dir: Path) -> pd.DataFrame | None:
@@ -232,7 +234,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
               "n_labels": model.n_labels_, "n_eval_accounts": len(ev), "n_eval_positives": int(y.sum()),
               "market": market or settings.market}
     slices = slice_table(account_slices(ds, ev, t2, settings, market), y, scores, capacity)
-    return Evaluation(metrics, queue, qm, {m: (s, y) for m, s in scores.items()}, fb, params, model, slices)
+    return Evaluation(metrics, queue, qm, {m: (s, y) for m, s in scores.items()}, fb, params, model, slices, ev)
 
 
 def account_slices(ds: Dataset, X: AccountFrame, as_of, settings: Settings, market: str | None = None,
@@ -347,7 +349,8 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
     slices = slice_table(account_slices(ds, X1, t1, settings, market), heavy, scores, top, "heavy_returners")
     return {"t1": str(t1.date()), "window_end": str(end.date()), "heavy_threshold": threshold,
             "heavy_accounts": int(heavy.sum()), "accounts": len(X1), "mode": model.mode_,
-            "table": pd.DataFrame(rows).set_index("method"), "model": model, "slices": slices}
+            "table": pd.DataFrame(rows).set_index("method"), "model": model, "slices": slices, "X": X1,
+            "y": heavy}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -437,10 +440,12 @@ def targets_report(ev: Evaluation) -> list[str]:
 
 
 def write_snapshot(X: AccountFrame, model: SerialReturnerModel, settings: Settings,
-                   exclude: set[str] = frozenset(), capacity: int | None = None) -> dict[str, Path]:
-    """Write every account's score (``snapshots/accounts.parquet``) and the queue (``snapshots/account_queue.parquet``)
-    for serving; files are replaced atomically so a reader never sees half a file."""
-    out = settings.snapshots_dir
+                   exclude: set[str] = frozenset(), capacity: int | None = None,
+                   out: Path | None = None) -> dict[str, Path]:
+    """Write every account's score (``accounts.parquet``) and the queue (``account_queue.parquet``) for serving into
+    ``out`` (training: the registered version's ``snapshots/serial_returners/v<N>``; default the flat
+    ``snapshots_dir``); files are replaced atomically so a reader never sees half a file."""
+    out = Path(out or settings.snapshots_dir)
     out.mkdir(parents=True, exist_ok=True)
     scores = model.predict(X)
     snap = score_snapshot(X, model, scores=scores)
@@ -458,6 +463,39 @@ def write_snapshot(X: AccountFrame, model: SerialReturnerModel, settings: Settin
 
 # --------------------------------------------------------------------------------------------------------------------
 # Training entry point
+
+
+def gate_evidence(ds: Dataset, data_dir: Path, ev: Evaluation | None = None, fw: dict | None = None):
+    """The promotion gate's evidence (:mod:`training.evidence`): with ground truth, the accounts evaluated as of T2
+    by PR-AUC against the truth; without, the forward check's accounts as of T1 by PR-AUC of next quarter's heavy
+    returners. The champion scores the same accounts' features; one that trained on this data folder after T1 has
+    seen the evaluated period and is not scored."""
+    from sklearn.metrics import average_precision_score
+
+    from training.evidence import Evidence, Unscorable
+
+    if ev is not None:
+        X, (s_model, y) = ev.X_eval, ev.curves["model"]
+        t1, when = pd.Timestamp(ev.params["t1"]), f"scored as of {ev.params['t2']}, abusers by the ground truth"
+        base = {m: float(ev.metrics.loc[m, "pr_auc"]) for m in ("rule", "if_counts")}
+        value = float(ev.metrics.loc["model", "pr_auc"])
+    else:
+        X, y, t1 = fw["X"], fw["y"], pd.Timestamp(fw["t1"])
+        s_model = fw["model"].predict(X)
+        when = f"as of {fw['t1']}, labelled by heavy returning up to {fw['window_end']} (a proxy)"
+        base = {m: float(fw["table"].loc[m, "pr_auc"]) for m in fw["table"].index if m != "model"}
+        value = float(fw["table"].loc["model", "pr_auc"])
+    rows = f"{len(X):,} accounts {when}, {int(np.sum(y))} positives"
+
+    def compare(champion, seen_until):
+        if seen_until is not None and pd.Timestamp(seen_until).tz_localize(None) > t1.tz_localize(None):
+            raise Unscorable(f"it trained on this data folder up to {pd.Timestamp(seen_until):%Y-%m-%d}, after the "
+                             f"evaluation's training day {t1:%Y-%m-%d}: it has seen the evaluated period")
+        return (float(average_precision_score(y, s_model)), float(average_precision_score(y, champion.predict(X))),
+                rows)
+
+    first, last = ds.time_span()
+    return Evidence("pr_auc", True, value, base, rows, compare, str(Path(data_dir).resolve()), last, t1)
 
 
 def _load(data_dir: Path, out_dir: Path, echo: Echo) -> Dataset:
@@ -634,13 +672,21 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
         result = registry.log_and_register(
             MODEL_NAME, final, X_end[list(FEATURES)].head(5).reset_index(drop=True), primary_metric="pr_auc",
             metric_value=primary, higher_is_better=True, settings=settings, extra_metrics=extra,
-            data_validated=validated, card=card)
+            data_validated=validated, card=card,
+            evidence=gate_evidence(ds, Path(data_dir), ev if truth is not None else None,
+                                   fw if truth is None else None))
         echo(f"registered {MODEL_NAME} v{result.version}: {result.reason}")
+        # The snapshots belong to the version; served only when it was promoted (a new generation).
+        vdir = generations.version_dir(settings.snapshots_dir, MODEL_NAME, result.version)
         paths = write_snapshot(X_end, final, settings,
-                               exclude=excluded_accounts(labels, last, settings.serial_review_cooldown_days))
+                               exclude=excluded_accounts(labels, last, settings.serial_review_cooldown_days),
+                               out=vdir)
+        served = generations.record_version(settings.snapshots_dir, MODEL_NAME, result.version, result.promoted,
+                                            vdir, last, str(Path(data_dir).resolve()))
     summary.update({"mode": final.mode_, "labels": final.n_labels_, "accounts_scored": len(X_end),
                     "version": result.version, "promoted": result.promoted,
                     "snapshot": str(paths["accounts"]), "queue": str(paths["account_queue"]),
+                    "served generation": served or "unchanged (not promoted)",
                     "seconds": round(time.perf_counter() - t0, 1)})
     return summary
 
@@ -698,14 +744,15 @@ def _choose_model(ds: Dataset, X: AccountFrame, day: pd.Timestamp, data_dir: Pat
 @click.option("--market", default=None, help="Market whose events mark wardrobing (default: AFTERSALES_MARKET).")
 @click.option("--model", "use", type=click.Choice(["auto", "champion", "fit"]), default="auto", show_default=True,
               help="auto: the champion if it was trained on this data up to the as-of day, else fit as of that day.")
-@click.option("--snapshot/--no-snapshot", default=True, show_default=True,
-              help="Also write every account's score to models/snapshots/accounts.parquet for serving.")
+@click.option("--snapshot/--no-snapshot", default=False, hidden=True,
+              help="Removed: served snapshots change only with a promotion or `aftersales refresh-features`.")
 @engine_options
 def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | None, out: Path, market: str | None,
                       use: str, snapshot: bool, engine: str, scheduler: str | None) -> None:
     """Write the review queue of abnormal returners as of a day, sized to the team's capacity.
 
-    Accounts already confirmed, or cleared within the cooldown, are left out; guests are never flagged.
+    Accounts already confirmed, or cleared within the cooldown, are left out; guests are never flagged. Writes only
+    --out: what the service serves changes with a promotion or `aftersales refresh-features`.
     """
     settings = get_settings()
     data_dir = _data_dir(data_dir, settings)
@@ -736,8 +783,8 @@ def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | 
     for p, n in queue["likely_pattern"].value_counts().items():
         click.echo(f"  {p}: {n}")
     if snapshot:
-        paths = write_snapshot(X, model, settings, exclude=exclude, capacity=capacity)
-        click.echo(f"snapshot for serving: {paths['accounts']}")
+        click.echo("note: --snapshot no longer writes the served snapshot; served features change only with a "
+                   "promotion (`aftersales train`) or `aftersales refresh-features`")
 
 
 @click.group("review")
