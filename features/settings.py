@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     serial_rule_min_returns_90d: int = Field(5, description="Rule baseline: returns in 90 days at or above this...")
     serial_rule_min_return_rate: float = Field(0.5, description="...and a 90-day return rate at or above this.")
     serial_num_threads: int = Field(1, description="LightGBM threads for the serial-returner model.")
+    serial_supervised_gate: bool = Field(True, description="Use the supervised serial-returner model only when it "
+                                         "beats the cold start on held-out decisions (false: whenever labels allow).")
 
     # Dask engine (features/engine.py; `--engine dask` without `--scheduler` starts a LocalCluster with these)
     dask_workers: int = Field(2, description="Worker processes of the LocalCluster that --engine dask starts.")
