@@ -211,6 +211,7 @@ class Runtime:
     reviews: Any = None  # features.reviews module (decision store), when present
     policy_problem: str | None = None
     generation_problem: str | None = None  # why the newest generation could not be loaded
+    _failed_generation: str | None = None  # not retried every poll: only when CURRENT names another one
     _history_cache: Any = None  # return-volume History, built on the first forecast request
     _history_lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -259,20 +260,31 @@ class Runtime:
     def refresh(self) -> bool:
         """Serve the generation CURRENT names if it is not the one served; True when a new one was swapped in.
 
-        The new set is loaded completely before one reference assignment replaces the old; if it cannot be loaded
-        the old one stays served and ``/v1/health`` says why.
+        The new set is loaded completely before one reference assignment replaces the old; if it cannot be loaded,
+        or a model the old set serves would be lost (its pinned version fails to load or no longer fits), the old one
+        stays served and ``/v1/health`` says why (that generation is not retried until CURRENT names another).
         """
         from features import generations
 
         now = generations.current_id(self.settings.snapshots_dir)
         old = self.served
-        if now == old.generation:
+        if now == old.generation or now == self._failed_generation:
             return False
         try:
             new = load_served(self.settings, previous=old)
         except Exception as e:  # noqa: BLE001 — keep serving the old set, loudly
             self.generation_problem = f"generation {now} could not be loaded ({type(e).__name__}: {e})"
+            self._failed_generation = now
             log.exception("serving: %s", self.generation_problem)
+            return False
+        lost = [n for n in old.models if n not in new.models]
+        if lost:
+            self.generation_problem = (f"generation {now} is not served (still {old.generation}): "
+                                       + "; ".join(f"{n}: {new.problems.get(n, 'not loaded')}" for n in lost))
+            self._failed_generation = now
+            log.error("serving: %s", self.generation_problem)
+            if new.store is not None:
+                new.store.close()
             return False
         self.served = new  # the swap: one reference, so a request sees the old set or the new, never a mix
         self.generation_problem = None

@@ -250,3 +250,27 @@ def test_refresh_serves_a_champion_promoted_from_another_machine(deployment):
         assert rt.served.models["serial_returners"] is old.models["serial_returners"]  # unchanged: not reloaded
     finally:
         rt.close()
+
+
+def test_a_generation_that_would_lose_a_served_model_is_not_swapped_in(deployment):
+    """A champion whose signature no longer fits the served features: the refresh pins it, but the worker keeps its
+    current set (no outage) and says why in /v1/health."""
+    from serving.app import Runtime
+
+    settings = deployment["settings"]
+    first = refresh_features(deployment["world"], settings, echo=quiet)["generation"]
+    rt = Runtime.load(settings)
+    try:
+        served = rt.served.versions("ticket_triage")["ticket_triage"]
+        current = registry.load_champion("ticket_triage", settings)
+        bad = registry.log_and_register("ticket_triage", current.model, pd.DataFrame({"x": [0.0]}), "roc_auc", 1.0,
+                                        True, settings=settings)
+        assert bad.promoted
+        second = refresh_features(deployment["world"], settings, echo=quiet)["generation"]
+        assert not rt.refresh() and not rt.refresh()  # refused once, not retried every poll
+        assert rt.served.generation == first and rt.served.versions("ticket_triage")["ticket_triage"] == served
+        health = rt.health()
+        assert health.status == "degraded" and second in health.generation_problem
+        assert "signature" in health.generation_problem and health.snapshot_generation == first
+    finally:
+        rt.close()
