@@ -15,8 +15,8 @@ from _service import ROOT, Service
 
 SERVE_LOCK = ROOT / "requirements-serve.lock"
 SERVE_IN = ROOT / "requirements-serve.in"
-# Dependencies of dev tools that are not themselves named in pyproject's extras (notebooks, the AutoETS peer).
-NOT_SERVED = {"jupyter-client", "jupyter-core", "ipython", "numba", "llvmlite", "matplotlib", "flask", "gunicorn",
+# Dependencies of dev tools that are not themselves named in pyproject's extras (notebooks, Dask, the MLflow server).
+NOT_SERVED = {"jupyter-client", "jupyter-core", "ipython", "matplotlib", "flask", "gunicorn",
               "dask", "distributed"}
 
 
@@ -34,8 +34,10 @@ def _names(requirements: list[str]) -> set[str]:
 
 
 def _dev_tools() -> set[str]:
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    return set().union(*(_names(reqs) for reqs in extras.values())) | NOT_SERVED
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = set().union(*(_names(reqs) for reqs in project["optional-dependencies"].values()))
+    # A package both in an extra and in the main dependencies (statsforecast: the forecaster's AutoETS/MSTL) is served.
+    return (extras - _names(project["dependencies"])) | NOT_SERVED
 
 
 def test_bentoml_build_packages_the_service_with_the_runtime_lock_only(tmp_path):
@@ -52,8 +54,11 @@ def test_bentoml_build_packages_the_service_with_the_runtime_lock_only(tmp_path)
     installed = _pins((bento / "env" / "python" / "requirements.txt").read_text())
     assert "bentoml" in installed and "lightgbm" in installed and "mlflow-skinny" in installed
     assert not installed.keys() & _dev_tools(), sorted(installed.keys() & _dev_tools())
-    for tool in ("pytest", "ruff", "statsforecast", "schemathesis"):
+    for tool in ("pytest", "ruff", "schemathesis"):
         assert tool not in installed
+    # The holiday forecaster's AutoETS/MSTL components run at serving time: without them a served forecast would
+    # silently drop components the weights were fitted with.
+    assert "statsforecast" in installed
     assert not [n for n in installed if n.startswith("jupyter")]
     everything = _pins((ROOT / "requirements.lock").read_text())
     assert len(installed) < 0.7 * len(everything), (len(installed), len(everything))
