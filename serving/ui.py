@@ -50,7 +50,7 @@ from typing import Any
 
 import pandas as pd
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Query, Request, UploadFile
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 from markupsafe import Markup
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
@@ -845,9 +845,10 @@ def mount_ui(app: FastAPI) -> None:
 
 def _fmt(value: Any, digits: int = 2) -> str:
     """A figure for a table cell: numbers rounded, None/NaN as a dash, times as days."""
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA or value is pd.NaT \
+            or isinstance(value, Undefined):
         return "–"
-    if isinstance(value, bool):
+    if type(value).__name__ in ("bool", "bool_"):  # Python or numpy
         return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
@@ -861,4 +862,11 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 
 templates.filters["fmt"] = _fmt
-templates.filters["pct"] = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0%}"
+def _pct(value: Any) -> str:
+    """A share as a percentage; a dash when missing (e.g. a ring member not in the snapshot)."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return "–"
+    return f"{value:.0%}"
+
+
+templates.filters["pct"] = _pct
