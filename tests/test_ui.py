@@ -170,8 +170,8 @@ def test_review_a_flagged_account_in_the_browser(ui, browser):
     assert (row["account_id"], row["decision"], row["reviewer"], row["decision_id"]) == (
         target, "confirmed_abuse", "ann", decision_id)
     assert row["note"] == "returns every order; refunds without items"
-    assert target in browser.find_element(By.ID, "decisions").text or "confirmed_abuse" in \
-        browser.find_element(By.ID, "decisions").text
+    earlier = browser.find_element(By.ID, "decisions").text
+    assert "confirmed_abuse" in earlier and "ann" in earlier and decision_id in earlier
 
     browser.get(f"{url}/ui/queue")
     after = _queue_accounts(browser)
@@ -288,3 +288,54 @@ def test_merchant_page_shows_ranking_and_history(ui, browser):
     api = httpx.get(f"{url}/v1/merchants/risk", headers={"X-API-Key": API_KEY}).json()
     assert [r.get_attribute("data-merchant") for r in rows] == [m["merchant_id"] for m in api["merchants"]]
     assert browser.find_elements(By.CSS_SELECTOR, "#merchants svg.spark rect")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Without a browser: the session cookie and CSRF token, and the chart
+
+
+def test_session_cookie_and_csrf_token_are_bound_and_signed():
+    from serving.ui import Sessions
+
+    sessions = Sessions(["k1", "k2"])
+    assert sessions.key_ok("k2") and not sessions.key_ok("k3") and not sessions.key_ok("")
+    s, cookie = sessions.issue("ann")
+    assert sessions.read(cookie) == s and s.logged_in
+    body, sig = cookie.rsplit(".", 1)
+    forged_body = body[:-4] + ("AAAA" if body[-4:] != "AAAA" else "BBBB")
+    assert sessions.read(f"{forged_body}.{sig}") is None  # altered payload
+    assert sessions.read(f"{body}.{'0' * len(sig)}") is None  # forged signature
+    assert sessions.read(cookie.replace(".", "")) is None and sessions.read(None) is None
+    assert Sessions(["k1"]).read(cookie) is None  # other keys: other signing key, every session ends
+    assert Sessions(["k2", "k1"]).read(cookie) == s  # same keys (any order, any worker): same sessions
+    other, _ = sessions.issue("bob")
+    token = sessions.csrf(s)
+    assert sessions.csrf_ok(s, token)
+    assert not sessions.csrf_ok(other, token)  # bound to its session
+    assert not sessions.csrf_ok(s, "") and not sessions.csrf_ok(None, token) and not sessions.csrf_ok(s, "x" * 64)
+
+
+def test_expired_session_is_no_session(monkeypatch):
+    from serving import ui
+
+    sessions = ui.Sessions(["k1"])
+    _, cookie = sessions.issue("ann")
+    now = time.time()
+    monkeypatch.setattr(ui.time, "time", lambda: now + ui.SESSION_TTL_S + 1)
+    assert sessions.read(cookie) is None
+
+
+def test_fan_chart_draws_band_past_and_events():
+    from datetime import date, timedelta
+
+    from serving.ui import fan_chart
+
+    origin = date(2024, 11, 1)
+    past = pd.Series([5.0, 7.0, 6.0], index=[origin - timedelta(days=i) for i in (2, 1, 0)])
+    fc = pd.DataFrame({"date": [origin + timedelta(days=i) for i in (1, 2, 3)], "p10": [1.0, 2.0, 3.0],
+                       "p50": [4.0, 5.0, 6.0], "p90": [9.0, 10.0, 30.0]})
+    svg = str(fan_chart(past, fc, [(origin + timedelta(days=2), "singles_day <b>"), (date(2020, 1, 1), "old")]))
+    assert svg.count('class="band"') == 1 and svg.count('class="p50"') == 1 and svg.count('class="past"') == 1
+    assert svg.count('class="event"') == 1  # events outside the drawn days are left out
+    assert "singles_day &lt;b&gt;" in svg  # names are escaped
+    assert ">30<" in svg  # the axis reaches the highest P90
