@@ -214,9 +214,34 @@ async def index() -> RedirectResponse:
     return RedirectResponse(f"{UI_PREFIX}/queue", status_code=303)
 
 
+_prefetched: set[int] = set()
+
+
+def prefetch(rt: Runtime) -> None:
+    """Read the data folder's evidence and compute the default forecast in a background thread, once per runtime.
+
+    Started when someone opens the login page: those two take seconds on the first request of a worker (reading
+    the data folder, forecasting every series), and are ready by the time the reviewer or planner has logged in.
+    """
+    if id(rt) in _prefetched:
+        return
+    _prefetched.add(id(rt))
+
+    def run() -> None:
+        for what, job in (("evidence", lambda: evidence_for(rt)),
+                          ("forecast", lambda: served_forecast(rt, None, rt.served.model(RETURN_VOLUME).horizon))):
+            try:
+                job()
+            except Exception as e:  # noqa: BLE001 — the page itself reports the problem when it is asked for
+                log.info("ui: prefetch of the %s skipped (%s)", what, e)
+
+    threading.Thread(target=run, name="ui-prefetch", daemon=True).start()
+
+
 @router.get("/login")
 async def login_page(request: Request, next: str | None = Query(None, max_length=500),
                      rt: Runtime = Depends(current_runtime)) -> HTMLResponse:
+    prefetch(rt)
     sessions = sessions_for(rt)
     s = sessions.read(request.cookies.get(SESSION_COOKIE))
     cookie = None
@@ -607,11 +632,21 @@ def _query(**values: str) -> str:
 # Planners' page
 
 
-_forecasts: OrderedDict[tuple, ForecastResponse] = OrderedDict()
+@dataclass(frozen=True)
+class ServedForecast:
+    """A forecast response and its tables (built once: 20 series x 60 days is 1,200 rows to convert)."""
+
+    resp: ForecastResponse
+    frame: pd.DataFrame  # date, series, p10, p50, p90
+    staffing: pd.DataFrame  # STAFFING_COLUMNS
+    grid: pd.DataFrame  # agents_p50/agents_p90 x channel, one row per day
+
+
+_forecasts: OrderedDict[tuple, ServedForecast] = OrderedDict()
 _forecast_lock = threading.Lock()
 
 
-def served_forecast(rt: Runtime, origin: date | None, horizon: int) -> ForecastResponse:
+def served_forecast(rt: Runtime, origin: date | None, horizon: int) -> ServedForecast:
     """:meth:`Runtime.forecast` for every series (the ``/v1/forecast`` path), kept for the served generation."""
     s = rt.served
     model = s.model(RETURN_VOLUME)
@@ -622,20 +657,16 @@ def served_forecast(rt: Runtime, origin: date | None, horizon: int) -> ForecastR
         if key in _forecasts:
             _forecasts.move_to_end(key)
             return _forecasts[key]
-    out = rt.forecast(ForecastRequest(origin=origin, horizon=horizon))
+    resp = rt.forecast(ForecastRequest(origin=origin, horizon=horizon))
+    frame = pd.DataFrame([d.model_dump() for d in resp.forecast], columns=["date", "series", "p10", "p50", "p90"])
+    staff = pd.DataFrame([d.model_dump() for d in resp.staffing], columns=STAFFING_COLUMNS)
+    grid = staff.pivot_table(index="date", columns="channel", values=["agents_p50", "agents_p90"], aggfunc="first")
+    out = ServedForecast(resp, frame, staff, grid)
     with _forecast_lock:
         _forecasts[key] = out
         while len(_forecasts) > FORECAST_CACHE:
             _forecasts.popitem(last=False)
     return out
-
-
-def _forecast_frame(resp: ForecastResponse) -> pd.DataFrame:
-    return pd.DataFrame([d.model_dump() for d in resp.forecast], columns=["date", "series", "p10", "p50", "p90"])
-
-
-def _staffing_frame(resp: ForecastResponse) -> pd.DataFrame:
-    return pd.DataFrame([d.model_dump() for d in resp.staffing], columns=STAFFING_COLUMNS)
 
 
 def component_weights(model: Any) -> dict[str, float] | None:
@@ -669,7 +700,20 @@ def _plan_forecast(rt: Runtime, origin: date, horizon: int, plan: pd.DataFrame) 
     return fc, staff[STAFFING_COLUMNS]
 
 
+_event_cache: dict[tuple, list[tuple[date, str]]] = {}
+
+
 def _events(rt: Runtime, market: str, start: date, end: date) -> list[tuple[date, str]]:
+    """Holidays and shopping events (size 2 and up) between two days, names joined per day (kept per worker)."""
+    key = (market, start, end, rt.settings.summer_sale, rt.settings.summer_sale_days)
+    if key not in _event_cache:
+        if len(_event_cache) > 256:
+            _event_cache.clear()
+        _event_cache[key] = _market_events(rt, market, start, end)
+    return _event_cache[key]
+
+
+def _market_events(rt: Runtime, market: str, start: date, end: date) -> list[tuple[date, str]]:
     from features.calendar import market_events
 
     ev = market_events(market, pd.Timestamp(start), pd.Timestamp(end), rt.settings)
@@ -696,14 +740,14 @@ def _forecast_view(ctx: Ctx, series: str, horizon: int | None, origin: str | Non
     try:
         model = rt.served.model(RETURN_VOLUME)
         horizon = min(horizon or model.horizon, model.horizon)
-        resp = served_forecast(rt, _origin_param(origin), horizon)
+        sf = served_forecast(rt, _origin_param(origin), horizon)
     except ApiError as e:
         return error_page(ctx, e.status, e.message)
-    fc = _forecast_frame(resp)
+    resp, fc = sf.resp, sf.frame
     names = list(dict.fromkeys(fc["series"]))
     if series not in names:
         return error_page(ctx, 400, f"series: unknown series '{series}'; this model forecasts {', '.join(names)}")
-    staff = _staffing_frame(resp)
+    staff = sf.staffing
     history = rt._history(model.market)
     origin_day = resp.origin
     past = history.y[series] if series in history.y else pd.Series(dtype=float)
@@ -729,7 +773,7 @@ def _forecast_view(ctx: Ctx, series: str, horizon: int | None, origin: str | Non
     end = shown["date"].max() if len(shown) else origin_day
     events = _events(rt, model.market, (pd.Timestamp(origin_day) - pd.Timedelta(days=PAST_DAYS)).date(), end)
     channels = list(dict.fromkeys(staff["channel"]))
-    grid = staff.pivot_table(index="date", columns="channel", values=["agents_p50", "agents_p90"], aggfunc="first")
+    grid = sf.grid
     weights = component_weights(model)
     return render(
         "forecast.html", ctx, series=series, names=names, horizon=horizon, max_horizon=model.horizon,
@@ -778,10 +822,10 @@ def staffing_csv(horizon: int | None = Query(None, ge=1, le=366), origin: str | 
     """Agents per day and channel: the columns and number format of ``aftersales staff --out``."""
     try:
         model = ctx.rt.served.model(RETURN_VOLUME)
-        resp = served_forecast(ctx.rt, _origin_param(origin), min(horizon or model.horizon, model.horizon))
+        sf = served_forecast(ctx.rt, _origin_param(origin), min(horizon or model.horizon, model.horizon))
     except ApiError as e:
         return error_page(ctx, e.status, e.message)
-    return _csv_response(_staffing_frame(resp), f"staffing-{resp.origin}-h{resp.horizon}.csv", "%.2f")
+    return _csv_response(sf.staffing, f"staffing-{sf.resp.origin}-h{sf.resp.horizon}.csv", "%.2f")
 
 
 @router.get("/forecast/forecast.csv")
@@ -791,10 +835,10 @@ def forecast_csv(horizon: int | None = Query(None, ge=1, le=366), origin: str | 
     ``aftersales staff --forecast``)."""
     try:
         model = ctx.rt.served.model(RETURN_VOLUME)
-        resp = served_forecast(ctx.rt, _origin_param(origin), min(horizon or model.horizon, model.horizon))
+        sf = served_forecast(ctx.rt, _origin_param(origin), min(horizon or model.horizon, model.horizon))
     except ApiError as e:
         return error_page(ctx, e.status, e.message)
-    return _csv_response(_forecast_frame(resp), f"forecast-{resp.origin}-h{resp.horizon}.csv", "%.3f")
+    return _csv_response(sf.frame, f"forecast-{sf.resp.origin}-h{sf.resp.horizon}.csv", "%.3f")
 
 
 # --------------------------------------------------------------------------------------------------------------------
