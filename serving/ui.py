@@ -644,6 +644,7 @@ class ServedForecast:
 
 _forecasts: OrderedDict[tuple, ServedForecast] = OrderedDict()
 _forecast_lock = threading.Lock()
+_compute_lock = threading.Lock()
 
 
 def served_forecast(rt: Runtime, origin: date | None, horizon: int) -> ServedForecast:
@@ -657,6 +658,14 @@ def served_forecast(rt: Runtime, origin: date | None, horizon: int) -> ServedFor
         if key in _forecasts:
             _forecasts.move_to_end(key)
             return _forecasts[key]
+    with _compute_lock:  # one forecast computed at a time: a second request for it waits, then finds it kept
+        with _forecast_lock:
+            if key in _forecasts:
+                return _forecasts[key]
+        return _compute_forecast(rt, key, origin, horizon)
+
+
+def _compute_forecast(rt: Runtime, key: tuple, origin: date, horizon: int) -> ServedForecast:
     resp = rt.forecast(ForecastRequest(origin=origin, horizon=horizon))
     frame = pd.DataFrame([d.model_dump() for d in resp.forecast], columns=["date", "series", "p10", "p50", "p90"])
     staff = pd.DataFrame([d.model_dump() for d in resp.staffing], columns=STAFFING_COLUMNS)
