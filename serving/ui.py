@@ -639,7 +639,8 @@ class ServedForecast:
     resp: ForecastResponse
     frame: pd.DataFrame  # date, series, p10, p50, p90
     staffing: pd.DataFrame  # STAFFING_COLUMNS
-    grid: pd.DataFrame  # agents_p50/agents_p90 x channel, one row per day
+    channels: list[str]
+    grid: list[tuple[date, list[tuple[int, int]]]]  # per day: (agents P50, agents P90) per channel
 
 
 _forecasts: OrderedDict[tuple, ServedForecast] = OrderedDict()
@@ -669,8 +670,12 @@ def _compute_forecast(rt: Runtime, key: tuple, origin: date, horizon: int) -> Se
     resp = rt.forecast(ForecastRequest(origin=origin, horizon=horizon))
     frame = pd.DataFrame([d.model_dump() for d in resp.forecast], columns=["date", "series", "p10", "p50", "p90"])
     staff = pd.DataFrame([d.model_dump() for d in resp.staffing], columns=STAFFING_COLUMNS)
-    grid = staff.pivot_table(index="date", columns="channel", values=["agents_p50", "agents_p90"], aggfunc="first")
-    out = ServedForecast(resp, frame, staff, grid)
+    channels = list(dict.fromkeys(staff["channel"]))
+    wide = staff.pivot_table(index="date", columns="channel", values=["agents_p50", "agents_p90"], aggfunc="first")
+    p50, p90 = wide["agents_p50"][channels].to_numpy(), wide["agents_p90"][channels].to_numpy()
+    grid = [(d, [(int(a), int(b)) for a, b in zip(r50, r90, strict=True)])
+            for d, r50, r90 in zip(wide.index, p50, p90, strict=True)]
+    out = ServedForecast(resp, frame, staff, channels, grid)
     with _forecast_lock:
         _forecasts[key] = out
         while len(_forecasts) > FORECAST_CACHE:
@@ -781,8 +786,7 @@ def _forecast_view(ctx: Ctx, series: str, horizon: int | None, origin: str | Non
                                           suffixes=("", "_without"))
     end = shown["date"].max() if len(shown) else origin_day
     events = _events(rt, model.market, (pd.Timestamp(origin_day) - pd.Timedelta(days=PAST_DAYS)).date(), end)
-    channels = list(dict.fromkeys(staff["channel"]))
-    grid = sf.grid
+    channels, grid = sf.channels, sf.grid
     weights = component_weights(model)
     return render(
         "forecast.html", ctx, series=series, names=names, horizon=horizon, max_horizon=model.horizon,
