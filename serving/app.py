@@ -711,6 +711,7 @@ def _day(value: Any) -> date:
 
 
 HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v1/health"})  # open even when API keys are set
+UI_PREFIX = "/ui"  # the browser pages (serving/ui.py): their own login (session cookie) and CSRF-checked forms
 REAL_PATH = "aftersales.real_path"  # scope key: the request path while the metrics middleware sees the template
 UNMATCHED = "/{unmatched}"  # the metrics label of every path that is no route (404s)
 
@@ -785,6 +786,8 @@ class GuardMiddleware:
     - A body larger than ``AFTERSALES_MAX_BODY_BYTES`` is refused with 413 before it is read (declared length) or
       as soon as it passes the limit (chunked upload).
     - A body that is not JSON (form, multipart, text) is refused with 415.
+    - ``/ui/`` (the browser pages, :mod:`serving.ui`) is left to its own login and CSRF checks, and may post forms;
+      the body size limit applies to it too.
     - Puts back the real path where :func:`label_metrics_by_route` handed BentoML's metrics the route template.
     Settings are read when the worker builds its app, not at import.
     """
@@ -816,9 +819,11 @@ class GuardMiddleware:
         if real_path is not None:  # the metrics middleware saw the route template; routing needs the real path
             scope["path"] = real_path
         headers = scope["headers"]
-        if self.keys and scope["path"] not in HEALTH_PATHS and not self._authorized(headers):
+        path = scope["path"]
+        ui = path == UI_PREFIX or path.startswith(UI_PREFIX + "/")  # serving/ui.py checks its session and CSRF
+        if self.keys and not ui and path not in HEALTH_PATHS and not self._authorized(headers):
             return await _reject(send, 401, "missing or invalid API key: send it in the X-API-Key header")
-        if scope["method"] in ("POST", "PUT", "PATCH"):
+        if scope["method"] in ("POST", "PUT", "PATCH") and not ui:
             ctype = next((v for k, v in headers if k == b"content-type"), None)
             media = ctype.split(b";", 1)[0].strip().lower() if ctype is not None else b"application/json"
             if media != b"application/json" and not media.endswith(b"+json"):

@@ -49,6 +49,7 @@ def test_bentoml_build_packages_the_service_with_the_runtime_lock_only(tmp_path)
     (bento,) = (tmp_path / "bentoml" / "bentos" / "aftersales").glob("*/bento.yaml")
     bento = bento.parent
     assert (bento / "src" / "serving" / "service.py").is_file() and (bento / "src" / "training" / "registry.py").is_file()
+    assert (bento / "src" / "serving" / "templates" / "queue.html").is_file()  # the /ui/ pages' templates
     assert not (bento / "src" / "tests").exists() and not list((bento / "src").glob("models/*"))
 
     installed = _pins((bento / "env" / "python" / "requirements.txt").read_text())
@@ -103,6 +104,19 @@ def test_the_service_serves_every_route_with_only_the_serve_lock_installed(deplo
         account = svc.client.get("/v1/accounts/flagged").json()["accounts"][0]["account_id"]
         r = svc.client.post(f"/v1/accounts/{account}/decision", json={"decision": "cleared", "reviewer": "li"})
         assert r.status_code == 201, (r.text, refused, svc.tail())
+        # The /ui/ pages render with the serve lock only (Jinja2, form parsing): log in, then each page.
+        import re
+
+        login = svc.client.get("/ui/login")
+        token = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)
+        cookie = {"Cookie": f"aftersales_ui={login.cookies['aftersales_ui']}"}
+        r = svc.client.post("/ui/login", data={"reviewer": "li", "csrf": token}, headers=cookie)
+        assert r.status_code == 303, (r.text, refused, svc.tail())
+        cookie = {"Cookie": f"aftersales_ui={r.cookies['aftersales_ui']}"}
+        for path in ("/ui/queue", f"/ui/accounts/{account}", "/ui/forecast?horizon=3", "/ui/merchants",
+                     "/ui/forecast/staffing.csv?horizon=3"):
+            r = svc.client.get(path, headers=cookie)
+            assert r.status_code == 200, (path, r.text[:2000], refused, svc.tail())
         # The check was in force in the server and in its worker (the process that loads the models).
         active = [line for line in blocked.read_text().splitlines() if line.startswith("# active")]
         assert any("bentoml serve" in line for line in active), active
