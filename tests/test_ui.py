@@ -339,3 +339,11 @@ def test_fan_chart_draws_band_past_and_events():
     assert svg.count('class="event"') == 1  # events outside the drawn days are left out
     assert "singles_day &lt;b&gt;" in svg  # names are escaped
     assert ">30<" in svg  # the axis reaches the highest P90
+
+
+def test_login_redirects_only_inside_the_pages():
+    from serving.ui import _safe_next
+
+    assert _safe_next("/ui/accounts/A1?msg=x") == "/ui/accounts/A1?msg=x"
+    for bad in ("https://evil.example/", "//evil.example/ui/", "/v1/accounts/flagged", "/ui\\..\\x", "", None):
+        assert _safe_next(bad) == "/ui/queue"
