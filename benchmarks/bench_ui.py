@@ -72,11 +72,17 @@ def build(work: Path, queue: int, horizon: int, accounts: int, days: int) -> dic
     registry.log_and_register("merchant_risk", DummyRegressor().fit(example, [0.0, 1.0, 2.0]), example,
                               "ndcg_at_50", 0.5, True, settings=settings)
     history = build_history(ds, "CN")
-    fc = ReturnVolumeForecaster(horizon=horizon, n_estimators=60, max_rows=20_000).fit(history)
+    try:  # the served forecaster: the ensemble where this build has it, else the LightGBM forecaster
+        from features.forecast_ensemble import HolidayForecaster
+
+        fc = HolidayForecaster.from_params(horizon=horizon, market="CN", n_estimators=60, max_rows=20_000)
+    except ImportError:
+        fc = ReturnVolumeForecaster(horizon=horizon, n_estimators=60, max_rows=20_000)
+    fc = fc.fit(history)
     registry.log_and_register("return_volume", fc, _input_example(fc, history), "holiday_wape", 0.3, False,
                               settings=settings)
     info = {"models": str(work / "models"), "world": str(world), "series": len(fc.series_),
-            "build_s": round(time.perf_counter() - t0, 1)}
+            "forecaster": type(fc).__name__, "build_s": round(time.perf_counter() - t0, 1)}
     marker.write_text(json.dumps(info))
     return info
 
@@ -112,7 +118,8 @@ def main() -> None:
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     info = build(args.work, args.queue, args.horizon, args.accounts, args.days)
-    print(f"world {info['world']}: forecaster of {info['series']} series (built in {info['build_s']}s)")
+    print(f"world {info['world']}: {info.get('forecaster', 'forecaster')} of {info['series']} series "
+          f"(built in {info['build_s']}s)")
 
     from _service import Service
 

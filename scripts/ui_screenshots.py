@@ -57,8 +57,13 @@ def main() -> None:
 
         def shot(name: str, max_height: int = 2200) -> None:
             time.sleep(0.3)
-            height = min(driver.execute_script("return document.documentElement.scrollHeight"), max_height)
-            driver.set_window_size(args.width, max(height, 600))
+            for _ in range(3):  # the window's height includes its frame: measure again after each resize
+                inner = driver.execute_script("return window.innerHeight")
+                height = min(driver.execute_script("return document.documentElement.scrollHeight"), max_height)
+                if inner >= height:
+                    break
+                outer = driver.get_window_size()["height"]
+                driver.set_window_size(args.width, outer + height - inner)
             path = args.out / f"{name}.png"
             driver.save_screenshot(str(path))
             print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
@@ -79,8 +84,9 @@ def main() -> None:
         shot("login", 600)
         submit(driver.find_element(By.ID, "login-submit"))
         shot("queue")
-        first = driver.find_element(By.CSS_SELECTOR, "#queue tr[data-account] a")
-        submit(first)
+        rows = driver.find_elements(By.CSS_SELECTOR, "#queue tr[data-account]")
+        ring = [r for r in rows if r.find_elements(By.TAG_NAME, "td")[4].text == "ring"]  # shows links and ring
+        submit((ring or rows)[0].find_element(By.TAG_NAME, "a"))
         driver.find_element(By.ID, "note").send_keys("refunds without items on most orders")
         shot("account")
         driver.get(f"{svc.url}/ui/forecast")

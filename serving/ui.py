@@ -683,21 +683,28 @@ def _compute_forecast(rt: Runtime, key: tuple, origin: date, horizon: int) -> Se
     return out
 
 
-def component_weights(model: Any) -> dict[str, float] | None:
-    """The forecaster's component weights when the model exposes them (an ensemble's blend), else None."""
-    for name in ("component_weights_", "weights_", "component_weights"):
-        w = getattr(model, name, None)
-        if callable(w):
-            w = w()
-        if w is None:
-            continue
-        if isinstance(w, pd.Series):
-            w = w.to_dict()
-        if isinstance(w, dict):
-            try:
-                return {str(k): float(v) for k, v in w.items()}
-            except (TypeError, ValueError):
-                return None
+def component_weights(model: Any, series: str) -> pd.DataFrame | None:
+    """The forecaster's component weights for ``series`` when the model exposes them, else None.
+
+    An ensemble's ``weights_table()`` (one row per series, horizon band and kind of day, a column per component,
+    and why) is shown for the picked series; a flat ``weights_`` mapping of component to weight as one row.
+    """
+    table = getattr(model, "weights_table", None)
+    if callable(table):
+        try:
+            t = table()
+        except Exception as e:  # noqa: BLE001 — an unfitted or older model: the page says there are none
+            log.info("ui: weights_table() failed (%s)", e)
+            return None
+        if isinstance(t, pd.DataFrame) and not t.empty:
+            if "series" in t.columns:
+                t = t[t["series"].astype(str) == series].drop(columns="series")
+            return t.reset_index(drop=True)
+    w = getattr(model, "weights_", None)
+    if isinstance(w, pd.Series):
+        w = w.to_dict()
+    if isinstance(w, dict) and w and all(isinstance(v, int | float) for v in w.values()):
+        return pd.DataFrame([{str(k): float(v) for k, v in w.items()}])
     return None
 
 
@@ -787,7 +794,7 @@ def _forecast_view(ctx: Ctx, series: str, horizon: int | None, origin: str | Non
     end = shown["date"].max() if len(shown) else origin_day
     events = _events(rt, model.market, (pd.Timestamp(origin_day) - pd.Timedelta(days=PAST_DAYS)).date(), end)
     channels, grid = sf.channels, sf.grid
-    weights = component_weights(model)
+    weights = component_weights(model, series)
     return render(
         "forecast.html", ctx, series=series, names=names, horizon=horizon, max_horizon=model.horizon,
         origin=origin_day, origin_param=origin or "", history_end=resp.history_end, notes=resp.notes,

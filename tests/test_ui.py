@@ -339,3 +339,28 @@ def test_fan_chart_draws_band_past_and_events():
     assert svg.count('class="event"') == 1  # events outside the drawn days are left out
     assert "singles_day &lt;b&gt;" in svg  # names are escaped
     assert ">30<" in svg  # the axis reaches the highest P90
+
+
+def test_login_redirects_only_inside_the_pages():
+    from serving.ui import _safe_next
+
+    assert _safe_next("/ui/accounts/A1?msg=x") == "/ui/accounts/A1?msg=x"
+    for bad in ("https://evil.example/", "//evil.example/ui/", "/v1/accounts/flagged", "/ui\\..\\x", "", None):
+        assert _safe_next(bad) == "/ui/queue"
+
+
+def test_component_weights_of_an_ensemble_are_shown_per_series():
+    from features.return_volume import ReturnVolumeForecaster
+    from serving.ui import component_weights
+
+    class Blend:  # the layout of an ensemble forecaster's weights_table(): one row per series, band and kind of day
+        def weights_table(self):
+            return pd.DataFrame({"series": ["total", "total", "channel=chat"], "band": ["1-7", "8-28", "1-7"],
+                                 "window": ["ordinary"] * 3, "lightgbm": [0.6, 0.3, 1.0],
+                                 "planners": [0.4, 0.7, 0.0], "why": ["a", "b", "c"]})
+
+    t = component_weights(Blend(), "total")
+    assert list(t.columns) == ["band", "window", "lightgbm", "planners", "why"] and len(t) == 2
+    assert t["lightgbm"].tolist() == [0.6, 0.3]
+    assert len(component_weights(Blend(), "channel=chat")) == 1
+    assert component_weights(ReturnVolumeForecaster(), "total") is None  # a single model: nothing to show
