@@ -89,6 +89,11 @@ def planners_forecast(history: History, t: int, horizon: int, settings: Settings
     growth = np.clip(np.where(before > 0, now / np.where(before > 0, before, 1.0), 1.0), *GROWTH_CLIP)
     tgt = t + 1 + np.arange(horizon)
     s = src[tgt]
+    # A fixed-date holiday (Christmas) moves one or two weekdays a year: there, as on other days, the same weekday
+    # 52 weeks back is the better guide (the weekly profile is the larger effect); the event's own date only where
+    # it moves further (the Spring Festival; Black Friday is always 52 or 53 weeks on, a whole number of weeks).
+    near = (s >= 0) & (np.abs((tgt - s) - LY) <= 3)
+    s = np.where(near, tgt - LY, s)
     ok = (s >= 0) & (s <= t)
     out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :], np.nan)
     return out
