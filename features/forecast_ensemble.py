@@ -357,36 +357,37 @@ class HolidayForecaster:
         n_o = g["origin"].nunique()
         n_eff = min(n_o, 2 * n_instances) if n_instances else n_o
         lam = n_eff / (n_eff + self.shrink_origins)
-        if parent:
-            prior = np.array([parent.get(c, 0.0) for c in avail])
-            if prior.sum() <= 0:
-                prior = np.eye(len(avail))[best]
-            prior = prior / prior.sum()
+        if parent and sum(parent.values()) > 0:
+            # The parent keeps its weight on candidates this cell has no evidence for (e.g. the planners' method
+            # before a year of history): no evidence is not evidence against.
+            prior = {c: v / sum(parent.values()) for c, v in parent.items()}
             toward = parent_name
         else:
-            prior, toward = np.eye(len(avail))[best], "the best single candidate"
-        w = lam * w_opt + (1 - lam) * prior
-        comb = np.abs(y - P @ w).sum() / max(y.sum(), 1e-9)
+            prior, toward = {avail[best]: 1.0}, "the best single candidate"
+        w = {c: (1 - lam) * v for c, v in prior.items()}
+        for c, v in zip(avail, w_opt, strict=True):
+            w[c] = w.get(c, 0.0) + lam * v
+        pw = np.array([w.get(c, 0.0) for c in avail])
+        comb = np.abs(y - P @ (pw / pw.sum())).sum() / max(y.sum(), 1e-9) if pw.sum() > 0 else float("nan")
         why = (f"{len(g)} days from {n_o} origins"
                + (f", {n_instances} event instance(s)" if n_instances else "")
                + "; WAPE " + ", ".join(f"{c} {100 * e:.1f}%" for c, e in zip(avail, err, strict=True))
                + f"; combination {100 * comb:.1f}% (shrunk {1 - lam:.0%} toward {toward}: "
-               + ", ".join(f"{c} {v:.2f}" for c, v in zip(avail, prior, strict=True) if v > 0) + ")")
-        return {c: float(v) for c, v in zip(avail, w, strict=True) if v > 1e-4}, why
+               + ", ".join(f"{c} {v:.2f}" for c, v in prior.items() if v > 0) + ")")
+        return {c: float(v) for c, v in w.items() if v > 1e-4}, why
 
-    def _event_aware(self, gw: pd.DataFrame, ordinary: dict[str, float]) -> dict[str, float]:
+    def _event_aware(self, gw: pd.DataFrame) -> dict[str, float]:
         """The prior of an event-window cell: only candidates that know the calendar (LightGBM and the planners'
         method; AutoETS, MSTL and seasonal naive cannot see an event coming, whatever they did on ordinary days),
-        mixed by their fit on the window rows when both have forecasts there."""
+        half each, or their fit on the window rows (shrunk toward half each) when both have forecasts there."""
+        both = {LGBM: 0.5, PLANNERS: 0.5}  # no evidence on window days: the two calendar-aware candidates alike
         aware = [c for c in (LGBM, PLANNERS) if gw[c].notna().mean() >= 0.9] if len(gw) else []
-        if not aware:
-            aware = [c for c in (LGBM, PLANNERS) if ordinary.get(c, 0) > 0] or [LGBM]
-            return {aware[0]: 1.0}
-        if len(aware) == 1 or len(gw) < self.min_cell_rows:
-            return {aware[0]: 1.0}
+        if len(aware) < 2 or len(gw) < self.min_cell_rows:
+            return both
         g = gw.dropna(subset=aware)
         w = fit_simplex_lad(g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float))
-        return {c: float(v) for c, v in zip(aware, w, strict=True) if v > 0}
+        lam = g["origin"].nunique() / (g["origin"].nunique() + self.shrink_origins)
+        return {c: float(lam * v + (1 - lam) * both[c]) for c, v in zip(aware, w, strict=True)}
 
     def _fit_weights(self, ev: pd.DataFrame) -> tuple[dict, dict]:
         weights: dict[tuple[str, int, bool], dict[str, float]] = {}
@@ -404,7 +405,7 @@ class HolidayForecaster:
                 ordinary, why_o = self._cell_weights(gb[gb["window"] == ""], overall, 0)
                 gw = gb[gb["window"] != ""]
                 n_inst = max(gw["window"].nunique(), 1)
-                in_win, why_w = self._cell_weights(gw, self._event_aware(gw, ordinary), n_inst,
+                in_win, why_w = self._cell_weights(gw, self._event_aware(gw), n_inst,
                                                    "the calendar-aware candidates")
                 unseen, why_u = self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights")
                 weights[(s, b, ORDINARY)], why[(s, b, ORDINARY)] = ordinary, why_o
