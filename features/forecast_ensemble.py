@@ -5,7 +5,7 @@ Candidates (each a P50 per series and day):
 
 - ``lightgbm``: :class:`features.return_volume.ReturnVolumeForecaster` (order pipeline, calendar, last year);
 - ``planners``: what demand planners do: last year's same days, aligned by weekday and by each moving event
-  (Black Friday, the Spring Festival; :func:`features.return_volume.last_year_source`), scaled by recent growth
+  (Black Friday, the Spring Festival; :func:`planners_source`), scaled by recent growth
   (the last 28 days over the same 28 days a year before); needs a year and four weeks of history;
 - ``autoets`` and ``mstl``: statsforecast AutoETS (weekly season) and MSTL (weekly, and yearly with two years of
   history) on the ``peer_series`` (default ``total``: ~0.2 s per series and origin);
@@ -47,7 +47,7 @@ from features.return_volume import (
     HistoryError,
     ReturnVolumeForecaster,
     _day,
-    last_year_source,
+    _event_instances,
 )
 from features.settings import Settings
 
@@ -62,6 +62,7 @@ ALPHA = 0.2  # 80% intervals
 ORDINARY, SEEN, UNSEEN = 0, 1, 2
 DAY_KINDS = (ORDINARY, SEEN, UNSEEN)
 DAY_KIND_NAMES = ("ordinary", "event window", "unseen event window")
+PLANNERS_AFTER_DAYS = 28  # days after a moving event that follow its previous instance (returns trail orders)
 GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empty month last year is no signal
 
 
@@ -74,6 +75,35 @@ def band_of(h: np.ndarray) -> np.ndarray:
 # Candidates other than LightGBM
 
 
+def planners_source(days: pd.DatetimeIndex, market: str, settings: Settings) -> np.ndarray:
+    """For each day, the index of last year's comparable day for *returns* (or -1): the same weekday 52 weeks back,
+    except in the after-sales span of a moving event (a week before to four weeks after it: returns trail the
+    orders by weeks), which takes the offset from the event's previous instance rounded to whole weeks (Black Friday
+    53 weeks on, the Spring Festival 50 to 55): the weekday profile, the larger effect on most days, stays aligned
+    and the event lands within three days of its own offset. Fixed-date holidays round to 52 weeks."""
+    n = len(days)
+    src = np.arange(n) - LY
+    inst = _event_instances(market, days[0] - pd.Timedelta(days=400), days[-1], settings)
+    # Each day follows the largest event whose span holds it, the nearest one among equals (Christmas, not the
+    # Black Friday four weeks before it, decides Christmas week).
+    rank = np.full(n, np.inf)
+    for row in inst.itertuples():
+        prev = inst[(inst["name"] == row.name) & (inst["first"] <= row.first - pd.Timedelta(days=330))
+                    & (inst["first"] >= row.first - pd.Timedelta(days=400))]
+        if prev.empty:
+            continue
+        # Whole weeks: the weekday profile stays aligned, the event within three days of its own offset.
+        shift = 7 * int(round((row.first - prev["first"].iloc[-1]).days / 7))
+        start = int((row.first - days[0]).days)
+        span = np.arange(max(start - 7, 0), min(int((row.last - days[0]).days) + PLANNERS_AFTER_DAYS, n - 1) + 1)
+        r = -1000.0 * row.size + np.abs(span - start)
+        take = span[r < rank[span]]
+        src[take] = take - shift
+        rank[take] = r[r < rank[span]]
+    src[src < 0] = -1
+    return src
+
+
 def planners_forecast(history: History, t: int, horizon: int, settings: Settings,
                       src: np.ndarray | None = None) -> np.ndarray | None:
     """The planners' method at origin index ``t`` (horizon x series; NaN where last year's day is unknown), or
@@ -82,18 +112,13 @@ def planners_forecast(history: History, t: int, horizon: int, settings: Settings
         return None
     if src is None:
         days = pd.date_range(history.days[0], history.days[t] + pd.Timedelta(days=horizon), freq="D")
-        src = last_year_source(days, history.market, settings)
+        src = planners_source(days, history.market, settings)
     v = history.y.to_numpy(dtype=float)
     now = v[t - 27:t + 1].sum(axis=0)
     before = v[t - LY - 27:t - LY + 1].sum(axis=0)
     growth = np.clip(np.where(before > 0, now / np.where(before > 0, before, 1.0), 1.0), *GROWTH_CLIP)
     tgt = t + 1 + np.arange(horizon)
     s = src[tgt]
-    # A fixed-date holiday (Christmas) moves one or two weekdays a year: there, as on other days, the same weekday
-    # 52 weeks back is the better guide (the weekly profile is the larger effect); the event's own date only where
-    # it moves further (the Spring Festival; Black Friday is always 52 or 53 weeks on, a whole number of weeks).
-    near = (s >= 0) & (np.abs((tgt - s) - LY) <= 3)
-    s = np.where(near, tgt - LY, s)
     ok = (s >= 0) & (s <= t)
     out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :], np.nan)
     return out
@@ -238,7 +263,7 @@ class HolidayForecaster:
 
     def _src(self, history: History, end: pd.Timestamp) -> np.ndarray:
         days = pd.date_range(history.days[0], end, freq="D")
-        return last_year_source(days, history.market, self.settings())
+        return planners_source(days, history.market, self.settings())
 
     def _peer_names(self, series: list[str]) -> list[str]:
         return [s for s in self.peer_series if s in series] if self.peers else []
