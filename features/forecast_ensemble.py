@@ -220,7 +220,7 @@ class HolidayForecaster:
 
     def __init__(self, horizon: int = 60, market: str = "CN", summer_sale: str = "07-15", summer_sale_days: int = 3,
                  peers: bool = True, peer_series: tuple[str, ...] = (TOTAL,), use: str | None = None,
-                 inner_step: int = 8, shrink_origins: float = 8.0, single_instance_widen: float = 1.25,
+                 inner_step: int = 8, shrink_origins: float = 8.0, single_instance_widen: float = 1.5,
                  min_cell_rows: int = 30, num_threads: int = 1, lgbm_params: dict | None = None):
         self.horizon = horizon
         self.market = market
