@@ -5,7 +5,7 @@ Candidates (each a P50 per series and day):
 
 - ``lightgbm``: :class:`features.return_volume.ReturnVolumeForecaster` (order pipeline, calendar, last year);
 - ``planners``: what demand planners do: last year's same days, aligned by weekday and by each moving event
-  (Black Friday, the Spring Festival; :func:`features.return_volume.last_year_source`), scaled by recent growth
+  (Black Friday, the Spring Festival; :func:`planners_source`), scaled by recent growth
   (the last 28 days over the same 28 days a year before); needs a year and four weeks of history;
 - ``autoets`` and ``mstl``: statsforecast AutoETS (weekly season) and MSTL (weekly, and yearly with two years of
   history) on the ``peer_series`` (default ``total``: ~0.2 s per series and origin);
@@ -47,7 +47,7 @@ from features.return_volume import (
     HistoryError,
     ReturnVolumeForecaster,
     _day,
-    last_year_source,
+    _event_instances,
 )
 from features.settings import Settings
 
@@ -62,6 +62,7 @@ ALPHA = 0.2  # 80% intervals
 ORDINARY, SEEN, UNSEEN = 0, 1, 2
 DAY_KINDS = (ORDINARY, SEEN, UNSEEN)
 DAY_KIND_NAMES = ("ordinary", "event window", "unseen event window")
+PLANNERS_AFTER_DAYS = 28  # days after a moving event that follow its previous instance (returns trail orders)
 GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empty month last year is no signal
 
 
@@ -74,6 +75,35 @@ def band_of(h: np.ndarray) -> np.ndarray:
 # Candidates other than LightGBM
 
 
+def planners_source(days: pd.DatetimeIndex, market: str, settings: Settings) -> np.ndarray:
+    """For each day, the index of last year's comparable day for *returns* (or -1): the same weekday 52 weeks back,
+    except in the after-sales span of a moving event (a week before to four weeks after it: returns trail the
+    orders by weeks), which takes the offset from the event's previous instance rounded to whole weeks (Black Friday
+    53 weeks on, the Spring Festival 50 to 55): the weekday profile, the larger effect on most days, stays aligned
+    and the event lands within three days of its own offset. Fixed-date holidays round to 52 weeks."""
+    n = len(days)
+    src = np.arange(n) - LY
+    inst = _event_instances(market, days[0] - pd.Timedelta(days=400), days[-1], settings)
+    # Each day follows the largest event whose span holds it, the nearest one among equals (Christmas, not the
+    # Black Friday four weeks before it, decides Christmas week).
+    rank = np.full(n, np.inf)
+    for row in inst.itertuples():
+        prev = inst[(inst["name"] == row.name) & (inst["first"] <= row.first - pd.Timedelta(days=330))
+                    & (inst["first"] >= row.first - pd.Timedelta(days=400))]
+        if prev.empty:
+            continue
+        # Whole weeks: the weekday profile stays aligned, the event within three days of its own offset.
+        shift = 7 * int(round((row.first - prev["first"].iloc[-1]).days / 7))
+        start = int((row.first - days[0]).days)
+        span = np.arange(max(start - 7, 0), min(int((row.last - days[0]).days) + PLANNERS_AFTER_DAYS, n - 1) + 1)
+        r = -1000.0 * row.size + np.abs(span - start)
+        take = span[r < rank[span]]
+        src[take] = take - shift
+        rank[take] = r[r < rank[span]]
+    src[src < 0] = -1
+    return src
+
+
 def planners_forecast(history: History, t: int, horizon: int, settings: Settings,
                       src: np.ndarray | None = None) -> np.ndarray | None:
     """The planners' method at origin index ``t`` (horizon x series; NaN where last year's day is unknown), or
@@ -82,7 +112,7 @@ def planners_forecast(history: History, t: int, horizon: int, settings: Settings
         return None
     if src is None:
         days = pd.date_range(history.days[0], history.days[t] + pd.Timedelta(days=horizon), freq="D")
-        src = last_year_source(days, history.market, settings)
+        src = planners_source(days, history.market, settings)
     v = history.y.to_numpy(dtype=float)
     now = v[t - 27:t + 1].sum(axis=0)
     before = v[t - LY - 27:t - LY + 1].sum(axis=0)
@@ -190,7 +220,7 @@ class HolidayForecaster:
 
     def __init__(self, horizon: int = 60, market: str = "CN", summer_sale: str = "07-15", summer_sale_days: int = 3,
                  peers: bool = True, peer_series: tuple[str, ...] = (TOTAL,), use: str | None = None,
-                 inner_step: int = 8, shrink_origins: float = 8.0, single_instance_widen: float = 1.25,
+                 inner_step: int = 8, shrink_origins: float = 8.0, single_instance_widen: float = 1.5,
                  min_cell_rows: int = 30, num_threads: int = 1, lgbm_params: dict | None = None):
         self.horizon = horizon
         self.market = market
@@ -233,7 +263,7 @@ class HolidayForecaster:
 
     def _src(self, history: History, end: pd.Timestamp) -> np.ndarray:
         days = pd.date_range(history.days[0], end, freq="D")
-        return last_year_source(days, history.market, self.settings())
+        return planners_source(days, history.market, self.settings())
 
     def _peer_names(self, series: list[str]) -> list[str]:
         return [s for s in self.peer_series if s in series] if self.peers else []
@@ -352,36 +382,37 @@ class HolidayForecaster:
         n_o = g["origin"].nunique()
         n_eff = min(n_o, 2 * n_instances) if n_instances else n_o
         lam = n_eff / (n_eff + self.shrink_origins)
-        if parent:
-            prior = np.array([parent.get(c, 0.0) for c in avail])
-            if prior.sum() <= 0:
-                prior = np.eye(len(avail))[best]
-            prior = prior / prior.sum()
+        if parent and sum(parent.values()) > 0:
+            # The parent keeps its weight on candidates this cell has no evidence for (e.g. the planners' method
+            # before a year of history): no evidence is not evidence against.
+            prior = {c: v / sum(parent.values()) for c, v in parent.items()}
             toward = parent_name
         else:
-            prior, toward = np.eye(len(avail))[best], "the best single candidate"
-        w = lam * w_opt + (1 - lam) * prior
-        comb = np.abs(y - P @ w).sum() / max(y.sum(), 1e-9)
+            prior, toward = {avail[best]: 1.0}, "the best single candidate"
+        w = {c: (1 - lam) * v for c, v in prior.items()}
+        for c, v in zip(avail, w_opt, strict=True):
+            w[c] = w.get(c, 0.0) + lam * v
+        pw = np.array([w.get(c, 0.0) for c in avail])
+        comb = np.abs(y - P @ (pw / pw.sum())).sum() / max(y.sum(), 1e-9) if pw.sum() > 0 else float("nan")
         why = (f"{len(g)} days from {n_o} origins"
                + (f", {n_instances} event instance(s)" if n_instances else "")
                + "; WAPE " + ", ".join(f"{c} {100 * e:.1f}%" for c, e in zip(avail, err, strict=True))
                + f"; combination {100 * comb:.1f}% (shrunk {1 - lam:.0%} toward {toward}: "
-               + ", ".join(f"{c} {v:.2f}" for c, v in zip(avail, prior, strict=True) if v > 0) + ")")
-        return {c: float(v) for c, v in zip(avail, w, strict=True) if v > 1e-4}, why
+               + ", ".join(f"{c} {v:.2f}" for c, v in prior.items() if v > 0) + ")")
+        return {c: float(v) for c, v in w.items() if v > 1e-4}, why
 
-    def _event_aware(self, gw: pd.DataFrame, ordinary: dict[str, float]) -> dict[str, float]:
+    def _event_aware(self, gw: pd.DataFrame) -> dict[str, float]:
         """The prior of an event-window cell: only candidates that know the calendar (LightGBM and the planners'
         method; AutoETS, MSTL and seasonal naive cannot see an event coming, whatever they did on ordinary days),
-        mixed by their fit on the window rows when both have forecasts there."""
+        half each, or their fit on the window rows (shrunk toward half each) when both have forecasts there."""
+        both = {LGBM: 0.5, PLANNERS: 0.5}  # no evidence on window days: the two calendar-aware candidates alike
         aware = [c for c in (LGBM, PLANNERS) if gw[c].notna().mean() >= 0.9] if len(gw) else []
-        if not aware:
-            aware = [c for c in (LGBM, PLANNERS) if ordinary.get(c, 0) > 0] or [LGBM]
-            return {aware[0]: 1.0}
-        if len(aware) == 1 or len(gw) < self.min_cell_rows:
-            return {aware[0]: 1.0}
+        if len(aware) < 2 or len(gw) < self.min_cell_rows:
+            return both
         g = gw.dropna(subset=aware)
         w = fit_simplex_lad(g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float))
-        return {c: float(v) for c, v in zip(aware, w, strict=True) if v > 0}
+        lam = g["origin"].nunique() / (g["origin"].nunique() + self.shrink_origins)
+        return {c: float(lam * v + (1 - lam) * both[c]) for c, v in zip(aware, w, strict=True)}
 
     def _fit_weights(self, ev: pd.DataFrame) -> tuple[dict, dict]:
         weights: dict[tuple[str, int, bool], dict[str, float]] = {}
@@ -399,7 +430,7 @@ class HolidayForecaster:
                 ordinary, why_o = self._cell_weights(gb[gb["window"] == ""], overall, 0)
                 gw = gb[gb["window"] != ""]
                 n_inst = max(gw["window"].nunique(), 1)
-                in_win, why_w = self._cell_weights(gw, self._event_aware(gw, ordinary), n_inst,
+                in_win, why_w = self._cell_weights(gw, self._event_aware(gw), n_inst,
                                                    "the calendar-aware candidates")
                 unseen, why_u = self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights")
                 weights[(s, b, ORDINARY)], why[(s, b, ORDINARY)] = ordinary, why_o
