@@ -77,7 +77,7 @@ FEATURES: tuple[str, ...] = (
 # account of this platform with that exposure reaches the count (a beta-binomial fitted on the platform's accounts,
 # so both the rate and the number of events count: 3 returns of 3 lines is weaker evidence than 30 of 60).
 PATTERN_TESTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "serial": (("returns_365d", "lines_365d"), ("returns_90d", "lines_90d"), ("returns_365d", "")),
+    "serial": (("returns_365d", "lines_365d"), ("returns_365d", "")),
     "wardrobing": (("wardrobe_returns_365d", "event_lines_365d"),),
     "refund_without_return": (("no_item_on_delivered_365d", "lines_delivered_365d"),
                               ("claims_on_delivered_365d", "lines_delivered_365d")),

@@ -99,7 +99,8 @@ def test_return_rate_rule_precision_recomputed_from_the_world(bench):
         most = pd.DataFrame({"score": n_r.astype(float), "id": accounts})
         top = most.sort_values(["score", "id"], ascending=[False, True]).head(k).index
         assert row["most_returns"] == pytest.approx(abuser.loc[top].mean())
-        assert 0 <= row["model_200"] <= 1 and row["mode_after_review"] == "supervised"
+        # The refit learns from the decisions, and is used only if it beats the cold start on held-out ones.
+        assert 0 <= row["model_200"] <= 1 and row["mode_after_review"] in ("supervised", "cold_start")
 
 
 def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):

@@ -566,8 +566,9 @@ def real_checks(file: Path, root: Path, echo: Echo) -> pd.DataFrame:
         top = top_k(counts["returns"].to_numpy(), counts.index, REAL_SERIAL_TOP)
         note = (f"heavy = at least {fw['heavy_threshold']:.0f} returns in {REAL_SERIAL_AS_OF}..{fw['window_end']} "
                 f"({fw['heavy_accounts']} accounts); model mode {fw['mode']}")
-        for name, label in (("model", "model"), ("rule", "rule_90d"), ("if_counts", "isolation_forest"),
-                            ("most_returns_90d", "most_returns_90d")):
+        note += f"; the queue ranks by {fw['queue_method']} ({fw['queue_evidence']})"
+        for name, label in (("model", "model"), ("queue", "queue"), ("rule", "rule_90d"),
+                            ("if_counts", "isolation_forest"), ("most_returns", "most_returns_365d")):
             rows.append({"check": f"serial returners as of {REAL_SERIAL_AS_OF}, top {REAL_SERIAL_TOP}",
                          "metric": "share still heavy returners next 6 months", "method": label,
                          "value": float(table.loc[name, "precision"]), "note": note})

@@ -315,7 +315,8 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
 
 
 def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon_days: int = FORWARD_HORIZON_DAYS,
-                     market: str | None = None, echo: Echo = lambda s: None, engine=None) -> dict:
+                     market: str | None = None, echo: Echo = lambda s: None, engine=None, choose: bool = True
+                     ) -> dict:
     """Data without ground truth: flag the top ``top`` as of ``t1``; how many are heavy returners in the next quarter.
 
     A heavy returner makes at least as many returns in (t1, t1 + horizon] as the top 10% of the accounts that
@@ -339,6 +340,16 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
     heavy = future >= threshold
     before = X1["returns_90d"].to_numpy() >= threshold
     scores = {"model": model.predict(X1), **baseline_scores(X1, counts_forest(X1), settings)}
+    # The queue as the product builds it on data up to t1: the candidate that won the same check one quarter earlier
+    # (flagged as of t0, judged on (t0, t1]: nothing after t1 is read).
+    queue_method, queue_evidence = "model", "no earlier quarter to choose on"
+    t0 = (t1 - pd.Timedelta(days=FORWARD_HORIZON_DAYS)).normalize()
+    if choose and t0 >= ds.time_span()[0] + pd.Timedelta(days=FORWARD_HORIZON_DAYS):
+        inner = evaluate_forward(ds, t0, settings, top, horizon_days=FORWARD_HORIZON_DAYS, market=market,
+                                 engine=engine, choose=False)
+        queue_method, queue_evidence = choose_method(inner["table"], "precision")
+        queue_evidence = f"flagged as of {t0.date()}, {queue_evidence}"
+    scores["queue"] = scores[queue_method]
     rows = []
     for m, s in scores.items():
         flagged = np.argsort(-s, kind="stable")[:top]
@@ -347,7 +358,8 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
                      "any_return_next_quarter": int((future[flagged] > 0).sum()),
                      "pr_auc": float(average_precision_score(heavy, s)) if heavy.any() else float("nan")})
     slices = slice_table(account_slices(ds, X1, t1, settings, market), heavy, scores, top, "heavy_returners")
-    return {"t1": str(t1.date()), "window_end": str(end.date()), "heavy_threshold": threshold,
+    return {"queue_method": queue_method, "queue_evidence": queue_evidence,
+            "t1": str(t1.date()), "window_end": str(end.date()), "heavy_threshold": threshold,
             "heavy_accounts": int(heavy.sum()), "accounts": len(X1), "mode": model.mode_,
             "table": pd.DataFrame(rows).set_index("method"), "model": model, "slices": slices, "X": X1,
             "y": heavy}
