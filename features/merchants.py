@@ -56,6 +56,7 @@ FEATURES: tuple[str, ...] = (
     "resolution_hours_90d",
     "main_category_share", "n_categories",
     "cat_late_rate_90d", "cat_very_late_rate_90d", "cat_quality_return_rate_90d", "cat_complaint_rate_90d",
+    "complaint_propensity", "ops_complaint_rate_30d", "ops_complaint_rate_90d", "ops_complaint_trend",
 )
 # Columns carried beside the features (not model inputs): the category, flags and the two baselines' scores.
 INFO_COLUMNS = ("category", "flag", "baseline_rate", "baseline_count", "expected_orders")
@@ -71,6 +72,7 @@ REASON_GROUPS: dict[str, tuple[str, ...]] = {
     "complaints": ("complaint_count_90d", "complaint_rate_90d", "complaint_rate_180d", "complaint_rate_365d",
                    "cat_complaint_rate_90d"),
     "complaint_trend": ("complaint_rate_30d", "complaint_trend"),
+    "operations": ("complaint_propensity", "ops_complaint_rate_30d", "ops_complaint_rate_90d", "ops_complaint_trend"),
     "escalations": ("escalation_rate_90d", "escalation_rate_365d"),
     "tickets": ("tickets_per_order_90d", "tickets_per_order_365d", "resolution_hours_90d"),
     "volume": ("orders_30d", "orders_90d", "orders_180d", "orders_365d", "order_growth", "days_since_last_order"),
@@ -410,6 +412,52 @@ def merchant_counts(events: MerchantEvents, as_of, horizon_days: int = HORIZON_D
     return frame
 
 
+# The operational rates the complaint link reads (late deliveries, very late deliveries, quality returns).
+_OPS_RATES = ("late", "very_late", "quality")
+
+
+def complaint_link(counts: pd.DataFrame, shrunk: dict[str, tuple[Arr, Arr]]) -> dict[str, Arr]:
+    """How this platform's complaints follow operations, learned across merchants at the as-of date.
+
+    A Poisson regression (log link, exposure = orders) of each merchant's complaints of the last 365 days on its
+    late, very-late and quality-return rates of the same 365 days, fitted on every merchant of the snapshot (their
+    past only: no label is read). It gives each merchant's *expected* complaints from its operations; then
+
+    * ``complaint_propensity``: its complaints over that expectation, shrunk toward 1 by two complaints' worth
+      (how readily this merchant's customers complain, beyond what its operations explain);
+    * ``ops_complaint_rate_30d`` / ``_90d``: the complaint rate the last 30 / 90 days' operations imply, times the
+      propensity: complaints follow operational trouble with a lag, so trouble that started recently shows here
+      before it shows in the complaint rates;
+    * ``ops_complaint_trend``: the 30-day figure minus the 90-day one.
+
+    The link is refitted at every as-of date, so its weights are the platform's own, not fixed numbers.
+    """
+    from sklearn.linear_model import PoissonRegressor
+
+    def design(w: str) -> Arr:
+        return np.column_stack([shrunk[f"{r}_{w}"][0] for r in _OPS_RATES])
+
+    k = counts["_k_complaints_365"].to_numpy(float)
+    n = counts["_n_complaints_365"].to_numpy(float)
+    X365 = design("365")
+    fit = (n > 0) & np.isfinite(X365).all(axis=1)
+    nan = np.full(len(k), np.nan)
+    if fit.sum() < 10 or k[fit].sum() < 5:
+        return {"complaint_propensity": nan, "ops_complaint_rate_30d": nan, "ops_complaint_rate_90d": nan,
+                "ops_complaint_trend": nan}
+    mu, sd = X365[fit].mean(axis=0), X365[fit].std(axis=0) + 1e-9
+    glm = PoissonRegressor(alpha=1e-4, max_iter=300).fit((X365[fit] - mu) / sd, k[fit] / n[fit], sample_weight=n[fit])
+
+    def rate(X: Arr) -> Arr:
+        return glm.predict((np.nan_to_num(X, nan=0.0) - mu) / sd)
+
+    expected = rate(X365) * n
+    propensity = (k + 2.0) / (expected + 2.0)
+    r30, r90 = rate(design("30")) * propensity, rate(design("90")) * propensity
+    return {"complaint_propensity": propensity, "ops_complaint_rate_30d": r30, "ops_complaint_rate_90d": r90,
+            "ops_complaint_trend": r30 - r90}
+
+
 def finish_merchant_features(counts: pd.DataFrame) -> FeatureFrame:
     """The category stage of :func:`build_features` on :func:`merchant_counts` of every merchant (sorted by ID).
 
@@ -439,6 +487,7 @@ def finish_merchant_features(counts: pd.DataFrame) -> FeatureFrame:
     f["cat_very_late_rate_90d"] = shrunk["very_late_90"][1]
     f["cat_quality_return_rate_90d"] = shrunk["quality_90"][1]
     f["cat_complaint_rate_90d"] = shrunk["complaints_90"][1]
+    f |= complaint_link(counts, shrunk)
     frame = pd.DataFrame({k: f[k] for k in FEATURES}, index=counts.index)
     for c in INFO_COLUMNS:
         frame[c] = counts[c].to_numpy()
@@ -765,6 +814,10 @@ def _reason_texts(group: str, X: pd.DataFrame) -> Arr:
     if group == "complaint_trend":
         return ("complaints rising: " + _pct(g["complaint_rate_30d"]) + " of orders in the last 30 days vs "
                 + _pct(g["complaint_rate_30d"] - g["complaint_trend"]) + " before")
+    if group == "operations":
+        return ("its recent deliveries and quality imply " + _pct(g["ops_complaint_rate_30d"])
+                + " complaints per order (customers complain " + np.char.mod("%.1f", np.nan_to_num(
+                    g["complaint_propensity"].to_numpy(float))) + "x as readily as its operations explain)")
     if group == "escalations":
         return "escalations " + _pct(g["escalation_rate_90d"]) + " of its closed tickets"
     if group == "tickets":
