@@ -19,11 +19,10 @@ from features.tickets import (
     ACCOUNT_FEATURES,
     CALENDAR_FEATURES,
     FEATURES,
-    KEYWORDS,
-    N_HASH,
     NEW_ACCOUNT,
     SNAPSHOT_FILES,
     CalendarTable,
+    TextScorer,
     TicketTriageModel,
     assemble_one,
     build_training_features,
@@ -31,7 +30,9 @@ from features.tickets import (
     latest_before,
     load_serving_snapshots,
     order_table,
+    out_of_fold_text_scores,
     text_features,
+    text_grams,
     triage_batch,
     triage_one,
     window_sum,
@@ -234,13 +235,34 @@ def test_features_do_not_change_when_later_data_is_removed(ds, feats):
 
 
 def test_text_features_are_stable_and_cheap():
-    v = text_features("This is the third time I contact you! I will contact my lawyer.")
-    kw = dict(zip(KEYWORDS, v[2:2 + len(KEYWORDS)], strict=True))
-    assert v[1] == 1.0 and kw["kw_repeat"] == 1.0 and kw["kw_legal"] == 1.0 and kw["kw_broken"] == 0.0
-    n_tokens = 13
-    assert sum(v[2 + len(KEYWORDS):]) == n_tokens + (n_tokens - 1)  # every uni- and bigram lands in a bucket
-    assert len(v) == 2 + len(KEYWORDS) + N_HASH and text_features(None) == [0.0] * len(v)
-    assert v == text_features("This is the third time I contact you! I will contact my lawyer.")
+    msg = "This is the third time I contact you! I will contact my lawyer."
+    assert text_features(msg)[:2] == [float(len(msg)), 1.0] and math.isnan(text_features(msg)[2])
+    assert text_grams(msg) == text_grams(msg.upper()) and len(text_grams(msg)) > 20
+    assert text_grams(None) == [] and text_features(None)[:2] == [0.0, 0.0]
+
+
+def test_text_scorer_learns_the_platforms_own_wording():
+    """Words no list knows ("zut", "grrr") escalate on this made-up platform: the scorer learns them from the
+    tickets, in bulk and one at a time alike, and out-of-fold scores never come from a scorer that saw the row."""
+    rng = np.random.default_rng(0)
+    base = np.array(["Ou est mon colis", "Je veux un remboursement", "Question sur la taille", "Article casse"])
+    n = 4000
+    text = base[rng.integers(0, 4, n)].astype(object)
+    angry = rng.random(n) < 0.2
+    text[angry] = text[angry] + np.where(rng.random(angry.sum()) < 0.5, " zut alors!!", " grrrr inadmissible")
+    y = (rng.random(n) < np.where(angry, 0.6, 0.1)).astype(float)
+    scorer = TextScorer().fit(pd.Series(text), y)
+    calm, hot = scorer.score_one("Ou est mon colis"), scorer.score_one("Ou est mon colis zut alors!!")
+    assert hot > calm + 1.0
+    assert scorer.score_one("Ou est mon colis, zuuut") > calm  # a spelling it never saw shares character grams
+    bulk = scorer.score(pd.Series([text[0], None, "grrrr"]))
+    assert bulk[0] == scorer.score_one(text[0]) and bulk[1] == scorer.score_one(None)
+    oof = out_of_fold_text_scores(pd.Series(text), y)
+    assert np.corrcoef(oof, angry)[0, 1] > 0.8
+    # Out of fold: flipping the labels of the first fifth leaves that fifth's scores unchanged.
+    y2 = y.copy()
+    y2[: n // 5] = 1 - y2[: n // 5]
+    assert np.array_equal(out_of_fold_text_scores(pd.Series(text), y2)[: n // 5], oof[: n // 5])
 
 
 def test_calendar_table_matches_calendar_features():
@@ -308,6 +330,7 @@ def test_score_one_equals_score_batch(ds, model, snapshots):
     r0 = _as_json(t)[30]
     v = assemble_one(r0, snaps.orders.get(r0["order_id"]), snaps.accounts.get(r0["account_id"]),
                      snaps.merchants.get(r0["merchant_id"]), model.calendar_)
+    v[FEATURES.index("text_score")] = model.text_scorer_.score_one(r0["text"])  # the model's own text score
     assert np.array_equal(np.array(v), X[30], equal_nan=True)
 
 
