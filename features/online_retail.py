@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from features.contract import ContractError, normalise_ids
+from features.scenarios import write_dataset_meta
 
 # Canonical field -> column name, per layout. Headers are matched ignoring case, blanks and underscores.
 Layout = dict[str, str]
@@ -358,6 +359,10 @@ def import_online_retail(
     rejects.to_csv(out_dir / REJECT_FILE, index=False)
     product = orders["category"].ne(NON_PRODUCT).fillna(True)
     span = pd.concat([orders["ordered_at"], returns["requested_at"]])
+    # A UK retailer: its calendar is GB's (commands read the market from dataset.json).
+    meta_file = write_dataset_meta(out_dir, {
+        "source": "online_retail", "market": "GB", "merchant_id": merchant_id,
+        "start": str(span.min().date()) if len(span) else None, "end": str(span.max().date()) if len(span) else None})
     return {
         "sources": sources,
         "rows_in": rows_in,
@@ -376,6 +381,7 @@ def import_online_retail(
         "first_day": str(span.min().date()) if len(span) else None,
         "last_day": str(span.max().date()) if len(span) else None,
         "out_dir": str(out_dir),
-        "files": [str(out_dir / "orders.parquet"), str(out_dir / "returns.parquet"), str(out_dir / REJECT_FILE)],
+        "files": [str(out_dir / "orders.parquet"), str(out_dir / "returns.parquet"), str(out_dir / REJECT_FILE),
+                  str(meta_file)],
         "seconds": round(time.perf_counter() - started, 2),
     }

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from features.calendar import SIZE_CLASSES, market_events
+from features.scenarios import PATTERN_NAMES, Scenario, default_scenario, readme_table, write_scenario_files
 from features.settings import Settings
 
 DAY = 86_400  # seconds
@@ -28,10 +29,8 @@ CATEGORIES = ("apparel", "shoes", "electronics", "home", "beauty", "toys", "book
 CAT_SHARE = np.array([0.24, 0.08, 0.14, 0.15, 0.12, 0.08, 0.07, 0.12])
 CAT_PRICE_MEDIAN = np.array([35.0, 60.0, 120.0, 40.0, 22.0, 28.0, 14.0, 12.0])
 CAT_PRICE_SIGMA = np.array([0.6, 0.5, 0.9, 0.7, 0.5, 0.6, 0.4, 0.5])
-# Base return hazards per cause and category (an average account at an average merchant): apparel ~25%, grocery ~2%.
-CAT_FIT = np.array([0.14, 0.11, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-CAT_MIND = np.array([0.075, 0.055, 0.05, 0.04, 0.03, 0.05, 0.025, 0.004])
-CAT_QUALITY = np.array([0.02, 0.02, 0.035, 0.025, 0.015, 0.025, 0.01, 0.007])
+# Base return hazards per cause and category, the weekly profile, event sizes, abuse shares, escalation weights and
+# the other mechanics' values are a scenario's (features.scenarios.Scenario; its defaults are the default world's).
 # Median days from delivery to a change-of-mind/fit return request (lognormal): apparel one to three weeks.
 CAT_DELAY_MEDIAN = np.array([11.0, 10.0, 6.0, 7.0, 5.0, 8.0, 7.0, 2.0])
 APPAREL, SHOES, GROCERY = 0, 1, 7
@@ -55,16 +54,9 @@ ORDER_HOURS = np.array([2, 1, .6, .4, .3, .4, .8, 1.5, 2.5, 3.5, 4.2, 4.4, 4, 3.
                         5.8, 5, 3.5])
 TICKET_HOURS = np.array([.5, .3, .2, .2, .2, .3, .8, 2, 4, 5.5, 6, 5.8, 5, 5, 5.2, 5, 4.6, 4.2, 4, 4.2, 4.3, 3.8,
                          2.6, 1.2])
-WEEKLY = np.array([1.0, 0.97, 0.97, 1.0, 1.06, 1.14, 1.12])  # Monday..Sunday
 
 ORDERS_PER_ACCOUNT_YEAR = 6.8  # gives ~20 order lines per account over two years
 GUEST_ORDER_SHARE = 0.08
-ABUSE_SHARE = {P_SERIAL: 0.012, P_WARDROBE: 0.008, P_RWR: 0.006, P_RING: 0.009}
-# Ticket escalation model (log-odds contributions); the intercept is calibrated to ESCALATION_RATE.
-ESCALATION_RATE = 0.12
-COMPLAINT_LAG_DAYS = 42  # customers' complaints reach their full rate ~6 weeks after a merchant's trouble starts
-CASE_LOGIT = np.array([0.0, 0.4, -0.2, 1.3, 0.3, 0.6, -1.1, -0.5])
-CHANNEL_LOGIT = np.array([0.0, 0.45, 0.1, -0.2, 0.0])
 ESCALATION_CAUSES = ("case_type", "merchant_risk", "high_amount", "late_delivery", "repeat_contact", "abuser_dispute",
                      "peak_load", "angry_customer", "channel")
 
@@ -112,7 +104,8 @@ def _ts(seconds: Arr, null: Arr | None = None) -> pa.Array:
     return pa.array(us, mask=null, type=pa.timestamp("us", tz="UTC"))
 
 
-def _day_grid(rng: np.random.Generator, start: pd.Timestamp, days: int, market: str, settings: Settings) -> _World:
+def _day_grid(rng: np.random.Generator, start: pd.Timestamp, days: int, market: str, settings: Settings,
+              sc: Scenario) -> _World:
     """Daily order demand: weekly cycle, shopping-event spikes with ramps, Christmas run-up, Spring Festival dip.
 
     Each event instance has its own intensity (+-20%), and every day a small shock (promotions, weather), so last
@@ -122,14 +115,17 @@ def _day_grid(rng: np.random.Generator, start: pd.Timestamp, days: int, market: 
     end = dates[-1]
     ev = market_events(market, start - pd.Timedelta(days=30), end + pd.Timedelta(days=30), settings)
     offset = ((ev["date"] - start).dt.days).to_numpy()
-    demand = WEEKLY[dates.day_of_week.to_numpy()].astype(float)
+    demand = np.asarray(sc.weekly, dtype=float)[dates.day_of_week.to_numpy()].astype(float)
     spike = np.ones(days)
     # (peak multiplier, multiplier on the days before, how many days before, days after at half the excess)
     shapes = {"singles_day": (5.0, 1.6, 3, 1), "black_friday": (4.0, 1.4, 3, 2), "mid_year_618": (3.2, 1.4, 2, 1),
               "cyber_monday": (2.5, 1.0, 0, 0), "double_12": (2.0, 1.2, 1, 0), "summer_sale": (1.5, 1.0, 0, 0)}
     for name, (peak, pre, n_pre, n_post) in shapes.items():
+        peak = sc.event_peaks.get(name, peak)
+        if peak <= 1.0:  # this platform does not run the event
+            continue
         for d in offset[(ev["name"] == name).to_numpy()]:
-            peak_i = 1 + (peak - 1) * rng.uniform(0.8, 1.2)
+            peak_i = 1 + (peak - 1) * rng.uniform(*sc.event_jitter)
             for k in range(1, n_pre + 1):
                 if 0 <= d - k < days:
                     spike[d - k] = max(spike[d - k], pre)
@@ -142,11 +138,16 @@ def _day_grid(rng: np.random.Generator, start: pd.Timestamp, days: int, market: 
     for d, size in zip(((hol["date"] - start).dt.days).to_numpy(), hol["size"].to_numpy(), strict=True):
         if 0 <= d < days:
             spike[d] = max(spike[d], 1.15 if size >= SIZE_CLASSES["medium"] else 1.05)
-    demand *= spike * np.exp(rng.normal(0, 0.07, days))
+    demand *= spike * np.exp(rng.normal(0, sc.daily_noise, days))
     # Christmas gift buying ramps up over the three weeks before; the days themselves are quiet.
     month, dom = dates.month.to_numpy(), dates.day.to_numpy()
     xmas_ramp = (month == 12) & (dom >= 1) & (dom <= 22)
-    demand[xmas_ramp] *= 1 + 0.7 * dom[xmas_ramp] / 22
+    ramp = np.full(days, sc.xmas_ramp)
+    if sc.holiday_instability is not None:  # each year's run-up has its own strength
+        years = dates.year.to_numpy()
+        factor = 1 + sc.holiday_instability * rng.uniform(-1, 1, years.max() - years.min() + 1)
+        ramp = ramp * factor[years - years.min()]
+    demand[xmas_ramp] *= 1 + ramp[xmas_ramp] * dom[xmas_ramp] / 22
     demand[(month == 12) & (dom == 25)] *= 0.6
     demand[(month == 12) & (dom == 26)] *= 0.8
     gift_day = (month == 12) & (dom <= 24)
@@ -161,12 +162,25 @@ def _day_grid(rng: np.random.Generator, start: pd.Timestamp, days: int, market: 
             for d in range(lo - 5, hi + 1):
                 if 0 <= d < days:
                     demand[d] *= 0.45 if d >= lo else 0.75
+    if sc.growth_before is not None:
+        demand *= _growth_curve(days, sc)
     # Congestion: the parcel backlog after peaks adds delivery days (a 3-day trailing excess over normal volume).
     base = np.median(demand)
     trailing = np.convolve(demand, np.ones(3) / 3, mode="full")[:days]
     congestion = np.clip(trailing / base - 1.3, 0, None) * 0.6
     start_s = int(pd.Timestamp(start).tz_localize("UTC").timestamp())
     return _World(pd.Timestamp(start), days, start_s, start_s + days * DAY, demand, congestion, gift_day, shutdown)
+
+
+def _growth_curve(days: int, sc: Scenario) -> Arr:
+    """Demand multiplier giving order volume the scenario's yearly growth (with a break), net of the growth that
+    accounts joining over time already give (55% exist at the start, the rest join evenly)."""
+    d = np.arange(days)
+    brk = int(days * sc.growth_break)
+    r1, r2 = np.log1p(sc.growth_before) / 365, np.log1p(sc.growth_after) / 365
+    log_trend = np.where(d < brk, r1 * d, r1 * brk + r2 * (d - brk))
+    active = 0.55 + 0.45 * np.clip(d / max(days - 30, 1), 0, 1)
+    return np.exp(log_trend) / active
 
 
 def _sample_days(rng: np.random.Generator, cum: Arr, lo: Arr, hi: Arr) -> Arr:
@@ -193,7 +207,7 @@ class _MerchantSampler:
         return self.ids[np.minimum(np.searchsorted(self.cum, u, side="right"), len(self.ids) - 1)]
 
 
-def _merchants(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
+def _merchants(rng: np.random.Generator, n: int, w: _World, sc: Scenario) -> dict[str, Arr]:
     """Merchant size (heavy tailed), category focus, tenure, latent late-delivery and quality-defect rates."""
     # Heavy tailed but not absurdly so: a few big merchants, a long tail of small ones.
     size = np.exp(rng.normal(0.0, 1.0, n))
@@ -204,16 +218,23 @@ def _merchants(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     late_norm = rng.gamma(2.0, 0.12, n)
     defect_norm = np.exp(rng.normal(0, 0.25, n))
     attitude = np.exp(rng.normal(0, 0.3, n))  # how readily this merchant's customers complain
-    risky = rng.random(n) < np.where(new, 0.18, 0.08)
+    risky = rng.random(n) < np.where(new, sc.risky_new, sc.risky_incumbent)
     kind = rng.choice(3, n, p=[0.4, 0.3, 0.3])  # 0 late deliveries, 1 quality, 2 both
     late_bad = late_norm + np.where(risky & (kind != 1), rng.uniform(1.5, 4.0, n), 0.0)
     defect_bad = defect_norm * np.where(risky & (kind != 0), rng.uniform(2.5, 5.0, n), 1.0)
-    deteriorates = risky & (rng.random(n) < 1 / 3)
+    deteriorates = risky & (rng.random(n) < sc.deteriorate_share)
     onset = rng.integers(int(w.days * 0.3), max(int(w.days * 0.3) + 1, int(w.days * 0.85)), n)
     # At least two months after joining and a month before the end, so both states are observable.
     onset = np.minimum(np.maximum(onset, join_day + 60), w.days - 30)
     # Day from which the merchant is in its bad state (never for normal merchants, always for risky ones).
     bad_from = np.where(risky, np.where(deteriorates, onset, -10**6), 10**9)
+    # Recovering merchants: bad from the start, fine from a day 30-85% into the period (none in the default world).
+    bad_until = np.full(n, 10**9)
+    if sc.recover_share > 0:
+        p_rec = sc.recover_share / max(1.0 - sc.deteriorate_share, 1e-9)
+        recovers = risky & ~deteriorates & (rng.random(n) < p_rec)
+        rec_day = rng.integers(int(w.days * 0.3), max(int(w.days * 0.3) + 1, int(w.days * 0.85)), n)
+        bad_until = np.where(recovers, np.maximum(rec_day, join_day + 60), bad_until)
     # Temporary troubles at otherwise normal merchants (a carrier change, a bad batch): 30-90 days of late
     # deliveries or defects; complaints follow with the same lag as for deteriorating merchants.
     has_ep = ~risky & (rng.random(n) < 0.2)
@@ -226,23 +247,24 @@ def _merchants(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     return {"size": size, "category": category, "join_day": join_day, "tenure_days": tenure_days,
             "late_norm": late_norm, "defect_norm": defect_norm, "late_bad": late_bad, "defect_bad": defect_bad,
             "attitude": attitude, "risky": risky, "kind": kind, "deteriorates": deteriorates, "bad_from": bad_from,
+            "bad_until": bad_until, "complaint_lag": float(sc.complaint_lag),
             "ep_start": ep_start, "ep_end": ep_end, "ep_kind": ep_kind, "ep_late": ep_late, "ep_defect": ep_defect}
 
 
 def _merchant_state(mer: dict[str, Arr], m: Arr, day: Arr) -> tuple[Arr, Arr, Arr, Arr]:
     """Each (merchant, day): mean extra delivery days, defect multiplier, whether it is in a bad state, and the
     customers' complaint readiness (low when trouble has just started: complaints lag the operational signals)."""
-    bad = day >= mer["bad_from"][m]
+    bad = (day >= mer["bad_from"][m]) & (day < mer["bad_until"][m])
     episode = (day >= mer["ep_start"][m]) & (day < mer["ep_end"][m])
     late = np.where(bad, mer["late_bad"][m], np.where(episode, mer["ep_late"][m], mer["late_norm"][m]))
     defect = np.where(bad, mer["defect_bad"][m], np.where(episode, mer["ep_defect"][m], mer["defect_norm"][m]))
     since = np.where(episode, day - mer["ep_start"][m], day - mer["bad_from"][m])
     ramp = np.where((mer["deteriorates"][m] & bad) | episode,
-                    0.1 + 0.9 * np.clip(since / COMPLAINT_LAG_DAYS, 0, 1), 1.0)
+                    0.1 + 0.9 * np.clip(since / mer["complaint_lag"], 0, 1), 1.0)
     return late, defect, bad | episode, ramp
 
 
-def _accounts(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
+def _accounts(rng: np.random.Generator, n: int, w: _World, sc: Scenario) -> dict[str, Arr]:
     """Accounts: join day (growth), activity, return propensity, region, abuse pattern and when it starts."""
     existing = rng.random(n) < 0.55
     join_day = np.where(existing, 0, rng.integers(0, max(1, w.days - 30), n))
@@ -256,19 +278,19 @@ def _accounts(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     pos = 0
     ring_id = np.full(n, -1, dtype=np.int64)
     for p in (P_SERIAL, P_WARDROBE, P_RWR, P_RING):
-        k = int(round(ABUSE_SHARE[p] * n))
+        k = int(round(sc.abuse_share[PATTERN_NAMES[p - 1]] * n))
         if p == P_RING:
             k = max(k, 8) if n >= 500 else k
         members = perm[pos:pos + k]
         pattern[members] = p
         pos += k
         if p == P_RING and k:
-            sizes = rng.integers(4, 9, k)  # rings of 4-8 accounts
+            sizes = rng.integers(sc.ring_size[0], sc.ring_size[1] + 1, k)  # rings of 4-8 accounts by default
             ring_of = np.repeat(np.arange(k), sizes)[:k]
             ring_id[members] = ring_of
     abuser = pattern != P_NORMAL
     # Some abusers only start later (a behaviour change), so later-time evaluation sees new cases.
-    late_start = rng.random(n) < 0.55
+    late_start = rng.random(n) < sc.late_start
     start = np.where(late_start, rng.integers(0, max(1, int(w.days * 0.85)), n), 0)
     if (ring_id >= 0).any():  # a ring starts together
         first = pd.Series(start[ring_id >= 0]).groupby(ring_id[ring_id >= 0]).transform("min").to_numpy()
@@ -276,6 +298,9 @@ def _accounts(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
     abuse_start = np.where(abuser, start, 10**9)
     join_day = np.where(abuser, np.minimum(join_day, np.maximum(start - 30, 0)), join_day)
     activity = np.where(pattern == P_SERIAL, np.maximum(activity, 0.6) * 1.5, activity)
+    if sc.heavy_buyer_share > 0:  # abusers who also buy a lot (their returns are a smaller share of their orders)
+        heavy = abuser & (rng.random(n) < sc.heavy_buyer_share)
+        activity = np.where(heavy, np.maximum(activity, 0.8) * sc.heavy_buyer_mult, activity)
     bracketer &= pattern == P_NORMAL
     return {"join_day": join_day, "activity": activity, "propensity": propensity, "region": region,
             "bracketer": bracketer,
@@ -283,7 +308,7 @@ def _accounts(rng: np.random.Generator, n: int, w: _World) -> dict[str, Arr]:
 
 
 def _orders(rng: np.random.Generator, w: _World, acc: dict[str, Arr], mer: dict[str, Arr], n_accounts: int,
-            market_majors: Arr) -> dict[str, Arr]:
+            market_majors: Arr, sc: Scenario) -> dict[str, Arr]:
     """Order headers: account (or guest), day, merchant; plus wardrobing orders placed just before events."""
     cum = np.cumsum(w.demand)
     n_acc_orders_target = n_accounts * ORDERS_PER_ACCOUNT_YEAR * w.days / 365
@@ -291,7 +316,8 @@ def _orders(rng: np.random.Generator, w: _World, acc: dict[str, Arr], mer: dict[
     start = np.maximum(start, join)
     cum0 = np.concatenate([[0.0], cum])
     # Serial returners buy a lot once they start; their orders before that look normal.
-    after_mult = np.where(acc["pattern"] == P_SERIAL, 2.5, np.where(acc["pattern"] == P_RING, 1.2, 1.0))
+    after_mult = np.where(acc["pattern"] == P_SERIAL, sc.serial_after_mult,
+                          np.where(acc["pattern"] == P_RING, 1.2, 1.0))
     w_before = cum0[start] - cum0[join]
     w_after = (cum0[w.days] - cum0[start]) * after_mult
     scale = n_acc_orders_target / float(np.sum(acc["activity"] * (w_before + w_after)) or 1.0)
@@ -340,7 +366,7 @@ def _orders(rng: np.random.Generator, w: _World, acc: dict[str, Arr], mer: dict[
 
 
 def _lines(rng: np.random.Generator, w: _World, orders: dict[str, Arr], acc: dict[str, Arr],
-           mer: dict[str, Arr]) -> dict[str, Arr]:
+           mer: dict[str, Arr], sc: Scenario) -> dict[str, Arr]:
     """Order lines with category, price, quantity and the delivery outcome."""
     n_orders = len(orders["day"])
     n_lines = np.minimum(1 + rng.poisson(0.35, n_orders), 6)
@@ -383,16 +409,42 @@ def _lines(rng: np.random.Generator, w: _World, orders: dict[str, Arr], acc: dic
     lost = o_lost[oi]
     not_yet = deliv_s > w.end_s
     delivered = ~lost & ~not_yet
+    gift_p = np.full(n, sc.gift_share)
+    if sc.holiday_instability is not None:  # each year's gift season has its own size
+        year = pd.to_datetime(ordered_s, unit="s").year.to_numpy()
+        factor = 1 + sc.holiday_instability * rng.uniform(-1, 1, year.max() - year.min() + 1)
+        gift_p = np.clip(gift_p * factor[year - year.min()], 0, 1)
     return {"order": oi, "line_no": line_no, "merchant": m, "account": a, "day": day, "category": cat,
             "unit_price": price, "quantity": qty, "amount": amount, "region": region, "ordered_s": ordered_s,
             "promised_s": promised_s, "delivered_s": deliv_s, "delivered": delivered, "lost": lost & ~not_yet,
             "bad": bad, "late_mean": late_mean, "defect": defect, "ramp": ramp,
             "wardrobe_event": orders["wardrobe_event"][oi],
-            "gift": w.gift_day[day] & (rng.random(n) < 0.6), "first_line": line_no == 1}
+            "gift": w.gift_day[day] & (rng.random(n) < gift_p), "first_line": line_no == 1}
+
+
+def _change_delay(rng: np.random.Generator, sc: Scenario, c: Arr, k: int) -> Arr:
+    """Days from delivery to a change-of-mind/fit return request, by category: the scenario's mean and shape."""
+    if sc.delay_mean is None:
+        return _lognormal_days(rng, CAT_DELAY_MEDIAN[c], 0.5, k)
+    mean = np.asarray(sc.delay_mean)[c]
+    spread = np.asarray(sc.delay_spread)[c]
+    shape = np.asarray(sc.delay_shape)[c]
+    sigma = np.clip(spread, 0.05, 2.0)
+    logn = np.exp(np.log(mean) - sigma**2 / 2 + sigma * rng.standard_normal(k))  # mean-preserving lognormal
+    g_shape = np.clip(spread, 0.1, None)
+    gam = rng.gamma(g_shape, mean / g_shape)
+    # Mixture: a fast share (unboxing regret, mean 30% of the category mean) and a slow tail keeping the mean.
+    fast_share = np.clip(spread, 0.05, 0.95)
+    fast_mean = np.maximum(0.3 * mean, 0.7)
+    slow_mean = np.maximum((mean - fast_share * fast_mean) / (1 - fast_share), fast_mean)
+    fast = rng.random(k) < fast_share
+    mix = np.exp(np.log(np.where(fast, fast_mean, slow_mean)) - 0.08 + 0.4 * rng.standard_normal(k))
+    out = np.select([shape == "lognormal", shape == "gamma"], [logn, gam], mix)
+    return np.clip(out, 0.05, 120.0)
 
 
 def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[str, Arr],
-             mer: dict[str, Arr]) -> dict[str, Arr]:
+             mer: dict[str, Arr], sc: Scenario) -> dict[str, Arr]:
     """Return requests: per-line hazards by cause (category x merchant x account x season x abuse), then timing."""
     n = len(ln["day"])
     cat, m, a, day = ln["category"], ln["merchant"], ln["account"], ln["day"]
@@ -402,31 +454,32 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
     pattern = np.where(known, acc["pattern"][ai], P_NORMAL)
     abusing = known & (day >= acc["abuse_start"][ai])
     pat = np.where(abusing, pattern, P_NORMAL)
-    gift = np.where(ln["gift"], 2.0, 1.0)  # unwanted presents
+    gift = np.where(ln["gift"], sc.gift_mult, 1.0)  # unwanted presents
     defect = ln["defect"]
     late_days = np.where(ln["delivered"], (ln["delivered_s"] - ln["promised_s"]) / DAY, 0.0)
     h = np.zeros((n, len(REASONS)))
-    q = CAT_QUALITY[cat] * defect
+    cat_fit, cat_mind = np.asarray(sc.cat_fit), np.asarray(sc.cat_mind)
+    q = np.asarray(sc.cat_quality)[cat] * defect
     h[:, R_DEF] = q * 0.6
     h[:, R_NAD] = q * 0.4
     small_claims = np.where(cat == GROCERY, 0.5, 1.0)  # cheap perishables: fewer claims worth the effort
     h[:, R_WRONG] = 0.004 * mer["attitude"][m] ** 0.5 * small_claims
     bracket = np.where(known & acc["bracketer"][ai], 4.0, 1.0)
-    h[:, R_FIT] = CAT_FIT[cat] * prop * gift * bracket
-    h[:, R_MIND] = CAT_MIND[cat] * prop * gift
+    h[:, R_FIT] = cat_fit[cat] * prop * gift * bracket
+    h[:, R_MIND] = cat_mind[cat] * prop * gift
     h[:, R_DAMAGED] = 0.005 * (1 + 0.4 * ln["late_mean"]) * small_claims
     h[:, R_NOTREC] = np.where(ln["lost"], 0.85, np.where(late_days > 5, 0.05, 0.0))
     h[:, R_OTHER] = 0.003 * small_claims
     serial = pat == P_SERIAL
     # Serial returners send back most non-perishables (groceries rarely come back, even from them).
-    h[serial, R_MIND] = np.maximum(h[serial, R_MIND] * 6, np.where(cat[serial] == GROCERY, 0.03, 0.45))
+    h[serial, R_MIND] = np.maximum(h[serial, R_MIND] * 6, np.where(cat[serial] == GROCERY, 0.03, sc.serial_mind))
     h[serial, R_FIT] *= 4
     rwr = pat == P_RWR
-    h[rwr, R_NOTREC] += 0.22 * ln["delivered"][rwr]
+    h[rwr, R_NOTREC] += sc.rwr_claim * ln["delivered"][rwr]
     h[rwr, R_DAMAGED] += 0.10
     ring = pat == P_RING
-    h[ring, R_MIND] *= 2
-    h[ring, R_FIT] *= 2
+    h[ring, R_MIND] *= sc.ring_mult
+    h[ring, R_FIT] *= sc.ring_mult
     h[ring, R_NOTREC] += 0.04 * ln["delivered"][ring]
     h[ring, R_DAMAGED] += 0.02
     wardrobe = ln["wardrobe_event"] >= 0
@@ -445,7 +498,7 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
     delay = np.select(
         [np.isin(reason, [R_FIT, R_MIND]), np.isin(reason, [R_DEF, R_NAD]), reason == R_WRONG,
          reason == R_DAMAGED, reason == R_NOTREC],
-        [_lognormal_days(rng, CAT_DELAY_MEDIAN[c], 0.5, k), _lognormal_days(rng, 5.0, 0.6, k),
+        [_change_delay(rng, sc, c, k), _lognormal_days(rng, 5.0, 0.6, k),
          _lognormal_days(rng, 3.0, 0.5, k), _lognormal_days(rng, 1.5, 0.5, k),
          rng.uniform(2, 15, k)],
         _lognormal_days(rng, 7.0, 0.7, k))
@@ -457,7 +510,8 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
         y0 = int(year.min())
         boxing_day = np.array([pd.Timestamp(year=y, month=12, day=26, tz="UTC").timestamp()
                                for y in range(y0, int(year.max()) + 1)], dtype=np.int64)  # one per year
-        after = np.maximum(deliv, boxing_day[year - y0]) + (_lognormal_days(rng, 8.0, 0.5, k) * DAY).astype(np.int64)
+        after = (np.maximum(deliv, boxing_day[year - y0])
+                 + (_lognormal_days(rng, sc.wave_median, 0.5, k) * DAY).astype(np.int64))
         req = np.where(gift_ret, after, req)
     # Wardrobers return a few days after the event, whatever the delivery took.
     we = ln["wardrobe_event"][idx]
@@ -467,7 +521,7 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
     req = req + rng.integers(0, 3600, k)
     # Weekly cycle of requests: many weekend returns wait for Monday (drop-off points, people's routines).
     dow = ((req // DAY) + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-    wait = np.where(dow >= 5, rng.random(k) < 0.2, False)
+    wait = np.where(dow >= 5, rng.random(k) < sc.weekend_wait, False)
     req = np.where(wait, req + (7 - dow) * DAY, req)
     keep = req <= w.end_s - 60
     idx, reason, req = idx[keep], reason[keep], req[keep]
@@ -490,7 +544,7 @@ def _returns(rng: np.random.Generator, w: _World, ln: dict[str, Arr], acc: dict[
 
 
 def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[str, Arr], acc: dict[str, Arr],
-             mer: dict[str, Arr]) -> dict[str, Arr]:
+             mer: dict[str, Arr], sc: Scenario) -> dict[str, Arr]:
     """Customer-service cases from returns, late/lost parcels, quality problems and inquiries; escalation."""
     parts: list[dict[str, Arr]] = []
 
@@ -534,7 +588,7 @@ def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[s
     sel = rng.random(n) < p_c
     li = np.where(sel)[0]
     anchor = np.where(ln["delivered"][li], ln["delivered_s"][li], ln["promised_s"][li])
-    created = anchor + (_lognormal_days(rng, 6.0, 0.5, len(li)) * DAY).astype(np.int64)
+    created = anchor + (_lognormal_days(rng, sc.complaint_delay, 0.5, len(li)) * DAY).astype(np.int64)
     case = np.where(q_ret[li] & (rng.random(len(li)) < 0.3), C_QUALITY, C_COMPLAINT)
     add(li, case, created, ln["amount"][li])
     # (d) Inquiries (some before buying, without an order) and other cases.
@@ -593,22 +647,23 @@ def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[s
     chan_w[:, 1] *= np.exp(0.5 * np.clip(anger, 0, None))  # angry customers call
     channel = _cat_sample(rng, chan_w)
     amount = t["amount"]
+    ew = sc.esc_weights
     contrib = np.column_stack([
-        CASE_LOGIT[t["case"]],
-        0.9 * bad_now + 0.5 * np.log(mer["attitude"][m]),
-        0.35 * np.log1p(amount / 50.0),
-        0.12 * lateness,
-        0.5 * np.minimum(repeat, 4),
-        0.9 * abuser,
-        0.8 * np.clip(load - 1.0, 0, 2),
-        0.8 * anger,
-        CHANNEL_LOGIT[channel],
+        np.asarray(sc.case_logit)[t["case"]],
+        ew["merchant"] * bad_now + ew["attitude"] * np.log(mer["attitude"][m]),
+        ew["amount"] * np.log1p(amount / 50.0),
+        ew["lateness"] * lateness,
+        ew["repeat"] * np.minimum(repeat, 4),
+        ew["abuser"] * abuser,
+        ew["peak_load"] * np.clip(load - 1.0, 0, 2),
+        ew["wording"] * anger,
+        np.asarray(sc.channel_logit)[channel],
     ])
     z = contrib.sum(axis=1)
     lo, hi = -15.0, 15.0
-    for _ in range(50):  # calibrate the intercept so the base rate is ESCALATION_RATE
+    for _ in range(50):  # calibrate the intercept so the base rate is the scenario's escalation rate
         mid = (lo + hi) / 2
-        if np.mean(1 / (1 + np.exp(-(z + mid)))) > ESCALATION_RATE:
+        if np.mean(1 / (1 + np.exp(-(z + mid)))) > sc.escalation_rate:
             hi = mid
         else:
             lo = mid
@@ -620,7 +675,7 @@ def _tickets(rng: np.random.Generator, w: _World, ln: dict[str, Arr], rt: dict[s
     hours = _lognormal_days(rng, 18.0, 0.8, n_t) * (1 + 0.5 * np.clip(load - 1, 0, 2)) * np.where(escalated, 3.0, 1.0)
     resolved = t["created"] + (hours * 3600).astype(np.int64)
     open_ = resolved > w.end_s
-    text = _ticket_text(rng, t["case"], rt, li, anger, repeat, lateness, ln)
+    text = _ticket_text(rng, t["case"], rt, li, anger, repeat, lateness, ln, sc)
     return {"line": li, "case": t["case"], "created": t["created"], "amount": amount, "has_order": t["has_order"],
             "channel": channel, "escalated": escalated, "open": open_, "resolved": resolved, "text": text,
             "cause": cause, "p_escalate": p_esc, "account": a, "merchant": m, "p_complaint_line": p_c_line,
@@ -638,12 +693,9 @@ _TEMPLATES = {
     C_INQUIRY: ["Is this item in stock?", "Question about the product size", "Can you tell me the delivery time?"],
     C_OTHER: ["I need help with my account", "Please call me back", "Question about an invoice"],
 }
-_ANGRY = np.array([" This is unacceptable!", " I will contact my lawyer.", " Worst service ever.",
-                   " I want my money back now!"])
-
 
 def _ticket_text(rng: np.random.Generator, case: Arr, rt: dict[str, Arr], li: Arr, anger: Arr, repeat: Arr,
-                 lateness: Arr, ln: dict[str, Arr]) -> Arr:
+                 lateness: Arr, ln: dict[str, Arr], sc: Scenario) -> Arr:
     """The first message: a case template, cause keywords, and angry phrases that track the customer's anger."""
     n = len(case)
     pick = rng.integers(0, 3, n)
@@ -656,14 +708,20 @@ def _ticket_text(rng: np.random.Generator, case: Arr, rt: dict[str, Arr], li: Ar
     text = np.where((rr == R_NAD) & (rng.random(n) < 0.5), text + " Looks fake, not as described.", text)
     text = np.where(rr == R_NOTREC, text + " The parcel never arrived.", text)
     text = np.where((lateness > 3) & (case != C_LOGISTICS), text + " Delivery was very late.", text)
-    text = np.where((repeat >= 2) & (rng.random(n) < 0.8), text + " This is the third time I contact you.", text)
-    text = np.where((repeat == 1) & (rng.random(n) < 0.5), text + " Second time asking.", text)
-    angry = rng.random(n) < 1 / (1 + np.exp(-(1.3 * anger - 1.8)))
-    text = np.where(angry, text + _ANGRY[rng.integers(0, len(_ANGRY), n)], text)
+    if sc.repeat_phrases is None:
+        text = np.where((repeat >= 2) & (rng.random(n) < 0.8), text + " This is the third time I contact you.", text)
+        text = np.where((repeat == 1) & (rng.random(n) < 0.5), text + " Second time asking.", text)
+    else:
+        phrases = np.array([" " + p for p in sc.repeat_phrases], dtype=object)
+        said = (repeat >= 1) & (rng.random(n) < 0.65)
+        text = np.where(said, text + phrases[rng.integers(0, len(phrases), n)], text)
+    angry = rng.random(n) < 1 / (1 + np.exp(-(sc.anger_text_slope * anger - 1.8)))
+    angry_phrases = np.array(sc.angry_phrases)
+    text = np.where(angry, text + angry_phrases[rng.integers(0, len(angry_phrases), n)], text)
     return text.astype(str)
 
 
-def _links(rng: np.random.Generator, acc: dict[str, Arr]) -> tuple[Arr, Arr, Arr]:
+def _links(rng: np.random.Generator, acc: dict[str, Arr], sc: Scenario) -> tuple[Arr, Arr, Arr]:
     """Account identifiers: own values, households sharing an address, rings sharing device/payment/address."""
     n = len(acc["join_day"])
     types = np.array(["address", "device", "payment", "phone", "email"])
@@ -683,8 +741,15 @@ def _links(rng: np.random.Generator, acc: dict[str, Arr]) -> tuple[Arr, Arr, Arr
     if len(ring):
         rid = acc["ring_id"][ring]
         ring_vals = rng.integers(1, 2**62, size=(rid.max() + 1, 3), dtype=np.int64)
-        share = rng.random((len(ring), 3)) < np.array([0.55, 0.9, 0.65])  # address, device, payment
-        share[share.sum(axis=1) < 2, 1:3] = True  # every member shares at least two identifiers
+        share = rng.random((len(ring), 3)) < np.array(sc.ring_share_p)  # address, device, payment
+        if sc.is_default:
+            share[share.sum(axis=1) < 2, 1:3] = True  # every member shares at least two identifiers
+        else:  # the ring shares only the scenario's subset of identifiers; every member at least one of them
+            allowed = np.array([k in sc.ring_shared for k in ("address", "device", "payment")])
+            share &= allowed
+            none = share.sum(axis=1) == 0
+            pick = rng.choice(np.where(allowed)[0], int(none.sum()))
+            share[np.where(none)[0], pick] = True
         for j, col in enumerate((0, 1, 2)):
             vals[ring[share[:, j]], col] = ring_vals[rid[share[:, j]], j]
     acc_idx = np.repeat(np.arange(n), 5)
@@ -741,13 +806,18 @@ def _write(table: pa.Table, path: Path) -> None:
 
 def generate_world(out_dir: Path | str, seed: int = 42, accounts: int = 20_000, merchants: int = 400,
                    start: str = "2023-01-01", days: int = 730, market: str = "CN", progress: bool = True,
-                   settings: Settings | None = None) -> dict:
+                   settings: Settings | None = None, scenario: Scenario | None = None) -> dict:
     """Generate a synthetic after-sales world into ``out_dir``; return a summary (row counts, paths, seconds).
 
     Writes the contract tables as Parquet (orders, returns, tickets, account_links, review_decisions) and the
     ground truth under ``out_dir/truth/``. Same arguments, same bytes. Order volume scales with ``accounts``
-    (about 20 order lines per account over two years).
+    (about 20 order lines per account over two years). A ``scenario`` (``features.scenarios``) sets every mechanic
+    and its own market, start and days (which then replace the arguments); without one the default world is made.
     """
+    if scenario is None:
+        scenario = default_scenario(market, start, int(days))
+    sc = scenario
+    market, start, days = sc.market, sc.start, int(sc.days)
     if accounts < 50 or merchants < 5 or days < 60:
         raise ValueError(f"world too small (accounts={accounts}, merchants={merchants}, days={days}): "
                          "use at least 50 accounts, 5 merchants and 60 days")
@@ -767,23 +837,23 @@ def generate_world(out_dir: Path | str, seed: int = 42, accounts: int = 20_000, 
         steps.set_postfix_str(label)
         steps.update(1)
 
-    w = _day_grid(rng, pd.Timestamp(start), int(days), market, settings)
+    w = _day_grid(rng, pd.Timestamp(start), int(days), market, settings, sc)
     ev = market_events(market, w.start, w.start + pd.Timedelta(days=days - 1), settings)
     big = ev[ev["size"] >= SIZE_CLASSES["medium"]]
     event_days = np.unique(((big["date"] - w.start).dt.days).to_numpy())
     # One wardrobing occasion per event block (first day of consecutive days).
     event_days = event_days[np.concatenate([[True], np.diff(event_days) > 1])] if len(event_days) else event_days
-    mer = _merchants(rng, merchants, w)
-    acc = _accounts(rng, accounts, w)
+    mer = _merchants(rng, merchants, w, sc)
+    acc = _accounts(rng, accounts, w, sc)
     step("accounts & merchants")
-    orders = _orders(rng, w, acc, mer, accounts, event_days)
-    ln = _lines(rng, w, orders, acc, mer)
+    orders = _orders(rng, w, acc, mer, accounts, event_days, sc)
+    ln = _lines(rng, w, orders, acc, mer, sc)
     step("orders")
-    rt = _returns(rng, w, ln, acc, mer)
+    rt = _returns(rng, w, ln, acc, mer, sc)
     step("returns")
-    tk = _tickets(rng, w, ln, rt, acc, mer)
+    tk = _tickets(rng, w, ln, rt, acc, mer, sc)
     step("tickets")
-    link_acc, link_type, link_val = _links(rng, acc)
+    link_acc, link_type, link_val = _links(rng, acc, sc)
     rv = _reviews(rng, w, acc, ln, rt)
     step("links & reviews")
 
@@ -851,11 +921,13 @@ def generate_world(out_dir: Path | str, seed: int = 42, accounts: int = 20_000, 
     })
     _write(reviews_tbl, out / "review_decisions.parquet")
     step("write returns, tickets, links")
-    _write_truth(out / "truth", w, acc, mer, ln, tk, acc_ids, mer_ids, ticket_ids, seed, market)
+    _write_truth(out / "truth", w, acc, mer, ln, tk, acc_ids, mer_ids, ticket_ids, seed, market, sc)
+    write_scenario_files(out, sc, seed, w.start + pd.Timedelta(days=w.days - 1))
     step("truth")
     steps.close()
     summary = {
-        "out_dir": str(out), "seed": seed, "market": market, "start": str(w.start.date()), "days": int(days),
+        "out_dir": str(out), "seed": seed, "scenario": sc.name, "market": market, "start": str(w.start.date()),
+        "days": int(days),
         "orders_rows": orders_tbl.num_rows, "returns_rows": returns_tbl.num_rows, "tickets_rows": tickets_tbl.num_rows,
         "account_links_rows": links_tbl.num_rows, "review_decisions_rows": reviews_tbl.num_rows,
         "accounts": int(accounts), "merchants": int(merchants),
@@ -865,7 +937,7 @@ def generate_world(out_dir: Path | str, seed: int = 42, accounts: int = 20_000, 
     return summary
 
 
-def _complaint_risk(w: _World, mer: dict[str, Arr], ln: dict[str, Arr], tk: dict[str, Arr]) -> Arr:
+def _complaint_risk(w: _World, mer: dict[str, Arr], ln: dict[str, Arr], tk: dict[str, Arr], sc: Scenario) -> Arr:
     """Latent complaint risk: expected complaints per order line over the last 180 days, from the generator's own
     probabilities (complaint cases per line plus escalations of the merchant's other cases), not from the draws.
 
@@ -879,12 +951,13 @@ def _complaint_risk(w: _World, mer: dict[str, Arr], ln: dict[str, Arr], tk: dict
     expected += np.bincount(tk["merchant"][recent_t], weights=tk["p_escalate"][recent_t], minlength=n_m)
     # Prior from the final-state rates (lateness is exponential with the merchant's mean over a base that meets
     # the promise), scaled to the observed overall level.
-    late_end = np.where(mer["risky"], mer["late_bad"], mer["late_norm"])
-    defect_end = np.where(mer["risky"], mer["defect_bad"], mer["defect_norm"])
+    bad_end = mer["risky"] & (mer["bad_until"] > w.days)  # recovered merchants end in their normal state
+    late_end = np.where(bad_end, mer["late_bad"], mer["late_norm"])
+    defect_end = np.where(bad_end, mer["defect_bad"], mer["defect_norm"])
     p_late2, p_late5 = np.exp(-2.0 / np.maximum(late_end, 1e-6)), np.exp(-5.0 / np.maximum(late_end, 1e-6))
     p_lost = 0.004 + 0.02 * np.minimum(late_end, 3.0)
     prior = mer["attitude"] * (0.0015 + 0.03 * p_late2 + 0.03 * p_late5
-                               + 0.12 * CAT_QUALITY[mer["category"]] * defect_end + 0.12 * p_lost)
+                               + 0.12 * np.asarray(sc.cat_quality)[mer["category"]] * defect_end + 0.12 * p_lost)
     prior *= expected.sum() / max(float((prior * lines).sum()), 1e-9)
     k = 30.0  # pseudo-lines of prior
     return (expected + k * prior) / (lines + k)
@@ -892,7 +965,7 @@ def _complaint_risk(w: _World, mer: dict[str, Arr], ln: dict[str, Arr], tk: dict
 
 def _write_truth(tdir: Path, w: _World, acc: dict[str, Arr], mer: dict[str, Arr], ln: dict[str, Arr],
                  tk: dict[str, Arr], acc_ids: pa.Array, mer_ids: pa.Array, ticket_ids: pa.Array, seed: int,
-                 market: str) -> None:
+                 market: str, sc: Scenario) -> None:
     """Ground truth for evaluation: abusers and their pattern, merchants' latent risk, escalation causes."""
     day0 = w.start_s
     abuser = acc["pattern"] != P_NORMAL
@@ -909,7 +982,7 @@ def _write_truth(tdir: Path, w: _World, acc: dict[str, Arr], mer: dict[str, Arr]
         "bracketer": pa.array(acc["bracketer"]),
     })
     _write(accounts, tdir / "accounts.parquet")
-    complaint_risk = _complaint_risk(w, mer, ln, tk)
+    complaint_risk = _complaint_risk(w, mer, ln, tk, sc)
     onset_null = ~mer["deteriorates"]
     merchants = pa.table({
         "merchant_id": mer_ids,
@@ -930,6 +1003,9 @@ def _write_truth(tdir: Path, w: _World, acc: dict[str, Arr], mer: dict[str, Arr]
         "episode_type": pa.array(np.array(["late_delivery", "quality"])[mer["ep_kind"]],
                                  mask=mer["ep_start"] >= w.days, type=pa.string()),
     })
+    if not sc.is_default:  # recovering merchants exist only in scenario worlds (the default keeps its bytes)
+        rec_null = mer["bad_until"] >= w.days
+        merchants = merchants.append_column("recovers_at", pa_day(mer["bad_until"], rec_null))
     _write(merchants, tdir / "merchants.parquet")
     tickets = pa.table({
         "ticket_id": ticket_ids,
@@ -938,8 +1014,10 @@ def _write_truth(tdir: Path, w: _World, acc: dict[str, Arr], mer: dict[str, Arr]
         "p_escalate": pa.array(np.round(tk["p_escalate"], 6)),
     })
     _write(tickets, tdir / "tickets.parquet")
+    scen = _SCENARIO_README.format(name=sc.name, table=readme_table(sc),
+                                   note="" if sc.is_default else _SCENARIO_NOTE)
     (tdir / "README.md").write_text(_TRUTH_README.format(seed=seed, market=market, start=w.start.date(),
-                                                         days=w.days), encoding="utf-8")
+                                                         days=w.days) + scen, encoding="utf-8")
 
 
 _TRUTH_README = """# Ground truth of this synthetic world
@@ -1005,4 +1083,17 @@ Models must never train on these files; they are for evaluation and sanity check
 - **Review decisions**: ~1.25% of accounts (30-300), decided in the first 60% of the period; 70% drawn from the
   heaviest returners, 30% random; truth = abuser whose behaviour had started by the decision day; 5% reviewer
   error.
+"""
+
+_SCENARIO_NOTE = """
+In this scenario world the values below replace the default figures quoted under Mechanics; merchants.parquet also
+has `recovers_at` (the day a recovering risky merchant returns to its normal state; null otherwise).
+"""
+
+_SCENARIO_README = """
+## Scenario `{name}`
+Every mechanic's value (all of them in `scenario.json` beside this file; `../dataset.json` names the market). A
+random scenario draws each one independently from the documented range; `default` is the default world.
+{note}
+{table}
 """

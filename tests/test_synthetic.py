@@ -46,7 +46,7 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path):
     a = _digest(Path(generate_world(tmp_path / "a", seed=5, **small)["out_dir"]))
     b = _digest(Path(generate_world(tmp_path / "b", seed=5, **small)["out_dir"]))
     c = _digest(Path(generate_world(tmp_path / "c", seed=6, **small)["out_dir"]))
-    assert len(a) == 9 and a == b  # 5 tables + 3 truth tables + README
+    assert len(a) == 11 and a == b  # 5 tables + dataset.json + 3 truth tables + scenario.json + README
     assert a["orders.parquet"] != c["orders.parquet"] and a["truth/accounts.parquet"] != c["truth/accounts.parquet"]
 
 

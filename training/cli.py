@@ -134,9 +134,19 @@ def main() -> None:
     """
 
 
+def _scenario_choices() -> list[str]:
+    from features.scenarios import SCENARIO_CHOICES
+
+    return list(SCENARIO_CHOICES)
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Folder to write the world to.")
 @click.option("--seed", default=42, show_default=True, help="Random seed: same seed, same bytes.")
+@click.option("--scenario", default="default", show_default=True, type=click.Choice(_scenario_choices()),
+              help="default: the default world; random: every mechanic drawn from the documented ranges (see the "
+                   "world's truth/README.md) from --seed; a named scenario pins a few mechanics of a random draw. "
+                   "With random/named, --market, --start and --days are drawn unless given.")
 @click.option("--accounts", default=20_000, show_default=True, help="Number of customer accounts.")
 @click.option("--merchants", default=400, show_default=True, help="Number of merchants.")
 @click.option("--start", default="2023-01-01", show_default=True, help="First day (YYYY-MM-DD).")
@@ -146,14 +156,28 @@ def main() -> None:
               show_default=True,
               help="parquet: one file per table; parquet-partitioned: orders, returns and tickets as folders "
                    "partitioned by day (orders/date=2024-11-11/part-0.parquet), read lazily up to a command's as-of.")
-def generate(out_dir: Path, seed: int, accounts: int, merchants: int, start: str, days: int, market: str,
-             fmt: str) -> None:
-    """Write a synthetic after-sales world (all contract tables plus truth/ with the ground truth)."""
+def generate(out_dir: Path, seed: int, scenario: str, accounts: int, merchants: int, start: str, days: int,
+             market: str, fmt: str) -> None:
+    """Write a synthetic after-sales world (all contract tables, dataset.json, and truth/ with the ground truth and
+    the scenario's drawn values)."""
+    from click.core import ParameterSource
+
+    from features.scenarios import make_scenario
     from features.synthetic import generate_world
 
+    ctx = click.get_current_context()
+    given = lambda name: ctx.get_parameter_source(name) != ParameterSource.DEFAULT  # noqa: E731
+    if scenario == "default":
+        sc = make_scenario("default", seed, market.upper(), days, start)
+    else:
+        sc = make_scenario(scenario, seed, market.upper() if given("market") else None,
+                           days if given("days") else None, start if given("start") else None)
     t0 = time.perf_counter()
-    summary = generate_world(out_dir, seed=seed, accounts=accounts, merchants=merchants, start=start, days=days,
-                             market=market, progress=True)
+    try:
+        summary = generate_world(out_dir, seed=seed, accounts=accounts, merchants=merchants, progress=True,
+                                 scenario=sc)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
     if fmt == "parquet-partitioned":
         from features.partitioned import write_partitioned
 
