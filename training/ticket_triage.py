@@ -468,7 +468,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
                                        "refit_tickets": len(labelled)})
         registry.log_metrics({"refit_seconds": refit_s, "refit_trees": final.best_iteration_})
         result = registry.log_and_register(
-            MODEL_NAME, final, input_example=feats.X.iloc[labelled[-5:]], primary_metric=PRIMARY_METRIC,
+            MODEL_NAME, final, input_example=feats.X[list(FEATURES)].iloc[labelled[-5:]], primary_metric=PRIMARY_METRIC,
             metric_value=ev.metrics["roc_auc"], higher_is_better=True, settings=settings,
             extra_metrics={k: ev.metrics[k] for k in ("baseline_roc_auc", "roc_auc_lift", "pr_auc", "brier",
                                                       "ece")},
