@@ -61,8 +61,11 @@ _TOKEN = re.compile(r"[a-z0-9']+")
 CALENDAR_FEATURES = ("is_holiday", "is_shopping_event", "event_size", "days_until_major", "days_since_major",
                      "in_event_window")
 # Columns taken from the account and merchant snapshots at serving time (computed point in time for training).
-ACCOUNT_FEATURES = ("prior_tickets_30d", "returns_30d", "return_rate_90d", "refund_without_return_90d")
-MERCHANT_FEATURES = ("late_delivery_rate", "complaint_rate_90d")
+ACCOUNT_FEATURES = ("prior_tickets_30d", "returns_30d", "return_rate_90d", "refund_without_return_90d",
+                    "acct_tickets_365d", "acct_escalations_365d", "acct_returns_365d", "acct_return_rate_365d",
+                    "acct_refund_without_return_365d")
+MERCHANT_FEATURES = ("late_delivery_rate", "complaint_rate_90d", "mer_complaint_rate_30d", "mer_escalation_rate_90d",
+                     "mer_escalation_rate_365d", "mer_tickets_per_order_90d")
 TICKET_FEATURES = (
     "case_type", "channel", "amount", "has_order", "hour", "dow", *CALENDAR_FEATURES,
     "order_age_days", "lateness_days", "delivered_by_creation", "return_reason", "days_since_return",
@@ -81,7 +84,7 @@ SNAPSHOT_COLUMNS: dict[str, str] = {
 }
 
 # Windows of the history aggregates, in days.
-WINDOW_SHORT, WINDOW_LONG = 30, 90
+WINDOW_SHORT, WINDOW_LONG, WINDOW_YEAR = 30, 90, 365
 _IDX = {f: i for i, f in enumerate(FEATURES)}
 _NAN = float("nan")
 
@@ -500,13 +503,25 @@ def window_sum(ev_key: Arr, ev_time: Arr, ev_weight: Arr, q_key: Arr, q_time: Ar
     return np.where(known, cum[hi] - cum[lo], np.nan)
 
 
+def _escalations_known(tickets: pd.DataFrame) -> tuple[Arr, Arr]:
+    """(escalated 0/1, the time each ticket's outcome became known): an outcome is known when the case closed; a
+    case marked escalated without a close time is taken as known a week after opening (as for complaints)."""
+    created, resolved = series_us(tickets["created_at"]), series_us(tickets["resolved_at"])
+    escalated = tickets["escalated"].astype("boolean").fillna(False).to_numpy(dtype=np.float64)
+    known = np.where(np.isnan(resolved), np.where(escalated > 0, created + 7 * DAY_US, np.nan), resolved)
+    return escalated, known
+
+
 def account_history(ds: Dataset, account_ids: pd.Series, times: Arr) -> pd.DataFrame:
     """The account columns of :data:`ACCOUNT_FEATURES` as of each time (strictly before it), point in time.
 
     * ``prior_tickets_30d``: the account's tickets created in the 30 days before;
     * ``returns_30d``: its return requests in the 30 days before;
     * ``return_rate_90d``: return requests / order lines in the 90 days before (lines 0 -> divided by 1);
-    * ``refund_without_return_90d``: its return requests with item_returned false in the 90 days before.
+    * ``refund_without_return_90d``: its return requests with item_returned false in the 90 days before;
+    * ``acct_tickets_365d``, ``acct_returns_365d``, ``acct_return_rate_365d``, ``acct_refund_without_return_365d``:
+      the same over a year (a customer's habits outlast a month, and a year-long count ages slowly in a snapshot);
+    * ``acct_escalations_365d``: its cases that escalated, counted from when their outcome became known (closed).
 
     Guests (null account_id) get NaN. ``times`` are float microseconds (see :func:`series_us`).
     """
@@ -515,13 +530,21 @@ def account_history(ds: Dataset, account_ids: pd.Series, times: Arr) -> pd.DataF
     o_t, r_t, t_t = series_us(o["ordered_at"]), series_us(r["requested_at"]), series_us(t["created_at"])
     ones_r = np.ones(len(r))
     rwr = (r["item_returned"] == False).fillna(False).to_numpy(dtype=np.float64)  # noqa: E712 — nullable bool
-    lines = window_sum(ko, o_t, np.ones(len(o)), q, times, WINDOW_LONG)
+    lines90, lines365 = window_sum(ko, o_t, np.ones(len(o)), q, times, WINDOW_LONG), \
+        window_sum(ko, o_t, np.ones(len(o)), q, times, WINDOW_YEAR)
     ret90, rwr90 = window_sum(kr, r_t, np.column_stack([ones_r, rwr]), q, times, WINDOW_LONG).T
+    ret365, rwr365 = window_sum(kr, r_t, np.column_stack([ones_r, rwr]), q, times, WINDOW_YEAR).T
+    esc, known = _escalations_known(t)
     return pd.DataFrame({
         "prior_tickets_30d": window_sum(kt, t_t, np.ones(len(t)), q, times, WINDOW_SHORT),
         "returns_30d": window_sum(kr, r_t, ones_r, q, times, WINDOW_SHORT),
-        "return_rate_90d": ret90 / np.maximum(lines, 1.0),
+        "return_rate_90d": ret90 / np.maximum(lines90, 1.0),
         "refund_without_return_90d": rwr90,
+        "acct_tickets_365d": window_sum(kt, t_t, np.ones(len(t)), q, times, WINDOW_YEAR),
+        "acct_escalations_365d": window_sum(kt, known, esc, q, times, WINDOW_YEAR),
+        "acct_returns_365d": ret365,
+        "acct_return_rate_365d": ret365 / np.maximum(lines365, 1.0),
+        "acct_refund_without_return_365d": rwr365,
     }, index=account_ids.index)
 
 
@@ -579,24 +602,40 @@ def merchant_signals(ds: Dataset, merchant_ids: pd.Series, times: Arr, orders: p
 
     * ``late_delivery_rate``: of the merchant's orders whose promised delivery fell in the 90 days before, the share
       not delivered by the promise (a late order is known to be late from the promised time on);
-    * ``complaint_rate_90d``: merchant complaints that became known in the 90 days before / orders placed in them.
+    * ``complaint_rate_90d``: merchant complaints that became known in the 90 days before / orders placed in them;
+    * ``mer_complaint_rate_30d``: the same over 30 days (complaints lag a merchant's trouble: the recent rate leads);
+    * ``mer_escalation_rate_90d`` / ``_365d``: of the merchant's cases closed in the 90 / 365 days before, the share
+      that escalated (how readily its customers escalate: a merchant's customers and products change slowly);
+    * ``mer_tickets_per_order_90d``: its cases opened in the 90 days before / orders placed in them.
 
     NaN when the merchant had no orders in the window (new or unknown merchants). ``orders`` is
     :func:`order_table` of ``ds.orders`` when the caller already has it.
     """
     ot = order_table(ds.orders) if orders is None else orders
     c_ids, c_time = _complaints(ds.tickets)
-    q, ko, kc = _keys(merchant_ids, ot["merchant_id"], c_ids)
+    tm = ds.tickets[ds.tickets["merchant_id"].notna()]
+    q, ko, kc, kt = _keys(merchant_ids, ot["merchant_id"], c_ids, tm["merchant_id"])
     promised = series_us(ot["promised_delivery_at"])
     delivered = series_us(ot["delivered_at"])
     late = (np.isnan(delivered) | (delivered > promised)).astype(np.float64)
     due, n_late = window_sum(ko, promised, np.column_stack([np.ones(len(ot)), late]), q, times, WINDOW_LONG).T
-    placed = window_sum(ko, series_us(ot["ordered_at"]), np.ones(len(ot)), q, times, WINDOW_LONG)
+    o_t = series_us(ot["ordered_at"])
+    placed = window_sum(ko, o_t, np.ones(len(ot)), q, times, WINDOW_LONG)
+    placed30 = window_sum(ko, o_t, np.ones(len(ot)), q, times, WINDOW_SHORT)
     n_compl = window_sum(kc, c_time, np.ones(len(c_time)), q, times, WINDOW_LONG)
+    n_compl30 = window_sum(kc, c_time, np.ones(len(c_time)), q, times, WINDOW_SHORT)
+    esc, known = _escalations_known(tm)
+    closed, n_esc = window_sum(kt, known, np.column_stack([np.ones(len(tm)), esc]), q, times, WINDOW_LONG).T
+    closed365, n_esc365 = window_sum(kt, known, np.column_stack([np.ones(len(tm)), esc]), q, times, WINDOW_YEAR).T
+    n_tickets = window_sum(kt, series_us(tm["created_at"]), np.ones(len(tm)), q, times, WINDOW_LONG)
     with np.errstate(invalid="ignore", divide="ignore"):
         return pd.DataFrame({
             "late_delivery_rate": np.where(due > 0, n_late / due, np.nan),
             "complaint_rate_90d": np.where(placed > 0, n_compl / placed, np.nan),
+            "mer_complaint_rate_30d": np.where(placed30 > 0, n_compl30 / placed30, np.nan),
+            "mer_escalation_rate_90d": np.where(closed > 0, n_esc / closed, np.nan),
+            "mer_escalation_rate_365d": np.where(closed365 > 0, n_esc365 / closed365, np.nan),
+            "mer_tickets_per_order_90d": np.where(placed > 0, n_tickets / placed, np.nan),
         }, index=merchant_ids.index)
 
 
@@ -725,7 +764,8 @@ def point_in_time_context(ds: Dataset, t: pd.DataFrame, times: Arr, engine=None,
     acc = engine.by_key(_account_history_part, {
         "queries": (q, "account_id"), "orders": (ds.orders[["account_id", "ordered_at"]], "account_id"),
         "returns": (ds.returns[["account_id", "requested_at", "item_returned"]], "account_id"),
-        "tickets": (ds.tickets[["account_id", "created_at"]], "account_id")}, primary="queries")
+        "tickets": (ds.tickets[["account_id", "created_at", "resolved_at", "escalated"]], "account_id")},
+        primary="queries")
     say("features: merchant signals (point in time)")
     mer = engine.by_key(_merchant_signals_part, {
         "queries": (q, "merchant_id"), "order_rows": (ot, "merchant_id"),
@@ -809,16 +849,16 @@ def data_end(ds: Dataset) -> pd.Timestamp:
 def feature_snapshots(ds: Dataset, as_of: pd.Timestamp) -> dict[str, pd.DataFrame]:
     """Account, merchant and order context as of ``as_of``, computed by the training functions (no train/serve skew).
 
-    accounts: account_id + :data:`ACCOUNT_FEATURES` (accounts active in the last 90 days; others are new: zeros);
+    accounts: account_id + :data:`ACCOUNT_FEATURES` (accounts active in the last 365 days; others are new: zeros);
     merchants: merchant_id + :data:`MERCHANT_FEATURES`; orders: order_id + :data:`ORDER_CONTEXT` for orders placed
     in the last :data:`ORDER_SNAPSHOT_DAYS` days, with deliveries and returns after ``as_of`` hidden.
     """
     as_of = pd.Timestamp(as_of)
     at = to_us(as_of)
-    lo = as_of - pd.Timedelta(days=WINDOW_LONG)
+    lo = as_of - pd.Timedelta(days=WINDOW_YEAR)
     ids = pd.concat([ds.orders.loc[ds.orders["ordered_at"] >= lo, "account_id"],
                      ds.returns.loc[ds.returns["requested_at"] >= lo, "account_id"],
-                     ds.tickets.loc[ds.tickets["created_at"] >= lo, "account_id"]]).dropna().astype("string")
+                     ds.tickets.loc[(ds.tickets["created_at"] >= lo) | (ds.tickets["resolved_at"] >= lo), "account_id"]]).dropna().astype("string")
     acc_ids = pd.Series(pd.unique(ids), dtype="string", name="account_id")
     acc = account_history(ds, acc_ids, np.full(len(acc_ids), at)).assign(account_id=acc_ids)
     ot = order_table(ds.orders)
@@ -1176,10 +1216,10 @@ class TicketTriageModel:
             account = NEW_ACCOUNT  # an account without a snapshot row had no activity: a new account
             defaults.append("account history: none on record (new account)")
         elif account is not None and not any(_present(account.get(f)) for f in ACCOUNT_FEATURES):
-            # A row from another model's snapshot only: our snapshot lists every account active in the last 90
+            # A row from another model's snapshot only: our snapshot lists every account active in the last 365
             # days, so this one had none -> zero history, as training computes it.
             account = {**account, **NEW_ACCOUNT}
-            defaults.append("account history: no activity in the last 90 days (zero history)")
+            defaults.append("account history: no activity in the last 365 days (zero history)")
         if unknown_merchant:
             defaults.append("merchant signals: unknown merchant (no recent orders)")
         if order_missing:

@@ -365,7 +365,7 @@ def test_snapshot_history_columns_come_from_the_training_function(ds, snapshots)
 
 
 def test_account_only_in_another_snapshot_scores_with_zero_history(ds, model, snapshots):
-    """Our snapshot lists every account active in 90 days: one only the serial-returner snapshot lists was inactive,
+    """Our snapshot lists every account active in 365 days: one only the serial-returner snapshot lists was inactive,
     and gets the zero history training would compute (not the guest's 'unknown')."""
     _, snaps = snapshots
     t = _requests(ds).head(3).assign(account_id="A-ONLY-THEIRS", prior_tickets_30d=np.nan)
@@ -376,7 +376,7 @@ def test_account_only_in_another_snapshot_scores_with_zero_history(ds, model, sn
     r = _as_json(t)[0]
     one = model.score_one(r, snaps.accounts["A-ONLY-THEIRS"], snaps.merchants.get(r["merchant_id"]),
                           snaps.orders.get(r["order_id"]))
-    assert not one["unknown_account"] and "no activity in the last 90 days" in one["defaults_used"][0]
+    assert not one["unknown_account"] and "no activity in the last 365 days" in one["defaults_used"][0]
     batch = model.score_batch(t, frames["accounts"], frames["merchants"], frames["orders"])
     assert abs(batch["escalation_probability"].iloc[0] - one["escalation_probability"]) <= 1e-9
 
