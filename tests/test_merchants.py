@@ -332,6 +332,24 @@ def test_path_contributions_add_up_to_the_score_and_agree_with_shap(events, fitt
     assert agree > 0.8
 
 
+def test_blend_adds_the_two_standardised_scores_and_its_reasons_add_up(events):
+    dates = pd.date_range("2023-04-01", "2023-08-01", freq="14D", tz="UTC")
+    blend = MerchantRiskModel(kind="blend", n_estimators=40).fit(build_snapshots(events, dates))
+    f = build_features(events, AS_OF)
+    parts = blend.blend_parts(f)
+    raw_p = blend.poisson_booster_.predict(f[list(FEATURES)], raw_score=True)
+    raw_l = blend.ranker_booster_.predict(f[list(FEATURES)], raw_score=True)
+    # each part is its booster's margin through a fixed increasing linear map (the same for one row or many)
+    for part, raw in ((parts[:, 0], raw_p), (parts[:, 1], raw_l)):
+        slope = np.polyfit(raw, part, 1)[0]
+        assert slope > 0 and np.allclose(part, np.polyval(np.polyfit(raw, part, 1), raw), atol=1e-9)
+    assert np.allclose(blend.predict(f), parts.sum(axis=1))
+    assert np.allclose(blend.predict(f.iloc[[3]]), blend.predict(f)[3])
+    np.testing.assert_allclose(blend.contributions(f).sum(axis=1) + blend.path_bias_, blend.predict(f), atol=1e-9)
+    assert np.allclose(blend.expected_rate(f), np.exp(raw_p))  # expected complaints stay the Poisson model's
+    assert all(isinstance(r, str) and r for r in blend.reasons(f.head(5)))
+
+
 def test_complaint_link_learns_the_platforms_link_and_flags_fresh_trouble():
     """Complaints that follow very-late deliveries: the link is learned from the merchants' past; a merchant whose
     deliveries went bad in the last 30 days gets a higher operations-implied rate than its 90-day one, and a
