@@ -13,8 +13,10 @@ Two ways to get the same feature vector (:data:`FEATURES`), one definition:
   same three functions with ``time = snapshot time`` (files :data:`SNAPSHOT_FILES`, written by training), so a fresh
   snapshot gives exactly the training features (tested). :func:`load_serving_snapshots` joins them with the other
   models' snapshots (``accounts.parquet``: abuse_score, ...; ``merchants.parquet``: merchant_risk_percentile, ...);
-  on shared column names (returns_30d, late_delivery_rate, ...) ours win, because those models define them
-  differently (capped rates, empirical-Bayes shrinkage) and the booster learned ours.
+  on shared column names (returns_30d, ...) ours win, because those models define them differently (capped rates,
+  empirical-Bayes shrinkage) and the booster learned ours. Our merchant columns carry a ``mer_`` prefix so they
+  never replace the merchant model's own ``late_delivery_rate`` / ``complaint_rate_90d`` in the joined merchant
+  snapshot (which the merchant ranking shows).
 
 A snapshot is older than the ticket: contacts, returns and deliveries since then are missing (a 7-day-old snapshot:
 mean |p| difference 0.017 on the default world). Fields the ticket carries win over the snapshot: the ticket system
@@ -64,7 +66,8 @@ CALENDAR_FEATURES = ("is_holiday", "is_shopping_event", "event_size", "days_unti
 ACCOUNT_FEATURES = ("prior_tickets_30d", "returns_30d", "return_rate_90d", "refund_without_return_90d",
                     "acct_tickets_365d", "acct_escalations_365d", "acct_returns_365d", "acct_return_rate_365d",
                     "acct_refund_without_return_365d")
-MERCHANT_FEATURES = ("late_delivery_rate", "complaint_rate_90d", "mer_complaint_rate_30d", "mer_escalation_rate_90d",
+MERCHANT_FEATURES = ("mer_late_delivery_rate", "mer_complaint_rate_90d", "mer_complaint_rate_30d",
+                     "mer_escalation_rate_90d",
                      "mer_escalation_rate_365d", "mer_tickets_per_order_90d")
 TICKET_FEATURES = (
     "case_type", "channel", "amount", "has_order", "hour", "dow", *CALENDAR_FEATURES,
@@ -79,7 +82,7 @@ ORDER_CONTEXT = ("ordered_at", "promised_delivery_at", "delivered_at", "return_r
 # no skew), else the other model's snapshot column of the same name (same meaning, its own definition).
 SNAPSHOT_COLUMNS: dict[str, str] = {
     **{c: f"ticket_triage_accounts.parquet:{c} (else accounts.parquet:{c})" for c in ACCOUNT_FEATURES},
-    **{c: f"ticket_triage_merchants.parquet:{c} (else merchants.parquet:{c})" for c in MERCHANT_FEATURES},
+    **{c: f"ticket_triage_merchants.parquet:{c}" for c in MERCHANT_FEATURES},
     **{c: f"ticket_triage_orders.parquet:{c} (the ticket's own field wins)" for c in ORDER_CONTEXT},
 }
 
@@ -600,9 +603,9 @@ def merchant_signals(ds: Dataset, merchant_ids: pd.Series, times: Arr, orders: p
                      ) -> pd.DataFrame:
     """The merchant columns of :data:`MERCHANT_FEATURES` as of each time (strictly before it), point in time.
 
-    * ``late_delivery_rate``: of the merchant's orders whose promised delivery fell in the 90 days before, the share
+    * ``mer_late_delivery_rate``: of the merchant's orders whose promised delivery fell in the 90 days before, the share
       not delivered by the promise (a late order is known to be late from the promised time on);
-    * ``complaint_rate_90d``: merchant complaints that became known in the 90 days before / orders placed in them;
+    * ``mer_complaint_rate_90d``: merchant complaints that became known in the 90 days before / orders placed in them;
     * ``mer_complaint_rate_30d``: the same over 30 days (complaints lag a merchant's trouble: the recent rate leads);
     * ``mer_escalation_rate_90d`` / ``_365d``: of the merchant's cases closed in the 90 / 365 days before, the share
       that escalated (how readily its customers escalate: a merchant's customers and products change slowly);
@@ -630,8 +633,8 @@ def merchant_signals(ds: Dataset, merchant_ids: pd.Series, times: Arr, orders: p
     n_tickets = window_sum(kt, series_us(tm["created_at"]), np.ones(len(tm)), q, times, WINDOW_LONG)
     with np.errstate(invalid="ignore", divide="ignore"):
         return pd.DataFrame({
-            "late_delivery_rate": np.where(due > 0, n_late / due, np.nan),
-            "complaint_rate_90d": np.where(placed > 0, n_compl / placed, np.nan),
+            "mer_late_delivery_rate": np.where(due > 0, n_late / due, np.nan),
+            "mer_complaint_rate_90d": np.where(placed > 0, n_compl / placed, np.nan),
             "mer_complaint_rate_30d": np.where(placed30 > 0, n_compl30 / placed30, np.nan),
             "mer_escalation_rate_90d": np.where(closed > 0, n_esc / closed, np.nan),
             "mer_escalation_rate_365d": np.where(closed365 > 0, n_esc365 / closed365, np.nan),
@@ -1096,7 +1099,7 @@ class TicketTriageModel:
         self.channel_lift_ = lift_table("channel", len(CHANNELS))
         self.reason_lift_ = lift_table("return_reason", len(RETURN_REASONS))
         q = {c: float(np.nanquantile(X[:, _IDX[c]], 0.9)) if np.isfinite(X[:, _IDX[c]]).any() else np.inf
-             for c in ("amount", "late_delivery_rate", "complaint_rate_90d", "returns_30d",
+             for c in ("amount", "mer_late_delivery_rate", "mer_complaint_rate_90d", "returns_30d",
                        "refund_without_return_90d", "text_score")}
         self.reason_thresholds_ = q
         fired = self._reason_flags(X)
@@ -1143,8 +1146,8 @@ class TicketTriageModel:
             _g(v, "prior_tickets_30d") >= 1.0,
             _g(v, "text_score") >= th["text_score"],
             _g(v, "amount") >= th["amount"],
-            _g(v, "late_delivery_rate") >= th["late_delivery_rate"],
-            _g(v, "complaint_rate_90d") >= th["complaint_rate_90d"],
+            _g(v, "mer_late_delivery_rate") >= th["mer_late_delivery_rate"],
+            _g(v, "mer_complaint_rate_90d") >= th["mer_complaint_rate_90d"],
             (_g(v, "returns_30d") >= max(th["returns_30d"], 1.0))
             | (_g(v, "refund_without_return_90d") >= max(th["refund_without_return_90d"], 1.0)),
             _g(v, "in_event_window") >= 1.0,
@@ -1177,9 +1180,9 @@ class TicketTriageModel:
         if code == "high_amount":
             return f"high amount {v[_IDX['amount']]:.2f} (top 10% of tickets)"
         if code == "merchant_late":
-            return f"the merchant delivered {v[_IDX['late_delivery_rate']]:.0%} of orders late in the last 90 days"
+            return f"the merchant delivered {v[_IDX['mer_late_delivery_rate']]:.0%} of orders late in the last 90 days"
         if code == "merchant_complaints":
-            return (f"the merchant drew {v[_IDX['complaint_rate_90d']]:.1%} complaints per order in the last "
+            return (f"the merchant drew {v[_IDX['mer_complaint_rate_90d']]:.1%} complaints per order in the last "
                     "90 days (top 10%)")
         if code == "account_returns":
             return (f"the account returned {int(v[_IDX['returns_30d']])} items in 30 days, "

@@ -82,6 +82,7 @@ def snapshots(ds, tmp_path_factory):
     acc.to_parquet(d / "accounts.parquet", index=False)
     mer = snaps["merchants"][["merchant_id"]].copy()
     mer["merchant_risk_percentile"] = np.linspace(0.0, 1.0, len(mer))
+    mer["late_delivery_rate"] = -7.0  # the merchant model's own (shrunk) rate: what the merchant ranking shows
     mer.to_parquet(d / "merchants.parquet", index=False)
     return d, load_serving_snapshots(d)
 
@@ -141,12 +142,12 @@ def test_point_in_time_values_by_hand(tiny):
     assert X.loc["T2", "refund_without_return_90d"] == 1.0
     assert X.loc["T2", "return_rate_90d"] == pytest.approx(1 / 2)  # 1 return, 2 order lines (O1, O2)
     # Merchant at T2: promises due before 03-12: O3 on time, O1 late -> 1/2; no complaint known yet.
-    assert X.loc["T2", "late_delivery_rate"] == pytest.approx(0.5) and X.loc["T2", "complaint_rate_90d"] == 0.0
+    assert X.loc["T2", "mer_late_delivery_rate"] == pytest.approx(0.5) and X.loc["T2", "mer_complaint_rate_90d"] == 0.0
     # T3 is a guest: no account history at all.
     assert all(math.isnan(X.loc["T3", c]) for c in ACCOUNT_FEATURES) and X.loc["T3", "has_order"] == 0.0
     # T4: O2's promise (03-14) has passed undelivered -> late 2/3; T3's complaint case is known -> 1 per 3 orders.
-    assert X.loc["T4", "late_delivery_rate"] == pytest.approx(2 / 3)
-    assert X.loc["T4", "complaint_rate_90d"] == pytest.approx(1 / 3)
+    assert X.loc["T4", "mer_late_delivery_rate"] == pytest.approx(2 / 3)
+    assert X.loc["T4", "mer_complaint_rate_90d"] == pytest.approx(1 / 3)
 
 
 def test_window_sum_counts_strictly_before_the_query():
@@ -362,6 +363,13 @@ def test_snapshot_history_columns_come_from_the_training_function(ds, snapshots)
     assert row["returns_30d"] == snap["returns_30d"] and 0.0 <= row["abuse_score"] <= 1.0  # ours win, theirs kept
     assert row["return_rate_90d"] == pytest.approx(snap["return_rate_90d"])
     assert snaps.accounts["A-ONLY-THEIRS"]["abuse_score"] == 1.0
+    # Merchant columns: ours have their own names, so the merchant model's late_delivery_rate survives the join
+    # (the merchant ranking reads it) and the triage model still reads its own.
+    mid = next(iter(snaps.merchants))
+    theirs = feature_snapshots(ds, AS_OF)["merchants"].set_index("merchant_id").loc[mid]
+    assert snaps.merchants[mid]["late_delivery_rate"] == -7.0
+    assert snaps.merchants[mid]["mer_late_delivery_rate"] == pytest.approx(theirs["mer_late_delivery_rate"],
+                                                                           nan_ok=True)
 
 
 def test_account_only_in_another_snapshot_scores_with_zero_history(ds, model, snapshots):
