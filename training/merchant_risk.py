@@ -170,7 +170,10 @@ def model_params(settings: Settings) -> dict:
 
 
 MODELS = ("blend", "poisson", "lambdarank")
-BLEND_MARGIN = 0.02  # NDCG@50 on the validation snapshots a single model needs over the blend to be chosen
+# NDCG@50 on the validation snapshots a single model needs over the blend to be chosen. With it, on 12 random-scenario
+# worlds (seeds 11-22) the blend was kept on all 12: NDCG@50 gain over the last-60-day rate +0.081 to +0.170, median
+# +0.124 (best-on-validation without the margin: median +0.114).
+BLEND_MARGIN = 0.02
 
 
 def choose_kind(train: pd.DataFrame, train_dates: list, settings: Settings) -> tuple[str, dict[str, float]]:
