@@ -3,6 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SYSTEM_DEPS ?= install
 
 .PHONY: demo test lint install bench clean
 
@@ -22,15 +23,17 @@ demo: $(STAMP) ## generate the default world, train and register every model, pr
 lint: $(STAMP)
 	$(BIN)/ruff check features training serving tests benchmarks
 
-test: $(STAMP) ## ruff + the whole test suite
+test: $(STAMP) ## system programs the suite starts (SYSTEM_DEPS=skip: don't), ruff, the whole test suite
+	@[ "$(SYSTEM_DEPS)" = skip ] || bash scripts/system-deps.sh
 	$(BIN)/ruff check features training serving tests benchmarks
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
 bench: $(STAMP) ## print the benchmark figures (not run by CI)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
-lock: ## re-resolve requirements.lock from pyproject.toml (needs the registry)
+lock: ## re-resolve requirements.lock from pyproject.toml, then the Bento's requirements-serve.lock (needs the registry)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra peers --python-version 3.11 -o requirements.lock
+	$(BIN)/uv pip compile requirements-serve.in -c requirements.lock --python-version 3.11 -o requirements-serve.lock
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

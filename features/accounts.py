@@ -7,8 +7,9 @@ returns to their order lines, sparse connected components for linked accounts), 
 
 Models follow the scikit-learn contract so the object training fits is the object serving loads:
 
-- :class:`ReturnAbnormalityDetector` (cold start, no labels): robust one-sided deviations of the risk features from the
-  population ("how far above a typical account"), scored by an IsolationForest.
+- :class:`PatternDetector` (cold start, no labels): one test per abuse pattern (serial returning, refund without
+  return and 'not received' claims against the delivery record, wardrobing, rings of linked accounts), each the
+  tail probability of the account's count under the platform's own beta-binomial null; the strongest pattern wins.
 - :class:`SerialReturnerModel`: the detector, plus, once enough review decisions exist, a small LightGBM on all
   features and the detector's score, boosted from a logistic prior on that score, with a background sample of the
   population as weak negatives (positive-unlabelled learning: a few dozen decisions say little on their own), and
@@ -43,10 +44,12 @@ WINDOWS = (30, 90, 365)
 WORN_CATEGORIES = ("apparel", "shoes")
 CLAIM_REASONS = ("not_received", "damaged_in_transit")
 PATTERNS = ("serial", "wardrobing", "refund_without_return", "ring")
-# Wardrobing: a worn-category item ordered at most this many days before a sales event or holiday and sent back
-# at most this many days after it, for a full refund.
+# Wardrobing: an item ordered at most this many days before a sales event or holiday and sent back after the event's
+# first day, at most this many days after it (events span days). Which categories are worn is learnt per platform.
 WARDROBE_BEFORE_DAYS = 7
-WARDROBE_AFTER_DAYS = 7
+WARDROBE_AFTER_DAYS = 14
+# Bins (upper edges, days) of the platform's delivery-to-return distribution that wardrobing weighs returns against.
+DELIVERY_EDGES = np.arange(0.0, 120.25, 0.25)
 MIN_EVENT_SIZE = 2  # medium and major events (calendar size classes)
 # An identifier shared by more accounts than this is a hub (a shop's public tablet, a parcel locker address), not a
 # sign that the accounts belong together; it is left out of the link graph.
@@ -63,22 +66,24 @@ FEATURES: tuple[str, ...] = (
     "days_order_to_return", "days_delivery_to_return", "days_since_last_return",
     *(f"share_{r}" for r in RETURN_REASONS), "reason_entropy",
     "refund_without_return_90d", "refund_without_return_365d", "refund_without_return_share", "claims_365d",
-    "wardrobe_returns_365d", "wardrobe_share",
+    "lines_delivered_365d", "claims_on_delivered_365d", "no_item_on_delivered_365d",
+    "event_lines_365d", "wardrobe_returns_365d", "wardrobe_share",
     "return_trend", "return_rate_change",
     "link_group_size", "link_strong_group_size", "link_max_shared_types",
     "link_group_returns_90d", "link_group_return_rate_90d", "link_group_refund_without_return_365d",
+    "ring_lines_365d", "ring_returns_365d", "ring_no_item_365d", "ring_claims_365d",
 )
-# The features the cold-start detector looks at: for each, higher means more suspicious.
-DETECTOR_FEATURES: tuple[str, ...] = (
-    "returns_30d", "returns_90d", "returns_365d", "return_rate_90d", "return_rate_365d", "refund_share_365d",
-    "changed_mind_365d", "refund_without_return_90d", "refund_without_return_365d", "claims_365d",
-    "wardrobe_returns_365d", "return_trend",
-    "link_strong_group_size", "link_group_returns_90d", "link_group_refund_without_return_365d",
-)
-# Counts are compared on a log scale: 20 returns against 2 is a bigger step than 40 against 22.
-_LOG_FEATURES = {"returns_30d", "returns_90d", "returns_365d", "changed_mind_365d", "refund_without_return_90d",
-                 "refund_without_return_365d", "claims_365d", "wardrobe_returns_365d", "link_group_returns_90d",
-                 "link_group_refund_without_return_365d", "link_strong_group_size", "return_trend"}
+# The cold-start detector's tests, per pattern: (count, exposure). A test's tail is the chance that an ordinary
+# account of this platform with that exposure reaches the count (a beta-binomial fitted on the platform's accounts,
+# so both the rate and the number of events count: 3 returns of 3 lines is weaker evidence than 30 of 60).
+PATTERN_TESTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "serial": (("returns_365d", "lines_365d"), ("returns_90d", "lines_90d"), ("returns_365d", "")),
+    "wardrobing": (("wardrobe_returns_365d", "event_lines_365d"),),
+    "refund_without_return": (("no_item_on_delivered_365d", "lines_delivered_365d"),
+                              ("claims_on_delivered_365d", "lines_delivered_365d")),
+    "ring": (("ring_returns_365d", "ring_lines_365d"), ("ring_no_item_365d", "ring_lines_365d"),
+             ("ring_claims_365d", "ring_lines_365d")),
+}
 # Which abuse pattern a reason points to; features not listed describe context and name no pattern.
 FEATURE_PATTERN: dict[str, str] = {
     **{f: "serial" for f in ("returns_30d", "returns_90d", "returns_365d", "return_rate_30d", "return_rate_90d",
@@ -90,7 +95,10 @@ FEATURE_PATTERN: dict[str, str] = {
                                             "share_damaged_in_transit")},
     **{f: "ring" for f in ("link_group_size", "link_strong_group_size", "link_max_shared_types",
                            "link_group_returns_90d", "link_group_return_rate_90d",
-                           "link_group_refund_without_return_365d")},
+                           "link_group_refund_without_return_365d", "ring_lines_365d", "ring_returns_365d",
+                           "ring_no_item_365d", "ring_claims_365d")},
+    "claims_on_delivered_365d": "refund_without_return", "no_item_on_delivered_365d": "refund_without_return",
+    "event_lines_365d": "wardrobing",
 }
 ANOMALY_FEATURE = "anomaly_score"
 
@@ -195,7 +203,8 @@ _COUNT_EXTRA = ("_prior_returns",)
 # Features that depend on other accounts (population priors, the link graph): made by finish_account_features.
 _GLOBAL_FEATURES = ("return_rate_30d", "return_rate_90d", "return_rate_365d", "refund_share_365d", "return_rate_change",
                     "link_group_size", "link_strong_group_size", "link_max_shared_types", "link_group_returns_90d",
-                    "link_group_return_rate_90d", "link_group_refund_without_return_365d")
+                    "link_group_return_rate_90d", "link_group_refund_without_return_365d",
+                    "ring_lines_365d", "ring_returns_365d", "ring_no_item_365d", "ring_claims_365d")
 
 
 def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links: pd.DataFrame | None,
@@ -213,8 +222,14 @@ def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links:
     if engine is None:
         counts = account_counts(orders, returns, as_of, market, settings)
     else:
-        counts = engine.by_key(account_counts, {"orders": (orders, "account_id"), "returns": (returns, "account_id")},
-                               as_of=as_of, market=market, settings=settings)
+        tables = {"orders": (orders, "account_id"), "returns": (returns, "account_id")}
+        # Wardrobing reads each return's delivery-to-return time against the whole platform's: one light pass for
+        # that distribution first, so every account partition weighs returns alike.
+        hist = engine.by_key(delivery_histogram, tables, as_of=as_of)
+        hist = None if hist is None else hist.groupby(level=0)["count"].sum().reindex(
+            range(len(DELIVERY_EDGES) + 1), fill_value=0).to_numpy(dtype=float)
+        counts = engine.by_key(account_counts, tables, as_of=as_of, market=market, settings=settings,
+                               delivery_hist=hist)
         counts = _empty_counts() if counts is None else counts.sort_index()
     return finish_account_features(counts, account_links, as_of, max_link_share)
 
@@ -224,12 +239,30 @@ def _empty_counts() -> pd.DataFrame:
     return pd.DataFrame({c: np.zeros(0) for c in cols}, index=pd.Index([], dtype="string", name="account_id"))
 
 
-def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: str = "CN", settings=None
-                   ) -> pd.DataFrame:
+def delivery_histogram(orders: pd.DataFrame, returns: pd.DataFrame, as_of) -> pd.DataFrame:
+    """Returns of the 365 days to ``as_of`` counted by days from delivery to request (bins of
+    :data:`DELIVERY_EDGES`; column ``count``, index the bin): summed over account partitions, the platform's."""
+    as_of = as_day(as_of)
+    cut = int((as_of + pd.Timedelta(days=1)).value // 1000)
+    o_keep = (_us(orders["ordered_at"]) < cut) & _valid(_arrow(orders["account_id"]))
+    r_t = _us(returns["requested_at"])
+    r_keep = (r_t < cut) & _valid(_arrow(returns["account_id"]))
+    in_year = (cut - r_t[r_keep]) / US_PER_DAY < 365
+    hist = _return_timing(orders, o_keep, returns, r_keep, in_year, cut, "", as_of, None, hist_only=True)
+    return pd.DataFrame({"count": hist}, index=pd.RangeIndex(len(hist), name="bin"))
+
+
+def _delivery_bins(days: np.ndarray) -> np.ndarray:
+    return np.searchsorted(DELIVERY_EDGES, days, side="left")
+
+
+def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: str = "CN", settings=None,
+                   delivery_hist: np.ndarray | None = None) -> pd.DataFrame:
     """The per-account stage of :func:`account_features`: every feature an account's own rows decide.
 
     The result for an account depends only on that account's orders and returns (and their order lines), so it
-    can be computed on any subset of accounts holding all of their rows. Index ``account_id`` (sorted).
+    can be computed on any subset of accounts holding all of their rows, given the platform's
+    ``delivery_hist`` (:func:`delivery_histogram`; default: the one of the rows given). Index ``account_id``.
     """
     as_of = as_day(as_of)
     cut = int((as_of + pd.Timedelta(days=1)).value // 1000)  # first microsecond after the as-of day
@@ -255,6 +288,9 @@ def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: s
     for w in WINDOWS:
         f[f"lines_{w}d"] = np.bincount(pos_o[age_o < w], minlength=n).astype(float)
     f["spend_365d"] = np.bincount(pos_o[age_o < 365], weights=amount[age_o < 365], minlength=n)
+    deliv_o = _us(orders["delivered_at"])[o_keep]
+    delivered = (deliv_o > np.iinfo(np.int64).min) & (deliv_o < cut)  # delivered by the as-of day
+    f["lines_delivered_365d"] = np.bincount(pos_o[(age_o < 365) & delivered], minlength=n).astype(float)
     first = np.full(n, cut, dtype=np.int64)
     np.minimum.at(first, pos_o, ot)
     rt_all = r_t[r_keep]
@@ -296,10 +332,18 @@ def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: s
     f["_prior_returns"] = prior_returns
 
     # Returns joined to their order lines: timing, and wardrobing.
-    timing = _return_timing(orders, o_keep, returns, r_keep, y, cut, market, as_of, settings)
+    timing = _return_timing(orders, o_keep, returns, r_keep, y, cut, market, as_of, settings,
+                            delivery_hist=delivery_hist)
     f["days_order_to_return"] = _group_median(timing["order_days"], pos_r[y], n)
     f["days_delivery_to_return"] = _group_median(timing["delivery_days"], pos_r[y], n)
-    f["wardrobe_returns_365d"] = np.bincount(pos_r[y][timing["wardrobe"]], minlength=n).astype(float)
+    not_rec = reason[y] == RETURN_REASONS.index("not_received")
+    f["claims_on_delivered_365d"] = np.bincount(pos_r[y][not_rec & timing["delivered_before"]],
+                                                minlength=n).astype(float)
+    f["no_item_on_delivered_365d"] = np.bincount(pos_r[y][no_item[y] & timing["delivered_before"]],
+                                                 minlength=n).astype(float)
+    yo = age_o < 365
+    f["event_lines_365d"] = np.bincount(pos_o[yo][timing["pre_event_lines"]], minlength=n).astype(float)
+    f["wardrobe_returns_365d"] = np.bincount(pos_r[y], weights=timing["wardrobe"], minlength=n)
     f["wardrobe_share"] = _safe_div(f["wardrobe_returns_365d"], f["returns_365d"])
 
     cols = [c for c in FEATURES if c not in _GLOBAL_FEATURES] + list(_COUNT_EXTRA)
@@ -334,18 +378,41 @@ def finish_account_features(counts: pd.DataFrame, account_links: pd.DataFrame | 
 
 
 def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFrame, r_keep: np.ndarray,
-                   in_year: np.ndarray, cut: int, market: str, as_of: Day, settings) -> dict[str, np.ndarray]:
-    """For each return of the last 365 days: days from order and from delivery, and whether it looks like wardrobing.
+                   in_year: np.ndarray, cut: int, market: str, as_of: Day, settings,
+                   delivery_hist: np.ndarray | None = None, hist_only: bool = False):
+    """Returns of the last 365 days joined to their order lines: timing, delivery record and wardrobing.
 
-    Wardrobing: an apparel or shoes line ordered shortly before a sales event or holiday, refunded in full (the refund
-    per unit equals the line's unit price) and requested within a week after the event.
+    Per return: days from order and from delivery, whether the line had been delivered before the request (a 'not
+    received' claim against a delivered parcel), and its wardrobing weight. Per order line of the last 365 days:
+    whether it was ordered in the week before a sales event or holiday (``pre_event_lines``).
+
+    Wardrobing is buying just before an event, wearing, and sending back just after it: a return weighs 1 - the
+    share of the platform's returns of the same category that came back as quickly after delivery (the quickest
+    weigh about 1, the slowest about 0) when the line was ordered at most WARDROBE_BEFORE_DAYS before an event and
+    requested after the event, at most WARDROBE_AFTER_DAYS after its first day; other returns weigh 0. (With an
+    account-partitioned engine the category's delivery-to-return distribution is learnt per partition, each a
+    random share of the accounts.)
     """
     r = returns.loc[r_keep, ["order_id", "quantity", "refund_amount"]].loc[in_year]
     k = len(r)
-    out = {"order_days": np.full(k, np.nan), "delivery_days": np.full(k, np.nan), "wardrobe": np.zeros(k, bool)}
+    o_t = _us(orders["ordered_at"])[o_keep]
+    o_year = (cut - o_t) / US_PER_DAY < 365
+    out = {"order_days": np.full(k, np.nan), "delivery_days": np.full(k, np.nan), "wardrobe": np.zeros(k),
+           "delivered_before": np.zeros(k, bool), "pre_event_lines": np.zeros(int(o_year.sum()), bool)}
+    none = np.zeros(len(DELIVERY_EDGES) + 1) if hist_only else out
+    if not o_year.any():
+        return none
+    o_day_all = o_t[o_year] // US_PER_DAY
+    first = pd.Timestamp(int(o_day_all.min()), unit="D", tz="UTC")
+    ev = (np.zeros(0, dtype=np.int64) if hist_only
+          else _event_days(market, first, as_of + pd.Timedelta(days=WARDROBE_BEFORE_DAYS), settings))
+    if len(ev):
+        nxt = ev[np.minimum(np.searchsorted(ev, o_day_all, side="left"), len(ev) - 1)]
+        out["pre_event_lines"] = (nxt >= o_day_all) & (nxt - o_day_all <= WARDROBE_BEFORE_DAYS)
+    cat_all, _ = _encode(_arrow(orders["category"]))
     has_order = r["order_id"].notna().to_numpy()
     if not has_order.any():
-        return out
+        return none
     req = _us(returns["requested_at"])[r_keep][in_year]
     r_oid = _arrow(returns["order_id"]).filter(pa.array(r_keep)).filter(pa.array(in_year))
     wanted = pc.unique(r_oid.drop_null())
@@ -353,39 +420,43 @@ def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFra
     r_code = _positions(r_oid, wanted)
     o_code = _positions(_arrow(orders["order_id"]), wanted)
     o_mask = o_keep & (o_code >= 0)
-    ri = pd.DataFrame({"ret": np.arange(k)[has_order], "code": r_code[has_order],
-                       "rqty": r["quantity"].to_numpy()[has_order],
-                       "refund": r["refund_amount"].to_numpy(dtype=float)[has_order]})
-    o = orders.loc[o_mask, ["category", "amount", "quantity"]]
+    ri = pd.DataFrame({"ret": np.arange(k)[has_order], "code": r_code[has_order]})
     deliv = _us(orders["delivered_at"])[o_mask]
-    ol = pd.DataFrame({"code": o_code[o_mask], "worn": o["category"].isin(WORN_CATEGORIES).to_numpy(dtype=bool),
-                       "unit": o["amount"].to_numpy(dtype=float) / o["quantity"].to_numpy(dtype=float),
+    ol = pd.DataFrame({"code": o_code[o_mask], "cat": np.maximum(cat_all[o_mask], 0),
                        "ordered": _us(orders["ordered_at"])[o_mask],
                        # A delivery after the as-of day had not happened yet at the time.
                        "delivered": np.where((deliv > np.iinfo(np.int64).min) & (deliv < cut), deliv, -1)})
     m = ri.merge(ol, on="code", how="inner", sort=False)
     if m.empty:
-        return out
-    per_unit = m["refund"].to_numpy() / np.maximum(m["rqty"].to_numpy(), 1)
-    unit = m["unit"].to_numpy()
-    m["full_worn"] = m["worn"].to_numpy() & (np.abs(per_unit - unit) <= 0.02 * unit + 0.01)
+        return none
     g = m.groupby("ret", sort=False).agg(ordered=("ordered", "min"), delivered=("delivered", "max"),
-                                         full_worn=("full_worn", "any"))
+                                         cat=("cat", "first"))
     ret = g.index.to_numpy()
     t = req[ret]
     out["order_days"][ret] = (t - g["ordered"].to_numpy()) / US_PER_DAY
     dl = g["delivered"].to_numpy()
     out["delivery_days"][ret] = np.where(dl > 0, (t - dl) / US_PER_DAY, np.nan)
-    # The latest event day strictly before the request day must fall within a week after the order.
+    out["delivered_before"][ret] = (dl > 0) & (dl <= t)
+    days = out["delivery_days"][ret]
+    known = np.isfinite(days)
+    local = np.bincount(_delivery_bins(days[known]), minlength=len(DELIVERY_EDGES) + 1).astype(float)
+    if hist_only:
+        return local
+    if not len(ev):
+        return out
+    # The first event day on or after the order day falls within a week after the order, and the request comes
+    # after it, within WARDROBE_AFTER_DAYS of it (events span days: a week's holiday, Black Friday to Cyber Monday).
     o_day = g["ordered"].to_numpy() // US_PER_DAY
     r_day = t // US_PER_DAY
-    first = pd.Timestamp(int(o_day.min()), unit="D", tz="UTC")
-    ev = _event_days(market, first, as_of, settings)
-    if len(ev):
-        j = np.searchsorted(ev, r_day, side="left") - 1
-        e = ev[np.maximum(j, 0)]
-        near = (j >= 0) & (e >= o_day) & (e - o_day <= WARDROBE_BEFORE_DAYS) & (r_day - e <= WARDROBE_AFTER_DAYS)
-        out["wardrobe"][ret] = near & g["full_worn"].to_numpy()
+    j = np.searchsorted(ev, o_day, side="left")
+    e = ev[np.minimum(j, len(ev) - 1)]
+    bracket = (j < len(ev)) & (e - o_day <= WARDROBE_BEFORE_DAYS) & (r_day > e) & (r_day - e <= WARDROBE_AFTER_DAYS)
+    # Worn, not kept: the quicker the item came back after delivery, against the platform's returns, the more it
+    # weighs (1 - the share of the platform's returns that came back as quickly or quicker).
+    hist = local if delivery_hist is None else np.asarray(delivery_hist, dtype=float)
+    cum = np.cumsum(hist) / max(float(hist.sum()), 1.0)
+    quick = np.where(known, 1.0 - cum[_delivery_bins(np.nan_to_num(days, nan=0.0))], 0.0)
+    out["wardrobe"][ret] = np.where(bracket, quick, 0.0)
     return out
 
 
@@ -449,7 +520,20 @@ def _link_features(account_links: pd.DataFrame | None, index: pd.Index, f: dict[
         return np.bincount(label, weights=x, minlength=n)[label]
 
     g_ret, g_lines = group_sum(f["returns_90d"]), group_sum(f["lines_90d"])
-    return {
+    # The group's combined record without its most suspicious member: a household with one abuser in it is that
+    # abuser's case, not a ring; a ring stays abnormal when any one member is left out.
+    own = f["returns_365d"] + f["refund_without_return_365d"] + f["claims_on_delivered_365d"]
+    order = np.lexsort((-own, label))
+    head = np.ones(n, dtype=bool)
+    head[1:] = label[order][1:] != label[order][:-1]
+    strongest = np.zeros(label.max() + 1 if n else 0, dtype=np.int64)
+    strongest[label[order][head]] = order[head]
+    ring = {}
+    for name, x in (("ring_lines_365d", np.maximum(f["lines_365d"], f["returns_365d"])),
+                    ("ring_returns_365d", f["returns_365d"]), ("ring_no_item_365d", f["refund_without_return_365d"]),
+                    ("ring_claims_365d", f["claims_on_delivered_365d"])):
+        ring[name] = np.where(size > 1, group_sum(x) - x[strongest[label]], 0.0) if n else np.zeros(0)
+    return {**ring,
         "link_group_size": size, "link_strong_group_size": strong_size, "link_max_shared_types": max_types,
         "link_group_returns_90d": g_ret - f["returns_90d"],  # the others' returns
         "link_group_return_rate_90d": np.where(size > 1, _shrunk_rate(g_ret, np.maximum(g_lines, g_ret)), 0.0),
@@ -549,6 +633,43 @@ def reason_text(feature: str, row: dict, typical: float) -> str:
     return fn(value, float(typical), row)
 
 
+def _rarity(tail: float) -> str:
+    if tail < 1.0:
+        return "not unusual on this platform"
+    return f"1 in {10 ** min(tail, 15):,.0f} ordinary accounts of this platform shows this much"
+
+
+def pattern_text(pattern: str, r: dict, tail: float, rates: dict, typical: pd.Series) -> str:
+    """The evidence of one pattern for an account (``r``: its features), with the platform's rates (``rates``: the
+    detector's null rate per (count, exposure) test) and how rare this is (``tail``: -log10 probability)."""
+    rate = {count: v for (count, _), v in rates.items()}
+    if pattern == "serial":
+        lines = max(r["lines_365d"], r["returns_365d"])
+        t30 = float(typical.get("returns_30d", 0.0))
+        text = (f"serial returning: {_n(r['returns_365d'])} returns of {_n(lines)} order lines in 365 days "
+                f"({r['returns_365d'] / max(lines, 1):.0%}; platform {rate['returns_365d']:.0%}), "
+                f"{_n(r['returns_90d'])} in 90 days, {_n(r['returns_30d'])} returns in 30 days"
+                f"{_times(r['returns_30d'], t30)}")
+    elif pattern == "refund_without_return":
+        text = (f"refund without return: {_n(r['no_item_on_delivered_365d'])} refunds without the item coming back "
+                f"on parcels the delivery record shows delivered, of {_n(r['lines_delivered_365d'])} delivered order "
+                f"lines in 365 days (platform {rate['no_item_on_delivered_365d']:.1%}; "
+                f"{_n(r['refund_without_return_365d'])} refunds without the item in all), "
+                f"{_n(r['claims_on_delivered_365d'])} 'not received' claims on delivered parcels")
+    elif pattern == "wardrobing":
+        text = (f"wardrobing: {r['wardrobe_returns_365d']:.1f} weighted returns of items bought in the week before a "
+                f"sales event or holiday and sent back soon after delivery, right after the event "
+                f"({_n(r['event_lines_365d'])} pre-event order lines in 365 days; platform "
+                f"{rate['wardrobe_returns_365d']:.1%})")
+    else:
+        text = (f"ring: one of {_n(r['link_group_size'])} accounts linked by a shared address, device or payment "
+                f"({_n(r['link_strong_group_size'])} sharing two or more); without its most suspicious member the "
+                f"group returned {_n(r['ring_returns_365d'])} of {_n(r['ring_lines_365d'])} order lines in 365 days "
+                f"(platform {rate['ring_returns_365d']:.0%}), {_n(r['ring_no_item_365d'])} refunds without the item "
+                f"and {_n(r['ring_claims_365d'])} 'not received' claims on delivered parcels")
+    return f"{text} ({_rarity(tail)})"
+
+
 def typical_values(X: AccountFrame) -> pd.Series:
     """The typical account per feature: the median, or the mean where the median is zero (sparse counts)."""
     med = X.median(numeric_only=True)
@@ -560,62 +681,219 @@ def typical_values(X: AccountFrame) -> pd.Series:
 # Models
 
 
-class ReturnAbnormalityDetector:
-    """Cold-start detector: one-sided robust deviations of the risk features, scored by an IsolationForest.
+def _beta_prior(k: np.ndarray, n: np.ndarray, trim: float = 0.0) -> tuple[float, float]:
+    """(a, b) of the beta distribution of per-account rates k/n, by the method of moments net of binomial noise.
 
-    Each feature is measured as "how far above the median, in units of the distance from the median to the 95th
-    percentile" (on a log scale for counts) and clipped at zero, so only the suspicious direction counts: an account
-    that returns nothing is not abnormal. ``score`` is the IsolationForest anomaly score in (0, 1).
+    Accounts with no exposure say nothing. ``trim`` (default none) leaves out the top share of rates; trimming made
+    sparse counts (refunds without return) look binomial and their honest tails far too rare (random worlds 11-22).
+    """
+    ok = n >= 1
+    k, n = k[ok], n[ok]
+    if len(k) < 10 or k.sum() <= 0:
+        return 0.5, 0.5 / max(float(k.sum() / max(n.sum(), 1.0)), 1e-4)
+    r = k / n
+    keep = r <= np.quantile(r, 1 - trim) if trim > 0 else np.ones(len(r), bool)
+    if keep.sum() >= 10 and k[keep].sum() > 0:
+        k, n, r = k[keep], n[keep], r[keep]
+    p = float(np.clip(k.sum() / n.sum(), 1e-6, 1 - 1e-6))
+    # Exposure-weighted: E[sum n (r - p)^2] = p (1 - p) sum(1 + (n - 1) rho) for a beta-binomial.
+    ss = float(np.sum(n * (r - p) ** 2)) / (p * (1 - p))
+    rho = (ss - len(n)) / max(float(np.sum(n - 1)), 1.0)
+    rho = float(np.clip(rho, 1e-3, 0.5))  # intra-account correlation: 0 = binomial, 1 = all or nothing
+    m = 1 / rho - 1
+    return p * m, (1 - p) * m
+
+
+def _nb_prior(k: np.ndarray) -> tuple[float, float]:
+    """(r, p) of the negative binomial with the counts' mean and variance (Poisson when not over-dispersed)."""
+    m, v = float(np.mean(k)), float(np.var(k))
+    m = max(m, 1e-6)
+    v = max(v, m * 1.001)
+    p = m / v
+    return m * p / (1 - p), p
+
+
+def _nb_log10_tail(k: np.ndarray, r: float, p: float) -> np.ndarray:
+    """-log10 P(X >= k) for X ~ NegativeBinomial(r, p), once per distinct count."""
+    from scipy.stats import nbinom
+
+    k = np.floor(np.maximum(np.asarray(k, dtype=float), 0.0)).astype(np.int64)
+    uniq, inv = np.unique(k, return_inverse=True)
+    t = np.where(uniq >= 1, -nbinom.logsf(uniq - 1, r, p) / np.log(10), 0.0)
+    return np.maximum(t[inv], 0.0)
+
+
+def _log10_tail(k: np.ndarray, n: np.ndarray, a: float, b: float) -> np.ndarray:
+    """-log10 P(X >= k) for X ~ BetaBinomial(n, a, b); fractional k interpolate between whole counts.
+
+    Computed once per distinct (k, n) pair: a million accounts hold a few thousand.
+    """
+    from scipy.stats import betabinom
+
+    k = np.maximum(np.asarray(k, dtype=float), 0.0)
+    n = np.maximum(np.asarray(n, dtype=float), np.ceil(k)).astype(np.int64)
+    lo = np.floor(k).astype(np.int64)
+    frac = k - lo
+    out = np.zeros(len(k))
+    for kk, wgt in ((lo, 1 - frac), (lo + 1, frac)):
+        use = (wgt > 0) & (kk >= 1)
+        if not use.any():
+            continue
+        key = kk[use] * (1 << 32) + n[use]
+        uniq, inv = np.unique(key, return_inverse=True)
+        kk_u, n_u = uniq >> 32, uniq & 0xFFFFFFFF
+        ls = betabinom.logsf(kk_u - 1, n_u, a, b)
+        bad = ~np.isfinite(ls)  # sf below float precision: P(X = k) is a lower bound, and stable
+        if bad.any():
+            ls[bad] = betabinom.logpmf(kk_u[bad], n_u[bad], a, b)
+        out[use] += wgt[use] * (-ls[inv] / np.log(10))
+    return np.maximum(out, 0.0)
+
+
+def _combine(tails: np.ndarray) -> np.ndarray:
+    """One pattern's tests (-log10 p, one column each) combined into one -log10 p by Fisher's method: several
+    moderately unusual signs of the same pattern (a ring's returns and its refunds without the item) add up."""
+    from scipy.stats import chi2
+
+    if tails.shape[1] == 1:
+        return tails[:, 0]
+    stat = 2 * np.log(10) * tails.sum(axis=1)
+    return np.maximum(-chi2.logsf(stat, 2 * tails.shape[1]) / np.log(10), 0.0)
+
+
+CALIBRATION_QUANTILES = (0.90, 0.95)
+
+
+class PatternDetector:
+    """Cold-start detector: one test per abuse pattern, each a tail probability under the platform's own null.
+
+    For each test of :data:`PATTERN_TESTS` (a count and its exposure: returns of order lines, refunds without the
+    item of order lines, 'not received' claims of delivered lines, wardrobing returns of pre-event lines, the same
+    for an account's link group without its most suspicious member) ``fit`` learns the platform's beta-binomial
+    null; ``tails`` gives, per pattern, -log10 of the chance that an ordinary account would show this much (the best
+    of the pattern's tests, Bonferroni-corrected for their number). ``score`` is the strongest pattern's tail, so an
+    account far out on one pattern ranks high whatever the others say; ``predict`` maps it into (0, 1).
     """
 
-    def __init__(self, features: Sequence[str] = DETECTOR_FEATURES, n_estimators: int = 100,
-                 max_samples: int = 512, random_state: int = 0):
-        self.features = features
-        self.n_estimators = n_estimators
-        self.max_samples = max_samples
-        self.random_state = random_state
+    def __init__(self, tests: dict[str, tuple[tuple[str, str], ...]] | None = None, trim: float = 0.0):
+        self.tests = tests
+        self.trim = trim
 
-    def _raw(self, X: AccountFrame) -> np.ndarray:
-        missing = [c for c in self.features if c not in X.columns]
+    def _tests(self) -> dict[str, tuple[tuple[str, str], ...]]:
+        return self.tests or PATTERN_TESTS
+
+    @staticmethod
+    def _pair(X: AccountFrame, count: str, exposure: str) -> tuple[np.ndarray, np.ndarray]:
+        missing = [c for c in (count, exposure) if c and c not in X.columns]
         if missing:
             raise KeyError(f"account features missing columns {missing}: build them with account_features()")
-        raw = np.array(X[list(self.features)].to_numpy(dtype=float, na_value=np.nan), dtype=float)  # a copy
-        logs = np.array([c in _LOG_FEATURES for c in self.features])
-        raw[:, logs] = np.log1p(np.maximum(raw[:, logs], 0))
-        return np.nan_to_num(raw, nan=0.0)
+        k = np.nan_to_num(X[count].to_numpy(dtype=float, na_value=np.nan))
+        if not exposure:  # a count on its own (no exposure): -1 marks it for the negative binomial
+            return k, np.full(len(k), -1.0)
+        n = np.nan_to_num(X[exposure].to_numpy(dtype=float, na_value=np.nan))
+        return k, np.maximum(n, np.ceil(k))
 
-    def fit(self, X: AccountFrame, y=None) -> ReturnAbnormalityDetector:
-        """Learn each feature's median and spread on the population ``X`` and fit the forest on the deviations."""
-        from sklearn.ensemble import IsolationForest
-
-        raw = self._raw(X)
-        self.median_ = np.median(raw, axis=0)
-        spread = np.quantile(raw, 0.95, axis=0) - self.median_
-        for q in (0.99, 1.0):  # sparse features (most accounts at zero): look further out
-            spread = np.where(spread > 0, spread, np.quantile(raw, q, axis=0) - self.median_)
-        self.scale_ = np.where(spread > 0, spread, 1.0)
-        self.forest_ = IsolationForest(n_estimators=self.n_estimators, max_samples=min(self.max_samples, len(raw)),
-                                       random_state=self.random_state, n_jobs=1).fit(self._z(raw))
+    def fit(self, X: AccountFrame, y=None) -> PatternDetector:
+        """Learn each test's null (beta prior of the rate) from the population ``X``."""
+        self.priors_: dict[tuple[str, str], tuple[float, float]] = {}
+        for tests in self._tests().values():
+            for count, exposure in tests:
+                k, n = self._pair(X, count, exposure)
+                self.priors_[(count, exposure)] = _nb_prior(k) if not exposure else _beta_prior(k, n, self.trim)
+        self.rates_ = {key: (a / (a + b) if key[1] else a * (1 - b) / b) for key, (a, b) in self.priors_.items()}
+        # Calibration: where a pattern's null is narrower than the platform really is, its ordinary accounts already
+        # reach large tails; the excess at the population's 90th/95th percentile (below the abusers, a few percent
+        # at most) is taken off that pattern, so that patterns are compared on the same footing.
+        self.offsets_ = {p: 0.0 for p in PATTERNS}
+        raw = self._raw_tails(X)
+        for p in PATTERNS:
+            t = raw[p].to_numpy()
+            self.offsets_[p] = float(max(0.0, *(np.quantile(t, q) + np.log10(1 - q) for q in CALIBRATION_QUANTILES)))
         return self
 
-    def _z(self, raw: np.ndarray) -> np.ndarray:
-        return np.maximum((raw - self.median_) / self.scale_, 0.0)
-
     def _check(self) -> None:
-        if not hasattr(self, "forest_"):
-            raise RuntimeError("ReturnAbnormalityDetector is not fitted: call fit(features) first")
+        if not hasattr(self, "priors_"):
+            raise RuntimeError("PatternDetector is not fitted: call fit(features) first")
+
+    def test_tails(self, X: AccountFrame) -> pd.DataFrame:
+        """-log10 tail probability of every test (columns ``count/exposure``)."""
+        self._check()
+        out = {}
+        for tests in self._tests().values():
+            for count, exposure in tests:
+                k, n = self._pair(X, count, exposure)
+                prior = self.priors_[(count, exposure)]
+                out[f"{count}/{exposure}"] = _nb_log10_tail(k, *prior) if not exposure else _log10_tail(k, n, *prior)
+        return pd.DataFrame(out, index=X.index)
+
+
+    def _raw_tails(self, X: AccountFrame) -> pd.DataFrame:
+        T = self.test_tails(X)
+        out = {}
+        for p in PATTERNS:
+            cols = [f"{c}/{e}" for c, e in self._tests().get(p, ())]
+            out[p] = _combine(T[cols].to_numpy()) if cols else np.zeros(len(T))
+        return pd.DataFrame(out, index=T.index)
+
+    def tails(self, X: AccountFrame) -> pd.DataFrame:
+        """Per pattern (columns :data:`PATTERNS`): -log10 of the chance an ordinary account shows this much."""
+        raw = self._raw_tails(X)
+        for p in PATTERNS:
+            raw[p] = np.maximum(raw[p].to_numpy() - self.offsets_[p], 0.0)
+        return raw
 
     def deviations(self, X: AccountFrame) -> pd.DataFrame:
-        """One-sided deviations per feature (0 = typical or below, 1 = at the population's 95th percentile)."""
-        self._check()
-        return pd.DataFrame(self._z(self._raw(X)), index=X.index, columns=list(self.features))
+        """Per feature (columns :data:`FEATURES`): the tail of the test whose count it is, 0 for the others."""
+        T = self.test_tails(X)
+        out = pd.DataFrame(0.0, index=X.index, columns=list(FEATURES))
+        for col in T.columns:
+            count = col.split("/")[0]
+            out[count] = np.maximum(out[count].to_numpy(), T[col].to_numpy())
+        return out
 
     def score(self, X: AccountFrame) -> np.ndarray:
-        """Anomaly score in (0, 1): about 0.5 for ordinary accounts, towards 1 for the most abnormal."""
-        self._check()
-        return -self.forest_.score_samples(self._z(self._raw(X)))
+        """The strongest pattern's tail (-log10 probability; 0 = nothing unusual)."""
+        return self.tails(X).to_numpy().max(axis=1)
 
-    predict = score
+    def predict(self, X: AccountFrame) -> np.ndarray:
+        """The score mapped into (0, 1): 0.5 at a one-in-a-thousand tail, 0.8 at one in 10^12."""
+        s = self.score(X)
+        return s / (s + 3.0)
+
+
+BASELINES = ("rate_rule", "most_returns", "rule", "if_counts")
+COUNT_FEATURES = ("lines_30d", "lines_90d", "lines_365d", "returns_30d", "returns_90d", "returns_365d")
+
+
+def counts_forest(X: AccountFrame, seed: int = 0):
+    """Baseline: an IsolationForest on raw order and return counts, fitted on a day's population."""
+    from sklearn.ensemble import IsolationForest
+
+    return IsolationForest(n_estimators=200, random_state=seed, n_jobs=1).fit(X[list(COUNT_FEATURES)])
+
+
+def baseline_score(name: str, X: AccountFrame, forest=None, rule: tuple[float, float] = (5, 0.5)) -> np.ndarray:
+    """The one-line baselines, higher = more suspicious.
+
+    rate_rule: (returns + 1) / (order lines + 10) over 365 days; most_returns: returns in 365 days (ties: the
+    higher rate first); rule: the lesser of returns_90d / rule[0] and return_rate_90d / rule[1] (>= 1 when both
+    thresholds are reached); if_counts: the IsolationForest's anomaly score on raw counts (``forest``).
+    """
+    r365, l365 = X["returns_365d"].to_numpy(dtype=float), X["lines_365d"].to_numpy(dtype=float)
+    rate = (r365 + 1) / (l365 + 10)
+    if name == "rate_rule":
+        return rate
+    if name == "most_returns":
+        return r365 + 1e-3 * rate
+    if name == "rule":
+        count = X["returns_90d"].to_numpy(dtype=float) / rule[0]
+        r = X["return_rate_90d"].to_numpy(dtype=float) / rule[1]
+        return np.minimum(count, r) + 1e-6 * X["returns_90d"].to_numpy(dtype=float)
+    if name == "if_counts":
+        if forest is None:
+            raise ValueError("baseline 'if_counts' needs its fitted forest")
+        return -forest.score_samples(X[list(COUNT_FEATURES)])
+    raise ValueError(f"unknown baseline {name!r}: choose one of {', '.join(BASELINES)}")
 
 
 class SerialReturnerModel:
@@ -639,7 +917,7 @@ class SerialReturnerModel:
     def __init__(self, min_labels: int = 30, min_per_class: int = 3, n_folds: int = 5,
                  num_boost_round: int = 120, learning_rate: float = 0.05, num_leaves: int = 7,
                  background: int = 2000, background_weight: float = 1.0, num_threads: int = 1,
-                 random_state: int = 0, detector_params: dict | None = None):
+                 random_state: int = 0, detector_params: dict | None = None, gate: bool = True):
         self.min_labels = min_labels
         self.min_per_class = min_per_class
         self.n_folds = n_folds
@@ -651,6 +929,7 @@ class SerialReturnerModel:
         self.num_threads = num_threads
         self.random_state = random_state
         self.detector_params = detector_params
+        self.gate = gate
 
     # -- fitting -----------------------------------------------------------------------------------------------------
 
@@ -706,7 +985,7 @@ class SerialReturnerModel:
             raise ValueError(f"y has {len(y_arr)} values for {len(X)} rows")
         labelled = ~np.isnan(y_arr)
         population = X.loc[~labelled] if (~labelled).any() else X
-        self.detector_ = ReturnAbnormalityDetector(**(self.detector_params or {})).fit(population)
+        self.detector_ = PatternDetector(**(self.detector_params or {})).fit(population)
         self.typical_ = typical_values(population[list(FEATURES)])
         self.anomaly_mean_ = float(np.mean(self.detector_.score(population)))
         self.n_labels_ = int(labelled.sum())
@@ -715,7 +994,8 @@ class SerialReturnerModel:
         n_neg = self.n_labels_ - self.n_positive_
         self.mode_ = ("supervised" if self.n_labels_ >= self.min_labels
                       and min(self.n_positive_, n_neg) >= self.min_per_class else "cold_start")
-        self.prior_, self.booster_, self.platt_ = None, None, None
+        self.prior_, self.booster_, self.platt_, self.oof_ = None, None, None, None
+        self.gate_ = {"use_supervised": False, "heldout_decisions": 0, "auc_supervised": None, "auc_cold_start": None}
         if self.mode_ == "supervised":
             D = self._design(X.loc[labelled])
             B = None
@@ -724,8 +1004,27 @@ class SerialReturnerModel:
                 pick = rng.choice(len(population), min(self.background, len(population)), replace=False)
                 B = self._design(population.iloc[np.sort(pick)])
             self.platt_ = self._calibrate(D, yl, B)
-            self.prior_, self.booster_ = self._fit_raw(D, yl, B)  # the final model sees every decision
+            self.gate_ = self._gate(D, yl)
+            if self.gate_["use_supervised"] or not self.gate:
+                self.prior_, self.booster_ = self._fit_raw(D, yl, B)  # the final model sees every decision
+            else:  # held-out decisions say the detector ranks them at least as well: keep the cold start
+                self.mode_, self.platt_ = "cold_start", None
         return self
+
+    def _gate(self, D: pd.DataFrame, y: np.ndarray) -> dict:
+        """Whether the supervised model beats the cold start on held-out decisions (ROC-AUC of the out-of-fold
+        scores against the detector's score on the same decisions); without enough held-out decisions, no."""
+        from sklearn.metrics import roc_auc_score
+
+        oof = getattr(self, "oof_", None)
+        ok = ~np.isnan(oof) if oof is not None else np.zeros(len(y), bool)
+        if ok.sum() < 10 or len(np.unique(y[ok])) < 2:
+            return {"use_supervised": False, "heldout_decisions": int(ok.sum()), "auc_supervised": None,
+                    "auc_cold_start": None}
+        sup = float(roc_auc_score(y[ok], oof[ok]))
+        cold = float(roc_auc_score(y[ok], D[ANOMALY_FEATURE].to_numpy()[ok]))
+        return {"use_supervised": sup > cold, "heldout_decisions": int(ok.sum()), "auc_supervised": sup,
+                "auc_cold_start": cold}
 
     def _calibrate(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None) -> tuple[float, float] | None:
         """Platt (a, b) on out-of-fold raw scores from contiguous blocks of decisions; None if too few to fit."""
@@ -736,6 +1035,7 @@ class SerialReturnerModel:
                 continue
             prior, booster = self._fit_raw(D.iloc[rest], y[rest], B)
             oof[block] = self._raw(D.iloc[block], prior, booster)
+        self.oof_ = oof
         ok = ~np.isnan(oof)
         if ok.sum() < 10 or len(np.unique(y[ok])) < 2:
             return None
@@ -746,7 +1046,10 @@ class SerialReturnerModel:
 
     def _design(self, X: AccountFrame) -> pd.DataFrame:
         D = X[list(FEATURES)].astype(float).copy()
-        D[ANOMALY_FEATURE] = self.detector_.score(X)
+        tails = self.detector_.tails(X)
+        for p in PATTERNS:
+            D[f"tail_{p}"] = tails[p].to_numpy()
+        D[ANOMALY_FEATURE] = tails.to_numpy().max(axis=1)
         return D
 
     # -- scoring -----------------------------------------------------------------------------------------------------
@@ -755,11 +1058,31 @@ class SerialReturnerModel:
         if not hasattr(self, "detector_"):
             raise RuntimeError("SerialReturnerModel is not fitted: call fit(features, labels) first")
 
-    def predict(self, X: AccountFrame) -> np.ndarray:
-        """Abuse score per account: a calibrated probability (supervised) or the detector's score (cold start)."""
+    def use(self, method: str, X: AccountFrame | None = None, rule: tuple[float, float] = (5, 0.5),
+            evidence: str = "") -> SerialReturnerModel:
+        """Make ``method`` what :meth:`predict` ranks by: 'model' (this model) or a baseline of :data:`BASELINES`
+        that won the evaluation on the user's data (``evidence`` says how; kept for the model card). 'if_counts'
+        fits its IsolationForest on ``X``; 'rule' keeps its thresholds (returns in 90 days, 90-day rate)."""
         self._check()
+        if method not in ("model", *BASELINES):
+            raise ValueError(f"unknown method {method!r}: choose model or one of {', '.join(BASELINES)}")
+        if method == "if_counts":
+            if X is None:
+                raise ValueError("method 'if_counts' needs the accounts to fit its IsolationForest on")
+            self.forest_ = counts_forest(X)
+        self.method_, self.rule_, self.method_evidence_ = method, tuple(rule), evidence
+        return self
+
+    def predict(self, X: AccountFrame) -> np.ndarray:
+        """Abuse score per account in [0, 1]: by the method chosen with :meth:`use` (default the model: a
+        calibrated probability when supervised, the detector's score in cold start)."""
+        self._check()
+        method = getattr(self, "method_", "model")
+        if method != "model":
+            s = baseline_score(method, X, forest=getattr(self, "forest_", None), rule=self.rule_)
+            return s / (s + 1.0) if method in ("most_returns", "rule") else s
         if self.booster_ is None:
-            return self.detector_.score(X)
+            return self.detector_.predict(X)
         raw = self._raw(self._design(X), self.prior_, self.booster_)
         a, b = self.platt_ if self.platt_ is not None else (1.0, 0.0)
         return 1.0 / (1.0 + np.exp(-(a * raw + b)))
@@ -773,10 +1096,11 @@ class SerialReturnerModel:
         self._check()
         dev = self.detector_.deviations(X)
         if self.booster_ is None:
-            return dev.reindex(columns=list(FEATURES), fill_value=0.0)
+            return dev
         D = self._design(X)
         contrib = self.booster_.predict(D, pred_contrib=True)[:, :-1]  # drop the bias column
-        anomaly = contrib[:, len(FEATURES)] + self.prior_[0] * (D[ANOMALY_FEATURE].to_numpy() - self.anomaly_mean_)
+        anomaly = contrib[:, len(FEATURES):].sum(axis=1) + self.prior_[0] * (D[ANOMALY_FEATURE].to_numpy()
+                                                                            - self.anomaly_mean_)
         C = pd.DataFrame(contrib[:, :len(FEATURES)], index=X.index, columns=list(FEATURES))
         share = dev.div(dev.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
         C[share.columns] += share.mul(anomaly, axis=0).to_numpy()
@@ -785,26 +1109,25 @@ class SerialReturnerModel:
     def explain(self, X: AccountFrame, top: int = 3) -> pd.DataFrame:
         """Top reasons (sentences with the account's numbers), the top reason alone and the likely pattern.
 
-        The likely pattern is the one whose strongest feature pushes hardest (a maximum, not a sum: the serial
-        pattern has more features than the others and would win every sum).
+        The likely pattern is the one whose detector is furthest out in the platform's tail; each reason names a
+        pattern, its evidence and how rare that is for an ordinary account of this platform.
         """
-        C = self.contributions(X)
-        vals = C.to_numpy()
-        cols = np.array(C.columns)
-        # Only features that describe returning behaviour are shown as reasons; context features (tenure, volume,
-        # timing) shape the score but "active for 700 days" is no reason to suspect anybody.
-        shown = np.where(np.isin(cols, list(FEATURE_PATTERN)), vals, -np.inf)
-        order = np.argsort(-shown, axis=1)[:, :top]
-        typ = self.typical_.reindex(C.columns).fillna(0.0).to_numpy()
-        pattern_of = np.array([FEATURE_PATTERN.get(c, "") for c in cols])
-        strength = np.column_stack([np.where(pattern_of == p, vals, 0.0).max(axis=1) for p in PATTERNS])
-        best = np.array(PATTERNS)[strength.argmax(axis=1)]
-        patterns = np.where(strength.max(axis=1) > 0, best, "serial")
+        self._check()
+        tails = self.detector_.tails(X)
+        vals = tails.to_numpy()
+        pats = np.array(tails.columns)
+        best = pats[vals.argmax(axis=1)] if len(vals) else np.array([], dtype=object)
+        patterns = np.where(vals.max(axis=1, initial=0.0) > 0, best, "serial")
+        order = np.argsort(-vals, axis=1)[:, :top]
+        rates = {p: {k: self.detector_.rates_[k] for k in self.detector_._tests()[p]} for p in PATTERNS}
+        typ = self.typical_
+        feats = X.to_numpy(dtype=float, na_value=np.nan)
+        cols = list(X.columns)
         reasons, tops = [], []
-        feats = X[list(FEATURES)].to_numpy(dtype=float, na_value=np.nan)
-        for i in range(len(C)):
-            row = dict(zip(FEATURES, feats[i], strict=True))
-            texts = [reason_text(cols[j], row, typ[j]) for j in order[i] if shown[i, j] > 0]
+        for i in range(len(X)):
+            row = dict(zip(cols, feats[i], strict=True))
+            texts = [pattern_text(pats[j], row, vals[i, j], rates[pats[j]], typ) for j in order[i]
+                     if vals[i, j] >= 1.0 or j == order[i][0]]
             reasons.append("; ".join(texts))
             tops.append(texts[0] if texts else "")
         return pd.DataFrame({"reasons": reasons, "top_reason": tops, "likely_pattern": patterns}, index=X.index)

@@ -879,7 +879,7 @@ class ReturnVolumeForecaster:
                  min_child_samples: int = 50, origin_stride: int = 3, max_rows: int = 40_000,
                  calibration_days: int | None = None, event_inflation: float = 1.5, spread_power: float = 1.0,
                  objective: str = "l1", huber_delta: float = 0.9, pipeline_prior: bool = True,
-                 seed: int = 0, num_threads: int = 1):
+                 seed: int = 0, num_threads: int = 1, keep_calibration: bool = False):
         self.horizon = horizon
         self.market = market
         self.summer_sale = summer_sale
@@ -898,6 +898,7 @@ class ReturnVolumeForecaster:
         self.pipeline_prior = pipeline_prior
         self.seed = seed
         self.num_threads = num_threads
+        self.keep_calibration = keep_calibration
 
     # -- helpers -----------------------------------------------------------------------------------------------------
     @property
@@ -987,6 +988,10 @@ class ReturnVolumeForecaster:
         booster_a = self._train(self._sample(fit_rows))
         self.booster_ = booster_a  # _raw_predict needs a booster; replaced below
         self.residual_quantiles_ = self._calibrate(cal_rows, booster_a)
+        if self.keep_calibration:  # model A's out-of-sample forecasts: evidence for features.forecast_ensemble
+            self.calibration_forecasts_ = pd.DataFrame({
+                "series": cal_rows["series"].to_numpy(), "origin": cal_rows["origin"].to_numpy(),
+                "h": cal_rows["h"].to_numpy(), "p50": self._raw(cal_rows, booster_a) * cal_rows["scale"].to_numpy()})
         self.booster_ = self._train(self._sample(X))
         self.trained_until_ = hist.days[-1]
         self.lines_per_order_ = hist.lines_per_order

@@ -1,8 +1,8 @@
 """The review decision store: what the risk team decided about flagged accounts, in a SQL database.
 
 SQLAlchemy 2.0 Core over SQLite (default ``settings.review_db``, a file under models/) or any other URL, e.g.
-``postgresql+psycopg://user:pw@host/db``. Each decision is one transaction. Concurrent writers neither lose nor
-double a decision:
+``postgresql+psycopg2://user:pw@host/db`` (psycopg2 is the PostgreSQL driver the project installs). Each decision is
+one transaction. Concurrent writers neither lose nor double a decision:
 
 - every decision carries a ``decision_id`` (an idempotency key; given by the caller, or derived from the decision's
   content for imports, or random); a unique constraint makes a retried write land once;
@@ -161,7 +161,9 @@ def _retry(fn, attempts: int = LOCK_RETRIES):
 def known_accounts_from_snapshot(settings: Settings | None = None) -> set[str] | None:
     """Account IDs in the serving snapshot written by training/scoring, or None when there is none yet."""
     settings = settings or get_settings()
-    path = settings.snapshots_dir / "accounts.parquet"
+    from features.generations import served_dir
+
+    path = served_dir(settings.snapshots_dir) / "accounts.parquet"
     if not path.exists():
         return None
     return set(pd.read_parquet(path, columns=["account_id"])["account_id"].astype(str))

@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     serial_rule_min_returns_90d: int = Field(5, description="Rule baseline: returns in 90 days at or above this...")
     serial_rule_min_return_rate: float = Field(0.5, description="...and a 90-day return rate at or above this.")
     serial_num_threads: int = Field(1, description="LightGBM threads for the serial-returner model.")
+    serial_supervised_gate: bool = Field(True, description="Use the supervised serial-returner model only when it "
+                                         "beats the cold start on held-out decisions (false: whenever labels allow).")
 
     # Dask engine (features/engine.py; `--engine dask` without `--scheduler` starts a LocalCluster with these)
     dask_workers: int = Field(2, description="Worker processes of the LocalCluster that --engine dask starts.")
@@ -93,6 +95,8 @@ class Settings(BaseSettings):
 
     # Serving (serving/app.py, serving/service.py)
     max_body_bytes: int = Field(32 * 1024 * 1024, description="Largest request body the service reads (413 above).")
+    snapshot_poll_s: float = Field(1.0, description="Seconds between the service's checks of models/snapshots/CURRENT "
+                                   "(a new generation is swapped in whole); 0 turns the check off.")
 
     @property
     def tracking_uri(self) -> str:
@@ -127,7 +131,7 @@ class Settings(BaseSettings):
 
     @property
     def snapshots_dir(self) -> Path:
-        """Account and merchant feature snapshots that serving loads at start."""
+        """Feature snapshots: per model version (``<model>/v<N>``) and the served generations (features/generations.py)."""
         return self.models_dir / "snapshots"
 
 

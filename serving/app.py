@@ -99,79 +99,20 @@ def unavailable(name: str, why: str) -> ApiError:
 # The runtime: models, online store and policy, loaded once
 
 
-@dataclass
-class Runtime:
-    """Everything a worker serves from, loaded once at start; request methods only read it."""
+@dataclass(frozen=True)
+class Served:
+    """One served set: the pinned models and the online features of one snapshot generation.
 
-    settings: Settings
-    models: dict[str, Any] = field(default_factory=dict)  # name -> training.registry.LoadedModel
-    problems: dict[str, str] = field(default_factory=dict)  # name -> why it is not loaded
-    store: ostore.OnlineStore | None = None
-    snapshots: ostore.SnapshotStore | None = None
-    decide: Callable | None = None
-    decide_batch: Callable | None = None
-    reviews: Any = None  # features.reviews module (decision store), when present
-    _history_cache: Any = None  # return-volume History, built on the first forecast request
-    _history_lock: threading.Lock = field(default_factory=threading.Lock)
+    Swapped whole (one reference assignment in :class:`Runtime`): a request takes ``runtime.served`` once and uses
+    only that, so no answer mixes two generations' models or snapshots.
+    """
 
-    @classmethod
-    def load(cls, settings: Settings) -> Runtime:
-        """Load every champion (a missing one is recorded, not fatal), the online store and the policy."""
-        from training import registry
-
-        rt = cls(settings)
-        # Listing first: names without a champion are reported without touching MLflow further (and an absent
-        # SQLite store is not created just to find it empty).
-        listed = registry.list_models(settings)
-        champions = set(listed.loc[listed["aliases"].str.split(",").apply(lambda a: registry.CHAMPION in a),
-                                   "name"]) if not listed.empty else set()
-        for name in MODEL_NAMES:
-            if name not in champions:
-                rt.problems[name] = (f"no champion for '{name}' in {settings.tracking_uri}; "
-                                     f"run `aftersales train {name.replace('_', '-')}`")
-                log.warning("serving: %s", rt.problems[name])
-                continue
-            t0 = time.perf_counter()
-            try:
-                loaded = registry.load_champion(name, settings=settings)
-            except registry.ModelNotFound as e:  # the alias moved away between listing and loading
-                rt.problems[name] = str(e)
-                log.warning("serving: %s", e)
-                continue
-            except Exception as e:  # a corrupt artifact must not take the other endpoints down
-                rt.problems[name] = f"failed to load ({type(e).__name__}: {e}); retrain or re-register it"
-                log.exception("serving: loading %s failed", name)
-                continue
-            # Refused now rather than failing request by request: pickled by an older version of its class, or
-            # trained on other columns than this code builds (its answers would be wrong or fail).
-            stale = _missing_params(loaded.model)
-            mismatch = None if stale else signature_mismatch(name, loaded.input_columns)
-            if stale or mismatch:
-                why = (f"was saved by an older version of {type(loaded.model).__name__} (no {', '.join(stale[:3])})"
-                       if stale else
-                       f"was logged with a signature that does not match the features this service sends ({mismatch})")
-                rt.problems[name] = f"v{loaded.version} {why}; retrain it with `aftersales train {name.replace('_', '-')}`"
-                log.error("serving: %s", rt.problems[name])
-                continue
-            rt.models[name] = loaded
-            log.info("serving: %s v%s loaded in %.1fs", name, loaded.version, time.perf_counter() - t0)
-        rt.store, rt.snapshots = ostore.open_store(settings.snapshots_dir, settings.redis_url)
-        try:
-            from features import triage_policy
-
-            rt.decide = triage_policy.decide
-            rt.decide_batch = getattr(triage_policy, "decide_batch", None)
-        except ImportError as e:
-            rt.problems.setdefault(TICKET_TRIAGE, f"the triage policy is not in this build ({e})")
-        try:
-            from features import reviews
-
-            rt.reviews = reviews
-        except ImportError:
-            rt.reviews = None
-        return rt
-
-    # ---------------------------------------------------------------- helpers
+    generation: str | None  # models/snapshots/generations/<id>; None: the flat snapshot folder (no generation yet)
+    models: dict[str, Any]  # name -> training.registry.LoadedModel
+    problems: dict[str, str]  # name -> why it is not loaded
+    store: ostore.OnlineStore | None
+    snapshots: ostore.SnapshotStore | None
+    manifest: dict = field(default_factory=dict)
 
     def model(self, name: str) -> Any:
         """The loaded model object of ``name``, or a 503 saying why it is not there."""
@@ -184,31 +125,232 @@ class Runtime:
         """Pinned versions of the named models that are loaded."""
         return {n: self.models[n].version for n in names if n in self.models}
 
+
+def _check_loaded(name: str, loaded: Any) -> str | None:
+    """Why a loaded version must not be served (None: it may): pickled by an older version of its class, or trained
+    on other columns than this code builds (its answers would be wrong or fail)."""
+    stale = _missing_params(loaded.model)
+    mismatch = None if stale else signature_mismatch(name, loaded.input_columns)
+    if not (stale or mismatch):
+        return None
+    why = (f"was saved by an older version of {type(loaded.model).__name__} (no {', '.join(stale[:3])})"
+           if stale else
+           f"was logged with a signature that does not match the features this service sends ({mismatch})")
+    return f"v{loaded.version} {why}; retrain it with `aftersales train {name.replace('_', '-')}`"
+
+
+def load_served(settings: Settings, previous: Served | None = None) -> Served:
+    """The served set named by ``models/snapshots/CURRENT``: the model versions its manifest pins (the champion
+    alias for models it does not pin) and its snapshot files. Models already loaded in ``previous`` at the same
+    version are reused, not reloaded."""
+    from features import generations
+    from training import registry
+
+    snapdir = settings.snapshots_dir
+    gen = generations.current_id(snapdir)
+    folder = generations.generation_dir(snapdir, gen) if gen else snapdir
+    manifest = generations.read_manifest(folder) if gen else {}
+    pins = {n: int(e["version"]) for n, e in manifest.get("models", {}).items() if e.get("version") is not None}
+    models: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    champions: set[str] | None = None
+    for name in MODEL_NAMES:
+        t0 = time.perf_counter()
+        before = previous.models.get(name) if previous is not None else None
+        if before is not None and (name not in pins or before.version == pins[name]):
+            models[name] = before
+            continue
+        if previous is not None and name not in pins:
+            if name in previous.problems:
+                problems[name] = previous.problems[name]
+            continue
+        try:
+            if name in pins:
+                loaded = registry.load_version(name, pins[name], settings=settings)
+            else:
+                if champions is None:
+                    # Listing first: names without a champion are reported without touching MLflow further (and an
+                    # absent SQLite store is not created just to find it empty).
+                    listed = registry.list_models(settings)
+                    champions = set(listed.loc[listed["aliases"].str.split(",").apply(
+                        lambda a: registry.CHAMPION in a), "name"]) if not listed.empty else set()
+                if name not in champions:
+                    problems[name] = (f"no champion for '{name}' in {settings.tracking_uri}; "
+                                      f"run `aftersales train {name.replace('_', '-')}`")
+                    log.warning("serving: %s", problems[name])
+                    continue
+                loaded = registry.load_champion(name, settings=settings)
+        except registry.ModelNotFound as e:  # the alias moved away between listing and loading
+            problems[name] = str(e)
+            log.warning("serving: %s", e)
+            continue
+        except Exception as e:  # a corrupt artifact must not take the other endpoints down
+            problems[name] = f"failed to load ({type(e).__name__}: {e}); retrain or re-register it"
+            log.exception("serving: loading %s failed", name)
+            continue
+        problem = _check_loaded(name, loaded)
+        if problem:
+            problems[name] = problem
+            log.error("serving: %s", problem)
+            continue
+        models[name] = loaded
+        log.info("serving: %s v%s loaded in %.1fs", name, loaded.version, time.perf_counter() - t0)
+    store, snapshots = ostore.open_store(folder, settings.redis_url, prefix=manifest.get("redis_prefix"))
+    return Served(gen, models, problems, store, snapshots, manifest)
+
+
+@dataclass
+class Runtime:
+    """Everything a worker serves from: the served set (models + snapshots of one generation), swapped whole when
+    ``models/snapshots/CURRENT`` changes (:meth:`start_watching`); request methods only read it."""
+
+    settings: Settings
+    served: Served | None = None
+    decide: Callable | None = None
+    decide_batch: Callable | None = None
+    reviews: Any = None  # features.reviews module (decision store), when present
+    policy_problem: str | None = None
+    generation_problem: str | None = None  # why the newest generation could not be loaded
+    _failed_generation: str | None = None  # not retried every poll: only when CURRENT names another one
+    _history_cache: Any = None  # return-volume History, built on the first forecast request
+    _history_lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _watcher: threading.Thread | None = None
+    _retired: list = field(default_factory=list)  # stores of replaced generations, closed one swap later
+
+    @classmethod
+    def load(cls, settings: Settings) -> Runtime:
+        """Load the served set (a missing model is recorded, not fatal) and the policy."""
+        rt = cls(settings)
+        rt.served = load_served(settings)
+        try:
+            from features import triage_policy
+
+            rt.decide = triage_policy.decide
+            rt.decide_batch = getattr(triage_policy, "decide_batch", None)
+        except ImportError as e:
+            rt.policy_problem = f"the triage policy is not in this build ({e})"
+        try:
+            from features import reviews
+
+            rt.reviews = reviews
+        except ImportError:
+            rt.reviews = None
+        return rt
+
+    # ---------------------------------------------------------------- the served set and its swaps
+
+    @property
+    def models(self) -> dict[str, Any]:
+        return self.served.models
+
+    @property
+    def problems(self) -> dict[str, str]:
+        extra = {TICKET_TRIAGE: self.policy_problem} if self.policy_problem else {}
+        return {**extra, **self.served.problems}
+
+    @property
+    def store(self) -> ostore.OnlineStore | None:
+        return self.served.store
+
+    @property
+    def snapshots(self) -> ostore.SnapshotStore | None:
+        return self.served.snapshots
+
+    def refresh(self) -> bool:
+        """Serve the generation CURRENT names if it is not the one served; True when a new one was swapped in.
+
+        The new set is loaded completely before one reference assignment replaces the old; if it cannot be loaded,
+        or a model the old set serves would be lost (its pinned version fails to load or no longer fits), the old one
+        stays served and ``/v1/health`` says why (that generation is not retried until CURRENT names another).
+        """
+        from features import generations
+
+        now = generations.current_id(self.settings.snapshots_dir)
+        old = self.served
+        if now == old.generation or now == self._failed_generation:
+            return False
+        try:
+            new = load_served(self.settings, previous=old)
+        except Exception as e:  # noqa: BLE001 — keep serving the old set, loudly
+            self.generation_problem = f"generation {now} could not be loaded ({type(e).__name__}: {e})"
+            self._failed_generation = now
+            log.exception("serving: %s", self.generation_problem)
+            return False
+        lost = [n for n in old.models if n not in new.models]
+        if lost:
+            self.generation_problem = (f"generation {now} is not served (still {old.generation}): "
+                                       + "; ".join(f"{n}: {new.problems.get(n, 'not loaded')}" for n in lost))
+            self._failed_generation = now
+            log.error("serving: %s", self.generation_problem)
+            if new.store is not None:
+                new.store.close()
+            return False
+        self.served = new  # the swap: one reference, so a request sees the old set or the new, never a mix
+        self.generation_problem = None
+        with self._history_lock:
+            if new.models.get(RETURN_VOLUME) is not old.models.get(RETURN_VOLUME):
+                self._history_cache = None
+        for store in self._retired:  # closed one swap late: no request still holds them
+            store.close()
+        self._retired = [old.store] if old.store is not None and old.store is not new.store else []
+        log.info("serving: now serving snapshot generation %s (was %s)", new.generation, old.generation)
+        return True
+
+    def start_watching(self, interval_s: float = 1.0) -> None:
+        """Poll ``models/snapshots/CURRENT`` every ``interval_s`` seconds in a daemon thread and swap on change."""
+        if self._watcher is not None or interval_s <= 0:
+            return
+
+        def watch() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.refresh()
+                except Exception:  # noqa: BLE001 — the watcher must outlive one bad poll
+                    log.exception("serving: snapshot generation poll failed")
+
+        self._watcher = threading.Thread(target=watch, name="snapshot-generation-watcher", daemon=True)
+        self._watcher.start()
+
+    # ---------------------------------------------------------------- helpers
+
+    def model(self, name: str) -> Any:
+        """The loaded model object of ``name``, or a 503 saying why it is not there."""
+        return self.served.model(name)
+
+    def versions(self, *names: str) -> dict[str, int]:
+        """Pinned versions of the named models that are loaded."""
+        return self.served.versions(*names)
+
     def close(self) -> None:
-        """Release the online store's connections."""
-        if self.store is not None:
-            self.store.close()
+        """Stop watching and release the online stores' connections."""
+        self._stop.set()
+        for store in [*self._retired, self.served.store if self.served else None]:
+            if store is not None:
+                store.close()
 
     # ---------------------------------------------------------------- tickets
 
-    def _check_triage(self) -> Any:
-        model = self.model(TICKET_TRIAGE)
+    def _check_triage(self, s: Served) -> Any:
+        model = s.model(TICKET_TRIAGE)
         if self.decide is None:
-            raise unavailable(TICKET_TRIAGE, self.problems.get(TICKET_TRIAGE, "no triage policy"))
+            raise unavailable(TICKET_TRIAGE, self.policy_problem or "no triage policy")
         return model
 
     def score_ticket(self, ticket: TicketIn) -> TicketScore:
         """Triage one ticket: online features, escalation probability, policy; no pandas on this path."""
-        model = self._check_triage()
+        s = self.served  # one served set for the whole request
+        model = self._check_triage(s)
         t = ticket.__dict__  # the validated fields as a plain dict (read only)
-        found = self.store.lookup(t["account_id"], t["merchant_id"], t["order_id"])
+        found = s.store.lookup(t["account_id"], t["merchant_id"], t["order_id"])
         scored = model.score_one(t, found.account, found.merchant, found.order)
         item = self._triage(t, scored["escalation_probability"], scored["reasons"], scored, found.account,
                             found.merchant, (found.account_source, found.merchant_source, found.order_source))
-        return TicketScore(**item, model_versions=self._ticket_versions())
+        return TicketScore(**item, model_versions=self._ticket_versions(s), snapshot_generation=s.generation)
 
-    def _ticket_versions(self) -> dict[str, int]:
-        return self.versions(TICKET_TRIAGE, SERIAL_RETURNERS, MERCHANT_RISK)
+    @staticmethod
+    def _ticket_versions(s: Served) -> dict[str, int]:
+        return s.versions(TICKET_TRIAGE, SERIAL_RETURNERS, MERCHANT_RISK)
 
     def _triage(self, t: dict, p: float, model_reasons: Sequence[str], flags: Any, account: dict | None,
                 merchant: dict | None, sources: tuple[str, str, str]) -> dict:
@@ -234,13 +376,14 @@ class Runtime:
         if len(tickets) > self.settings.max_batch_size:
             raise ApiError(413, f"tickets: {len(tickets):,} tickets is more than the limit of "
                                 f"{self.settings.max_batch_size:,} per request; split the batch")
-        model = self._check_triage()
+        s = self.served  # one served set for the whole request
+        model = self._check_triage(s)
         rows = [t.__dict__ for t in tickets]
         found = {}
         for kind in ostore.KINDS:
             ids = [r[ostore.KEYS[kind]] for r in rows]
             distinct = list(dict.fromkeys(ids))  # each account/merchant/order looked up once per batch
-            recs, srcs = self.store.records(kind, distinct)
+            recs, srcs = s.store.records(kind, distinct)
             by_id = dict(zip(distinct, zip(recs, srcs, strict=True), strict=True))
             found[kind] = ([by_id[k][0] for k in ids], [by_id[k][1] for k in ids],
                            _records_frame(ostore.KEYS[kind], distinct, recs))
@@ -254,7 +397,8 @@ class Runtime:
             for r, p, why, fl, a, m, sa, sm, so in zip(rows, probs, scored["reasons"].tolist(), flags, acc[0], mer[0],
                                                        acc[1], mer[1], order[1], strict=True)
         ]
-        return TicketBatchScores(count=len(results), model_versions=self._ticket_versions(), results=results)
+        return TicketBatchScores(count=len(results), model_versions=self._ticket_versions(s),
+                                 snapshot_generation=s.generation, results=results)
 
     # ---------------------------------------------------------------- forecast
 
@@ -265,11 +409,12 @@ class Runtime:
         (``AFTERSALES_DATA_DIR``) on the first forecast request and kept; every series is forecast so the staffing
         plan always sees the channel series, and ``series`` only filters what is returned.
         """
-        model = self.model(RETURN_VOLUME)  # before the imports: a missing model answers at once
+        s = self.served
+        model = s.model(RETURN_VOLUME)  # before the imports: a missing model answers at once
         from features.return_volume import HistoryError
         from features.staffing import staffing_plan
 
-        history = self._history()
+        history = self._history(model.market)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -294,10 +439,10 @@ class Runtime:
         # Caveats for planners (e.g. an event never seen before), not library deprecation chatter.
         notes = list(dict.fromkeys(str(w.message) for w in caught
                                    if not issubclass(w.category, DeprecationWarning | FutureWarning)))
-        return ForecastResponse(origin=req.origin, horizon=req.horizon, model_versions=self.versions(RETURN_VOLUME),
+        return ForecastResponse(origin=req.origin, horizon=req.horizon, model_versions=s.versions(RETURN_VOLUME),
                                 history_end=_day(history.days[-1]), forecast=days, staffing=staff, notes=notes)
 
-    def _history(self):
+    def _history(self, market: str):
         """The return-volume history of the data folder, built once (first forecast request) and kept."""
         from features.contract import ContractError
         from features.return_volume import load_history
@@ -311,7 +456,7 @@ class Runtime:
                                     "not exist on this server")
             t0 = time.perf_counter()
             try:
-                history, ds = load_history(data_dir, self.models[RETURN_VOLUME].model.market)
+                history, ds = load_history(data_dir, market)
             except ContractError as e:
                 raise ApiError(503, f"forecasts need a readable data folder: {e}") from None
             log.info("serving: return-volume history of %s loaded in %.1fs (%d days, %d rows rejected)", data_dir,
@@ -321,11 +466,12 @@ class Runtime:
 
     # ---------------------------------------------------------------- review queue and decisions
 
-    def _accounts_table(self) -> ostore.SnapshotTable:
-        self.model(SERIAL_RETURNERS)
-        table = self.snapshots.accounts if self.snapshots else None
+    @staticmethod
+    def _accounts_table(s: Served) -> ostore.SnapshotTable:
+        s.model(SERIAL_RETURNERS)
+        table = s.snapshots.accounts if s.snapshots else None
         if table is None:
-            why = (self.snapshots.errors.get(ostore.ACCOUNTS) if self.snapshots else None) or "no snapshot"
+            why = (s.snapshots.errors.get(ostore.ACCOUNTS) if s.snapshots else None) or "no snapshot"
             raise unavailable(SERIAL_RETURNERS, f"no account snapshot ({why})")
         return table
 
@@ -336,13 +482,14 @@ class Runtime:
         coverage and exploration slots); without it, from the accounts snapshot's highest scores. Left out, as
         training's queue does: confirmed abusers, and accounts cleared within ``serial_review_cooldown_days``.
         """
-        table = self._accounts_table()
+        s = self.served
+        table = self._accounts_table(s)
         decided = self._decided_accounts()
-        queue = self.snapshots.queue
+        queue = s.snapshots.queue
         if queue is not None:
             rows = [(r["account_id"], r) for r in queue if r["account_id"] not in decided][:limit]
-            source = f"{ostore.QUEUE_FILE} in {self.snapshots.snapshots_dir} (written " \
-                     f"{self.snapshots.queue_written_at.isoformat(timespec='seconds')})"
+            source = f"{ostore.QUEUE_FILE} in {s.snapshots.snapshots_dir} (written " \
+                     f"{s.snapshots.queue_written_at.isoformat(timespec='seconds')})"
         else:
             rows = table.top(limit, skip=decided)
             source = table.describe()
@@ -355,7 +502,8 @@ class Runtime:
                 likely_pattern=_first(r.get("likely_pattern"), snap.get("likely_pattern")),
                 reasons=_as_list(_first(r.get("reasons"), r.get("top_reason"))), slot=r.get("slot")))
         return FlaggedAccounts(count=len(accounts), already_decided=len(decided), source=source,
-                               model_versions=self.versions(SERIAL_RETURNERS), accounts=accounts)
+                               model_versions=s.versions(SERIAL_RETURNERS), snapshot_generation=s.generation,
+                               accounts=accounts)
 
     def _decided_accounts(self) -> set[str]:
         """Accounts kept out of the queue: confirmed abusers, and accounts cleared within the cooldown."""
@@ -369,7 +517,7 @@ class Runtime:
         """Persist one review decision (one transaction, idempotent on decision_id) through features.reviews."""
         if self.reviews is None:
             raise ApiError(503, "the review decision store (features/reviews.py) is not in this build")
-        table = self._accounts_table()
+        table = self._accounts_table(self.served)
         if account_id not in table:
             raise ApiError(404, f"account_id: unknown account '{account_id}' (not in {table.describe()}); "
                                 "decide only on accounts the queue showed")
@@ -389,10 +537,11 @@ class Runtime:
 
     def merchants(self, limit: int) -> MerchantRanking:
         """The merchant complaint-risk ranking from the latest snapshot."""
-        self.model(MERCHANT_RISK)
-        table = self.snapshots.merchants if self.snapshots else None
+        s = self.served
+        s.model(MERCHANT_RISK)
+        table = s.snapshots.merchants if s.snapshots else None
         if table is None:
-            why = (self.snapshots.errors.get(ostore.MERCHANTS) if self.snapshots else None) or "no snapshot"
+            why = (s.snapshots.errors.get(ostore.MERCHANTS) if s.snapshots else None) or "no snapshot"
             raise unavailable(MERCHANT_RISK, f"no merchant snapshot ({why})")
         out = [MerchantRisk(rank=i, merchant_id=k, score=float(r.get("merchant_risk_score") or 0.0),
                             percentile=r.get("merchant_risk_percentile"),
@@ -400,31 +549,45 @@ class Runtime:
                             late_delivery_rate=r.get("late_delivery_rate"),
                             complaint_rate_90d=r.get("complaint_rate_90d"), reasons=_as_list(r.get("top_reason")))
                for i, (k, r) in enumerate(table.top(limit), start=1)]
-        return MerchantRanking(count=len(out), model_versions=self.versions(MERCHANT_RISK),
-                               snapshot=table.describe(), merchants=out)
+        return MerchantRanking(count=len(out), model_versions=s.versions(MERCHANT_RISK),
+                               snapshot=table.describe(), snapshot_generation=s.generation, merchants=out)
 
     def health(self) -> Health:
         """Model versions, snapshots and the store in use; 'degraded' when a model, a snapshot or Redis is missing."""
-        models = [ModelStatus(name=n, loaded=n in self.models, version=self.models[n].version if n in self.models
-                              else None, detail=self.problems.get(n)) for n in MODEL_NAMES]
+        s = self.served
+        problems = self.problems
+        models = [ModelStatus(name=n, loaded=n in s.models, version=s.models[n].version if n in s.models
+                              else None, detail=problems.get(n)) for n in MODEL_NAMES]
         snaps = []
-        for kind, table in (self.snapshots.tables.items() if self.snapshots else []):
-            problem = self.snapshots.errors.get(kind)
+        now = datetime.now(UTC)
+        entries = s.manifest.get("models", {})
+        owner = {f: name for name, e in entries.items() for f in e.get("files", {})}
+        for kind, table in (s.snapshots.tables.items() if s.snapshots else []):
+            problem = s.snapshots.errors.get(kind)
+            # The model whose training (or refresh) wrote this kind's first file: its version and as-of day.
+            entry = entries.get(owner.get(table.paths[0].name, ""), {}) if table and table.paths else {}
             snaps.append(SnapshotStatus(name=kind, rows=len(table) if table else 0,
                                         paths=[str(p) for p in table.paths] if table else [],
-                                        written_at=table.written_at if table else None, problem=problem))
-        store = self.store.kind if self.store is not None else "none"
-        if isinstance(self.store, ostore.RedisStore) and not self.store.ping():
+                                        written_at=table.written_at if table else None,
+                                        age_seconds=round((now - table.written_at).total_seconds(), 1)
+                                        if table and table.written_at else None,
+                                        as_of=entry.get("as_of") or None, model_version=entry.get("version"),
+                                        problem=problem))
+        store = s.store.kind if s.store is not None else "none"
+        if isinstance(s.store, ostore.RedisStore) and not s.store.ping():
             store += " (not answering: lookups use the local snapshots or defaults)"
             ok = False
         else:
             ok = True
-        ok = ok and all(m.loaded for m in models) and not self.problems and not any(s.problem for s in snaps)
-        return Health(status="ok" if ok else "degraded", models=models, snapshots=snaps, online_store=store)
+        ok = (ok and all(m.loaded for m in models) and not problems and not any(x.problem for x in snaps)
+              and self.generation_problem is None)
+        return Health(status="ok" if ok else "degraded", models=models, snapshots=snaps, online_store=store,
+                      snapshot_generation=s.generation, generation_created_at=s.manifest.get("created_at"),
+                      generation_problem=self.generation_problem)
 
     def warm_up(self) -> None:
         """Score one synthetic ticket so lazy imports and caches exist before the heap is frozen."""
-        if TICKET_TRIAGE not in self.models or self.decide is None:
+        if TICKET_TRIAGE not in self.served.models or self.decide is None:
             return
         probe = TicketIn(ticket_id="warm-up", created_at=datetime.now(UTC), case_type="refund", channel="chat",
                          amount=10.0, text="warm up")
@@ -548,6 +711,7 @@ def _day(value: Any) -> date:
 
 
 HEALTH_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/v1/health"})  # open even when API keys are set
+UI_PREFIX = "/ui"  # the browser pages (serving/ui.py): their own login (session cookie) and CSRF-checked forms
 REAL_PATH = "aftersales.real_path"  # scope key: the request path while the metrics middleware sees the template
 UNMATCHED = "/{unmatched}"  # the metrics label of every path that is no route (404s)
 
@@ -596,6 +760,7 @@ def label_metrics_by_route(label: Callable[[str], str]) -> None:
     the life of the process: memory and scrape size grow without bound. The patched middleware sees the route
     label as the path; :class:`GuardMiddleware` (inner) puts the real path back before routing.
     """
+    check_bentoml_internals()
     from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
     middleware = RunnerTrafficMetricsMiddleware
@@ -621,6 +786,8 @@ class GuardMiddleware:
     - A body larger than ``AFTERSALES_MAX_BODY_BYTES`` is refused with 413 before it is read (declared length) or
       as soon as it passes the limit (chunked upload).
     - A body that is not JSON (form, multipart, text) is refused with 415.
+    - ``/ui/`` (the browser pages, :mod:`serving.ui`) is left to its own login and CSRF checks, and may post forms;
+      the body size limit applies to it too.
     - Puts back the real path where :func:`label_metrics_by_route` handed BentoML's metrics the route template.
     Settings are read when the worker builds its app, not at import.
     """
@@ -652,9 +819,11 @@ class GuardMiddleware:
         if real_path is not None:  # the metrics middleware saw the route template; routing needs the real path
             scope["path"] = real_path
         headers = scope["headers"]
-        if self.keys and scope["path"] not in HEALTH_PATHS and not self._authorized(headers):
+        path = scope["path"]
+        ui = path == UI_PREFIX or path.startswith(UI_PREFIX + "/")  # serving/ui.py checks its session and CSRF
+        if self.keys and not ui and path not in HEALTH_PATHS and not self._authorized(headers):
             return await _reject(send, 401, "missing or invalid API key: send it in the X-API-Key header")
-        if scope["method"] in ("POST", "PUT", "PATCH"):
+        if scope["method"] in ("POST", "PUT", "PATCH") and not ui:
             ctype = next((v for k, v in headers if k == b"content-type"), None)
             media = ctype.split(b";", 1)[0].strip().lower() if ctype is not None else b"application/json"
             if media != b"application/json" and not media.endswith(b"+json"):
@@ -699,6 +868,50 @@ async def _reject(send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+BENTOML_PATCHED = "1.4"  # the BentoML series whose private internals the patches below were written against
+
+
+def check_bentoml_internals() -> None:
+    """Refuse to start, naming the installed BentoML, if the private pieces patched below are not where they were.
+
+    :func:`cancel_timeout_timers` and :func:`label_metrics_by_route` replace methods of BentoML 1.4 private
+    classes, and :func:`quiet_client_errors` filters a private logger; pyproject.toml bounds ``bentoml<1.5``. A
+    release that moved them would otherwise fail on the first request, or silently drop the fixes.
+    """
+    import importlib
+    import inspect
+
+    import bentoml
+
+    moved = []
+
+    def find(module: str, name: str | None = None) -> Any:
+        try:
+            found = importlib.import_module(module)
+            return getattr(found, name) if name else found
+        except (ImportError, AttributeError):
+            moved.append(f"{module}{'.' + name if name else ''}")
+            return None
+
+    timeout = find("bentoml._internal.server.http.traffic", "TimeoutMiddleware")
+    if timeout is not None:
+        if not callable(getattr(timeout, "_set_timer_out", None)):
+            moved.append("TimeoutMiddleware._set_timer_out")
+        if "timeout" not in inspect.signature(timeout.__init__).parameters:
+            moved.append("TimeoutMiddleware(app, timeout)")
+    metrics = find("bentoml._internal.server.http.instruments", "RunnerTrafficMetricsMiddleware")
+    for cls in (timeout, metrics):
+        if cls is not None and list(inspect.signature(getattr(cls, "_aftersales_original", cls.__call__))
+                                    .parameters)[1:] != ["scope", "receive", "send"]:
+            moved.append(f"{cls.__name__}.__call__(scope, receive, send)")
+    find("bentoml._internal.server.http_app")
+    if moved:
+        raise RuntimeError(
+            f"BentoML {bentoml.__version__} is installed, but serving/app.py patches BentoML {BENTOML_PATCHED} "
+            f"internals that are not there in it: {', '.join(moved)}. Install the version pyproject.toml names "
+            f"(bentoml>=1.4.30,<1.5, as pinned in requirements.lock) or port the patches in serving/app.py.")
+
+
 def cancel_timeout_timers() -> None:
     """Make BentoML's request-timeout middleware cancel its timer when the request finishes.
 
@@ -710,6 +923,7 @@ def cancel_timeout_timers() -> None:
     """
     import asyncio
 
+    check_bentoml_internals()
     from bentoml._internal.server.http import traffic
 
     middleware = traffic.TimeoutMiddleware

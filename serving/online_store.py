@@ -1,6 +1,7 @@
 """Online features for serving: the latest account and merchant snapshots, keyed by ID.
 
-Training (or batch scoring) writes the snapshots into ``settings.snapshots_dir``: ``accounts.parquet`` (serial
+The served snapshots are the files of the current generation (:mod:`features.generations`: a promotion or
+``aftersales refresh-features`` makes one; the flat ``settings.snapshots_dir`` before any): ``accounts.parquet`` (serial
 returners: abuse score, pattern, reason), ``merchants.parquet`` (merchant risk), and the ticket-triage history columns
 ``ticket_triage_{accounts,merchants,orders}.parquet`` (computed by the same functions training uses, so there is no
 train/serve skew). Files of one kind are joined on the ID, later files winning on shared columns, as
@@ -370,16 +371,19 @@ def _safe_url(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-def open_store(snapshots_dir: Path, redis_url: str | None = None) -> tuple[OnlineStore, SnapshotStore]:
+def open_store(snapshots_dir: Path, redis_url: str | None = None,
+               prefix: str | None = None) -> tuple[OnlineStore, SnapshotStore]:
     """The store lookups use (Redis when a URL is configured, else the snapshots) and the local snapshots.
 
     The local snapshots are always read when present: the review queue and the merchant ranking come from them,
-    and they are Redis's fallback.
+    and they are Redis's fallback. ``prefix``: the Redis key prefix of the served generation (``refresh-features``
+    publishes each generation under its own prefix, so a swap never mixes two generations' records); default
+    ``aftersales`` (what ``python -m serving.online_store`` publishes).
     """
     snapshots = SnapshotStore(snapshots_dir)
     if not redis_url:
         return snapshots, snapshots
-    return RedisStore(redis_url, fallback=snapshots), snapshots
+    return RedisStore(redis_url, fallback=snapshots, prefix=prefix or "aftersales"), snapshots
 
 
 def publish_snapshot(client, table: SnapshotTable, prefix: str = "aftersales", chunk: int = 1000) -> int:
@@ -436,7 +440,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     settings = get_settings()
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--snapshots", type=Path, default=settings.snapshots_dir, help="Snapshot folder to publish.")
+    from features.generations import served_dir
+
+    ap.add_argument("--snapshots", type=Path, default=served_dir(settings.snapshots_dir),
+                    help="Snapshot folder to publish (default: the served generation's).")
     ap.add_argument("--redis-url", default=settings.redis_url, help="redis:// URL (default AFTERSALES_REDIS_URL).")
     args = ap.parse_args(argv)
     if not args.redis_url:

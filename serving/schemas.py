@@ -95,6 +95,8 @@ class TicketScore(TicketScoreItem):
     """Response of ``POST /v1/tickets/score``: the triage plus the pinned model versions that produced it."""
 
     model_versions: ModelVersions
+    snapshot_generation: str | None = Field(None, description="The served snapshot generation this answer used "
+                                            "(models/snapshots/generations/<id>; null: the flat snapshot folder).")
 
 
 class TicketBatch(_In):
@@ -108,6 +110,8 @@ class TicketBatchScores(BaseModel):
 
     count: int
     model_versions: ModelVersions
+    snapshot_generation: str | None = Field(None, description="The served snapshot generation this answer used "
+                                            "(models/snapshots/generations/<id>; null: the flat snapshot folder).")
     results: list[TicketScoreItem]
 
 
@@ -172,6 +176,8 @@ class FlaggedAccounts(BaseModel):
     already_decided: int = Field(description="Accounts kept out: confirmed abusers and recently cleared accounts.")
     model_versions: ModelVersions
     source: str = Field(description="File the queue was read from and when it was written.")
+    snapshot_generation: str | None = Field(None, description="The served snapshot generation this answer used "
+                                            "(models/snapshots/generations/<id>; null: the flat snapshot folder).")
     accounts: list[FlaggedAccount]
 
 
@@ -219,6 +225,8 @@ class MerchantRanking(BaseModel):
     count: int
     model_versions: ModelVersions
     snapshot: str
+    snapshot_generation: str | None = Field(None, description="The served snapshot generation this answer used "
+                                            "(models/snapshots/generations/<id>; null: the flat snapshot folder).")
     merchants: list[MerchantRisk]
 
 
@@ -238,6 +246,10 @@ class SnapshotStatus(BaseModel):
     rows: int
     paths: list[str]
     written_at: datetime | None = Field(description="When the oldest of its files was written.")
+    age_seconds: float | None = Field(None, description="Seconds since the oldest of its files was written.")
+    as_of: str | None = Field(None, description="The data day its features were computed as of (generation "
+                              "manifest; null: unknown).")
+    model_version: int | None = Field(None, description="The model version these snapshots belong to.")
     problem: str | None = None
 
 
@@ -248,6 +260,10 @@ class Health(BaseModel):
     models: list[ModelStatus]
     snapshots: list[SnapshotStatus]
     online_store: str
+    snapshot_generation: str | None = Field(None, description="The generation served (null: flat snapshot folder).")
+    generation_created_at: str | None = None
+    generation_problem: str | None = Field(None, description="Why a newer generation could not be loaded (the "
+                                           "previous one is still served).")
 
 
 class ErrorBody(BaseModel):

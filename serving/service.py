@@ -62,7 +62,9 @@ from serving.schemas import (  # noqa: E402
     TicketIn,
     TicketScore,
 )
+from serving.ui import mount_ui  # noqa: E402
 
+mount_ui(api)  # the browser pages under /ui/ (serving/ui.py), before the metrics labeller lists the routes
 HOT_ROUTES = ["/v1/tickets/score$"]  # regexes over the URL (OpenTelemetry ExcludeList); the batch route is traced
 cancel_timeout_timers()  # a BentoML 1.4 fix, applied before the worker builds its app (see serving/app.py)
 
@@ -86,6 +88,8 @@ class AfterSalesService:
         bind_apis_once(self, AfterSalesService)
         self.runtime.warm_up()
         tune_gc()
+        # New snapshot generations (a promotion, `aftersales refresh-features`) are swapped in without a restart.
+        self.runtime.start_watching(get_settings().snapshot_poll_s)
 
     @bentoml.api(route="/v1/tickets/score")
     async def score_ticket(self, ticket: TicketIn, /) -> TicketScore:

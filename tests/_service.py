@@ -38,7 +38,7 @@ class Service:
     waited for by :meth:`wait_ready`, so two services can boot while the test builds its models)."""
 
     def __init__(self, models_dir: Path, data_dir: Path, log: Path, api_key: str | None = None,
-                 port: int | None = None, **env: str):
+                 port: int | None = None, via_cli: bool = False, **env: str):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -48,11 +48,13 @@ class Service:
         full_env = dict(os.environ, AFTERSALES_MODELS_DIR=str(models_dir), AFTERSALES_DATA_DIR=str(data_dir),
                         BENTOML_HOME=str(home), **env)
         bentoml = Path(sys.executable).parent / "bentoml"
+        address = ["--host", "127.0.0.1", "--port", str(self.port)]
+        # via_cli: `aftersales serve` (what the README and a process supervisor run), this checkout's code
+        cmd = ([sys.executable, "-m", "training.cli", "serve", *address] if via_cli else
+               [str(bentoml), "serve", "serving.service:AfterSalesService", *address])
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(bentoml), "serve", "serving.service:AfterSalesService", "--host", "127.0.0.1", "--port",
-                 str(self.port)], cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         self.client = httpx.Client(base_url=self.url, timeout=60,
                                    headers={"X-API-Key": api_key} if api_key else None)
 
@@ -107,7 +109,8 @@ def build_deployment(root: Path, world_params: dict | None = None) -> dict:
     from features import merchants as merchant_features
     from features.accounts import SerialReturnerModel, dataset_features
     from features.contract import load_dataset
-    from features.return_volume import ReturnVolumeForecaster, build_history
+    from features.forecast_ensemble import HolidayForecaster
+    from features.return_volume import build_history
     from features.settings import Settings
     from features.synthetic import generate_world
     from features.tickets import FEATURES, CalendarTable, TicketTriageModel, build_training_features
@@ -150,9 +153,9 @@ def build_deployment(root: Path, world_params: dict | None = None) -> dict:
     stand_in = DummyRegressor().fit(example, [0.0, 1.0, 2.0])
     registry.log_and_register("merchant_risk", stand_in, example, "ndcg_at_50", 0.5, True, settings=settings)
 
-    # Return volume: a short-horizon forecaster fitted on the history up to the last day.
+    # Return volume: a short-horizon holiday forecaster (what train registers) fitted on the history up to the last day.
     history = build_history(ds, "CN")
-    forecaster = ReturnVolumeForecaster(horizon=7, n_estimators=40, max_rows=4000).fit(history)
+    forecaster = HolidayForecaster.from_params(horizon=7, market="CN", n_estimators=40, max_rows=4000).fit(history)
     registry.log_and_register("return_volume", forecaster, _input_example(forecaster, history), "holiday_wape",
                               0.3, False, settings=settings)
 

@@ -52,7 +52,7 @@ def assert_card(name: str, version: int, settings: Settings, metrics: dict[str, 
     slice_body = section(text, "Slices")
     for s in slices:
         table_row(slice_body, s)
-    gate = section(text, "Promotion gate")
+    gate = section(text, "Promotion decision")
     assert ("promoted to champion" in gate) == promoted
     data = section(text, "Training data")
     assert "rows_in" in data and "period seen" in data

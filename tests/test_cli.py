@@ -82,3 +82,16 @@ def test_import_online_retail_cli(tmp_path: Path):
     assert res.exit_code == 0, res.output
     returns = pd.read_parquet(tmp_path / "or" / "returns.parquet")
     assert len(returns) == 4592
+
+
+def test_version_names_the_release_and_the_libraries_the_models_depend_on():
+    import tomllib
+
+    import bentoml
+
+    res = CliRunner().invoke(main, ["--version"])
+    assert res.exit_code == 0, res.output
+    release = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert res.output.startswith(f"aftersales {release} (Python 3.")
+    assert f"bentoml {bentoml.__version__}" in res.output and "lightgbm " in res.output and "mlflow " in res.output
+    assert len(res.output.splitlines()) == 1

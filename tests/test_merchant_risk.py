@@ -136,7 +136,10 @@ def test_cli_train_rank_evaluate(world, cli_env, tmp_path):
     res = runner.invoke(main, ["train", "merchant-risk", "--data", str(world)])
     assert res.exit_code == 0, res.output
     assert "ndcg@50 gain over best baseline" in res.output and "promoted: True" in res.output
-    snap = pd.read_parquet(cli_env / "snapshots" / "merchants.parquet")
+    from features import generations
+
+    served = generations.served_dir(cli_env / "snapshots")
+    snap = pd.read_parquet(served / "merchants.parquet")
     assert list(snap.columns) == SNAPSHOT_COLUMNS
     assert snap["merchant_risk_percentile"].max() == 1.0 and snap["merchant_id"].is_unique
     assert snap["merchant_risk_score"].is_monotonic_decreasing
@@ -157,6 +160,9 @@ def test_cli_train_rank_evaluate(world, cli_env, tmp_path):
     assert res.exit_code == 0, res.output
     assert "rows rejected" in res.output and (tmp_path / "rejects.csv").exists()
     ranking = pd.read_csv(out, keep_default_na=False)
+    # An ad-hoc ranking (another as-of day) changes nothing served.
+    assert generations.served_dir(cli_env / "snapshots") == served
+    pd.testing.assert_frame_equal(pd.read_parquet(served / "merchants.parquet"), snap)
     assert len(ranking) == 10 and ranking["rank"].tolist() == list(range(1, 11))
     assert {"merchant_id", "score", "rank", "expected_complaints", "reasons", "flag"} <= set(ranking.columns)
     assert ranking["reasons"].str.len().min() > 10

@@ -111,7 +111,7 @@ def test_lightgbm_dask_models_score_like_the_pandas_ones(world, engine, monkeypa
     # Serial returners: the supervised model (60 decisions drawn from the truth as of t1), scored at t2.
     from sklearn.metrics import average_precision_score
 
-    settings = Settings()
+    settings = Settings(serial_supervised_gate=False)  # the Dask-trained booster is what this test compares
     t1, t2 = pd.Timestamp("2024-01-31", tz="UTC"), pd.Timestamp("2024-06-30", tz="UTC")
     X1, X2 = (sr.features_as_of(ds, t, settings, engine=engine) for t in (t1, t2))
     truth = sr._truth(world).reindex(X1.index)
@@ -145,6 +145,8 @@ def _register_merchant_model(parted: Path, settings: Settings) -> None:
 def test_dask_commands_end_to_end(parted, cli_settings, tmp_path, monkeypatch):
     """flag-accounts on a LocalCluster of worker processes; score-all and rank-merchants against the pandas engine."""
     run = CliRunner().invoke
+    monkeypatch.setenv("AFTERSALES_SERIAL_SUPERVISED_GATE", "false")  # train the boosters on Dask whatever they score
+    get_settings.cache_clear()
     r = run(main, ["flag-accounts", "--data", str(parted), "--as-of", "2024-03-31", "--out",
                    str(tmp_path / "queue.csv"), "--model", "fit", "--engine", "dask", "--no-snapshot"])
     assert r.exit_code == 0, r.output

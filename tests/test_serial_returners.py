@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from cardcheck import assert_card
@@ -38,7 +39,11 @@ def evaluation(world, ds, tmp_path_factory):
 def test_evaluation_is_on_later_time_and_leaves_learnt_accounts_out(evaluation, ds):
     t1, t2 = pd.Timestamp(evaluation.params["t1"]), pd.Timestamp(evaluation.params["t2"])
     assert t1 < t2
-    assert evaluation.params["mode"] == "supervised"  # the world's prior decisions are enough labels
+    # The world's prior decisions are enough labels; the supervised model is used only if it beats the cold start
+    # on held-out decisions.
+    g = evaluation.model.gate_
+    assert g["heldout_decisions"] >= 10
+    assert evaluation.params["mode"] == ("supervised" if g["auc_supervised"] > g["auc_cold_start"] else "cold_start")
     decided = set(ds.review_decisions["account_id"])
     assert not decided & set(evaluation.queue["account_id"])
 
@@ -74,11 +79,36 @@ def test_forward_check_without_truth_has_proxy_slices_and_card(world, ds, tmp_pa
 
 def test_model_beats_both_baselines(evaluation):
     m = evaluation.metrics
-    assert set(m.index) == {"model", "cold_start", "rule", "if_counts"}
+    assert set(m.index) == {"model", "cold_start", "rule", "rate_rule", "most_returns", "if_counts"}
     assert m.loc["model", "pr_auc"] >= m.loc["if_counts", "pr_auc"] + 0.15
     assert m.loc["model", "pr_auc"] > m.loc["rule", "pr_auc"]
+    assert m.loc["cold_start", "pr_auc"] > m.loc["rate_rule", "pr_auc"]
     assert 0 <= m.loc["model", "recall_at_1pct_fpr"] <= 1
     assert m.loc["model", "precision_at_capacity"] >= 0.6
+
+
+def test_baselines_are_candidates_and_the_winner_is_what_the_model_ranks_by(evaluation, ds, tmp_path):
+    import copy
+
+    from features.accounts import baseline_score
+
+    table = pd.DataFrame({"precision": [0.5, 0.7, 0.6, 0.1, 0.2]},
+                         index=["model", "rate_rule", "most_returns", "rule", "if_counts"])
+    method, evidence = sr.choose_method(table, "precision")
+    assert method == "rate_rule" and "rate_rule 0.700" in evidence
+    table.loc["model", "precision"] = 0.7
+    assert sr.choose_method(table, "precision")[0] == "model"  # the model keeps ties
+    settings = Settings(models_dir=tmp_path / "models")
+    X = sr.features_as_of(ds, evaluation.params["t2"], settings)
+    for name in ("rate_rule", "most_returns", "if_counts"):
+        m = copy.deepcopy(evaluation.model).use(name, X, evidence="test")
+        s = m.predict(X)
+        assert ((s >= 0) & (s <= 1)).all()
+        ref = baseline_score(name, X, forest=getattr(m, "forest_", None))
+        # The model object ranks exactly as the baseline does: the queue, flag-accounts and the snapshot follow.
+        assert np.array_equal(np.argsort(-s, kind="stable")[:50], np.argsort(-ref, kind="stable")[:50])
+    with pytest.raises(ValueError, match="unknown method"):
+        copy.deepcopy(evaluation.model).use("coin_flip")
 
 
 def test_every_pattern_is_found_in_the_queue(evaluation):
@@ -110,7 +140,7 @@ def test_decisions_in_the_store_feed_training(ds, tmp_path):
     assert after.set_index("account_id").loc[new, "label"].eq(1).all()
 
 
-def test_flag_accounts_cli_writes_queue_and_snapshot(world, ds, cli_settings, tmp_path):
+def test_flag_accounts_cli_writes_the_queue_only(world, ds, cli_settings, tmp_path):
     from training.cli import main
 
     out = tmp_path / "queue.csv"
@@ -122,10 +152,9 @@ def test_flag_accounts_cli_writes_queue_and_snapshot(world, ds, cli_settings, tm
     assert list(q.columns[:5]) == ["account_id", "score", "rank", "reasons", "likely_pattern"]
     assert len(q) == 15 and q["account_id"].notna().all() and q["rank"].tolist() == list(range(1, 16))
     assert q["reasons"].str.len().gt(0).all()
-    snap = pd.read_parquet(cli_settings.snapshots_dir / "accounts.parquet")
-    assert {"account_id", "abuse_score", "abuse_percentile", "likely_pattern", "top_reason", "returns_30d",
-            "return_rate_90d", "refund_without_return_90d", "link_group_size"} <= set(snap.columns)
-    assert snap["account_id"].notna().all() and snap["as_of"].eq(as_of).all()
+    # An ad-hoc queue changes nothing the service serves (only a promotion or refresh-features does).
+    assert not (cli_settings.snapshots_dir / "accounts.parquet").exists()
+    assert not (cli_settings.snapshots_dir / "CURRENT").exists()
     assert "rows rejected" in res.output
 
 
@@ -182,11 +211,17 @@ def test_evaluate_cli_prints_targets(world, cli_settings):
 def test_train_registers_and_writes_the_serving_snapshot(world, cli_settings):
     summary = sr.train(world, cli_settings)
     assert summary["version"] == 1 and summary["promoted"] is True
+    assert summary["queue_method"] in sr.CANDIDATES
     assert summary["pr_auc"] > summary["pr_auc_if_counts"]
+    from features import generations
     from training import registry
 
     loaded = registry.load_champion(sr.MODEL_NAME, settings=cli_settings)
-    snap = pd.read_parquet(cli_settings.snapshots_dir / "accounts.parquet")
+    assert loaded.model.method_ == summary["queue_method"]  # the artifact carries the queue's choice
+    snap = pd.read_parquet(generations.served_dir(cli_settings.snapshots_dir) / "accounts.parquet")
+    assert {"account_id", "abuse_score", "abuse_percentile", "likely_pattern", "top_reason", "returns_30d",
+            "return_rate_90d", "refund_without_return_90d", "link_group_size"} <= set(snap.columns)
+    assert generations.current_manifest(cli_settings.snapshots_dir)["models"][sr.MODEL_NAME]["version"] == 1
     X = sr.features_as_of(load_dataset(world), snap["as_of"].iloc[0], cli_settings)
     scores = pd.Series(loaded.model.predict(X), index=X.index)
     # Serving loads the object training fitted: its scores are the snapshot's.
@@ -197,3 +232,4 @@ def test_train_registers_and_writes_the_serving_snapshot(world, cli_settings):
         "precision in the top": ("precision_at_capacity", "rule_precision_at_capacity")},
         slices=("new_account", "established_account", "returned_in_holiday_window", "no_holiday_returns"))
     assert "guest accounts: not applicable" in card and "returns in the data" in card
+    assert f"The queue ranks by: {summary['queue_method']}" in card

@@ -11,6 +11,7 @@ import pytest
 from cardcheck import assert_card
 from click.testing import CliRunner
 
+from features import generations
 from features.contract import load_dataset
 from features.settings import Settings
 from features.synthetic import generate_world
@@ -176,7 +177,8 @@ def test_cli_train_registers_and_evaluate_reports(world, models_dir):
     loaded = registry.load_champion("ticket_triage", settings=settings)
     assert loaded.version == 1 and isinstance(loaded.model, TicketTriageModel)
     assert loaded.metrics["roc_auc"] > loaded.metrics["baseline_roc_auc"] + 0.05
-    assert all((settings.snapshots_dir / f).exists() for f in SNAPSHOT_FILES.values())
+    served = generations.served_dir(settings.snapshots_dir)  # the promotion made a generation and serves it
+    assert served != settings.snapshots_dir and all((served / f).exists() for f in SNAPSHOT_FILES.values())
     card = assert_card("ticket_triage", 1, settings, promoted=True, metrics={
         "ROC-AUC": ("roc_auc", "baseline_roc_auc", "uncalibrated_roc_auc"), "Brier score": ("brier", "baseline_brier"),
         "expected calibration error": ("ece", "baseline_ece")},

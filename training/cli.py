@@ -10,7 +10,6 @@ import importlib
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,10 +28,12 @@ LAZY_HELP: dict[str, str] = {
     "report": "Write a static HTML report of every model's results.",
     "card": "Print a registered model version's model card (Markdown).",
     "score-all": "Score every account and merchant as of a day; write Parquet (pandas or Dask).",
+    "refresh-features": "Recompute the served features as of the data's end for the champions; swap them in.",
     "return-volume": "Rolling-origin backtest of the return-volume forecast.",
     "serial-returners": "Evaluate the serial-returner detector on later time.",
     "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
     "ticket-triage": "Evaluate the ticket escalation model on later tickets.",
+    "benchmark-models": "Every model vs every baseline on K random worlds (and Online Retail).",
 }
 LAZY_COMMANDS: dict[str, str] = {
     "forecast": "training.return_volume:forecast_cmd",
@@ -43,6 +44,8 @@ LAZY_COMMANDS: dict[str, str] = {
     "report": "training.report:report_cmd",
     "card": "training.model_card:card_cmd",
     "score-all": "training.scoring:score_all_cmd",
+    "refresh-features": "training.refresh:refresh_features_cmd",
+    "benchmark-models": "training.benchmark:benchmark_models_cmd",
 }
 LAZY_BACKTESTS: dict[str, str] = {
     "return-volume": "training.return_volume:backtest_cmd",
@@ -124,7 +127,38 @@ def _data_dir(data_dir: Path | None) -> Path:
     return path
 
 
+# Libraries whose versions decide whether a registered model loads and how the service behaves (bug reports).
+VERSION_OF = ("bentoml", "mlflow-skinny", "lightgbm", "scikit-learn", "pandas")
+
+
+def version_text() -> str:
+    """``aftersales X (Python Y; bentoml ..., ...)``: the installed package, or this checkout's pyproject.toml."""
+    import platform
+    import tomllib
+    from importlib import metadata
+
+    def installed(dist: str) -> str | None:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return None
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    own = (tomllib.loads(pyproject.read_text())["project"]["version"] if pyproject.exists()
+           else installed("aftersales") or "unknown")
+    libs = ", ".join(f"{d.removesuffix('-skinny')} {v}" for d in VERSION_OF if (v := installed(d)))
+    return f"aftersales {own} (Python {platform.python_version()}; {libs})"
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_text())
+        ctx.exit()
+
+
 @click.group(cls=LazyGroup, lazy=LAZY_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Print the version of aftersales and of the libraries its models depend on, and exit.")
 def main() -> None:
     """After-sales risk and forecasting service.
 
@@ -238,8 +272,9 @@ def validate(data_dir: Path | None, rejects_dir: Path | None) -> None:
 def train(model: str, data_dir: Path | None, engine: str = "pandas", scheduler: str | None = None) -> None:
     """Train MODEL (or all), evaluate it on held-out later time against baselines, register it in MLflow.
 
-    The `champion` alias moves to the new version only when it beats the current champion on the model's
-    primary backtest metric. With --engine dask, serial-returners and ticket-triage build their features on Dask
+    The `champion` alias moves to the new version only when, on the new version's held-out later rows, it is at
+    least as good as the current champion scored on the same rows (see the README's "Promotion and served
+    features"); a promotion also serves the new version's snapshots. With --engine dask, serial-returners and ticket-triage build their features on Dask
     and train with lightgbm.dask; return-volume and merchant-risk train in this process.
     """
     data_dir = _data_dir(data_dir)
@@ -282,6 +317,14 @@ def models() -> None:
         click.echo("no registered models yet: run `aftersales train all --data DIR`")
         return
     click.echo(frame.to_string(index=False))
+    from features import generations
+
+    manifest = generations.current_manifest(_settings().snapshots_dir)
+    if manifest:
+        pins = ", ".join(f"{n} v{e['version']}" for n, e in manifest.get("models", {}).items()
+                         if e.get("version") is not None)
+        click.echo(f"\nserved snapshot generation: {manifest['generation']} ({manifest.get('reason', '')}; "
+                   f"pins {pins or 'no version'})")
     click.echo("\nmodel cards: `aftersales card NAME [--version N]` (local copies of the cards registered from this "
                f"machine: {_settings().cards_dir})")
 
@@ -291,7 +334,12 @@ def models() -> None:
 @click.option("--port", default=3000, show_default=True, help="Port to listen on.")
 @click.option("--workers", default=1, show_default=True, help="Worker processes.")
 def serve(host: str, port: int, workers: int) -> None:
-    """Start the BentoML HTTP service (models loaded by MLflow alias `champion`)."""
+    """Start the BentoML HTTP service (models loaded by MLflow alias `champion`).
+
+    This process becomes `bentoml serve` (exec, same PID): SIGTERM or SIGINT from a supervisor or Ctrl-C reaches the
+    server itself, which stops its workers. Run as a child instead, a SIGTERM ended only this wrapper and left the
+    server and its worker serving on the port with no parent.
+    """
     bentoml = shutil.which("bentoml", path=str(Path(sys.executable).parent)) or "bentoml"
     cmd = [bentoml, "serve", "serving.service:AfterSalesService", "--host", host, "--port", str(port)]
     env = dict(os.environ)
@@ -300,7 +348,12 @@ def serve(host: str, port: int, workers: int) -> None:
         extra = f"services.aftersales.workers={workers}"
         env["BENTOML_CONFIG_OPTIONS"] = " ".join(filter(None, [env.get("BENTOML_CONFIG_OPTIONS"), extra]))
     click.echo(" ".join(cmd))
-    raise SystemExit(subprocess.call(cmd, env=env))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(bentoml, cmd, env)
+    except OSError as e:
+        raise click.ClickException(f"could not start {bentoml} ({e}); is BentoML installed in this environment?") from e
 
 
 @main.command()
@@ -331,7 +384,8 @@ def demo(out_dir: Path | None, seed: int, fresh: bool) -> None:
     click.echo(
         f"\ndata: {out_dir}\nMLflow: {settings.tracking_uri}\n{ui}\n"
         f"model cards: {settings.cards_dir} (or `aftersales card NAME`)\n"
-        "start the service: .venv/bin/aftersales serve   (OpenAPI docs at http://127.0.0.1:3000/docs)"
+        "start the service: .venv/bin/aftersales serve   (API docs at http://127.0.0.1:3000/, OpenAPI spec at "
+        "http://127.0.0.1:3000/docs.json)"
     )
 
 

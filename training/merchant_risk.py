@@ -24,6 +24,7 @@ import click
 import numpy as np
 import pandas as pd
 
+from features import generations
 from features.contract import ContractError
 from features.merchants import (
     FEATURES,
@@ -467,8 +468,9 @@ def rank_as_of(model: MerchantRiskModel, events: MerchantEvents, as_of, settings
     return model.rank(features)
 
 
-def write_serving_snapshot(ranking: pd.DataFrame, settings: Settings) -> Path:
-    """Write the merchant snapshot ticket triage loads: ``snapshots_dir/merchants.parquet`` (SNAPSHOT_COLUMNS)."""
+def write_serving_snapshot(ranking: pd.DataFrame, settings: Settings, out: Path | None = None) -> Path:
+    """Write the merchant snapshot ticket triage loads: ``merchants.parquet`` (SNAPSHOT_COLUMNS) in ``out``
+    (training: the registered version's ``snapshots/merchant_risk/v<N>``; default the flat ``snapshots_dir``)."""
     n = len(ranking)
     # Percentile of risk: 1.0 for the riskiest merchant, by rank so ties stay deterministic.
     pct = 1.0 - (ranking["rank"].to_numpy() - 1) / max(n, 1)
@@ -481,10 +483,42 @@ def write_serving_snapshot(ranking: pd.DataFrame, settings: Settings) -> Path:
         "complaint_rate_90d": ranking["complaint_rate_90d"].astype(float),
         "top_reason": ranking["reasons"].str.split("; ").str[0].astype("string"),
     })
-    settings.snapshots_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.snapshots_dir / "merchants.parquet"
-    snap.to_parquet(path, index=False)
+    out = Path(out or settings.snapshots_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "merchants.parquet"
+    tmp = out / ".merchants.parquet.tmp"
+    snap.to_parquet(tmp, index=False)
+    tmp.replace(path)
     return path
+
+
+def gate_evidence(bt: Backtest, events: MerchantEvents, settings: Settings, data_dir: Path):
+    """The promotion gate's evidence: the backtest's held-out test snapshots, NDCG@50 averaged per snapshot
+    (:mod:`training.evidence`); the champion ranks the same merchant-snapshots."""
+    from training.evidence import Evidence, Unscorable, check_seen
+
+    min_orders = settings.merchant_min_label_orders
+    scored = bt.scored
+
+    def rows(frame: pd.DataFrame) -> str:
+        d = pd.to_datetime(frame["as_of"])
+        return (f"{len(frame):,} merchant-snapshots of {d.nunique()} test as-of dates {d.min():%Y-%m-%d} to "
+                f"{d.max():%Y-%m-%d} (label window {settings.merchant_horizon_days} days)")
+
+    def compare(champion, seen_until):
+        mask = check_seen(seen_until, scored["as_of"], 10, "merchant-snapshots").to_numpy()
+        part = scored[mask]
+        part = part.assign(challenger=part[bt.chosen], champion=champion.predict(part[list(FEATURES)]))
+        try:
+            summary, _ = evaluate_scores(part, ["challenger", "champion"], min_orders)
+        except ValueError as e:
+            raise Unscorable(str(e)) from None
+        return (float(summary.loc["challenger", PRIMARY_METRIC]), float(summary.loc["champion", PRIMARY_METRIC]),
+                rows(part))
+
+    return Evidence(PRIMARY_METRIC, True, float(bt.summary.loc[bt.chosen, PRIMARY_METRIC]),
+                    {b: float(bt.summary.loc[b, PRIMARY_METRIC]) for b in BASELINES}, rows(scored), compare,
+                    str(Path(data_dir).resolve()), events.end, bt.test_dates[0])
 
 
 def write_ranking(ranking: pd.DataFrame, out: Path) -> Path:
@@ -530,14 +564,20 @@ def train(data_dir: Path, settings: Settings) -> dict:
             MODEL_NAME, final, input_example=example, primary_metric=PRIMARY_METRIC,
             metric_value=bt.summary.loc[bt.chosen, PRIMARY_METRIC], higher_is_better=True, settings=settings,
             extra_metrics={k: bt.summary.loc[bt.chosen, k] for k in bt.summary.columns}, data_validated=validated,
-            card=model_card(bt, ds, data_dir, settings, validated))
-    snap = write_serving_snapshot(ranking, settings)
+            card=model_card(bt, ds, data_dir, settings, validated),
+            evidence=gate_evidence(bt, events, settings, data_dir))
+    # The snapshot belongs to the version; it is served only when the version was promoted (a new generation).
+    vdir = generations.version_dir(settings.snapshots_dir, MODEL_NAME, result.version)
+    snap = write_serving_snapshot(ranking, settings, out=vdir)
+    served = generations.record_version(settings.snapshots_dir, MODEL_NAME, result.version, result.promoted, vdir,
+                                        events.end, str(data_dir.resolve()))
     s = bt.summary
     return {
         "model": bt.chosen, "version": result.version, "promoted": result.promoted, "gate": result.reason,
         **{f"{m} ndcg@20/@50, p@10%, spearman": " / ".join(f"{s.loc[m, c]:.3f}" for c in s.columns) for m in METHODS},
         "ndcg@50 gain over best baseline": round(bt.gain(), 4),
         "merchants ranked as of": f"{len(ranking)} on {events.end.date()}", "snapshot": str(snap),
+        "served generation": served or "unchanged (not promoted)",
     }
 
 
@@ -574,8 +614,8 @@ def evaluate_cmd(data_dir: Path | None) -> None:
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
               help="Ranking file to write (.csv or .parquet).")
 @click.option("--top", type=int, default=None, help="Write only the N riskiest merchants (default: all).")
-@click.option("--snapshot/--no-snapshot", default=True, show_default=True,
-              help="Also write the serving snapshot models/snapshots/merchants.parquet.")
+@click.option("--snapshot/--no-snapshot", default=False, hidden=True,
+              help="Removed: served snapshots change only with a promotion or `aftersales refresh-features`.")
 @engine_options
 def rank_merchants_cmd(data_dir: Path | None, as_of: str | None, out: Path, top: int | None, snapshot: bool,
                        engine: str = "pandas", scheduler: str | None = None) -> None:
@@ -583,7 +623,8 @@ def rank_merchants_cmd(data_dir: Path | None, as_of: str | None, out: Path, top:
 
     Uses the registered champion of merchant_risk (train it with `aftersales train merchant-risk --data DIR`).
     Writes merchant_id, score, rank, expected_complaints, reasons, flag (no_orders_in_window, new_merchant) and
-    context columns; every merchant known on the as-of date is ranked, ties broken by merchant_id.
+    context columns; every merchant known on the as-of date is ranked, ties broken by merchant_id. Writes only
+    --out: what the service serves changes with a promotion or `aftersales refresh-features`.
     """
     from training import registry
 
@@ -602,7 +643,8 @@ def rank_merchants_cmd(data_dir: Path | None, as_of: str | None, out: Path, top:
     except (ContractError, AsOfError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     if snapshot:
-        click.echo(f"  serving snapshot: {write_serving_snapshot(ranking, settings)}")
+        click.echo("  note: --snapshot no longer writes the served snapshot; served features change only with a "
+                   "promotion (`aftersales train`) or `aftersales refresh-features`")
     written = write_ranking(ranking.head(top) if top else ranking, out)
     flagged = (ranking["flag"] != "").sum()
     click.echo(f"ranked {len(ranking)} merchants as of {day.date()} with {MODEL_NAME} v{loaded.version} "

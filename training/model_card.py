@@ -8,7 +8,8 @@ the registered version's description and written to ``models/cards/<model>/v<ver
 Sections: what it predicts and for whom; the training data (folder, rows per table, period, validation and
 rejects); the evaluation design (held-out later time); metrics against the baselines (each model value labelled
 with the MLflow metric it was logged as); slices (holiday windows, new merchants, guest accounts, where they
-apply, and why not where they do not); known limits; the promotion gate.
+apply, and why not where they do not); known limits; the promotion decision (champion and challenger on the
+same held-out rows, see :mod:`training.evidence`).
 
 No MLflow here: this module only builds text.
 """
@@ -25,7 +26,7 @@ import pandas as pd
 from features.contract import Dataset
 
 SECTIONS = ("What it predicts", "Training data", "Evaluation design", "Metrics against baselines", "Slices",
-            "Known limits", "Promotion gate")
+            "Known limits", "Promotion decision")
 HOLIDAY_WINDOW_TEXT = ("holiday windows, i.e. 3 days before to 21 days after each major holiday or shopping event "
                        "of the market, as features.calendar.holiday_windows defines them")
 
@@ -105,7 +106,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 4) -> str:
 
 def render(card: dict, name: str, version: int, *, promoted: bool, reason: str, champion_version: int | None,
            champion_value: float | None, primary_metric: str, higher_is_better: bool,
-           run_id: str | None = None, registered_at: str | None = None) -> str:
+           run_id: str | None = None, registered_at: str | None = None, decision: list[str] | None = None) -> str:
     """The card as Markdown."""
     data = card["data"]
     out = [f"# Model card: {card['title']} — `{name}` version {version}", ""]
@@ -157,15 +158,23 @@ def render(card: dict, name: str, version: int, *, promoted: bool, reason: str, 
     out += [f"- {line}" for line in card.get("limits", [])] or ["- none recorded"]
     out.append("")
 
-    out += ["## Promotion gate", ""]
+    out += ["## Promotion decision", ""]
     out.append(f"- decision: {'promoted to champion' if promoted else 'not promoted'} — {reason}")
+    out += decision or []
     if champion_version is not None:
         value = fmt(champion_value) if champion_value is not None else "—"
         out.append(f"- champion after the gate: version {champion_version} ({primary_metric} {value})")
     else:
         out.append("- champion after the gate: none")
-    out.append("- rule: a version becomes champion only when its data passed the input contract and it is strictly "
-               f"better than the current champion on {primary_metric}.")
+    if decision:
+        out.append("- rule: a version becomes champion only when its data passed the input contract and, on the "
+                   f"challenger's held-out rows, its {primary_metric} is at least as good as the champion's on the "
+                   "same rows; when the champion cannot be scored there (signature no longer fits, load fails, or "
+                   "it trained on those rows), only if it beats every baseline on them. The alias moves by "
+                   "compare-and-set: a concurrent promotion makes this one refuse.")
+    else:
+        out.append("- rule: a version becomes champion only when its data passed the input contract and it is "
+                   f"strictly better than the current champion on {primary_metric}.")
     return "\n".join(out) + "\n"
 
 

@@ -21,6 +21,8 @@ import logging
 import math
 import os
 import tempfile
+import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,6 +46,9 @@ TAG_VALIDATED = "data_validated"
 TAG_GATE = "gate_reason"
 TAG_CARD = "model_card"  # the version's card: artifact path within its run
 CARD_ARTIFACT_DIR = "model_card"
+# Registered-model tag written by the gate right before it moves the alias (compare-and-set, see _compare_and_set).
+GATE_LOCK = "gate_lock"
+GATE_SETTLE_S = 0.5  # wait between taking the lock and checking it is still ours (longer than one registry write)
 
 # Packages recorded as the model's pip requirements. Passing them explicitly skips MLflow's requirement inference,
 # which re-loads the model in a subprocess (seconds per model) and guesses no better than the lock file does.
@@ -65,6 +70,7 @@ class RegisterResult:
     champion_version: int | None  # the champion after the gate ran
     champion_value: float | None  # its primary metric value
     card_path: Path | None = None  # the model card written under models/cards/, when a card was given
+    decision: Any = None  # training.evidence.Decision, when the trainer gave evidence
 
 
 @dataclass(frozen=True)
@@ -331,7 +337,7 @@ def _champion(client, name: str):
 def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, primary_metric: str,
                      metric_value: float, higher_is_better: bool, settings: Settings | None = None,
                      extra_metrics: dict | None = None, data_validated: bool = True,
-                     card: dict | None = None) -> RegisterResult:
+                     card: dict | None = None, evidence: Any = None) -> RegisterResult:
     """Log a fitted model with signature and input example, register a new version and run the promotion gate.
 
     The ``champion`` alias moves to the new version only when the data it trained on passed validation and either
@@ -340,6 +346,12 @@ def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, p
 
     ``card``: the model card's content (:mod:`training.model_card`); rendered with the version and the gate's
     decision, logged to the run, set as the version's description and written to ``models/cards/<model>/v<N>.md``.
+
+    ``evidence`` (a :class:`training.evidence.Evidence`): the challenger's held-out rows. The gate then loads the
+    champion, scores it on the same rows with the same metric and decides by :func:`training.evidence.decide`
+    (at least as good promotes; a champion that cannot be scored is replaced only by a challenger that beats every
+    baseline). Without it, the logged figures are compared (strictly better promotes). Either way the alias moves by
+    compare-and-set: if another registration moved it while this gate ran, this version is refused and says so.
     """
     import mlflow
     import mlflow.sklearn
@@ -350,7 +362,7 @@ def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, p
     if mlflow.active_run() is None:
         with start_run(model_name, run_name="register", settings=settings):
             return log_and_register(model_name, model, input_example, primary_metric, metric_value,
-                                    higher_is_better, settings, extra_metrics, data_validated, card)
+                                    higher_is_better, settings, extra_metrics, data_validated, card, evidence)
 
     client = _client(settings)
     value = _scalar(metric_value)
@@ -381,26 +393,51 @@ def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, p
     # The promotion gate.
     current = _champion(client, model_name)
     champ_version = int(current.version) if current is not None else None
+    expected = champ_version  # compare-and-set: the alias must still point here when we move it
+    decision = None
     champ_value = _version_value(client, model_name, current, primary_metric) if current is not None else None
-    direction = "higher" if higher_is_better else "lower"
+    if evidence is not None:
+        for k, v in evidence.tags().items():
+            client.set_model_version_tag(model_name, str(version), k, v)
     if not data_validated:
         promoted, reason = False, "refused: trained on data that failed validation"
     elif value is None:
         promoted, reason = False, f"refused: {primary_metric} is missing or not finite ({metric_value!r})"
-    elif current is None:
-        promoted, reason = True, f"promoted: no champion yet ({primary_metric}={value:.6g})"
-    elif champ_value is None:
-        promoted, reason = True, (f"promoted: champion v{champ_version} has no {primary_metric} to compare "
-                                  f"(challenger {value:.6g})")
-    elif _better(value, champ_value, higher_is_better):
-        promoted, reason = True, (f"promoted: {primary_metric} {value:.6g} beats champion v{champ_version} "
-                                  f"{champ_value:.6g} ({direction} is better)")
-    else:
-        promoted, reason = False, (f"refused: {primary_metric} {value:.6g} does not beat champion "
-                                   f"v{champ_version} {champ_value:.6g} ({direction} is better)")
+    elif evidence is not None:
+        decision = _decide_on_evidence(client, model_name, current, evidence, list(input_example.columns))
+        promoted, reason = decision.promoted, decision.reason
+        if decision.champion_scored:
+            champ_value = decision.champion
+    else:  # no held-out rows given (older callers): the logged figures are compared, as before
+        direction = "higher" if higher_is_better else "lower"
+        if current is None:
+            promoted, reason = True, f"promoted: no champion yet ({primary_metric}={value:.6g})"
+        elif champ_value is None:
+            promoted, reason = True, (f"promoted: champion v{champ_version} has no {primary_metric} to compare "
+                                      f"(challenger {value:.6g})")
+        elif _better(value, champ_value, higher_is_better):
+            promoted, reason = True, (f"promoted: {primary_metric} {value:.6g} beats champion v{champ_version} "
+                                      f"{champ_value:.6g} ({direction} is better)")
+        else:
+            promoted, reason = False, (f"refused: {primary_metric} {value:.6g} does not beat champion "
+                                       f"v{champ_version} {champ_value:.6g} ({direction} is better)")
     if promoted:
-        client.set_registered_model_alias(model_name, CHAMPION, str(version))
-        champ_version, champ_value = version, value
+        moved = _compare_and_set(client, model_name, version, expected)
+        if moved is not None:
+            promoted, reason = False, f"refused: {moved}"
+            if decision is not None:
+                decision.promoted, decision.reason = False, reason
+                decision.rule += "; compare-and-set on the champion alias failed"
+            current = _champion(client, model_name)
+            champ_version = int(current.version) if current is not None else None
+            champ_value = _version_value(client, model_name, current, primary_metric) if current is not None else None
+        else:
+            champ_version, champ_value = version, value
+    if decision is not None:
+        for k, v in decision.tags().items():
+            client.set_model_version_tag(model_name, str(version), k, v)
+        mlflow.set_tags(decision.tags())
+        mlflow.log_metrics(decision.metrics())
     client.set_model_version_tag(model_name, str(version), TAG_GATE, reason)
     mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower(), TAG_GATE: reason})
     card_path = None
@@ -411,7 +448,8 @@ def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, p
         text = model_card.render(card, model_name, version, promoted=promoted, reason=reason,
                                  champion_version=champ_version, champion_value=champ_value,
                                  primary_metric=primary_metric, higher_is_better=higher_is_better, run_id=run_id,
-                                 registered_at=pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC"))
+                                 registered_at=pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC"),
+                                 decision=decision.card_lines(primary_metric, higher_is_better) if decision else None)
         artifact = f"{CARD_ARTIFACT_DIR}/v{version}.md"
         mlflow.log_text(text, artifact)
         card_path = card_file(model_name, version, settings)
@@ -420,7 +458,77 @@ def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, p
         client.update_model_version(model_name, str(version), description=model_card.summary(
             text, pointer=f"`aftersales card {model_name} --version {version}`"))
         client.set_model_version_tag(model_name, str(version), TAG_CARD, artifact)
-    return RegisterResult(model_name, version, promoted, reason, champ_version, champ_value, card_path)
+    return RegisterResult(model_name, version, promoted, reason, champ_version, champ_value, card_path, decision)
+
+
+def _decide_on_evidence(client, name: str, current, evidence, columns: list[str]):
+    """Load the champion (when there is one) and let :func:`training.evidence.decide` rule on the evidence."""
+    from training.evidence import decide
+
+    if current is None:
+        return decide(evidence, None)
+    version = int(current.version)
+    seen_until = None
+    if evidence.data_source and current.tags.get("gate_data_source") == evidence.data_source:
+        # Trained on this same data folder: rows up to its data end may be in its training set.
+        seen_until = pd.Timestamp(current.tags.get("gate_data_end") or "2200-01-01T00:00:00+00:00")
+    elif not current.tags.get("gate_data_source"):
+        seen_until = None  # registered before the gate recorded data folders: nothing known, rows taken as unseen
+    model, why = None, None
+    uri = f"models:/{name}/{version}"
+    try:
+        import mlflow.sklearn
+
+        needs = _input_columns(uri)
+        missing = [c for c in (needs or ()) if c not in columns]
+        if missing:
+            why = (f"its logged signature no longer fits the features this code builds (it needs "
+                   f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
+        else:
+            model = mlflow.sklearn.load_model(uri)
+    except Exception as e:  # noqa: BLE001 — a champion that cannot be loaded is reported, not fatal
+        why = f"it failed to load ({type(e).__name__}: {e})"
+    return decide(evidence, version, model, seen_until, why)
+
+
+def _compare_and_set(client, name: str, version: int, expected: int | None) -> str | None:
+    """Move the champion alias to ``version`` only if it still points at ``expected``; None when moved, else why not.
+
+    MLflow has no atomic compare-and-set on an alias, so the gate takes a lock first: it writes a unique token in the
+    registered model's ``gate_lock`` tag, waits :data:`GATE_SETTLE_S`, and goes on only if the token is still its own
+    (a concurrent gate that wrote after it wins; the loser refuses) and the alias has not moved. A gate that dies
+    holding the lock blocks nobody: every gate overwrites it.
+    """
+    token = f"v{version}:{uuid.uuid4().hex}"
+    client.set_registered_model_tag(name, GATE_LOCK, token)
+    time.sleep(GATE_SETTLE_S)
+    holder = client.get_registered_model(name).tags.get(GATE_LOCK)
+    if holder != token:
+        return (f"another registration of {name} ({(holder or '?').split(':')[0]}) ran its promotion gate at the "
+                "same moment and holds the gate lock; retrain to compare against whichever became champion")
+    now = _champion(client, name)
+    now_version = int(now.version) if now is not None else None
+    if now_version != expected:
+        return (f"the champion alias moved from {f'v{expected}' if expected else 'none'} to v{now_version} while "
+                "this gate ran (another registration was promoted); retrain to compare against the new champion")
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    return None
+
+
+def load_version(model_name: str, version: int, settings: Settings | None = None) -> LoadedModel:
+    """Load one pinned version (what a served generation names), with its metrics and signature columns."""
+    import mlflow.sklearn
+    from mlflow.exceptions import MlflowException
+
+    settings = settings or get_settings()
+    client = _client(settings)
+    try:
+        mv = client.get_model_version(model_name, str(int(version)))
+    except MlflowException:
+        raise ModelNotFound(f"no version {version} of '{model_name}' in {settings.tracking_uri}") from None
+    uri = f"models:/{model_name}/{mv.version}"
+    return LoadedModel(model_name, int(mv.version), mlflow.sklearn.load_model(uri), _version_metrics(client, mv),
+                       mv.run_id, _input_columns(uri))
 
 
 def card_file(model_name: str, version: int, settings: Settings | None = None) -> Path:

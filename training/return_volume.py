@@ -1,12 +1,17 @@
 """Return-volume forecast: rolling-origin backtest against baselines, training and registration, and the CLI
 commands ``aftersales forecast``, ``aftersales staff`` and ``aftersales backtest return-volume``.
 
+The forecaster is :class:`features.forecast_ensemble.HolidayForecaster`: LightGBM, the planners' method (aligned
+by events), AutoETS, MSTL and seasonal naive weighted by evidence on inner origins of the user's history.
 Backtest: origins six weeks (42 days) before each major holiday/event the history allows, then regular origins
 every four weeks back from the end; at each origin the forecaster is refitted on data up to the origin only and
-forecasts up to ``horizon`` days. Baselines in the same run: seasonal naive (7), the planners' method (same weekday
-52 weeks back, scaled by the last 28 days over the same 28 days a year before) and statsforecast AutoETS (optional
-``peers`` extra; skipped when not installed). Metrics (WAPE, MASE-7, bias, peak-day error and offset, scaled
-pinball, 80% coverage) overall and on holiday windows (3 days before to 21 days after each major event).
+forecasts up to ``horizon`` days. Beside the combination (``model``), the table reports its components as the
+forecaster saw them (``lightgbm``, ``planners_aligned``, ``mstl``) and the baselines: seasonal naive (7), the simple
+planners' method (same weekday 52 weeks back, scaled by the last 28 days over the same 28 days a year before) and
+statsforecast AutoETS. Metrics (WAPE, MASE-7, bias, peak-day error and offset, scaled pinball, 80% coverage) overall
+and on holiday windows (3 days before to 21 days after each major event). ``train`` registers the combination
+unless one of its candidates beat it on holiday WAPE in that backtest: then that candidate alone, and the card says
+so.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ import click
 import numpy as np
 import pandas as pd
 
+from features import forecast_ensemble as ens
+from features import generations
 from features.calendar import holiday_windows
+from features.forecast_ensemble import HolidayForecaster
 from features.return_volume import (
     LY,
     QUANTILES,
@@ -45,7 +53,15 @@ MODEL = "model"
 SEASONAL_NAIVE = "seasonal_naive_7"
 PLANNERS = "planners_last_year"
 AUTO_ETS = "autoets"
-POINT_ONLY = {SEASONAL_NAIVE, PLANNERS}
+LIGHTGBM = "lightgbm"
+PLANNERS_ALIGNED = "planners_aligned"
+MSTL_PEER = "mstl"
+# The forecaster's components reported as methods of their own (name in features.forecast_ensemble -> method).
+COMPONENT_METHODS = {ens.LGBM: LIGHTGBM, ens.PLANNERS: PLANNERS_ALIGNED, ens.MSTL: MSTL_PEER}
+# Method -> the candidate the forecaster can be pinned to when that method wins the held-out backtest.
+PINNABLE = {LIGHTGBM: ens.LGBM, PLANNERS_ALIGNED: ens.PLANNERS, MSTL_PEER: ens.MSTL, AUTO_ETS: ens.AUTOETS,
+            SEASONAL_NAIVE: ens.NAIVE}
+POINT_ONLY = {SEASONAL_NAIVE, PLANNERS, LIGHTGBM, PLANNERS_ALIGNED, MSTL_PEER}
 
 Forecasts = pd.DataFrame  # origin, date, series, method, p10, p50, p90, y
 
@@ -267,7 +283,7 @@ def run_backtest(history: History, n_origins: int = 10, horizon: int = 60, setti
     t0 = time.perf_counter()
     params = {"horizon": horizon, "market": history.market, "summer_sale": settings.summer_sale,
               "summer_sale_days": settings.summer_sale_days, **(model_params or {})}
-    proto = ReturnVolumeForecaster(**params)
+    proto = HolidayForecaster.from_params(**params)
     if origin_dates:
         for o in origin_dates:
             check_history(history, o, horizon, proto.min_calibration_days, settings)
@@ -286,12 +302,17 @@ def run_backtest(history: History, n_origins: int = 10, horizon: int = 60, setti
             t = int(days.get_loc(o))
             h_eval = min(horizon, len(days) - 1 - t)
             dates = days[t + 1:t + 1 + h_eval]
-            model = ReturnVolumeForecaster(**params).fit(history, o)
+            model = HolidayForecaster.from_params(**params).fit(history, o)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # events without a previous instance: expected early in the data
-                fc = model.forecast(history, o, h_eval)
+                fc, comps = model.forecast_with_components(history, o, h_eval)
             fc["method"] = MODEL
             parts.append(fc.assign(origin=o))
+            # The forecaster's own components, as it saw them at this origin (AutoETS and seasonal naive are the
+            # baselines below already): point forecasts on every series they cover.
+            comps = comps[comps["method"].isin(list(COMPONENT_METHODS))]
+            parts.append(comps.assign(method=comps["method"].map(COMPONENT_METHODS), p10=comps["p50"],
+                                      p90=comps["p50"], origin=o).drop(columns="weight"))
             y = history.y
             parts.append(_baseline_rows(SEASONAL_NAIVE, seasonal_naive(y, t, h_eval), dates).assign(origin=o))
             pl = planners_method(y, t, h_eval)
@@ -418,16 +439,109 @@ def _log_backtest(result: BacktestResult, history: History, params: dict) -> Non
     registry.log_figure(backtest_figure(result, history), "plots/backtest.png")
 
 
-def _primary(result: BacktestResult) -> dict[str, float]:
-    """The registry's metrics: holiday WAPE of the model on 'total' (the gate's), overall WAPE and coverage."""
+@dataclass
+class ProductChoice:
+    """What ``train`` registers: the combination (``use`` None) or the one candidate that beat it."""
+
+    method: str  # backtest method whose figures the product carries (MODEL or a PINNABLE one)
+    use: str | None  # HolidayForecaster(use=...)
+    reason: str
+
+
+def choose_product(result: BacktestResult) -> ProductChoice:
+    """The combination, unless one of its candidates has a lower holiday-window WAPE on 'total' in the held-out
+    backtest (all days when the backtest has no holiday days): then that candidate alone. Never a worse model."""
     t = result.table.set_index(["method", "slice"])
-    out = {"holiday_wape": float(t.loc[(MODEL, "holiday"), "wape"]) if (MODEL, "holiday") in t.index else np.nan,
-           "wape": float(t.loc[(MODEL, "all"), "wape"]), "coverage80": float(t.loc[(MODEL, "all"), "coverage80"]),
+    sl = "holiday" if (MODEL, "holiday") in t.index else "all"
+    scores = {m: float(t.loc[(m, sl), "wape"]) for m in [MODEL, *PINNABLE] if (m, sl) in t.index}
+    best = min(scores, key=lambda m: (scores[m], m != MODEL))
+    others = ", ".join(f"{m} {100 * v:.1f}%" for m, v in sorted(scores.items(), key=lambda kv: kv[1]))
+    if best == MODEL:
+        return ProductChoice(MODEL, None, f"the combination has the lowest {sl} WAPE on 'total' in the held-out "
+                                          f"backtest ({others})")
+    return ProductChoice(best, PINNABLE[best], f"{best} alone beat the combination on {sl} WAPE of 'total' in the "
+                                               f"held-out backtest ({others}): the product uses {best}")
+
+
+def _log_weights(model: HolidayForecaster, choice: ProductChoice) -> None:
+    """The product choice, the weights per series, band and window, and why, to the active MLflow run."""
+    from training import registry
+
+    table = model.weights_table()
+    registry.log_params({"product": choice.method, "product_use": choice.use or "combination"})
+    registry.log_text(choice.reason, "product.txt")
+    registry.log_table(table, "tables/forecaster_weights.csv")
+    tot = table[table["series"] == TOTAL]
+    registry.log_metrics({f"weight.{r.band}.{'window' if r.window != 'ordinary' else 'ordinary'}.{c}":
+                          float(getattr(r, c)) for r in tot.itertuples() for c in ens.CANDIDATES})
+
+
+def _primary(result: BacktestResult, method: str = MODEL) -> dict[str, float]:
+    """The registry's metrics: holiday WAPE on 'total' of the product (``method``: the combination or the
+    candidate that beat it; the gate's), overall WAPE and the combination's coverage."""
+    t = result.table.set_index(["method", "slice"])
+    out = {"holiday_wape": float(t.loc[(method, "holiday"), "wape"]) if (method, "holiday") in t.index else np.nan,
+           "wape": float(t.loc[(method, "all"), "wape"]), "coverage80": float(t.loc[(MODEL, "all"), "coverage80"]),
            "backtest_seconds": result.seconds}
     cov = result.by_series.get(("coverage80", MODEL))
     if cov is not None:
         out["coverage80_mean_over_series"] = float(cov.mean())
     return out
+
+
+def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
+    """The promotion gate's evidence (:mod:`training.evidence`): the backtest's holiday-window days of 'total'.
+
+    The champion (one fitted forecaster) forecasts the history from each backtest origin it can forecast from (not
+    before its own training end, whatever data it trained on: it must not be judged on dates it has seen) with the
+    horizons evaluated; holiday WAPE of both on the same (origin, day) rows. Where no origin qualifies the champion is
+    not scored and the fallback rule decides (the challenger must beat every baseline).
+    """
+    from training.evidence import Evidence, Unscorable
+
+    t = result.table.set_index(["method", "slice"])
+    base = {m: float(t.loc[(m, "holiday"), "wape"]) for m in t.index.get_level_values(0).unique()
+            if m != MODEL and (m, "holiday") in t.index}
+    mine = result.forecasts[(result.forecasts["method"] == MODEL) & (result.forecasts["series"] == TOTAL)]
+
+    def holiday_rows(fc: pd.DataFrame) -> pd.DataFrame:
+        return fc[_windows_of(fc["date"], result.holiday_windows) != ""]
+
+    def rows(fc: pd.DataFrame) -> str:
+        return (f"{len(fc):,} holiday-window days of series 'total' from {fc['origin'].nunique()} backtest origins "
+                f"({pd.Timestamp(fc['origin'].min()):%Y-%m-%d} to {pd.Timestamp(fc['origin'].max()):%Y-%m-%d})")
+
+    def compare(champion, seen_until):
+        # Only origins at or after the champion's training end: a forecaster that has seen the held-out dates (on
+        # this data or another platform's with the same calendar) would be judged on seasons it already knows.
+        parts, why = [], ""
+        for o, g in mine.groupby("origin"):
+            h = int(len(g))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fc = champion.forecast(history, o, h)
+            except Exception as e:  # noqa: BLE001 — an origin before its training end, a horizon or series it lacks
+                why = str(e)
+                continue
+            fc = fc[fc["series"] == TOTAL][["date", "p50"]].rename(columns={"p50": "champion"})
+            parts.append(g.merge(fc, on="date", how="inner"))
+        if not parts:
+            raise Unscorable(f"it cannot forecast from any backtest origin ({why})")
+        both = holiday_rows(pd.concat(parts, ignore_index=True))
+        if len(both) < 7:
+            raise Unscorable(f"only {len(both)} holiday-window days are forecastable from origins after its "
+                             "training end")
+
+        def wape(col: str) -> float:
+            return float((both["y"] - both[col]).abs().sum() / max(both["y"].sum(), 1e-9))
+
+        return wape("p50"), wape("champion"), rows(both)
+
+    held = holiday_rows(mine)
+    return Evidence("holiday_wape", False, float(_primary(result)["holiday_wape"]), base,
+                    rows(held) if len(held) else "no holiday-window days", compare, str(Path(data_dir).resolve()),
+                    history.days[-1], pd.Timestamp(result.origins["origin"].min()))
 
 
 def report(result: BacktestResult, echo=click.echo) -> None:
@@ -460,6 +574,29 @@ def model_params(settings: Settings, market: str, horizon: int) -> dict:
             "summer_sale_days": settings.summer_sale_days, "num_threads": settings.return_volume_num_threads}
 
 
+def resolve_market(data_dir: Path, option: str | None, settings: Settings, echo=click.echo) -> str:
+    """The market whose calendar applies: --market, AFTERSALES_MARKET when set, the data folder's dataset.json,
+    then CN; says which."""
+    from features.market import resolve_market as resolve
+
+    try:
+        market, source = resolve(option, settings, data_dir)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    echo(f"  market {market} (from {source})")
+    return market
+
+
+def warn_market(history: History, settings: Settings, echo=click.echo) -> str | None:
+    """Print (and return) a warning when the history's peaks fit another market's calendar better."""
+    from features.market import market_warning
+
+    msg = market_warning(history.y[TOTAL], history.market, settings)
+    if msg:
+        echo(f"  warning: {msg}")
+    return msg
+
+
 def _load(data_dir: Path, out_dir: Path, market: str, echo=click.echo):
     """Load and validate the data folder, write its rejects to ``out_dir``, and build the daily history."""
     from training.data import load_for_command
@@ -482,7 +619,9 @@ def train(data_dir: Path, settings: Settings) -> dict:
 
     t0 = time.perf_counter()
     out_dir = settings.models_dir / MODEL_NAME
-    ds, history = _load(Path(data_dir), out_dir, settings.market)
+    market = resolve_market(Path(data_dir), None, settings)
+    ds, history = _load(Path(data_dir), out_dir, market)
+    market_note = warn_market(history, settings)
     horizon = settings.return_volume_horizon
     params = model_params(settings, history.market, horizon)
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
@@ -493,20 +632,28 @@ def train(data_dir: Path, settings: Settings) -> dict:
             raise click.ClickException(str(e)) from e
         report(result)
         _log_backtest(result, history, {**params, "n_origins": len(result.origins), "data_dir": str(data_dir)})
+        choice = choose_product(result)
+        click.echo(f"  product: {choice.method} ({choice.reason})")
         click.echo("  refitting on all the data")
-        final = ReturnVolumeForecaster(**params).fit(history)
+        final = HolidayForecaster.from_params(**params, use=choice.use).fit(history)
         example = _input_example(final, history)
-        primary = _primary(result)
+        primary = _primary(result, choice.method)
         validated = data_validated(ds)
+        _log_weights(final, choice)
         gate = registry.log_and_register(
             MODEL_NAME, final, input_example=example, primary_metric="holiday_wape",
             metric_value=primary["holiday_wape"], higher_is_better=False, settings=settings,
             extra_metrics={k: v for k, v in primary.items() if k != "holiday_wape"},
             data_validated=validated,
-            card=model_card(result, ds, history, Path(data_dir), validated, horizon))
+            card=model_card(result, ds, history, Path(data_dir), validated, horizon, final, choice, market_note),
+            evidence=gate_evidence(result, history, data_dir))
+    # No snapshot files: the generation pins the promoted version so every worker serves it.
+    served = generations.record_version(settings.snapshots_dir, MODEL_NAME, gate.version, gate.promoted, None,
+                                        history.days[-1], str(Path(data_dir).resolve()))
     t = result.table.set_index(["method", "slice"])
     summary = {
-        "version": gate.version, "promoted": gate.promoted, "gate": gate.reason,
+        "version": gate.version, "promoted": gate.promoted, "gate": gate.reason, "product": choice.method,
+        "served generation": served or "unchanged (not promoted)",
         "trained_until": str(final.trained_until_.date()), "series": len(final.series_),
         **{f"holiday WAPE {m}": f"{100 * t.loc[(m, 'holiday'), 'wape']:.1f}%"
            for m in t.index.get_level_values(0).unique() if (m, "holiday") in t.index},
@@ -516,8 +663,11 @@ def train(data_dir: Path, settings: Settings) -> dict:
     return summary
 
 
-def model_card(result: BacktestResult, ds, history: History, data_dir: Path, validated: bool, horizon: int) -> dict:
-    """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow."""
+def model_card(result: BacktestResult, ds, history: History, data_dir: Path, validated: bool, horizon: int,
+               final: HolidayForecaster | None = None, choice: ProductChoice | None = None,
+               market_note: str | None = None) -> dict:
+    """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow;
+    with ``final`` and ``choice``: what the product is (combination or a single winner), its weights and why."""
     from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
 
     t = result.table.set_index(["method", "slice"])
@@ -562,6 +712,16 @@ def model_card(result: BacktestResult, ds, history: History, data_dir: Path, val
     card["slices"] = [(f"Series 'total', backtest days split by {HOLIDAY_WINDOW_TEXT}.", slices),
                       ("Every series (model only): WAPE on holiday windows and on all days, 80% coverage.",
                        by[keep])]
+    if final is not None:
+        wt = final.weights_table()
+        wt = wt[wt["series"] == TOTAL].drop(columns="series")
+        card["slices"].append((
+            "The registered forecaster's weights on 'total' per horizon band and event window / ordinary day, "
+            "fitted on inner rolling origins of the training data, with why (days, origins, event instances, each "
+            "candidate's WAPE there, shrinkage toward the parent cell), and its 80% interval as relative residual "
+            "bounds (split-conformal on the combination's own inner-origin errors).", wt))
+    if choice is not None:
+        card["metrics_note"] = f"Product: {choice.reason}. " + card["metrics_note"]
     guest = float(ds.returns["account_id"].isna().mean()) if len(ds.returns) else 0.0
     card["not_applicable"] = {
         "new merchants": "volumes are forecast per total, category, region and channel, not per merchant; a new "
@@ -587,6 +747,8 @@ def model_card(result: BacktestResult, ds, history: History, data_dir: Path, val
             limits.append(f"The 80% interval covers less on holiday windows ({ch:.1%}) than overall ({ca:.1%}): "
                           "plan holiday staffing on P90, not P50.")
     limits += result.notes
+    if market_note:
+        limits.append(f"Calendar: {market_note}.")
     limits.append("Sales plans change the forecast only where given (`aftersales forecast --plan`); without one, "
                   "future orders are projected from the recent run rate and last year's event uplift.")
     card["limits"] = limits
@@ -610,7 +772,8 @@ def _day_option(value: str | None) -> pd.Timestamp | None:
 
 
 _DATA_HELP = "Data folder holding the contract tables (default: AFTERSALES_DATA_DIR or data/default)."
-_MARKET_HELP = "Market whose holidays and events apply (default: AFTERSALES_MARKET, e.g. CN, US, GB, DE, BR)."
+_MARKET_HELP = ("Market whose holidays and events apply (CN, US, GB, DE, BR; default: AFTERSALES_MARKET when set, "
+                "else the data folder's dataset.json, else CN).")
 
 
 @click.command("forecast")
@@ -637,7 +800,7 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
 
     settings = get_settings()
     data_dir = Path(data_dir or settings.data_dir)
-    market = (market or settings.market).upper()
+    market = resolve_market(data_dir, market, settings)
     plan = None
     if plan_file is not None:
         try:
@@ -646,13 +809,14 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
             raise click.ClickException(str(e)) from e
     out_file.parent.mkdir(parents=True, exist_ok=True)
     _, history = _load(data_dir, out_file.parent, market)
+    warn_market(history.upto(_day_option(origin) or history.days[-1]), settings)
     o = _day_option(origin) or history.days[-1]
     t0 = time.perf_counter()
     try:
-        model = ReturnVolumeForecaster(**model_params(settings, market, horizon)).fit(history, o)
+        model = HolidayForecaster.from_params(**model_params(settings, market, horizon)).fit(history, o)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fc = model.forecast(history, o, horizon, plan=plan)
+            fc, comps = model.forecast_with_components(history, o, horizon, plan=plan)
     except HistoryError as e:
         raise click.ClickException(str(e)) from e
     for w in caught:
@@ -667,11 +831,13 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
     click.echo(f"  total returns {fc.loc[fc['series'] == TOTAL, 'p50'].sum():.0f} (P50) over "
                f"{total['date'].min().date()}..{total['date'].max().date()}; peak day {peak['date'].date()}: "
                f"P50 {peak['p50']:.0f}, P90 {peak['p90']:.0f}")
+    click.echo(f"  components carrying the {model.peak_components(comps, fc)}")
     try:
         with registry.start_run(MODEL_NAME, run_name="forecast", settings=settings):
             registry.log_params({**model_params(settings, market, horizon), "origin": str(o.date()),
                                  "data_dir": str(data_dir), "plan": str(plan_file) if plan_file else None})
             registry.log_artifact(out_file, "forecast")
+            registry.log_table(model.weights_table(), "tables/forecaster_weights.csv")
     except Exception as e:  # noqa: BLE001 — the forecast is written; tracking is a record, not the product
         click.echo(f"  note: not logged to MLflow ({e})")
 
@@ -727,9 +893,10 @@ def backtest_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: st
 
     settings = get_settings()
     data_dir = Path(data_dir or settings.data_dir)
-    market = (market or settings.market).upper()
+    market = resolve_market(data_dir, market, settings)
     out_dir = out_dir or settings.models_dir / MODEL_NAME / "backtest"
     _, history = _load(data_dir, out_dir, market)
+    warn_market(history, settings)
     params = model_params(settings, market, horizon)
     try:
         result = run_backtest(history, n_origins=n_origins, horizon=horizon, settings=settings,

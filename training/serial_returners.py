@@ -21,7 +21,9 @@ import click
 import numpy as np
 import pandas as pd
 
+from features import generations
 from features.accounts import (
+    BASELINES,
     FEATURES,
     PATTERNS,
     AccountFrame,
@@ -29,7 +31,9 @@ from features.accounts import (
     SerialReturnerModel,
     account_features,
     as_day,
+    baseline_score,
     check_as_of,
+    counts_forest,
     review_queue,
     score_snapshot,
 )
@@ -39,8 +43,8 @@ from features.settings import Settings, get_settings
 from training.data import data_validated, engine_for_command, engine_options, load_for_command
 
 MODEL_NAME = "serial_returners"
-COUNT_FEATURES = ("lines_30d", "lines_90d", "lines_365d", "returns_30d", "returns_90d", "returns_365d")
-METHODS = ("model", "cold_start", "rule", "if_counts")
+METHODS = ("model", "cold_start", *BASELINES)
+CANDIDATES = ("model", *BASELINES)  # what the queue may rank by: the model or a baseline that beats it
 PR_AUC_MARGIN_TARGET = 0.15  # the model's PR-AUC must beat IsolationForest-on-counts by this much
 FEEDBACK_CHECKPOINTS = (50, 200)
 FORWARD_HORIZON_DAYS = 91  # "the next quarter" of the forward check on data without ground truth
@@ -79,7 +83,8 @@ def fit_model(X: AccountFrame, labels: pd.DataFrame, settings: Settings, as_of=N
     """
     lab = labels[labels["account_id"].isin(X.index)]
     Xl = X.loc[lab["account_id"].to_numpy()]
-    model = SerialReturnerModel(min_labels=settings.serial_min_labels, num_threads=settings.serial_num_threads)
+    model = SerialReturnerModel(min_labels=settings.serial_min_labels, num_threads=settings.serial_num_threads,
+                                gate=settings.serial_supervised_gate)
     model.fit(pd.concat([X, Xl]), np.r_[np.full(len(X), np.nan), lab["label"].to_numpy(dtype=float)], client=client)
     model.as_of_ = str(as_day(as_of).date()) if as_of is not None else X.attrs.get("as_of")
     model.data_source_ = source
@@ -95,22 +100,31 @@ def excluded_accounts(labels_all: pd.DataFrame, as_of, cooldown_days: int) -> se
     return set(lab.loc[keep_out, "account_id"].astype(str))
 
 
+def _rule(settings: Settings) -> tuple[float, float]:
+    return (settings.serial_rule_min_returns_90d, settings.serial_rule_min_return_rate)
+
+
 def rule_score(X: AccountFrame, settings: Settings) -> np.ndarray:
     """Rule baseline: >= 1 when both the 90-day return count and rate reach their thresholds (ranked by the lesser)."""
-    count = X["returns_90d"].to_numpy() / settings.serial_rule_min_returns_90d
-    rate = X["return_rate_90d"].to_numpy() / settings.serial_rule_min_return_rate
-    return np.minimum(count, rate) + 1e-6 * X["returns_90d"].to_numpy()  # ties: more returns first
-
-
-def counts_forest(X_fit: AccountFrame, seed: int = 0):
-    """Baseline: an IsolationForest on raw order and return counts, fitted on the training day's population."""
-    from sklearn.ensemble import IsolationForest
-
-    return IsolationForest(n_estimators=200, random_state=seed, n_jobs=1).fit(X_fit[list(COUNT_FEATURES)])
+    return baseline_score("rule", X, rule=_rule(settings))
 
 
 def _forest_score(forest, X: AccountFrame) -> np.ndarray:
-    return -forest.score_samples(X[list(COUNT_FEATURES)])
+    return baseline_score("if_counts", X, forest=forest)
+
+
+def baseline_scores(X: AccountFrame, forest, settings: Settings) -> dict[str, np.ndarray]:
+    """Every baseline of :data:`BASELINES` on the accounts ``X`` (``forest`` fitted on the training day)."""
+    return {b: baseline_score(b, X, forest=forest, rule=_rule(settings)) for b in BASELINES}
+
+
+def choose_method(table: pd.DataFrame, metric: str) -> tuple[str, str]:
+    """(method, evidence): the candidate of :data:`CANDIDATES` with the best ``metric`` in ``table`` (rows =
+    methods); the model keeps ties. The evidence sentence gives every candidate's figure."""
+    vals = {m: float(table.loc[m, metric]) for m in CANDIDATES if m in table.index and pd.notna(table.loc[m, metric])}
+    best = max(vals, key=lambda m: (vals[m], m == "model"))
+    figures = ", ".join(f"{m} {v:.3f}" for m, v in sorted(vals.items(), key=lambda kv: -kv[1]))
+    return best, f"{metric} on the held-out check: {figures}"
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -146,6 +160,7 @@ class Evaluation:
     params: dict = field(default_factory=dict)
     model: SerialReturnerModel | None = None
     slices: pd.DataFrame | None = None  # metrics per slice of the evaluated accounts (model card)
+    X_eval: AccountFrame | None = None  # the evaluated accounts' features as of T2 (the gate scores the champion)
 
 
 def _truth(data_dir: Path) -> pd.DataFrame | None:
@@ -193,8 +208,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     tr = truth.reindex(ev.index)
     y = (tr["is_abuser"].fillna(False).astype(bool) & (tr["abuse_start"] <= t2)).to_numpy()
     pattern = tr["pattern"].fillna("normal").astype(str).to_numpy()
-    scores = {"model": model.predict(ev), "cold_start": cold.predict(ev), "rule": rule_score(ev, settings),
-              "if_counts": _forest_score(forest, ev)}
+    scores = {"model": model.predict(ev), "cold_start": cold.predict(ev), **baseline_scores(ev, forest, settings)}
     rows = [{"method": m, **ranking_metrics(y, s, pattern, capacity)} for m, s in scores.items()]
     metrics = pd.DataFrame(rows).set_index("method")
     echo("building the review queue")
@@ -203,7 +217,11 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     qt = truth.reindex(queue["account_id"])
     queue = queue.assign(true_pattern=qt["pattern"].fillna("normal").to_numpy(),
                          abuser=(qt["is_abuser"].fillna(False).astype(bool) & (qt["abuse_start"] <= t2)).to_numpy())
-    qm = {"queue_precision": float(queue["abuser"].mean())}
+    top_part = queue["slot"].eq("top score").to_numpy()
+    # Precision is measured on the top-score part: reserved pattern slots and the audit sample are there to learn
+    # and to check, not to be precise.
+    qm = {"queue_precision": float(queue["abuser"].mean()),
+          "queue_precision_top_score": float(queue["abuser"][top_part].mean()) if top_part.any() else float("nan")}
     for p in PATTERNS:
         pos = int((y & (pattern == p)).sum())
         qm[f"queue_recall_{p}"] = float((queue["abuser"] & (queue["true_pattern"] == p)).sum() / max(pos, 1))
@@ -216,7 +234,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
               "n_labels": model.n_labels_, "n_eval_accounts": len(ev), "n_eval_positives": int(y.sum()),
               "market": market or settings.market}
     slices = slice_table(account_slices(ds, ev, t2, settings, market), y, scores, capacity)
-    return Evaluation(metrics, queue, qm, {m: (s, y) for m, s in scores.items()}, fb, params, model, slices)
+    return Evaluation(metrics, queue, qm, {m: (s, y) for m, s in scores.items()}, fb, params, model, slices, ev)
 
 
 def account_slices(ds: Dataset, X: AccountFrame, as_of, settings: Settings, market: str | None = None,
@@ -262,7 +280,7 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
 
     At each checkpoint (number of reviewed accounts) the refitted model and the cold start are scored as of ``t2``
     on the accounts neither has seen reviewed. Columns: reviewed, positives, mode, pr_auc_supervised,
-    pr_auc_cold_start, gain.
+    pr_auc_cold_start, gain, and precision in a queue of K = the abusers left (supervised, cold start, gain).
     """
     from sklearn.metrics import average_precision_score
 
@@ -284,9 +302,15 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
             ev = X2.loc[~X2.index.isin(reviewed + list(exclude))]
             te = truth.reindex(ev.index)
             y = (te["is_abuser"].fillna(False).astype(bool) & (te["abuse_start"] <= t2)).to_numpy()
-            sup, base = average_precision_score(y, model.predict(ev)), average_precision_score(y, cold.predict(ev))
+            ps, pc = model.predict(ev), cold.predict(ev)
+            sup, base = average_precision_score(y, ps), average_precision_score(y, pc)
+            k = max(int(y.sum()), 1)  # a queue as long as there are abusers left to find
+            prec_s = float(y[np.argsort(-ps, kind="stable")[:k]].mean())
+            prec_c = float(y[np.argsort(-pc, kind="stable")[:k]].mean())
             rows.append({"reviewed": len(reviewed), "positives": int(sum(labels)), "mode": model.mode_,
-                         "pr_auc_supervised": sup, "pr_auc_cold_start": base, "gain": sup - base})
+                         "pr_auc_supervised": sup, "pr_auc_cold_start": base, "gain": sup - base,
+                         "precision_at_k_supervised": prec_s, "precision_at_k_cold_start": prec_c,
+                         "precision_gain": prec_s - prec_c})
     return pd.DataFrame(rows)
 
 
@@ -314,9 +338,7 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
     future = counts.reindex(X1.index.astype(str)).fillna(0).to_numpy()
     heavy = future >= threshold
     before = X1["returns_90d"].to_numpy() >= threshold
-    scores = {"model": model.predict(X1), "rule": rule_score(X1, settings),
-              "if_counts": _forest_score(counts_forest(X1), X1), "most_returns_90d": X1["returns_90d"].to_numpy()
-              + 1e-6 * X1["return_rate_90d"].to_numpy()}
+    scores = {"model": model.predict(X1), **baseline_scores(X1, counts_forest(X1), settings)}
     rows = []
     for m, s in scores.items():
         flagged = np.argsort(-s, kind="stable")[:top]
@@ -327,7 +349,8 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
     slices = slice_table(account_slices(ds, X1, t1, settings, market), heavy, scores, top, "heavy_returners")
     return {"t1": str(t1.date()), "window_end": str(end.date()), "heavy_threshold": threshold,
             "heavy_accounts": int(heavy.sum()), "accounts": len(X1), "mode": model.mode_,
-            "table": pd.DataFrame(rows).set_index("method"), "model": model, "slices": slices}
+            "table": pd.DataFrame(rows).set_index("method"), "model": model, "slices": slices, "X": X1,
+            "y": heavy}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -417,10 +440,12 @@ def targets_report(ev: Evaluation) -> list[str]:
 
 
 def write_snapshot(X: AccountFrame, model: SerialReturnerModel, settings: Settings,
-                   exclude: set[str] = frozenset(), capacity: int | None = None) -> dict[str, Path]:
-    """Write every account's score (``snapshots/accounts.parquet``) and the queue (``snapshots/account_queue.parquet``)
-    for serving; files are replaced atomically so a reader never sees half a file."""
-    out = settings.snapshots_dir
+                   exclude: set[str] = frozenset(), capacity: int | None = None,
+                   out: Path | None = None) -> dict[str, Path]:
+    """Write every account's score (``accounts.parquet``) and the queue (``account_queue.parquet``) for serving into
+    ``out`` (training: the registered version's ``snapshots/serial_returners/v<N>``; default the flat
+    ``snapshots_dir``); files are replaced atomically so a reader never sees half a file."""
+    out = Path(out or settings.snapshots_dir)
     out.mkdir(parents=True, exist_ok=True)
     scores = model.predict(X)
     snap = score_snapshot(X, model, scores=scores)
@@ -440,6 +465,39 @@ def write_snapshot(X: AccountFrame, model: SerialReturnerModel, settings: Settin
 # Training entry point
 
 
+def gate_evidence(ds: Dataset, data_dir: Path, ev: Evaluation | None = None, fw: dict | None = None):
+    """The promotion gate's evidence (:mod:`training.evidence`): with ground truth, the accounts evaluated as of T2
+    by PR-AUC against the truth; without, the forward check's accounts as of T1 by PR-AUC of next quarter's heavy
+    returners. The champion scores the same accounts' features; one that trained on this data folder after T1 has
+    seen the evaluated period and is not scored."""
+    from sklearn.metrics import average_precision_score
+
+    from training.evidence import Evidence, Unscorable
+
+    if ev is not None:
+        X, (s_model, y) = ev.X_eval, ev.curves["model"]
+        t1, when = pd.Timestamp(ev.params["t1"]), f"scored as of {ev.params['t2']}, abusers by the ground truth"
+        base = {m: float(ev.metrics.loc[m, "pr_auc"]) for m in ("rule", "if_counts")}
+        value = float(ev.metrics.loc["model", "pr_auc"])
+    else:
+        X, y, t1 = fw["X"], fw["y"], pd.Timestamp(fw["t1"])
+        s_model = fw["model"].predict(X)
+        when = f"as of {fw['t1']}, labelled by heavy returning up to {fw['window_end']} (a proxy)"
+        base = {m: float(fw["table"].loc[m, "pr_auc"]) for m in fw["table"].index if m != "model"}
+        value = float(fw["table"].loc["model", "pr_auc"])
+    rows = f"{len(X):,} accounts {when}, {int(np.sum(y))} positives"
+
+    def compare(champion, seen_until):
+        if seen_until is not None and pd.Timestamp(seen_until).tz_localize(None) > t1.tz_localize(None):
+            raise Unscorable(f"it trained on this data folder up to {pd.Timestamp(seen_until):%Y-%m-%d}, after the "
+                             f"evaluation's training day {t1:%Y-%m-%d}: it has seen the evaluated period")
+        return (float(average_precision_score(y, s_model)), float(average_precision_score(y, champion.predict(X))),
+                rows)
+
+    first, last = ds.time_span()
+    return Evidence("pr_auc", True, value, base, rows, compare, str(Path(data_dir).resolve()), last, t1)
+
+
 def _load(data_dir: Path, out_dir: Path, echo: Echo) -> Dataset:
     return load_for_command(data_dir, out_dir, echo)
 
@@ -453,12 +511,14 @@ def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialRet
         "Serial returners (return abuse)",
         "An abuse score per account (higher = more abnormal returning) with reasons and the likely pattern "
         f"({', '.join(PATTERNS)}), and the review queue sized to the risk team's capacity ({capacity}). "
-        f"Mode of this version: {final.mode_} ({final.n_labels_} review decisions learnt from).",
+        f"Mode of this version: {final.mode_} ({final.n_labels_} review decisions learnt from). The queue ranks "
+        f"by: {getattr(final, 'method_', 'model')} ({getattr(final, 'method_evidence_', '') or 'no evaluation'}).",
         "The risk team choosing which accounts to review; their decisions train the next version.",
         data_summary(ds, data_dir, validated, ["orders", "returns", "account_links", "review_decisions"]),
         "",
     )
     methods = {"model": "model", "cold_start": "cold-start detector", "rule": "rule baseline",
+               "rate_rule": "(returns+1)/(lines+10)", "most_returns": "most returns",
                "if_counts": "IsolationForest on counts"}
     if ev is not None:
         p = ev.params
@@ -467,7 +527,9 @@ def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialRet
             f"T2 = {p['t2']} (later time). Positives: accounts whose abuse (ground truth) had started by T2; the "
             f"{p['n_labels']} accounts the model learnt from are left out. {p['n_eval_accounts']:,} accounts "
             f"evaluated, {p['n_eval_positives']} abusers. Baselines on the same accounts: a rule (returns and "
-            "return rate in 90 days above thresholds) and an IsolationForest on raw counts; the cold-start "
+            "return rate in 90 days above thresholds), the return-rate rule (returns+1)/(lines+10) and most returns "
+            "over 365 days, and an IsolationForest on raw counts; each is a candidate for the queue (the best "
+            "precision in the top of the queue wins, the model keeps ties); the cold-start "
             f"detector is shown too. The registered version is refitted as of the data's last day.")
         labels = {"pr_auc": "PR-AUC", "precision_at_capacity": f"precision in the top {capacity}",
                   "recall_at_1pct_fpr": "recall at 1% false positives", "recall_at_capacity":
@@ -490,7 +552,8 @@ def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialRet
             f"No ground truth in the data folder: forward check. Fitted as of {fw['t1']}, the top {capacity} "
             f"flagged are compared with the accounts that became heavy returners ({fw['heavy_threshold']:.0f}+ "
             f"returns) up to {fw['window_end']}; the rule, IsolationForest on counts and 'most returns in 90 days' "
-            "on the same accounts. A proxy: heavy returning is not abuse.")
+            "on the same accounts; each is a candidate for the queue (best precision in the top wins, the model keeps "
+            "ties). A proxy: heavy returning is not abuse.")
         t = fw["table"]
         card["metrics"] = pd.DataFrame([{"metric": f"{label} (`model_{key}`)", **{m: t.loc[m, key] for m in t.index}}
                                         for key, label in (("pr_auc", "PR-AUC, heavy returners next quarter"),
@@ -533,7 +596,7 @@ def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialRet
             limits.append(f"Weaker on new accounts: PR-AUC {new['pr_auc_model']:.4f} vs "
                           f"{sl.loc['all accounts', 'pr_auc_model']:.4f} overall.")
         mm = ev.metrics["pr_auc"]
-        better = [f"{meth} {mm[meth]:.4f}" for meth in ("cold_start", "rule", "if_counts") if mm[meth] > mm["model"]]
+        better = [f"{meth} {mm[meth]:.4f}" for meth in ("cold_start", *BASELINES) if mm[meth] > mm["model"]]
         if better:
             limits.append(f"On this evaluation the model ({ev.params['mode']}, PR-AUC {mm['model']:.4f}) ranks worse "
                           f"than: {', '.join(better)}. Prefer the better method's queue until more review decisions "
@@ -565,12 +628,13 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
     truth = _truth(Path(data_dir))
     first, last = ds.time_span()
     capacity = settings.review_capacity
+    market = _market(Path(data_dir), None, settings)
     summary: dict = {}
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings,
                             tags={"data_dir": str(data_dir), "evaluation": "truth" if truth is not None else "proxy"}):
         if truth is not None:
             t1, t2 = default_split(ds, settings)
-            ev = evaluate_on_truth(ds, truth, t1, t2, settings, capacity, echo=echo, engine=engine)
+            ev = evaluate_on_truth(ds, truth, t1, t2, settings, capacity, market, echo=echo, engine=engine)
             _log_evaluation(ev, capacity)
             primary = float(ev.metrics.loc["model", "pr_auc"])
             for line in targets_report(ev):
@@ -583,7 +647,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
                             "evaluated": f"fit {t1.date()}, scored {t2.date()}"})
         else:
             t1 = max(last - pd.Timedelta(days=FORWARD_HORIZON_DAYS), first + (last - first) / 2).normalize()
-            fw = evaluate_forward(ds, t1, settings, top=capacity, echo=echo, engine=engine)
+            fw = evaluate_forward(ds, t1, settings, top=capacity, market=market, echo=echo, engine=engine)
             table = fw["table"]
             registry.log_table(table.reset_index(), "tables/forward_check.csv")
             extra = {f"{m}_{k}": v for m, row in table.iterrows() for k, v in row.items()}
@@ -591,31 +655,51 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
             primary = float(table.loc["model", "pr_auc"])
             echo(table.to_string())
             summary.update({"pr_auc_proxy": round(primary, 4), "evaluated": f"forward from {fw['t1']}"})
+        method, evidence = (choose_method(ev.metrics, "precision_at_capacity") if truth is not None
+                            else choose_method(fw["table"], "precision"))
+        echo(f"the queue ranks by: {method} ({evidence})")
         echo(f"fitting the final model on everything up to {last.date()}")
-        X_end = features_as_of(ds, last, settings, engine=engine)
+        X_end = features_as_of(ds, last, settings, market, engine=engine)
         labels = load_labels(ds, settings, last)
         final = fit_model(X_end, labels, settings, last, source=str(Path(data_dir).resolve()),
                           client=getattr(engine, "client", None))
+        final.use(method, X_end, rule=_rule(settings), evidence=evidence)
+        summary["queue_method"] = method
         registry.log_params({"final_mode": final.mode_, "final_labels": final.n_labels_, "as_of": str(last.date()),
-                             "accounts": len(X_end)})
+                             "accounts": len(X_end), "queue_method": method})
         card = model_card(ds, Path(data_dir), settings, final, capacity, ev=ev if truth is not None else None,
                           fw=fw if truth is None else None, validated=validated)
         result = registry.log_and_register(
             MODEL_NAME, final, X_end[list(FEATURES)].head(5).reset_index(drop=True), primary_metric="pr_auc",
             metric_value=primary, higher_is_better=True, settings=settings, extra_metrics=extra,
-            data_validated=validated, card=card)
+            data_validated=validated, card=card,
+            evidence=gate_evidence(ds, Path(data_dir), ev if truth is not None else None,
+                                   fw if truth is None else None))
         echo(f"registered {MODEL_NAME} v{result.version}: {result.reason}")
+        # The snapshots belong to the version; served only when it was promoted (a new generation).
+        vdir = generations.version_dir(settings.snapshots_dir, MODEL_NAME, result.version)
         paths = write_snapshot(X_end, final, settings,
-                               exclude=excluded_accounts(labels, last, settings.serial_review_cooldown_days))
+                               exclude=excluded_accounts(labels, last, settings.serial_review_cooldown_days),
+                               out=vdir)
+        served = generations.record_version(settings.snapshots_dir, MODEL_NAME, result.version, result.promoted,
+                                            vdir, last, str(Path(data_dir).resolve()))
     summary.update({"mode": final.mode_, "labels": final.n_labels_, "accounts_scored": len(X_end),
                     "version": result.version, "promoted": result.promoted,
                     "snapshot": str(paths["accounts"]), "queue": str(paths["account_queue"]),
+                    "served generation": served or "unchanged (not promoted)",
                     "seconds": round(time.perf_counter() - t0, 1)})
     return summary
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # CLI
+
+
+def _market(data_dir: Path, market: str | None, settings: Settings) -> str:
+    """The market whose events mark wardrobing: the option, else the data folder's dataset.json, else the setting."""
+    from features.scenarios import dataset_market
+
+    return market or dataset_market(data_dir, settings.market)
 
 
 def _data_dir(data_dir: Path | None, settings: Settings) -> Path:
@@ -660,14 +744,15 @@ def _choose_model(ds: Dataset, X: AccountFrame, day: pd.Timestamp, data_dir: Pat
 @click.option("--market", default=None, help="Market whose events mark wardrobing (default: AFTERSALES_MARKET).")
 @click.option("--model", "use", type=click.Choice(["auto", "champion", "fit"]), default="auto", show_default=True,
               help="auto: the champion if it was trained on this data up to the as-of day, else fit as of that day.")
-@click.option("--snapshot/--no-snapshot", default=True, show_default=True,
-              help="Also write every account's score to models/snapshots/accounts.parquet for serving.")
+@click.option("--snapshot/--no-snapshot", default=False, hidden=True,
+              help="Removed: served snapshots change only with a promotion or `aftersales refresh-features`.")
 @engine_options
 def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | None, out: Path, market: str | None,
                       use: str, snapshot: bool, engine: str, scheduler: str | None) -> None:
     """Write the review queue of abnormal returners as of a day, sized to the team's capacity.
 
-    Accounts already confirmed, or cleared within the cooldown, are left out; guests are never flagged.
+    Accounts already confirmed, or cleared within the cooldown, are left out; guests are never flagged. Writes only
+    --out: what the service serves changes with a promotion or `aftersales refresh-features`.
     """
     settings = get_settings()
     data_dir = _data_dir(data_dir, settings)
@@ -679,9 +764,9 @@ def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | 
         day = check_as_of(as_of or ds.time_span()[1], ds.time_span())
     except AsOfError as e:
         raise click.ClickException(str(e)) from e
+    market = _market(data_dir, market, settings)
     with engine_for_command(engine, scheduler) as eng:
-        X = account_features(ds.orders, ds.returns, ds.account_links, day, market or settings.market, settings,
-                             engine=eng)
+        X = account_features(ds.orders, ds.returns, ds.account_links, day, market, settings, engine=eng)
         model = _choose_model(ds, X, day, data_dir, settings, use, click.echo, client=eng.client)
     labels = load_labels(ds, settings, day)
     exclude = excluded_accounts(labels, day, settings.serial_review_cooldown_days)
@@ -698,8 +783,8 @@ def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | 
     for p, n in queue["likely_pattern"].value_counts().items():
         click.echo(f"  {p}: {n}")
     if snapshot:
-        paths = write_snapshot(X, model, settings, exclude=exclude, capacity=capacity)
-        click.echo(f"snapshot for serving: {paths['accounts']}")
+        click.echo("note: --snapshot no longer writes the served snapshot; served features change only with a "
+                   "promotion (`aftersales train`) or `aftersales refresh-features`")
 
 
 @click.group("review")
@@ -816,6 +901,7 @@ def evaluate_cmd(data_dir: Path | None, as_of: str | None, horizon_days: int | N
     capacity = capacity or settings.review_capacity
     ds = _load(data_dir, data_dir / "_evaluation", click.echo)
     truth = _truth(data_dir)
+    market = _market(data_dir, market, settings)
     run = nullcontext() if no_mlflow else registry.start_run(MODEL_NAME, run_name="evaluate", settings=settings,
                                                              tags={"data_dir": str(data_dir)})
     try:

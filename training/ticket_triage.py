@@ -18,6 +18,7 @@ import click
 import numpy as np
 import pandas as pd
 
+from features import generations
 from features.contract import Dataset
 from features.settings import Settings, get_settings
 from features.tickets import (
@@ -417,7 +418,8 @@ def model_card(ev: Evaluation, ds: Dataset, data_dir: Path, validated: bool, n_r
         limits.append(f"The service scores from snapshots taken at training time: on the week after the cut-off, "
                       f"served probabilities differ from the training path by {m['serving_check_mean_abs_diff']:.4f} "
                       f"on average (ROC-AUC {m['serving_check_roc_auc']:.4f} served vs "
-                      f"{m['serving_check_offline_roc_auc']:.4f}); stale snapshots cost more as they age.")
+                      f"{m['serving_check_offline_roc_auc']:.4f}); stale snapshots cost more as they age "
+                      "(`aftersales refresh-features` renews them without retraining).")
     limits.append("The text score is learned from this platform's own first messages (hashed words, word pairs and "
                   "character 4-grams, weighted by what escalated); wording it has never seen adds nothing.")
     limits.append(f"Half the training tickets are seen as the service sees them, from snapshots 1 hour to "
@@ -429,15 +431,50 @@ def model_card(ev: Evaluation, ds: Dataset, data_dir: Path, validated: bool, n_r
     return card
 
 
-def write_snapshots(ds: Dataset, settings: Settings) -> dict[str, Path]:
-    """The account, merchant and order context serving needs, as of the end of the data (same code as training)."""
+def write_snapshots(ds: Dataset, settings: Settings, out: Path | None = None) -> dict[str, Path]:
+    """The account, merchant and order context serving needs, as of the end of the data (same code as training).
+
+    ``out``: the folder to write (training: the registered version's ``snapshots/ticket_triage/v<N>``; default the
+    flat ``settings.snapshots_dir``)."""
     snaps = feature_snapshots(ds, data_end(ds))
-    settings.snapshots_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(out or settings.snapshots_dir)
+    out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, frame in snaps.items():
-        paths[name] = settings.snapshots_dir / SNAPSHOT_FILES[name]
-        frame.to_parquet(paths[name], index=False)
+        paths[name] = out / SNAPSHOT_FILES[name]
+        tmp = out / f".{SNAPSHOT_FILES[name]}.tmp"
+        frame.to_parquet(tmp, index=False)
+        tmp.replace(paths[name])
     return paths
+
+
+def gate_evidence(ev: Evaluation, feats: TicketFeatures, ds: Dataset, data_dir: Path):
+    """The promotion gate's evidence: the held-out later tickets of ``ev``'s split, scored by ROC-AUC
+    (:mod:`training.evidence`); the champion is scored on those tickets the same way."""
+    from sklearn.metrics import roc_auc_score
+
+    from training.evidence import Evidence, Unscorable, check_seen
+
+    te = ev.split.test
+    X_te = feats.X.iloc[te]
+    y = feats.meta["escalated"].iloc[te].astype("boolean").fillna(False).to_numpy(dtype=float)
+    times = feats.meta["created_at"].iloc[te]
+    p_challenger = ev.model.predict(X_te)
+
+    def rows(mask: np.ndarray) -> str:
+        t = times[mask]
+        return f"{int(mask.sum()):,} labelled tickets created {t.min():%Y-%m-%d} to {t.max():%Y-%m-%d}"
+
+    def compare(champion, seen_until):
+        mask = check_seen(seen_until, times, 200, "tickets").to_numpy()
+        if y[mask].min() == y[mask].max():
+            raise Unscorable("the held-out tickets it has not seen have one outcome only")
+        return (float(roc_auc_score(y[mask], p_challenger[mask])),
+                float(roc_auc_score(y[mask], champion.predict(X_te.iloc[mask]))), rows(mask))
+
+    return Evidence(PRIMARY_METRIC, True, float(ev.metrics["roc_auc"]),
+                    {"case_type_rate": float(ev.metrics["baseline_roc_auc"])}, rows(np.ones(len(te), bool)),
+                    compare, str(Path(data_dir).resolve()), data_end(ds), ev.split.cutoff)
 
 
 def train(data_dir: Path, settings: Settings, engine=None) -> dict:
@@ -475,8 +512,13 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
             metric_value=ev.metrics["roc_auc"], higher_is_better=True, settings=settings,
             extra_metrics={k: ev.metrics[k] for k in ("baseline_roc_auc", "roc_auc_lift", "pr_auc", "brier",
                                                       "ece")},
-            data_validated=validated, card=model_card(ev, ds, Path(data_dir), validated, len(labelled)))
-    paths = write_snapshots(ds, settings)
+            data_validated=validated, card=model_card(ev, ds, Path(data_dir), validated, len(labelled)),
+            evidence=gate_evidence(ev, feats, ds, data_dir))
+    # Snapshots belong to the version; they are served only when it was promoted (a new generation).
+    vdir = generations.version_dir(settings.snapshots_dir, MODEL_NAME, result.version)
+    paths = write_snapshots(ds, settings, out=vdir)
+    served = generations.record_version(settings.snapshots_dir, MODEL_NAME, result.version, result.promoted, vdir,
+                                        data_end(ds), str(Path(data_dir).resolve()))
     m = ev.metrics
     return {
         "tickets": len(feats.meta), "train_tickets": m["train_tickets"], "test_tickets": m["test_tickets"],
@@ -486,7 +528,8 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
         "baseline_pr_auc": round(m["baseline_pr_auc"], 4), "brier": round(m["brier"], 4),
         "baseline_brier": round(m["baseline_brier"], 4), "ece": round(m["ece"], 4),
         "target_met": m["roc_auc_lift"] >= TARGET_LIFT, "version": result.version, "promoted": result.promoted,
-        "gate": result.reason, "snapshots": ", ".join(str(p) for p in paths.values()),
+        "gate": result.reason, "snapshots": f"{vdir} ({len(paths)} files)",
+        "served generation": served or "unchanged (not promoted)",
         "seconds": round(time.perf_counter() - t_start, 1),
     }
 

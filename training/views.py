@@ -118,7 +118,8 @@ class ReturnVolumeView:
 def _event_horizon(history, end: pd.Timestamp, horizon: int, settings: Settings) -> tuple[int, dict | None, str]:
     """The forecast horizon that reaches the end of the next major event's window, if the history allows it."""
     from features.calendar import holiday_windows
-    from features.return_volume import HistoryError, ReturnVolumeForecaster, check_history
+    from features.forecast_ensemble import HolidayForecaster
+    from features.return_volume import HistoryError, check_history
     from training.return_volume import model_params
 
     ahead = holiday_windows(history.market, end + pd.Timedelta(days=1), end + pd.Timedelta(days=400), settings)
@@ -128,7 +129,7 @@ def _event_horizon(history, end: pd.Timestamp, horizon: int, settings: Settings)
     need = int((ev["window_end"] - end).days)
     if need <= horizon:
         return horizon, ev, ""
-    proto = ReturnVolumeForecaster(**model_params(settings, history.market, need))
+    proto = HolidayForecaster.from_params(**model_params(settings, history.market, need))
     try:
         check_history(history, end, need, proto.min_calibration_days, settings)
     except HistoryError as e:
@@ -143,11 +144,13 @@ def return_volume_view(ds: Dataset, settings: Settings, market: str | None = Non
     """Backtest as ``aftersales train return-volume`` does (settings' horizon, origins, peers), then forecast from
     the last day (horizon extended to the next major event's window when the history allows) and staff it."""
     from features.calendar import holiday_windows
-    from features.return_volume import ReturnVolumeForecaster, build_history
+    from features.forecast_ensemble import HolidayForecaster
+    from features.market import market_warning, resolve_market
+    from features.return_volume import build_history
     from features.staffing import load_staffing_config, staffing_plan
     from training.return_volume import model_params, run_backtest
 
-    market = (market or settings.market).upper()
+    market, _ = resolve_market(market, settings, getattr(ds, "source", None))
     history = build_history(ds, market)
     horizon = settings.return_volume_horizon
     t0 = time.perf_counter()
@@ -161,11 +164,14 @@ def return_volume_view(ds: Dataset, settings: Settings, market: str | None = Non
     end = history.days[-1]
     h, ev, note = _event_horizon(history, end, horizon, settings)
     notes = list(bt.notes) + ([note] if note else [])
+    calendar_note = market_warning(history.y["total"], market, settings)
+    if calendar_note:
+        notes.append(calendar_note)
     if h > horizon:
         notes.append(f"the forecast reaches {h} days ahead to cover {ev['event']}'s window; the backtest above measured "
                      f"horizons up to {horizon} days (AFTERSALES_RETURN_VOLUME_HORIZON)")
     t0 = time.perf_counter()
-    model = ReturnVolumeForecaster(**model_params(settings, market, h)).fit(history)
+    model = HolidayForecaster.from_params(**model_params(settings, market, h)).fit(history)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fc = model.forecast(history, end, h)

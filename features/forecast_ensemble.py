@@ -1,0 +1,558 @@
+"""The holiday forecaster: the global LightGBM model, the planners' method and statistical peers, combined by
+evidence on the user's own history, with conformal P10/P90 calibrated on the combination's own errors.
+
+Candidates (each a P50 per series and day):
+
+- ``lightgbm``: :class:`features.return_volume.ReturnVolumeForecaster` (order pipeline, calendar, last year);
+- ``planners``: what demand planners do: last year's same days, aligned by weekday and by each moving event
+  (Black Friday, the Spring Festival; :func:`features.return_volume.last_year_source`), scaled by recent growth
+  (the last 28 days over the same 28 days a year before); needs a year and four weeks of history;
+- ``autoets`` and ``mstl``: statsforecast AutoETS (weekly season) and MSTL (weekly, and yearly with two years of
+  history) on the ``peer_series`` (default ``total``: ~0.2 s per series and origin);
+- ``seasonal_naive``: the same weekday of the last week.
+
+Evidence: inner rolling origins inside the span the LightGBM model already holds out to calibrate itself (it
+reaches back before the latest complete major-event window, so it holds holiday days): the LightGBM model fitted on
+data before that span forecasts from each inner origin (out of sample), and the other candidates forecast the same
+days from the same origins. The errors are split into cells by horizon band (1-7, 8-28, 29+ days) and by whether
+the day lies in a major event's after-sales window. Per series and cell, the weights minimise the absolute error
+(WAPE) of the combination on the simplex (a linear programme), then shrink toward the best single candidate of
+the cell in proportion to how thin the evidence is (few origins, one event instance); a window cell without
+evidence takes the band's ordinary-day weights. ``use`` pins the forecaster to one candidate (what training does
+when a candidate beats the combination on the held-out backtest).
+
+Intervals: split-conformal on the combination's residuals on the same inner origins, relative to the combination's
+forecast (floored at a fifth of the series' recent level), per series, horizon band and window/ordinary, with the
+finite-sample quantile rank ceil((n + 1) q); window cells are never narrower than the ordinary cell of their
+band, and are widened where the evidence holds only one instance of an event.
+
+No MLflow and no HTTP here: training/return_volume.py orchestrates, serving loads the fitted object.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from features.calendar import holiday_windows
+from features.return_volume import (
+    FORECAST_COLUMNS,
+    LY,
+    TOTAL,
+    History,
+    HistoryError,
+    ReturnVolumeForecaster,
+    _day,
+    last_year_source,
+)
+from features.settings import Settings
+
+LGBM, PLANNERS, AUTOETS, MSTL, NAIVE = "lightgbm", "planners", "autoets", "mstl", "seasonal_naive"
+CANDIDATES = (LGBM, PLANNERS, AUTOETS, MSTL, NAIVE)
+STAT_PEERS = (AUTOETS, MSTL)
+BAND_EDGES = (7, 28)  # horizon bands of the weights and intervals: 1-7, 8-28, 29+
+BAND_NAMES = ("h1-7", "h8-28", "h29_and_up")
+ALPHA = 0.2  # 80% intervals
+# Kinds of forecast day with weights and intervals of their own: ordinary, in the after-sales window of a major event
+# the history holds a previous instance of, in the window of an event it never held.
+ORDINARY, SEEN, UNSEEN = 0, 1, 2
+DAY_KINDS = (ORDINARY, SEEN, UNSEEN)
+DAY_KIND_NAMES = ("ordinary", "event window", "unseen event window")
+GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empty month last year is no signal
+
+
+def band_of(h: np.ndarray) -> np.ndarray:
+    """Horizon band index (0, 1, 2) of each horizon (days after the origin)."""
+    return np.searchsorted(np.asarray(BAND_EDGES), np.asarray(h), side="left")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Candidates other than LightGBM
+
+
+def planners_forecast(history: History, t: int, horizon: int, settings: Settings,
+                      src: np.ndarray | None = None) -> np.ndarray | None:
+    """The planners' method at origin index ``t`` (horizon x series; NaN where last year's day is unknown), or
+    None when the history before the origin is shorter than a year and four weeks."""
+    if t - LY - 27 < 0:
+        return None
+    if src is None:
+        days = pd.date_range(history.days[0], history.days[t] + pd.Timedelta(days=horizon), freq="D")
+        src = last_year_source(days, history.market, settings)
+    v = history.y.to_numpy(dtype=float)
+    now = v[t - 27:t + 1].sum(axis=0)
+    before = v[t - LY - 27:t - LY + 1].sum(axis=0)
+    growth = np.clip(np.where(before > 0, now / np.where(before > 0, before, 1.0), 1.0), *GROWTH_CLIP)
+    tgt = t + 1 + np.arange(horizon)
+    s = src[tgt]
+    ok = (s >= 0) & (s <= t)
+    out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :], np.nan)
+    return out
+
+
+def naive_forecast(history: History, t: int, horizon: int) -> np.ndarray:
+    """Seasonal naive: the same weekday of the last week before the origin (horizon x series)."""
+    h = np.arange(1, horizon + 1)
+    src = t + h - 7 * np.ceil(h / 7).astype(int)
+    return history.y.to_numpy(dtype=float)[src]
+
+
+def stat_forecasts(history: History, t: int, horizon: int, series: list[str], models: Iterable[str] = STAT_PEERS,
+                   ets_spec: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """AutoETS and MSTL (statsforecast) for ``series`` at origin ``t``: name -> horizon x len(series) P50.
+
+    ``ets_spec``: series -> ETS components (e.g. 'MNA') to reuse instead of AutoETS's own selection (the inner
+    origins reuse the choice made at the first one: one fit instead of nine); filled in when empty.
+    Empty when statsforecast is not installed.
+    """
+    try:
+        from statsforecast.models import MSTL as SF_MSTL
+        from statsforecast.models import AutoETS
+    except ImportError:
+        return {}
+    models = set(models)
+    out = {m: np.zeros((horizon, len(series))) for m in (AUTOETS, MSTL) if m in models}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for j, s in enumerate(series):
+            y = history.y[s].to_numpy(dtype=float)[:t + 1]
+            if AUTOETS in models:
+                spec = (ets_spec or {}).get(s)
+                if spec is None:
+                    m = AutoETS(season_length=7).fit(y)
+                    spec = "".join(m.model_["components"][:3])
+                    if ets_spec is not None:
+                        ets_spec[s] = spec
+                    out[AUTOETS][:, j] = m.predict(horizon)["mean"]
+                else:
+                    out[AUTOETS][:, j] = AutoETS(season_length=7, model=spec).forecast(y, h=horizon)["mean"]
+            if MSTL in models:
+                seasons = [7, 365] if t + 1 >= 2 * 365 + 28 else [7]
+                out[MSTL][:, j] = SF_MSTL(season_length=seasons).forecast(y, h=horizon)["mean"]
+    return {k: np.clip(np.nan_to_num(v, nan=0.0), 0.0, None) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Weights
+
+
+def _simplex_grid(k: int, step: float) -> np.ndarray:
+    """Every weight vector of k non-negative multiples of ``step`` summing to one (rows)."""
+    m = int(round(1 / step))
+    pts = [c for c in np.ndindex(*(m + 1,) * (k - 1)) if sum(c) <= m]
+    g = np.array([[*c, m - sum(c)] for c in pts], dtype=float) / m
+    return g
+
+
+def fit_simplex_lad(P: np.ndarray, y: np.ndarray, step: float = 0.1) -> np.ndarray:
+    """Weights w >= 0, sum 1, minimising sum |y - P w| over a ``step`` grid of the simplex (P: rows x candidates;
+    at most five candidates, so the grid has at most 1001 points and one matrix product scores them all)."""
+    n, k = P.shape
+    if k == 1:
+        return np.ones(1)
+    W = _simplex_grid(k, step)
+    err = np.abs(y[:, None] - P @ W.T).sum(axis=0)
+    return W[int(np.argmin(err))]
+
+
+def conformal_bounds(r: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
+    """Finite-sample split-conformal lower and upper residual quantiles for a 1 - alpha central interval:
+    the ceil((n + 1)(1 - alpha / 2))-th smallest residual (and its mirror); beyond the sample: its extreme."""
+    r = np.sort(np.asarray(r, dtype=float))
+    n = len(r)
+    if n == 0:
+        return 0.0, 0.0
+    k_hi = min(math.ceil((n + 1) * (1 - alpha / 2)), n)
+    k_lo = max(math.floor((n + 1) * (alpha / 2)), 1)
+    return float(r[k_lo - 1]), float(r[k_hi - 1])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The forecaster
+
+
+class HolidayForecaster:
+    """Evidence-weighted combination of LightGBM, the planners' method, AutoETS/MSTL and seasonal naive.
+
+    scikit-learn contract like :class:`ReturnVolumeForecaster`: ``fit(history, origin)`` learns from data up to the
+    origin; ``forecast(history, origin, horizon, plan, series)`` gives date, series, p10, p50, p90;
+    ``predict(X)`` is the LightGBM component's P10/P50/P90 on feature rows (what the registry's signature logs).
+
+    ``use``: pin to one candidate (weights one-hot) instead of the fitted combination.
+    ``shrink_origins``: origins of evidence at which a cell's fitted weights count half (shrinkage toward the
+    cell's best single candidate). ``single_instance_widen``: interval widening in event windows whose evidence
+    holds one event instance. ``inner_step``: days between inner origins.
+    """
+
+    def __init__(self, horizon: int = 60, market: str = "CN", summer_sale: str = "07-15", summer_sale_days: int = 3,
+                 peers: bool = True, peer_series: tuple[str, ...] = (TOTAL,), use: str | None = None,
+                 inner_step: int = 8, shrink_origins: float = 8.0, single_instance_widen: float = 1.25,
+                 min_cell_rows: int = 30, num_threads: int = 1, lgbm_params: dict | None = None):
+        self.horizon = horizon
+        self.market = market
+        self.summer_sale = summer_sale
+        self.summer_sale_days = summer_sale_days
+        self.peers = peers
+        self.peer_series = tuple(peer_series)
+        self.use = use
+        self.inner_step = inner_step
+        self.shrink_origins = shrink_origins
+        self.single_instance_widen = single_instance_widen
+        self.min_cell_rows = min_cell_rows
+        self.num_threads = num_threads
+        self.lgbm_params = dict(lgbm_params or {})
+
+    @classmethod
+    def from_params(cls, **params) -> HolidayForecaster:
+        """A forecaster from one flat parameter dict: its own parameters, the rest go to the LightGBM component
+        (e.g. n_estimators, max_rows)."""
+        import inspect
+
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "lgbm_params"}
+        lgbm = {**params.pop("lgbm_params", {}), **{k: v for k, v in params.items() if k not in own}}
+        return cls(**{k: v for k, v in params.items() if k in own}, lgbm_params=lgbm)
+
+    # -- helpers -----------------------------------------------------------------------------------------------------
+    def settings(self) -> Settings:
+        """Calendar settings this model was configured with (independent of the environment)."""
+        return Settings(market=self.market, summer_sale=self.summer_sale, summer_sale_days=self.summer_sale_days)
+
+    @property
+    def min_calibration_days(self) -> int:
+        """Days the LightGBM component holds out at the end of the history (its inner evidence span)."""
+        return self._lgbm_proto().min_calibration_days
+
+    def _lgbm_proto(self) -> ReturnVolumeForecaster:
+        return ReturnVolumeForecaster(horizon=self.horizon, market=self.market, summer_sale=self.summer_sale,
+                                      summer_sale_days=self.summer_sale_days, num_threads=self.num_threads,
+                                      keep_calibration=True, **self.lgbm_params)
+
+    def _src(self, history: History, end: pd.Timestamp) -> np.ndarray:
+        days = pd.date_range(history.days[0], end, freq="D")
+        return last_year_source(days, history.market, self.settings())
+
+    def _peer_names(self, series: list[str]) -> list[str]:
+        return [s for s in self.peer_series if s in series] if self.peers else []
+
+    def _candidates(self, hist: History, t: int, horizon: int, src: np.ndarray, series: list[str],
+                    lgbm: np.ndarray | None, ets_spec: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+        """Every candidate's P50 (horizon x series, NaN where it has none) at origin index ``t``."""
+        S = len(series)
+        idx = [hist.series.index(s) for s in series]
+        out: dict[str, np.ndarray] = {}
+        if lgbm is not None:
+            out[LGBM] = lgbm
+        pl = planners_forecast(hist, t, horizon, self.settings(), src)
+        if pl is not None:
+            out[PLANNERS] = pl[:, idx]
+        out[NAIVE] = naive_forecast(hist, t, horizon)[:, idx]
+        peer = self._peer_names(series)
+        if peer:
+            for name, arr in stat_forecasts(hist, t, horizon, peer, ets_spec=ets_spec).items():
+                full = np.full((horizon, S), np.nan)
+                for j, s in enumerate(peer):
+                    full[:, series.index(s)] = arr[:, j]
+                out[name] = full
+        return out
+
+    def _day_kinds(self, hist: History, dates: pd.DatetimeIndex) -> np.ndarray:
+        """ORDINARY, SEEN (in the window of an event whose previous instance's window the history holds) or UNSEEN
+        (an event the history never held: no candidate has seen it) for each forecast date."""
+        inst = self._windows(dates).to_numpy()
+        past = holiday_windows(self.market, hist.days[0], hist.days[-1], self.settings())
+        seen = set(past.loc[past["window_start"] >= hist.days[0], "event"])
+        return np.array([ORDINARY if not i else (SEEN if i.split("@")[0] in seen else UNSEEN) for i in inst])
+
+    def _windows(self, dates: pd.DatetimeIndex) -> pd.Series:
+        """Event instance ('name@date') of each date's major-event window, or ''."""
+        hw = holiday_windows(self.market, dates.min() - pd.Timedelta(days=40), dates.max(), self.settings())
+        out = pd.Series("", index=dates, dtype=object)
+        d = pd.Series(dates, index=dates)
+        for w in hw.itertuples():
+            inside = ((d >= w.window_start) & (d <= w.window_end) & (out == "")).to_numpy()
+            out.iloc[inside] = f"{w.event}@{w.event_date.date()}"
+        return out
+
+    # -- fit ---------------------------------------------------------------------------------------------------------
+    def fit(self, history: History, origin: pd.Timestamp | str | None = None) -> HolidayForecaster:
+        """Fit the LightGBM component, gather the inner-origin evidence, fit the weights and the intervals."""
+        origin = _day(origin) if origin is not None else history.days[-1]
+        if self.use is not None and self.use not in CANDIDATES:
+            raise ValueError(f"use={self.use!r}: must be one of {', '.join(CANDIDATES)}")
+        self.lgbm_ = self._lgbm_proto().fit(history, origin)
+        hist = history.upto(origin)
+        self.series_ = list(self.lgbm_.series_)
+        self.trained_until_ = self.lgbm_.trained_until_
+        self.kernels_ = self.lgbm_.kernels_
+        self.feature_names_ = self.lgbm_.feature_names_
+        self.evidence_ = self._evidence(hist)
+        del self.lgbm_.calibration_forecasts_  # evidence kept in self.evidence_; keeps the pickle small
+        self.weights_, self.why_ = self._fit_weights(self.evidence_)
+        self.intervals_ = self._fit_intervals(self.evidence_, self.weights_)
+        return self
+
+    def _evidence(self, hist: History) -> pd.DataFrame:
+        """Rows (series, origin, h, date, y, level, band, window, <candidate>...) at the inner origins."""
+        cal = self.lgbm_.calibration_forecasts_
+        t = len(hist.days) - 1
+        all_o = np.sort(cal["origin"].unique())
+        # Every inner_step-th day from the latest origin back (stride of the LightGBM rows is 3 days).
+        keep = all_o[(all_o.max() - all_o) % max(self.inner_step, 1) < 3]
+        keep = keep[np.r_[True, np.diff(keep) >= min(self.inner_step, 3)]] if len(keep) else keep
+        cal = cal[cal["origin"].isin(keep)]
+        series = self.series_
+        src = self._src(hist, hist.days[-1])
+        y = hist.y[series].to_numpy(dtype=float)
+        lvl = pd.DataFrame(y).rolling(28, min_periods=1).mean().to_numpy()
+        frames = []
+        lg = cal.pivot_table(index=["origin", "h"], columns="series", values="p50")
+        self.ets_spec_: dict[str, str] = {}
+        for o in keep:
+            o = int(o)
+            H = min(self.horizon, t - o)
+            if H < 1:
+                continue
+            lgbm = lg.loc[o].reindex(index=np.arange(1, H + 1), columns=series).to_numpy(dtype=float)
+            cands = self._candidates(hist, o, H, src[:o + H + 1], series, lgbm, self.ets_spec_)
+            h = np.arange(1, H + 1)
+            base = pd.DataFrame({"series": np.repeat(series, H), "origin": o, "h": np.tile(h, len(series)),
+                                 "y": y[o + 1:o + H + 1].T.ravel(), "level": np.repeat(lvl[o], H)})
+            for name, arr in cands.items():
+                base[name] = arr.T.ravel()
+            frames.append(base)
+        if not frames:
+            raise HistoryError("no inner origins to weigh the forecasters on: lengthen the history")
+        ev = pd.concat(frames, ignore_index=True)
+        for c in CANDIDATES:
+            if c not in ev.columns:
+                ev[c] = np.nan
+        ev["date"] = hist.days[(ev["origin"] + ev["h"]).to_numpy()]
+        win = self._windows(pd.DatetimeIndex(ev["date"].unique()))
+        ev["window"] = ev["date"].map(win).fillna("")
+        ev["band"] = band_of(ev["h"].to_numpy())
+        return ev
+
+    def _cell_weights(self, g: pd.DataFrame, parent: dict[str, float] | None, n_instances: int,
+                      parent_name: str = "the series' weights over all days") -> tuple[dict[str, float], str]:
+        """Weights of one cell: the WAPE-optimal combination on its rows, shrunk toward ``parent`` (or, at the top,
+        toward the best single candidate) by n / (n + shrink_origins), n = the cell's origins (two per event
+        instance in a window cell: the origins before one event share its surprises)."""
+        avail = [c for c in CANDIDATES if g[c].notna().mean() >= 0.9]
+        g = g.dropna(subset=avail) if avail else g
+        if not avail or len(g) < self.min_cell_rows:
+            return (dict(parent) if parent else {LGBM: 1.0}), f"{len(g)} days: too few, takes its parent's weights"
+        P, y = g[avail].to_numpy(dtype=float), g["y"].to_numpy(dtype=float)
+        err = np.abs(y[:, None] - P).sum(axis=0) / max(y.sum(), 1e-9)
+        best = int(np.argmin(err))
+        w_opt = fit_simplex_lad(P, y)
+        n_o = g["origin"].nunique()
+        n_eff = min(n_o, 2 * n_instances) if n_instances else n_o
+        lam = n_eff / (n_eff + self.shrink_origins)
+        if parent:
+            prior = np.array([parent.get(c, 0.0) for c in avail])
+            if prior.sum() <= 0:
+                prior = np.eye(len(avail))[best]
+            prior = prior / prior.sum()
+            toward = parent_name
+        else:
+            prior, toward = np.eye(len(avail))[best], "the best single candidate"
+        w = lam * w_opt + (1 - lam) * prior
+        comb = np.abs(y - P @ w).sum() / max(y.sum(), 1e-9)
+        why = (f"{len(g)} days from {n_o} origins"
+               + (f", {n_instances} event instance(s)" if n_instances else "")
+               + "; WAPE " + ", ".join(f"{c} {100 * e:.1f}%" for c, e in zip(avail, err, strict=True))
+               + f"; combination {100 * comb:.1f}% (shrunk {1 - lam:.0%} toward {toward}: "
+               + ", ".join(f"{c} {v:.2f}" for c, v in zip(avail, prior, strict=True) if v > 0) + ")")
+        return {c: float(v) for c, v in zip(avail, w, strict=True) if v > 1e-4}, why
+
+    def _event_aware(self, gw: pd.DataFrame, ordinary: dict[str, float]) -> dict[str, float]:
+        """The prior of an event-window cell: only candidates that know the calendar (LightGBM and the planners'
+        method; AutoETS, MSTL and seasonal naive cannot see an event coming, whatever they did on ordinary days),
+        mixed by their fit on the window rows when both have forecasts there."""
+        aware = [c for c in (LGBM, PLANNERS) if gw[c].notna().mean() >= 0.9] if len(gw) else []
+        if not aware:
+            aware = [c for c in (LGBM, PLANNERS) if ordinary.get(c, 0) > 0] or [LGBM]
+            return {aware[0]: 1.0}
+        if len(aware) == 1 or len(gw) < self.min_cell_rows:
+            return {aware[0]: 1.0}
+        g = gw.dropna(subset=aware)
+        w = fit_simplex_lad(g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float))
+        return {c: float(v) for c, v in zip(aware, w, strict=True) if v > 0}
+
+    def _fit_weights(self, ev: pd.DataFrame) -> tuple[dict, dict]:
+        weights: dict[tuple[str, int, bool], dict[str, float]] = {}
+        why: dict[tuple[str, int, bool], str] = {}
+        for s, gs in ev.groupby("series", sort=False):
+            if self.use is not None:
+                for b in range(len(BAND_NAMES)):
+                    for w in DAY_KINDS:
+                        weights[(s, b, w)] = {self.use: 1.0}
+                        why[(s, b, w)] = f"pinned to {self.use}"
+                continue
+            overall, _ = self._cell_weights(gs, None, 0)
+            for b in range(len(BAND_NAMES)):
+                gb = gs[gs["band"] == b]
+                ordinary, why_o = self._cell_weights(gb[gb["window"] == ""], overall, 0)
+                gw = gb[gb["window"] != ""]
+                n_inst = max(gw["window"].nunique(), 1)
+                in_win, why_w = self._cell_weights(gw, self._event_aware(gw, ordinary), n_inst,
+                                                   "the calendar-aware candidates")
+                unseen, why_u = self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights")
+                weights[(s, b, ORDINARY)], why[(s, b, ORDINARY)] = ordinary, why_o
+                weights[(s, b, SEEN)], why[(s, b, SEEN)] = in_win, why_w
+                weights[(s, b, UNSEEN)], why[(s, b, UNSEEN)] = unseen, why_u
+        return weights, why
+
+    def _combine_rows(self, frame: pd.DataFrame, weights: dict) -> np.ndarray:
+        """The combination's P50 on rows with columns series, band, window (or in_window), <candidate>..."""
+        out = np.full(len(frame), np.nan)
+        win = ((frame["window"] != "").to_numpy().astype(int) if "window" in frame.columns
+               else frame["in_window"].to_numpy().astype(int))
+        keys = list(zip(frame["series"], frame["band"].astype(int), win, strict=True))
+        key_arr = pd.Series(keys)
+        for key, idx in key_arr.groupby(key_arr).groups.items():
+            w = weights.get(key) or {LGBM: 1.0}
+            idx = np.asarray(idx)
+            sub = frame.iloc[idx]
+            num = np.zeros(len(idx))
+            den = np.zeros(len(idx))
+            for c, wc in w.items():
+                v = sub[c].to_numpy(dtype=float) if c in sub.columns else np.full(len(idx), np.nan)
+                ok = ~np.isnan(v)
+                num += np.where(ok, wc * v, 0.0)
+                den += np.where(ok, wc, 0.0)
+            # A candidate without a forecast on a row (e.g. no last year's day): the others' weights renormalise;
+            # nothing at all: LightGBM alone.
+            lg = sub[LGBM].to_numpy(dtype=float) if LGBM in sub.columns else np.full(len(idx), np.nan)
+            out[idx] = np.where(den > 0, num / np.where(den > 0, den, 1.0), lg)
+        return out
+
+    def _rel_residual(self, y: np.ndarray, p: np.ndarray, level: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d = np.maximum(p, 0.2 * level) + 1e-9
+        return (y - p) / d, d
+
+    def _fit_intervals(self, ev: pd.DataFrame, weights: dict) -> dict:
+        p = self._combine_rows(ev, weights)
+        ok = ~np.isnan(p)
+        r, _ = self._rel_residual(ev["y"].to_numpy(float), np.nan_to_num(p), ev["level"].to_numpy(float))
+        f = pd.DataFrame({"series": ev["series"], "band": ev["band"], "win": ev["window"] != "",
+                          "inst": ev["window"], "r": r})[ok]
+        table: dict[tuple[str, int, bool], tuple[float, float]] = {}
+        self.interval_notes_ = {}
+        for s, gs in f.groupby("series", sort=False):
+            all_lo, all_hi = conformal_bounds(gs.loc[~gs["win"], "r"] if (~gs["win"]).sum() >= 20 else gs["r"])
+            for b in range(len(BAND_NAMES)):
+                gb = gs[gs["band"] == b]
+                go = gb[~gb["win"]]
+                lo_o, hi_o = conformal_bounds(go["r"]) if len(go) >= 20 else (all_lo, all_hi)
+                lo_o, hi_o = min(lo_o, 0.0), max(hi_o, 0.0)
+                gw = gb[gb["win"]]
+                n_inst = gw["inst"].nunique()
+                if len(gw) >= 20:
+                    lo_w, hi_w = conformal_bounds(gw["r"])
+                else:  # no window evidence in this band: the series' window residuals over all bands, if any
+                    gw_all = gs[gs["win"]]
+                    lo_w, hi_w = conformal_bounds(gw_all["r"]) if len(gw_all) >= 20 else (lo_o, hi_o)
+                    n_inst = gw_all["inst"].nunique()
+                widen = self.single_instance_widen if n_inst <= 1 else 1.0
+                lo_w, hi_w = min(lo_w, 0.0) * widen, max(hi_w, 0.0) * widen
+                table[(s, b, ORDINARY)] = (lo_o, hi_o)
+                table[(s, b, SEEN)] = (min(lo_w, lo_o), max(hi_w, hi_o))  # never narrower than ordinary days
+                # An event the history never held: its window is widened as for a single instance.
+                k = self.single_instance_widen if widen == 1.0 else 1.0
+                table[(s, b, UNSEEN)] = (table[(s, b, SEEN)][0] * k, table[(s, b, SEEN)][1] * k)
+                self.interval_notes_[(s, b)] = (f"{len(go)} ordinary and {len(gw)} window days, {n_inst} event "
+                                                f"instance(s)" + (f" (widened x{widen:.2f})" if widen != 1 else ""))
+        return table
+
+    # -- predict -----------------------------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weights_"):
+            raise RuntimeError("HolidayForecaster is not fitted: call fit(history, origin) first")
+
+    def predict(self, X: pd.DataFrame) -> pd.DataFrame:
+        """The LightGBM component's P10/P50/P90 for feature rows (see ReturnVolumeForecaster.predict)."""
+        self._check_fitted()
+        return self.lgbm_.predict(X)
+
+    def forecast(self, history: History, origin: pd.Timestamp | str | None = None, horizon: int | None = None,
+                 plan: pd.DataFrame | None = None, series: Iterable[str] | None = None) -> pd.DataFrame:
+        """P10/P50/P90 per series for the ``horizon`` days after ``origin`` (see ReturnVolumeForecaster.forecast)."""
+        return self.forecast_with_components(history, origin, horizon, plan, series)[0]
+
+    def forecast_with_components(self, history: History, origin=None, horizon: int | None = None,
+                                 plan: pd.DataFrame | None = None, series: Iterable[str] | None = None
+                                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(the forecast, each candidate's P50 in long format: date, series, method, p50, weight)."""
+        self._check_fitted()
+        horizon = int(horizon or self.horizon)
+        origin = _day(origin) if origin is not None else history.days[-1]
+        lg = self.lgbm_.forecast(history, origin, horizon, plan=None)  # validates origin, horizon, series
+        if plan is not None:
+            lg_plan = self.lgbm_.forecast(history, origin, horizon, plan=plan)
+            delta = (lg_plan["p50"] - lg["p50"]).to_numpy()
+        else:
+            delta = np.zeros(len(lg))
+        hist = history.upto(origin)
+        t = len(hist.days) - 1
+        names = list(dict.fromkeys(lg["series"]))
+        lgbm = lg.pivot(index="date", columns="series", values="p50")[names].to_numpy(dtype=float)
+        src = self._src(hist, hist.days[-1] + pd.Timedelta(days=horizon))
+        cands = self._candidates(hist, t, horizon, src, names, lgbm)
+        H = horizon
+        dates = hist.days[-1] + pd.to_timedelta(np.arange(1, H + 1), unit="D")
+        win = self._day_kinds(hist, pd.DatetimeIndex(dates))
+        frame = pd.DataFrame({"series": np.repeat(names, H), "date": np.tile(dates, len(names)),
+                              "band": np.tile(band_of(np.arange(1, H + 1)), len(names)),
+                              "in_window": np.tile(win, len(names))})
+        for name, arr in cands.items():
+            frame[name] = arr.T.ravel()
+        p50 = self._combine_rows(frame, self.weights_)
+        level = pd.DataFrame(hist.y[names].to_numpy(float)).rolling(28, min_periods=1).mean().to_numpy()[t]
+        _, d = self._rel_residual(np.zeros(len(frame)), p50, np.repeat(level, H))
+        q = np.array([self.intervals_.get((s, int(b), int(w)), (0.0, 0.0))
+                      for s, b, w in zip(frame["series"], frame["band"], frame["in_window"], strict=True)])
+        # lg is sorted by series (model order) then date, as frame is.
+        p50 = np.maximum(p50 + delta, 0.0)
+        out = pd.DataFrame({"date": frame["date"].to_numpy(), "series": frame["series"].to_numpy(),
+                            "p10": np.maximum(p50 + q[:, 0] * d, 0.0), "p50": p50,
+                            "p90": np.maximum(p50 + q[:, 1] * d, 0.0)})
+        out["p10"] = np.minimum(out["p10"], out["p50"])
+        if series is not None:
+            keep = set(series) | {TOTAL}
+            out = out[out["series"].isin(keep)].reset_index(drop=True)
+        comps = []
+        for name in cands:
+            w = [self.weights_.get((s, int(b), int(iw)), {}).get(name, 0.0)
+                 for s, b, iw in zip(frame["series"], frame["band"], frame["in_window"], strict=True)]
+            comps.append(pd.DataFrame({"date": frame["date"], "series": frame["series"], "method": name,
+                                       "p50": frame[name], "weight": w}))
+        comp = pd.concat(comps, ignore_index=True).dropna(subset=["p50"])
+        return out[FORECAST_COLUMNS], comp
+
+    # -- explain -----------------------------------------------------------------------------------------------------
+    def weights_table(self) -> pd.DataFrame:
+        """The weights per series, horizon band and window/ordinary, with why (rows: one per cell)."""
+        self._check_fitted()
+        rows = []
+        for (s, b, w), ws in self.weights_.items():
+            lo, hi = self.intervals_.get((s, b, w), (np.nan, np.nan))
+            rows.append({"series": s, "band": BAND_NAMES[b], "window": DAY_KIND_NAMES[int(w)],
+                         **{c: ws.get(c, 0.0) for c in CANDIDATES}, "p10_rel": lo, "p90_rel": hi,
+                         "why": self.why_[(s, b, w)]})
+        return pd.DataFrame(rows)
+
+    def peak_components(self, components: pd.DataFrame, forecast: pd.DataFrame, series: str = TOTAL) -> str:
+        """One line: the peak day of ``series`` and which components carry it (weight x their P50)."""
+        f = forecast[forecast["series"] == series]
+        if f.empty:
+            return ""
+        peak = f.loc[f["p50"].idxmax()]
+        c = components[(components["series"] == series) & (components["date"] == peak["date"])
+                       & (components["weight"] > 0)].sort_values("weight", ascending=False)
+        parts = ", ".join(f"{r.method} {r.weight:.0%} (P50 {r.p50:.0f})" for r in c.itertuples())
+        return f"peak {pd.Timestamp(peak['date']).date()} P50 {peak['p50']:.0f}: {parts or 'lightgbm'}"

@@ -1,0 +1,117 @@
+"""The cross-world benchmark end to end on two small worlds; its baseline figures recomputed from the worlds' files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.calendar import holiday_windows
+from training.benchmark import SECTIONS, run_benchmark
+
+SEEDS = (5, 6)  # tuning seeds (below 1000)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    res = run_benchmark(len(SEEDS), SEEDS[0], out, accounts=700, merchants=40, echo=lambda s: None, progress=False)
+    return out, res
+
+
+def _world_rows(table: pd.DataFrame) -> pd.DataFrame:
+    return table[table["seed"].notna()].set_index("seed")
+
+
+def test_tables_have_every_world_model_and_baseline(bench):
+    out, res = bench
+    assert res["html"].exists() and "<img src='data:image/png;base64," in res["html"].read_text()
+    for key, section in SECTIONS.items():
+        table = pd.read_csv(out / f"{key}.csv")
+        rows = _world_rows(table)
+        assert sorted(rows.index.astype(int)) == list(SEEDS)
+        assert (rows["error"].fillna("") == "").all(), rows["error"].tolist()
+        for col in ("model", *section.baselines):
+            assert rows[col].notna().all() or col in ("planners_last_year", "mstl"), (key, col)
+        summary = table[table["seed"].isna()].set_index("world")
+        assert list(summary.index) == ["min", "median", "max", "wins"]
+        vals = rows[["model", *section.baselines]].astype(float)
+        assert summary.loc["min", "model"] == pytest.approx(vals["model"].min())
+        assert summary.loc["median", "model"] == pytest.approx(vals["model"].median())
+        better = vals["model"] > vals[list(section.baselines)].max(axis=1) if section.higher_is_better else \
+            vals["model"] < vals[list(section.baselines)].min(axis=1)
+        assert summary.loc["wins", "model"] == better.sum()
+    assert set(pd.read_csv(out / "timings.csv")["seed"]) == set(SEEDS)
+
+
+def _daily_returns(world) -> pd.Series:
+    o = pd.read_parquet(world / "orders.parquet", columns=["ordered_at"])["ordered_at"]
+    r = pd.read_parquet(world / "returns.parquet", columns=["requested_at"])["requested_at"]
+    rd = r.dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
+    od = o.dt.tz_convert("UTC").dt.tz_localize(None).dt.normalize()
+    days = pd.date_range(min(rd.min(), od.min()), max(rd.max(), od.max()), freq="D")
+    return rd.value_counts().reindex(days, fill_value=0).astype(float)
+
+
+def test_seasonal_naive_wape_recomputed_from_the_world(bench):
+    out, res = bench
+    rows = _world_rows(res["tables"]["holiday_volume"])
+    for seed in SEEDS:
+        world = out / "worlds" / f"seed_{seed}" / "data"
+        market = __import__("json").loads((world / "dataset.json").read_text())["market"]
+        y = _daily_returns(world)
+        row = rows.loc[seed]
+        origin, h = pd.Timestamp(row["origin"]), int(row["horizon"])
+        dates = pd.date_range(origin + pd.Timedelta(days=1), periods=h, freq="D")
+        # Seasonal naive: the same weekday of the week before the origin.
+        naive = np.array([y[origin - pd.Timedelta(days=7 * int(np.ceil(k / 7)) - k)] for k in range(1, h + 1)])
+        hw = holiday_windows(market, dates[0] - pd.Timedelta(days=60), dates[-1])
+        inside = np.zeros(h, dtype=bool)
+        for _, w in hw.iterrows():
+            inside |= (dates >= w["window_start"]) & (dates <= w["window_end"])
+        actual = y.reindex(dates).to_numpy()
+        expected = np.abs(naive - actual)[inside].sum() / actual[inside].sum()
+        assert row["seasonal_naive_7"] == pytest.approx(expected, rel=1e-9)
+        assert row["window_days"] == inside.sum() > 0
+        assert 0 <= row["coverage80_model"] <= 1
+
+
+def test_return_rate_rule_precision_recomputed_from_the_world(bench):
+    out, res = bench
+    rows = _world_rows(res["tables"]["serial_returners"])
+    for seed in SEEDS:
+        world = out / "worlds" / f"seed_{seed}" / "data"
+        row = rows.loc[seed]
+        end = pd.Timestamp(row["t2"], tz="UTC") + pd.Timedelta(days=1)
+        o = pd.read_parquet(world / "orders.parquet", columns=["account_id", "ordered_at"])
+        r = pd.read_parquet(world / "returns.parquet", columns=["account_id", "requested_at"])
+        n_o = o.loc[o["ordered_at"] < end, "account_id"].dropna().value_counts()
+        n_r = r.loc[r["requested_at"] < end, "account_id"].dropna().value_counts()
+        accounts = sorted(set(n_o.index) | set(n_r.index))
+        n_o, n_r = n_o.reindex(accounts, fill_value=0), n_r.reindex(accounts, fill_value=0)
+        truth = pd.read_parquet(world / "truth" / "accounts.parquet").set_index("account_id").reindex(accounts)
+        abuser = truth["is_abuser"] & (truth["abuse_start"] <= pd.Timestamp(row["t2"], tz="UTC"))
+        k = int(abuser.sum())
+        assert k == row["k"] and len(accounts) == row["accounts"]
+        rule = pd.DataFrame({"score": (n_r + 1) / (n_o + 10), "id": accounts})
+        top = rule.sort_values(["score", "id"], ascending=[False, True]).head(k).index
+        assert row["rule_return_rate"] == pytest.approx(abuser.loc[top].mean())
+        most = pd.DataFrame({"score": n_r.astype(float), "id": accounts})
+        top = most.sort_values(["score", "id"], ascending=[False, True]).head(k).index
+        assert row["most_returns"] == pytest.approx(abuser.loc[top].mean())
+        assert 0 <= row["model_200"] <= 1 and row["mode_after_review"] == "supervised"
+
+
+def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
+    import training.benchmark as b
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(b, "holiday_section", broken)
+    res = run_benchmark(1, 7, tmp_path, accounts=400, merchants=25, sections=("holiday_volume", "serial_returners"),
+                        echo=lambda s: None, progress=False)
+    hv = _world_rows(res["tables"]["holiday_volume"])
+    assert hv["error"].iloc[0] == "RuntimeError: boom" and np.isnan(hv["model"].iloc[0])
+    sr = _world_rows(res["tables"]["serial_returners"])
+    assert sr["error"].fillna("").iloc[0] == "" and 0 <= sr["model"].iloc[0] <= 1

@@ -1,0 +1,205 @@
+"""The holiday forecaster (features/forecast_ensemble.py) and the market a data folder follows (features/market.py):
+weights on the simplex, the finite-sample conformal rank, the planners' method moving with Black Friday, the fitted
+combination's weights and intervals, pinning to one candidate, the product gate, and the market resolution order
+and calendar-fit warning.
+
+One small synthetic world (1,500 accounts, 50 merchants, 500 days) is generated once for the module.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import forecast_ensemble as ens
+from features.forecast_ensemble import HolidayForecaster, conformal_bounds, fit_simplex_lad, planners_forecast
+from features.market import market_warning, resolve_market
+from features.return_volume import TOTAL, History, build_history
+from features.settings import Settings
+from features.synthetic import generate_world
+from training import return_volume as rv
+
+H = 28
+FAST = {"horizon": H, "n_estimators": 80, "max_rows": 15_000}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ens_world") / "world"
+    generate_world(out, seed=5, accounts=1500, merchants=50, start="2023-01-01", days=500, market="CN",
+                   progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def history(world) -> History:
+    from features.contract import load_dataset
+
+    return build_history(load_dataset(world, tables=["orders", "returns", "tickets"]), "CN")
+
+
+@pytest.fixture(scope="module")
+def fitted(history):
+    origin = history.days[-1] - pd.Timedelta(days=40)
+    return HolidayForecaster.from_params(**FAST, market="CN").fit(history, origin), origin
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def test_simplex_weights_recover_a_known_mix_and_sum_to_one():
+    rng = np.random.default_rng(0)
+    P = rng.gamma(5.0, 10.0, size=(300, 3))
+    y = 0.3 * P[:, 0] + 0.7 * P[:, 2]
+    w = fit_simplex_lad(P, y)
+    assert np.isclose(w.sum(), 1.0) and (w >= 0).all()
+    assert np.allclose(w, [0.3, 0.0, 0.7])
+
+
+def test_conformal_bound_uses_the_finite_sample_rank():
+    r = np.arange(1.0, 10.0)  # n = 9: ranks ceil(10 * 0.9) = 9 and floor(10 * 0.1) = 1
+    assert conformal_bounds(r, 0.2) == (1.0, 9.0)
+    r = np.arange(1.0, 20.0)  # n = 19: ranks 18 and 2, not the plain 90% quantile 17.2
+    assert conformal_bounds(r, 0.2) == (2.0, 18.0)
+
+
+def test_planners_method_follows_black_friday_to_its_new_date():
+    days = pd.date_range("2022-06-01", "2023-11-10", freq="D")
+    y = np.full(len(days), 10.0)
+    y[days.get_loc(pd.Timestamp("2022-11-25"))] = 100.0  # Black Friday 2022
+    hist = History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
+                   pd.DataFrame(columns=["order_day", "request_day", "category", "refund_amount"]), "US")
+    t = len(days) - 1
+    fc = planners_forecast(hist, t, 30, Settings(market="US"))
+    dates = days[-1] + pd.to_timedelta(np.arange(1, 31), unit="D")
+    peak = dates[int(np.nanargmax(fc[:, 0]))]
+    assert peak == pd.Timestamp("2023-11-24")  # Black Friday 2023: 52 weeks + 0 days would say 2023-11-24 too...
+    assert np.isclose(np.nanmax(fc[:, 0]), 100.0)  # ... and growth is 1 (flat level)
+    # A year with Black Friday a week off the 52-week grid: 2023-11-24 -> 2024-11-29 (53 weeks later).
+    days2 = pd.date_range("2023-06-01", "2024-11-10", freq="D")
+    y2 = np.full(len(days2), 10.0)
+    y2[days2.get_loc(pd.Timestamp("2023-11-24"))] = 100.0
+    hist2 = History(pd.DataFrame({TOTAL: y2}, index=days2), pd.DataFrame({"lines": np.ones(len(days2))}, index=days2),
+                    hist.linked, "US")
+    fc2 = planners_forecast(hist2, len(days2) - 1, 30, Settings(market="US"))
+    dates2 = days2[-1] + pd.to_timedelta(np.arange(1, 31), unit="D")
+    assert dates2[int(np.nanargmax(fc2[:, 0]))] == pd.Timestamp("2024-11-29")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The fitted forecaster
+
+
+def test_forecast_shape_ordered_quantiles_and_components(fitted, history):
+    model, origin = fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc, comps = model.forecast_with_components(history, origin, H)
+    assert list(fc.columns) == ["date", "series", "p10", "p50", "p90"]
+    assert set(fc["series"]) == set(history.series) and (fc["series"] == TOTAL).sum() == H
+    assert (fc["p10"] <= fc["p50"]).all() and (fc["p50"] <= fc["p90"]).all() and (fc["p10"] >= 0).all()
+    assert {ens.LGBM, ens.NAIVE, ens.AUTOETS, ens.MSTL} <= set(comps.loc[comps["series"] == TOTAL, "method"])
+    # The P50 of 'total' is the weighted mean of its components' P50 on every day.
+    tot = comps[comps["series"] == TOTAL]
+    mix = (tot["p50"] * tot["weight"]).groupby(tot["date"]).sum() / tot["weight"].groupby(tot["date"]).sum()
+    p50 = fc[fc["series"] == TOTAL].set_index("date")["p50"]
+    assert np.allclose(mix.reindex(p50.index).to_numpy(), p50.to_numpy(), rtol=1e-6)
+    assert "peak" in model.peak_components(comps, fc)
+
+
+def test_weights_are_on_the_simplex_and_window_intervals_never_narrower(fitted):
+    model, _ = fitted
+    wt = model.weights_table()
+    assert np.allclose(wt[list(ens.CANDIDATES)].sum(axis=1), 1.0)
+    assert (wt[list(ens.CANDIDATES)] >= 0).all().all() and wt["why"].str.len().gt(0).all()
+    for (s, b, w), (lo, hi) in model.intervals_.items():
+        assert lo <= 0 <= hi
+        if w:
+            lo_o, hi_o = model.intervals_[(s, b, False)]
+            assert lo <= lo_o and hi >= hi_o
+
+
+def test_evidence_is_out_of_sample(fitted):
+    model, origin = fitted
+    ev = model.evidence_
+    # Every evidence day lies before the origin, and every inner origin after the end of the data the LightGBM
+    # evidence model was fitted on (origin - calibration span), so its forecasts there are out of sample.
+    assert (ev["date"] <= origin).all()
+    days_before = (origin - (ev["date"] - pd.to_timedelta(ev["h"], unit="D"))).dt.days
+    assert days_before.min() >= 1 and days_before.max() <= model.lgbm_.calibration_days_
+
+
+def test_use_pins_the_forecaster_to_one_candidate(history, fitted):
+    _, origin = fitted
+    pinned = HolidayForecaster.from_params(**FAST, market="CN", use=ens.NAIVE).fit(history, origin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc, comps = pinned.forecast_with_components(history, origin, H)
+    naive = comps[(comps["series"] == TOTAL) & (comps["method"] == ens.NAIVE)].set_index("date")["p50"]
+    assert np.allclose(fc[fc["series"] == TOTAL].set_index("date")["p50"], naive)
+    with pytest.raises(ValueError, match="use='nope'"):
+        HolidayForecaster(use="nope").fit(history, origin)
+
+
+def test_the_product_is_the_candidate_that_beats_the_combination():
+    def result(model_wape, planners_wape):
+        table = pd.DataFrame([
+            {"method": rv.MODEL, "slice": "holiday", "wape": model_wape},
+            {"method": rv.PLANNERS_ALIGNED, "slice": "holiday", "wape": planners_wape},
+            {"method": rv.AUTO_ETS, "slice": "holiday", "wape": 0.5}])
+        return rv.BacktestResult(pd.DataFrame(), pd.DataFrame(), table, pd.DataFrame(), pd.DataFrame(), 0.0, [])
+
+    won = rv.choose_product(result(0.20, 0.25))
+    assert won.use is None and won.method == rv.MODEL
+    lost = rv.choose_product(result(0.21, 0.209))
+    assert lost.use == ens.PLANNERS and lost.method == rv.PLANNERS_ALIGNED and "planners_aligned" in lost.reason
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Market
+
+
+def test_market_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.delenv("AFTERSALES_MARKET", raising=False)
+    assert resolve_market(None, Settings(), tmp_path) == ("CN", "default")
+    (tmp_path / "dataset.json").write_text(json.dumps({"market": "gb"}))
+    assert resolve_market(None, Settings(), tmp_path)[0] == "GB"
+    monkeypatch.setenv("AFTERSALES_MARKET", "US")
+    assert resolve_market(None, Settings(), tmp_path)[0] == "US"
+    assert resolve_market("de", Settings(), tmp_path) == ("DE", "--market")
+    monkeypatch.delenv("AFTERSALES_MARKET")
+    (tmp_path / "dataset.json").write_text(json.dumps({"market": "XX"}))
+    with pytest.raises(ValueError, match=r"dataset\.json: field market 'XX'"):
+        resolve_market(None, Settings(), tmp_path)
+
+
+def test_calendar_fit_warns_naming_the_market_whose_holidays_move_the_data():
+    days = pd.date_range("2022-01-01", "2024-06-30", freq="D")
+    rng = np.random.default_rng(1)
+    y = pd.Series(rng.poisson(50, len(days)).astype(float), index=days)
+    from features.calendar import market_events
+
+    ev = market_events("CN", days[0], days[-1])
+    cn_only = ev[ev["name"].isin(["spring_festival", "national_day", "labor_day", "dragon_boat_festival"])]
+    for d in cn_only["date"]:
+        span = pd.date_range(d, d + pd.Timedelta(days=6))
+        y.loc[y.index.isin(span)] *= 3.0  # CN-only holidays bring return waves
+    msg = market_warning(y, "US")
+    assert msg is not None and "fit the CN calendar better than US" in msg and "--market CN" in msg
+    assert market_warning(y, "CN") is None
+
+
+def test_backtest_reports_components_and_the_combination(history):
+    origin = history.days[-1] - pd.Timedelta(days=40)
+    res = rv.run_backtest(history, horizon=14, settings=Settings(), model_params={**FAST, "horizon": 14},
+                          origin_dates=[origin], progress=False)
+    methods = set(res.forecasts["method"])
+    assert {rv.MODEL, rv.LIGHTGBM, rv.MSTL_PEER, rv.AUTO_ETS, rv.SEASONAL_NAIVE} <= methods
+    comp = res.forecasts[res.forecasts["method"] == rv.LIGHTGBM]
+    assert (comp["p10"] == comp["p50"]).all()  # components are point forecasts in the table
