@@ -227,7 +227,8 @@ def _train_directly(data: Path, settings) -> None:
     lab = tf.meta["escalated"].notna().to_numpy()
     model = T.TicketTriageModel(num_boost_round=300, num_threads=2).fit(
         tf.X[lab], tf.meta["escalated"][lab].astype(int).to_numpy())
-    registry.log_and_register("ticket_triage", model, tf.X.head(5), "roc_auc", 0.5, True, settings=settings)
+    registry.log_and_register("ticket_triage", model, tf.X[list(T.FEATURES)].head(5), "roc_auc", 0.5, True,
+                              settings=settings)
     settings.snapshots_dir.mkdir(parents=True, exist_ok=True)
     for kind, frame in T.feature_snapshots(ds, T.data_end(ds)).items():
         frame.to_parquet(settings.snapshots_dir / T.SNAPSHOT_FILES[kind], index=False)

@@ -56,6 +56,7 @@ FEATURES: tuple[str, ...] = (
     "resolution_hours_90d",
     "main_category_share", "n_categories",
     "cat_late_rate_90d", "cat_very_late_rate_90d", "cat_quality_return_rate_90d", "cat_complaint_rate_90d",
+    "complaint_propensity", "ops_complaint_rate_30d", "ops_complaint_rate_90d", "ops_complaint_trend",
 )
 # Columns carried beside the features (not model inputs): the category, flags and the two baselines' scores.
 INFO_COLUMNS = ("category", "flag", "baseline_rate", "baseline_count", "expected_orders")
@@ -71,6 +72,7 @@ REASON_GROUPS: dict[str, tuple[str, ...]] = {
     "complaints": ("complaint_count_90d", "complaint_rate_90d", "complaint_rate_180d", "complaint_rate_365d",
                    "cat_complaint_rate_90d"),
     "complaint_trend": ("complaint_rate_30d", "complaint_trend"),
+    "operations": ("complaint_propensity", "ops_complaint_rate_30d", "ops_complaint_rate_90d", "ops_complaint_trend"),
     "escalations": ("escalation_rate_90d", "escalation_rate_365d"),
     "tickets": ("tickets_per_order_90d", "tickets_per_order_365d", "resolution_hours_90d"),
     "volume": ("orders_30d", "orders_90d", "orders_180d", "orders_365d", "order_growth", "days_since_last_order"),
@@ -410,6 +412,52 @@ def merchant_counts(events: MerchantEvents, as_of, horizon_days: int = HORIZON_D
     return frame
 
 
+# The operational rates the complaint link reads (late deliveries, very late deliveries, quality returns).
+_OPS_RATES = ("late", "very_late", "quality")
+
+
+def complaint_link(counts: pd.DataFrame, shrunk: dict[str, tuple[Arr, Arr]]) -> dict[str, Arr]:
+    """How this platform's complaints follow operations, learned across merchants at the as-of date.
+
+    A Poisson regression (log link, exposure = orders) of each merchant's complaints of the last 365 days on its
+    late, very-late and quality-return rates of the same 365 days, fitted on every merchant of the snapshot (their
+    past only: no label is read). It gives each merchant's *expected* complaints from its operations; then
+
+    * ``complaint_propensity``: its complaints over that expectation, shrunk toward 1 by two complaints' worth
+      (how readily this merchant's customers complain, beyond what its operations explain);
+    * ``ops_complaint_rate_30d`` / ``_90d``: the complaint rate the last 30 / 90 days' operations imply, times the
+      propensity: complaints follow operational trouble with a lag, so trouble that started recently shows here
+      before it shows in the complaint rates;
+    * ``ops_complaint_trend``: the 30-day figure minus the 90-day one.
+
+    The link is refitted at every as-of date, so its weights are the platform's own, not fixed numbers.
+    """
+    from sklearn.linear_model import PoissonRegressor
+
+    def design(w: str) -> Arr:
+        return np.column_stack([shrunk[f"{r}_{w}"][0] for r in _OPS_RATES])
+
+    k = counts["_k_complaints_365"].to_numpy(float)
+    n = counts["_n_complaints_365"].to_numpy(float)
+    X365 = design("365")
+    fit = (n > 0) & np.isfinite(X365).all(axis=1)
+    nan = np.full(len(k), np.nan)
+    if fit.sum() < 10 or k[fit].sum() < 5:
+        return {"complaint_propensity": nan, "ops_complaint_rate_30d": nan, "ops_complaint_rate_90d": nan,
+                "ops_complaint_trend": nan}
+    mu, sd = X365[fit].mean(axis=0), X365[fit].std(axis=0) + 1e-9
+    glm = PoissonRegressor(alpha=1e-4, max_iter=300).fit((X365[fit] - mu) / sd, k[fit] / n[fit], sample_weight=n[fit])
+
+    def rate(X: Arr) -> Arr:
+        return glm.predict((np.nan_to_num(X, nan=0.0) - mu) / sd)
+
+    expected = rate(X365) * n
+    propensity = (k + 2.0) / (expected + 2.0)
+    r30, r90 = rate(design("30")) * propensity, rate(design("90")) * propensity
+    return {"complaint_propensity": propensity, "ops_complaint_rate_30d": r30, "ops_complaint_rate_90d": r90,
+            "ops_complaint_trend": r30 - r90}
+
+
 def finish_merchant_features(counts: pd.DataFrame) -> FeatureFrame:
     """The category stage of :func:`build_features` on :func:`merchant_counts` of every merchant (sorted by ID).
 
@@ -439,6 +487,7 @@ def finish_merchant_features(counts: pd.DataFrame) -> FeatureFrame:
     f["cat_very_late_rate_90d"] = shrunk["very_late_90"][1]
     f["cat_quality_return_rate_90d"] = shrunk["quality_90"][1]
     f["cat_complaint_rate_90d"] = shrunk["complaints_90"][1]
+    f |= complaint_link(counts, shrunk)
     frame = pd.DataFrame({k: f[k] for k in FEATURES}, index=counts.index)
     for c in INFO_COLUMNS:
         frame[c] = counts[c].to_numpy()
@@ -555,7 +604,10 @@ class MerchantRiskModel(BaseEstimator):
     ``kind="poisson"`` ranks by the expected complaints per order of a LightGBM Poisson model fitted on complaint
     counts with log(orders in the label window) as offset. ``kind="lambdarank"`` ranks by a LightGBM LambdaRank
     model fitted with one query group per as-of snapshot on graded relevance; the Poisson model is fitted too,
-    for expected complaints. ``predict`` returns the ranking score (higher = riskier).
+    for expected complaints. ``kind="blend"`` ranks by the sum of both models' scores, each standardised by
+    its mean and spread on the training rows (a fixed linear map, so one merchant scores alike alone or in a batch):
+    the two objectives err on different merchants, and on 20 worlds (12 random scenarios, 8 default) the blend's
+    NDCG@50 was the steadiest. ``predict`` returns the ranking score (higher = riskier).
     """
 
     def __init__(self, kind: str = "poisson", n_estimators: int = 300, learning_rate: float = 0.03,
@@ -583,8 +635,8 @@ class MerchantRiskModel(BaseEstimator):
         """Fit on stacked snapshots (FEATURES, ``as_of``, ``label_orders``, ``label_complaints``, ``label_rate``)."""
         import lightgbm as lgb
 
-        if self.kind not in ("poisson", "lambdarank"):
-            raise ValueError(f"kind must be 'poisson' or 'lambdarank', got {self.kind!r}")
+        if self.kind not in ("poisson", "lambdarank", "blend"):
+            raise ValueError(f"kind must be 'poisson', 'lambdarank' or 'blend', got {self.kind!r}")
         missing = [c for c in (*FEATURES, "as_of", *LABEL_COLUMNS) if c not in snapshots.columns]
         if missing:
             raise ValueError(f"training snapshots lack columns {missing}: build them with build_snapshots()")
@@ -597,7 +649,7 @@ class MerchantRiskModel(BaseEstimator):
                          init_score=np.log(train["label_orders"].to_numpy(float)), free_raw_data=True)
         self.poisson_booster_ = lgb.train(self._params(objective="poisson"), ds, num_boost_round=self.n_estimators)
         self.ranker_booster_ = None
-        if self.kind == "lambdarank":
+        if self.kind in ("lambdarank", "blend"):
             grades = relevance_grades(train, self.min_label_orders)
             ranked = train.assign(_grade=grades).dropna(subset=["_grade"]).sort_values(["as_of", "merchant_id"])
             groups = ranked.groupby("as_of", sort=True).size().to_numpy()
@@ -607,8 +659,19 @@ class MerchantRiskModel(BaseEstimator):
             self.ranker_booster_ = lgb.train(params, rds, num_boost_round=self.n_estimators)
         self.feature_names_ = list(FEATURES)
         self.n_train_snapshots_ = int(train["as_of"].nunique())
-        self.leaf_offsets_, self.path_table_, self.path_bias_ = path_attribution_table(self._booster,
-                                                                                      len(self.feature_names_))
+        # (booster, weight, shift) of each part of the score: score = sum(weight * raw margin) - shift.
+        if self.kind == "blend":
+            parts = []
+            for b in (self.poisson_booster_, self.ranker_booster_):
+                raw = b.predict(X, raw_score=True, num_threads=self.num_threads)
+                sd = float(np.std(raw)) or 1.0
+                parts.append((b, 1.0 / sd, float(np.mean(raw)) / sd))
+        else:
+            parts = [(self._booster, 1.0, 0.0)]
+        self.parts_ = [(w, shift) for _, w, shift in parts]
+        self.paths_ = [path_attribution_table(b, len(self.feature_names_)) for b, _, _ in parts]
+        # score = path_bias_ + the sum of the path attributions (as for one booster)
+        self.path_bias_ = float(sum(w * p[2] - shift for (_, w, shift), p in zip(parts, self.paths_, strict=True)))
         return self
 
     def _check(self, X: pd.DataFrame) -> pd.DataFrame:
@@ -623,10 +686,22 @@ class MerchantRiskModel(BaseEstimator):
     def _booster(self):
         return self.ranker_booster_ if self.kind == "lambdarank" else self.poisson_booster_
 
+    @property
+    def _boosters(self) -> list:
+        return [self.poisson_booster_, self.ranker_booster_] if self.kind == "blend" else [self._booster]
+
     def predict(self, X: pd.DataFrame) -> Arr:
         """Ranking score per merchant (higher = more complaints to come); Poisson: expected complaints per order."""
         X = self._check(X)  # before touching the booster: an unfitted model says so
-        return self._booster.predict(X, num_threads=self.num_threads)
+        if self.kind != "blend":
+            return self._booster.predict(X, num_threads=self.num_threads)
+        return self.blend_parts(X).sum(axis=1)
+
+    def blend_parts(self, X: pd.DataFrame) -> Arr:
+        """The standardised scores the blend adds up (columns: Poisson log-rate, LambdaRank), one row per merchant."""
+        X = self._check(X)
+        return np.column_stack([w * b.predict(X, raw_score=True, num_threads=self.num_threads) - shift
+                                for b, (w, shift) in zip(self._boosters, self.parts_, strict=True)])
 
     def expected_rate(self, X: pd.DataFrame) -> Arr:
         """Expected complaints per order in the coming window (the Poisson model, whatever ranks)."""
@@ -642,21 +717,27 @@ class MerchantRiskModel(BaseEstimator):
         """
         data = self._check(X)
         if exact:
-            contrib = self._booster.predict(data, pred_contrib=True, num_threads=self.num_threads)[:, :-1]
+            contrib = sum(w * b.predict(data, pred_contrib=True, num_threads=self.num_threads)[:, :-1]
+                          for b, (w, _) in zip(self._boosters, self.parts_, strict=True))
         else:
-            contrib = self._path_contrib(data, self.path_table_)
+            contrib = self._path_contrib(data)
         return pd.DataFrame(contrib, columns=self.feature_names_, index=X.index)
 
-    def _path_contrib(self, data: pd.DataFrame, table: Arr) -> Arr:
-        """Rows x columns of ``table`` summed over each row's leaves (a sparse leaf-indicator product)."""
+    def _path_contrib(self, data: pd.DataFrame, project: Arr | None = None) -> Arr:
+        """Per-feature path attributions (times ``project``, a features x groups matrix, when given) summed over each
+        row's leaves in every booster of the score (a sparse leaf-indicator product), weighted as the score is."""
         from scipy import sparse
 
-        leaves = self._booster.predict(data, pred_leaf=True, num_threads=self.num_threads).astype(np.int64)
-        leaves = leaves.reshape(len(data), -1) + self.leaf_offsets_[None, :]
-        n, t = leaves.shape
-        hits = sparse.csr_matrix((np.ones(n * t), leaves.ravel(), np.arange(0, n * t + 1, t)),
-                                 shape=(n, table.shape[0]))
-        return np.asarray(hits @ table)
+        out = 0.0
+        for b, (w, _), (offsets, table, _) in zip(self._boosters, self.parts_, self.paths_, strict=True):
+            tab = table if project is None else table @ project
+            leaves = b.predict(data, pred_leaf=True, num_threads=self.num_threads).astype(np.int64)
+            leaves = leaves.reshape(len(data), -1) + offsets[None, :]
+            n, t = leaves.shape
+            hits = sparse.csr_matrix((np.ones(n * t), leaves.ravel(), np.arange(0, n * t + 1, t)),
+                                     shape=(n, tab.shape[0]))
+            out = out + w * np.asarray(hits @ tab)
+        return out
 
     def reasons(self, X: pd.DataFrame, top: int = 3) -> list[str]:
         """Up to ``top`` reasons per merchant a person reads, from the largest positive contribution groups."""
@@ -667,7 +748,7 @@ class MerchantRiskModel(BaseEstimator):
         to_group = np.zeros((len(pos), len(groups)))
         for j, g in enumerate(groups):
             to_group[[pos[f] for f in REASON_GROUPS[g]], j] = 1.0
-        by_group = self._path_contrib(data, self.path_table_ @ to_group)
+        by_group = self._path_contrib(data, to_group)
         order = np.argsort(-by_group, axis=1, kind="stable")[:, :top]
         texts = {g: _reason_texts(g, X) for g in groups}
         out = []
@@ -765,6 +846,10 @@ def _reason_texts(group: str, X: pd.DataFrame) -> Arr:
     if group == "complaint_trend":
         return ("complaints rising: " + _pct(g["complaint_rate_30d"]) + " of orders in the last 30 days vs "
                 + _pct(g["complaint_rate_30d"] - g["complaint_trend"]) + " before")
+    if group == "operations":
+        return ("its recent deliveries and quality imply " + _pct(g["ops_complaint_rate_30d"])
+                + " complaints per order (customers complain " + np.char.mod("%.1f", np.nan_to_num(
+                    g["complaint_propensity"].to_numpy(float))) + "x as readily as its operations explain)")
     if group == "escalations":
         return "escalations " + _pct(g["escalation_rate_90d"]) + " of its closed tickets"
     if group == "tickets":

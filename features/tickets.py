@@ -13,8 +13,10 @@ Two ways to get the same feature vector (:data:`FEATURES`), one definition:
   same three functions with ``time = snapshot time`` (files :data:`SNAPSHOT_FILES`, written by training), so a fresh
   snapshot gives exactly the training features (tested). :func:`load_serving_snapshots` joins them with the other
   models' snapshots (``accounts.parquet``: abuse_score, ...; ``merchants.parquet``: merchant_risk_percentile, ...);
-  on shared column names (returns_30d, late_delivery_rate, ...) ours win, because those models define them
-  differently (capped rates, empirical-Bayes shrinkage) and the booster learned ours.
+  on shared column names (returns_30d, ...) ours win, because those models define them differently (capped rates,
+  empirical-Bayes shrinkage) and the booster learned ours. Our merchant columns carry a ``mer_`` prefix so they
+  never replace the merchant model's own ``late_delivery_rate`` / ``complaint_rate_90d`` in the joined merchant
+  snapshot (which the merchant ranking shows).
 
 A snapshot is older than the ticket: contacts, returns and deliveries since then are missing (a 7-day-old snapshot:
 mean |p| difference 0.017 on the default world). Fields the ticket carries win over the snapshot: the ticket system
@@ -52,29 +54,25 @@ CASE_CODE = {c: i for i, c in enumerate(CASE_TYPES)}
 CHANNEL_CODE = {c: i for i, c in enumerate(CHANNELS)}
 REASON_CODE = {r: i for i, r in enumerate(RETURN_REASONS)}
 
-# Cheap text features: keyword families (lower-case substrings) and hashed word uni/bigrams into a few buckets.
-KEYWORDS: dict[str, tuple[str, ...]] = {
-    "kw_broken": ("broken", "broke", "damaged", "cracked", "defect"),
-    "kw_fake": ("fake", "counterfeit", "not as described", "not the original"),
-    "kw_not_arrived": ("never arrived", "not arrived", "not received", "never received", "lost"),
-    "kw_late": ("late", "delay", "tracking", "where is my"),
-    "kw_repeat": ("third time", "second time", "again", "already asked", "contacted you"),
-    "kw_angry": ("unacceptable", "worst", "ridiculous", "scam", "disgusting"),
-    "kw_legal": ("lawyer", "legal", "court", "police", "consumer protection"),
-    "kw_money_back": ("money back", "refund", "chargeback"),
-}
-N_HASH = 32
+# Text: length, exclamation marks and a score learned from the platform's own tickets (:class:`TextScorer`): hashed
+# word uni/bigrams and in-word character 3-5-grams, weighted by a logistic regression of escalation, so the wording
+# that escalates on this platform (its language, its customers' phrases) counts, not a fixed English word list.
+TEXT_HASH_BITS = 18
 _TOKEN = re.compile(r"[a-z0-9']+")
 
 CALENDAR_FEATURES = ("is_holiday", "is_shopping_event", "event_size", "days_until_major", "days_since_major",
                      "in_event_window")
 # Columns taken from the account and merchant snapshots at serving time (computed point in time for training).
-ACCOUNT_FEATURES = ("prior_tickets_30d", "returns_30d", "return_rate_90d", "refund_without_return_90d")
-MERCHANT_FEATURES = ("late_delivery_rate", "complaint_rate_90d")
+ACCOUNT_FEATURES = ("prior_tickets_30d", "returns_30d", "return_rate_90d", "refund_without_return_90d",
+                    "acct_tickets_365d", "acct_escalations_365d", "acct_returns_365d", "acct_return_rate_365d",
+                    "acct_refund_without_return_365d")
+MERCHANT_FEATURES = ("mer_late_delivery_rate", "mer_complaint_rate_90d", "mer_complaint_rate_30d",
+                     "mer_escalation_rate_90d",
+                     "mer_escalation_rate_365d", "mer_tickets_per_order_90d")
 TICKET_FEATURES = (
     "case_type", "channel", "amount", "has_order", "hour", "dow", *CALENDAR_FEATURES,
     "order_age_days", "lateness_days", "delivered_by_creation", "return_reason", "days_since_return",
-    "text_len", "n_exclaim", *KEYWORDS, *(f"txt_{i:02d}" for i in range(N_HASH)),
+    "text_len", "n_exclaim", "text_score",
 )
 FEATURES: tuple[str, ...] = (*TICKET_FEATURES, *ACCOUNT_FEATURES, *MERCHANT_FEATURES)
 CATEGORICAL = ("case_type", "channel", "return_reason")
@@ -84,12 +82,12 @@ ORDER_CONTEXT = ("ordered_at", "promised_delivery_at", "delivered_at", "return_r
 # no skew), else the other model's snapshot column of the same name (same meaning, its own definition).
 SNAPSHOT_COLUMNS: dict[str, str] = {
     **{c: f"ticket_triage_accounts.parquet:{c} (else accounts.parquet:{c})" for c in ACCOUNT_FEATURES},
-    **{c: f"ticket_triage_merchants.parquet:{c} (else merchants.parquet:{c})" for c in MERCHANT_FEATURES},
+    **{c: f"ticket_triage_merchants.parquet:{c}" for c in MERCHANT_FEATURES},
     **{c: f"ticket_triage_orders.parquet:{c} (the ticket's own field wins)" for c in ORDER_CONTEXT},
 }
 
 # Windows of the history aggregates, in days.
-WINDOW_SHORT, WINDOW_LONG = 30, 90
+WINDOW_SHORT, WINDOW_LONG, WINDOW_YEAR = 30, 90, 365
 _IDX = {f: i for i, f in enumerate(FEATURES)}
 _NAN = float("nan")
 
@@ -196,22 +194,10 @@ class CalendarTable:
 
 
 def text_features(text: str | None) -> list[float]:
-    """Length, exclamation marks, keyword-family flags and hashed word uni/bigram counts of a first message.
-
-    Hashing uses crc32 (stable across processes, unlike ``hash``), so training and serving bucket alike.
-    """
+    """Length, exclamation marks, and NaN for the learned text score (the fitted model fills it from the text)."""
     if not text or not isinstance(text, str):
-        return [0.0] * (2 + len(KEYWORDS) + N_HASH)
-    low = text.lower()
-    out = [float(len(text)), float(text.count("!"))]
-    out += [1.0 if any(k in low for k in kws) else 0.0 for kws in KEYWORDS.values()]
-    buckets = [0.0] * N_HASH
-    tokens = _TOKEN.findall(low)
-    for tok in tokens:
-        buckets[zlib.crc32(tok.encode()) % N_HASH] += 1.0
-    for a, b in zip(tokens, tokens[1:], strict=False):
-        buckets[zlib.crc32(f"{a} {b}".encode()) % N_HASH] += 1.0
-    return out + buckets
+        return [0.0, 0.0, _NAN]
+    return [float(len(text)), float(text.count("!")), _NAN]
 
 
 def text_matrix(texts: pd.Series | Sequence[str | None]) -> Arr:
@@ -220,6 +206,102 @@ def text_matrix(texts: pd.Series | Sequence[str | None]) -> Arr:
     codes, uniques = pd.factorize(s, use_na_sentinel=True)
     table = np.array([text_features(t) for t in uniques] + [text_features(None)], dtype=np.float64)
     return table[np.where(codes < 0, len(uniques), codes)]
+
+
+def text_grams(text: str | None) -> list[int]:
+    """The distinct hashed n-grams of a message: word uni- and bigrams, and character 4-grams inside each word
+    (so inflections and misspellings of a word share most of their grams). crc32, stable across processes."""
+    if not text or not isinstance(text, str):
+        return []
+    words = _TOKEN.findall(text.lower())
+    grams = {f"w {w}" for w in words} | {f"b {a} {b}" for a, b in zip(words, words[1:], strict=False)}
+    for w in words:
+        padded = f"<{w}>"
+        grams.update(f"c {padded[i:i + 4]}" for i in range(len(padded) - 3))
+    if "!" in text:
+        grams.add("p !")
+    if "?" in text:
+        grams.add("p ?")
+    mask = (1 << TEXT_HASH_BITS) - 1
+    return sorted({zlib.crc32(g.encode()) & mask for g in grams})
+
+
+class TextScorer:
+    """Escalation log-odds of a first message from its hashed n-grams (:func:`text_grams`), learned on the
+    platform's tickets by an L2-regularised logistic regression; rows are the distinct texts weighted by how often
+    each escalated or not, so fitting costs the number of distinct messages, not of tickets.
+
+    Scoring one message is a sum of a few dozen weights (plain Python, microseconds); the same arithmetic in bulk
+    gives the same floats.
+    """
+
+    def __init__(self, C: float = 1.0):
+        self.C = C
+
+    @staticmethod
+    def _rows(texts: Sequence[str | None]):
+        from scipy import sparse
+
+        idx = [text_grams(t) for t in texts]
+        indptr = np.cumsum([0] + [len(g) for g in idx])
+        cols = np.fromiter((c for g in idx for c in g), dtype=np.int64, count=int(indptr[-1]))
+        vals = np.repeat([1.0 / math.sqrt(len(g)) if g else 0.0 for g in idx], [len(g) for g in idx])
+        return sparse.csr_matrix((vals, cols, indptr), shape=(len(idx), 1 << TEXT_HASH_BITS))
+
+    def fit(self, texts: pd.Series | Sequence[str | None], y) -> TextScorer:
+        from sklearn.linear_model import LogisticRegression
+
+        s = pd.Series(texts, dtype="object").where(lambda v: v.map(lambda x: isinstance(x, str)), None)
+        y = np.asarray(y, dtype=np.float64)
+        codes, uniques = pd.factorize(s, use_na_sentinel=False)
+        pos = np.bincount(codes, weights=y, minlength=len(uniques))
+        n = np.bincount(codes, minlength=len(uniques)).astype(np.float64)
+        X = self._rows(list(uniques))
+        from scipy import sparse
+
+        used = np.unique(X.indices)  # fit on the grams that occur only (a few thousand of the 2^18 buckets)
+        XX = sparse.vstack([X, X]).tocsr()[:, used]
+        yy = np.r_[np.ones(len(uniques)), np.zeros(len(uniques))]
+        ww = np.r_[pos, n - pos]
+        keep = ww > 0
+        self.weights_ = np.zeros(1 << TEXT_HASH_BITS)
+        if len(np.unique(yy[keep])) < 2:
+            self.bias_ = float(np.log((pos.sum() + 0.5) / (n.sum() - pos.sum() + 0.5)))
+            return self
+        lr = LogisticRegression(C=self.C, max_iter=1000, solver="lbfgs")
+        # weighted by ticket counts: the log-likelihood is the tickets', the L2 penalty a unit prior on each weight
+        lr.fit(XX[keep], yy[keep], sample_weight=ww[keep])
+        self.weights_[used] = lr.coef_[0]
+        self.bias_ = float(lr.intercept_[0])
+        return self
+
+    def score_one(self, text: str | None) -> float:
+        """The message's escalation log-odds (bias alone for an empty message)."""
+        g = text_grams(text)
+        if not g:
+            return self.bias_
+        w = self.weights_
+        return self.bias_ + sum(float(w[i]) for i in g) / math.sqrt(len(g))
+
+    def score(self, texts: pd.Series | Sequence[str | None]) -> Arr:
+        """:meth:`score_one` of many messages (each distinct text scored once)."""
+        s = pd.Series(texts, dtype="object")
+        codes, uniques = pd.factorize(s, use_na_sentinel=True)
+        table = np.array([self.score_one(t if isinstance(t, str) else None) for t in uniques] + [self.score_one(None)],
+                         dtype=np.float64)
+        return table[np.where(codes < 0, len(uniques), codes)]
+
+
+def out_of_fold_text_scores(texts: pd.Series, y: Arr, folds: int = 5, C: float = 1.0) -> Arr:
+    """Text scores of training rows from scorers that did not see them (``folds`` contiguous blocks of the rows in
+    time order), so the booster learns how much the text score is worth on texts it was not fitted on."""
+    texts = pd.Series(texts, dtype="object").reset_index(drop=True)
+    y = np.asarray(y, dtype=np.float64)
+    out = np.empty(len(texts))
+    for part in np.array_split(np.arange(len(texts)), folds):
+        rest = np.setdiff1d(np.arange(len(texts)), part, assume_unique=True)
+        out[part] = TextScorer(C).fit(texts.iloc[rest], y[rest]).score(texts.iloc[part])
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -424,13 +506,25 @@ def window_sum(ev_key: Arr, ev_time: Arr, ev_weight: Arr, q_key: Arr, q_time: Ar
     return np.where(known, cum[hi] - cum[lo], np.nan)
 
 
+def _escalations_known(tickets: pd.DataFrame) -> tuple[Arr, Arr]:
+    """(escalated 0/1, the time each ticket's outcome became known): an outcome is known when the case closed; a
+    case marked escalated without a close time is taken as known a week after opening (as for complaints)."""
+    created, resolved = series_us(tickets["created_at"]), series_us(tickets["resolved_at"])
+    escalated = tickets["escalated"].astype("boolean").fillna(False).to_numpy(dtype=np.float64)
+    known = np.where(np.isnan(resolved), np.where(escalated > 0, created + 7 * DAY_US, np.nan), resolved)
+    return escalated, known
+
+
 def account_history(ds: Dataset, account_ids: pd.Series, times: Arr) -> pd.DataFrame:
     """The account columns of :data:`ACCOUNT_FEATURES` as of each time (strictly before it), point in time.
 
     * ``prior_tickets_30d``: the account's tickets created in the 30 days before;
     * ``returns_30d``: its return requests in the 30 days before;
     * ``return_rate_90d``: return requests / order lines in the 90 days before (lines 0 -> divided by 1);
-    * ``refund_without_return_90d``: its return requests with item_returned false in the 90 days before.
+    * ``refund_without_return_90d``: its return requests with item_returned false in the 90 days before;
+    * ``acct_tickets_365d``, ``acct_returns_365d``, ``acct_return_rate_365d``, ``acct_refund_without_return_365d``:
+      the same over a year (a customer's habits outlast a month, and a year-long count ages slowly in a snapshot);
+    * ``acct_escalations_365d``: its cases that escalated, counted from when their outcome became known (closed).
 
     Guests (null account_id) get NaN. ``times`` are float microseconds (see :func:`series_us`).
     """
@@ -439,13 +533,21 @@ def account_history(ds: Dataset, account_ids: pd.Series, times: Arr) -> pd.DataF
     o_t, r_t, t_t = series_us(o["ordered_at"]), series_us(r["requested_at"]), series_us(t["created_at"])
     ones_r = np.ones(len(r))
     rwr = (r["item_returned"] == False).fillna(False).to_numpy(dtype=np.float64)  # noqa: E712 — nullable bool
-    lines = window_sum(ko, o_t, np.ones(len(o)), q, times, WINDOW_LONG)
+    lines90, lines365 = window_sum(ko, o_t, np.ones(len(o)), q, times, WINDOW_LONG), \
+        window_sum(ko, o_t, np.ones(len(o)), q, times, WINDOW_YEAR)
     ret90, rwr90 = window_sum(kr, r_t, np.column_stack([ones_r, rwr]), q, times, WINDOW_LONG).T
+    ret365, rwr365 = window_sum(kr, r_t, np.column_stack([ones_r, rwr]), q, times, WINDOW_YEAR).T
+    esc, known = _escalations_known(t)
     return pd.DataFrame({
         "prior_tickets_30d": window_sum(kt, t_t, np.ones(len(t)), q, times, WINDOW_SHORT),
         "returns_30d": window_sum(kr, r_t, ones_r, q, times, WINDOW_SHORT),
-        "return_rate_90d": ret90 / np.maximum(lines, 1.0),
+        "return_rate_90d": ret90 / np.maximum(lines90, 1.0),
         "refund_without_return_90d": rwr90,
+        "acct_tickets_365d": window_sum(kt, t_t, np.ones(len(t)), q, times, WINDOW_YEAR),
+        "acct_escalations_365d": window_sum(kt, known, esc, q, times, WINDOW_YEAR),
+        "acct_returns_365d": ret365,
+        "acct_return_rate_365d": ret365 / np.maximum(lines365, 1.0),
+        "acct_refund_without_return_365d": rwr365,
     }, index=account_ids.index)
 
 
@@ -501,26 +603,42 @@ def merchant_signals(ds: Dataset, merchant_ids: pd.Series, times: Arr, orders: p
                      ) -> pd.DataFrame:
     """The merchant columns of :data:`MERCHANT_FEATURES` as of each time (strictly before it), point in time.
 
-    * ``late_delivery_rate``: of the merchant's orders whose promised delivery fell in the 90 days before, the share
+    * ``mer_late_delivery_rate``: of the merchant's orders whose promised delivery fell in the 90 days before, the share
       not delivered by the promise (a late order is known to be late from the promised time on);
-    * ``complaint_rate_90d``: merchant complaints that became known in the 90 days before / orders placed in them.
+    * ``mer_complaint_rate_90d``: merchant complaints that became known in the 90 days before / orders placed in them;
+    * ``mer_complaint_rate_30d``: the same over 30 days (complaints lag a merchant's trouble: the recent rate leads);
+    * ``mer_escalation_rate_90d`` / ``_365d``: of the merchant's cases closed in the 90 / 365 days before, the share
+      that escalated (how readily its customers escalate: a merchant's customers and products change slowly);
+    * ``mer_tickets_per_order_90d``: its cases opened in the 90 days before / orders placed in them.
 
     NaN when the merchant had no orders in the window (new or unknown merchants). ``orders`` is
     :func:`order_table` of ``ds.orders`` when the caller already has it.
     """
     ot = order_table(ds.orders) if orders is None else orders
     c_ids, c_time = _complaints(ds.tickets)
-    q, ko, kc = _keys(merchant_ids, ot["merchant_id"], c_ids)
+    tm = ds.tickets[ds.tickets["merchant_id"].notna()]
+    q, ko, kc, kt = _keys(merchant_ids, ot["merchant_id"], c_ids, tm["merchant_id"])
     promised = series_us(ot["promised_delivery_at"])
     delivered = series_us(ot["delivered_at"])
     late = (np.isnan(delivered) | (delivered > promised)).astype(np.float64)
     due, n_late = window_sum(ko, promised, np.column_stack([np.ones(len(ot)), late]), q, times, WINDOW_LONG).T
-    placed = window_sum(ko, series_us(ot["ordered_at"]), np.ones(len(ot)), q, times, WINDOW_LONG)
+    o_t = series_us(ot["ordered_at"])
+    placed = window_sum(ko, o_t, np.ones(len(ot)), q, times, WINDOW_LONG)
+    placed30 = window_sum(ko, o_t, np.ones(len(ot)), q, times, WINDOW_SHORT)
     n_compl = window_sum(kc, c_time, np.ones(len(c_time)), q, times, WINDOW_LONG)
+    n_compl30 = window_sum(kc, c_time, np.ones(len(c_time)), q, times, WINDOW_SHORT)
+    esc, known = _escalations_known(tm)
+    closed, n_esc = window_sum(kt, known, np.column_stack([np.ones(len(tm)), esc]), q, times, WINDOW_LONG).T
+    closed365, n_esc365 = window_sum(kt, known, np.column_stack([np.ones(len(tm)), esc]), q, times, WINDOW_YEAR).T
+    n_tickets = window_sum(kt, series_us(tm["created_at"]), np.ones(len(tm)), q, times, WINDOW_LONG)
     with np.errstate(invalid="ignore", divide="ignore"):
         return pd.DataFrame({
-            "late_delivery_rate": np.where(due > 0, n_late / due, np.nan),
-            "complaint_rate_90d": np.where(placed > 0, n_compl / placed, np.nan),
+            "mer_late_delivery_rate": np.where(due > 0, n_late / due, np.nan),
+            "mer_complaint_rate_90d": np.where(placed > 0, n_compl / placed, np.nan),
+            "mer_complaint_rate_30d": np.where(placed30 > 0, n_compl30 / placed30, np.nan),
+            "mer_escalation_rate_90d": np.where(closed > 0, n_esc / closed, np.nan),
+            "mer_escalation_rate_365d": np.where(closed365 > 0, n_esc365 / closed365, np.nan),
+            "mer_tickets_per_order_90d": np.where(placed > 0, n_tickets / placed, np.nan),
         }, index=merchant_ids.index)
 
 
@@ -580,7 +698,7 @@ def order_context(ds: Dataset, order_ids: pd.Series, times: Arr, orders: pd.Data
 class TicketFeatures:
     """Training features of labelled and unlabelled tickets, in time order (``X`` and ``meta`` share the index)."""
 
-    X: pd.DataFrame  # FEATURES columns
+    X: pd.DataFrame  # FEATURES columns, and the first message (``text``) the model's text scorer learns from
     meta: pd.DataFrame  # ticket_id, created_at, resolved_at, case_type, channel, IDs, amount, escalated
 
 
@@ -649,7 +767,8 @@ def point_in_time_context(ds: Dataset, t: pd.DataFrame, times: Arr, engine=None,
     acc = engine.by_key(_account_history_part, {
         "queries": (q, "account_id"), "orders": (ds.orders[["account_id", "ordered_at"]], "account_id"),
         "returns": (ds.returns[["account_id", "requested_at", "item_returned"]], "account_id"),
-        "tickets": (ds.tickets[["account_id", "created_at"]], "account_id")}, primary="queries")
+        "tickets": (ds.tickets[["account_id", "created_at", "resolved_at", "escalated"]], "account_id")},
+        primary="queries")
     say("features: merchant signals (point in time)")
     mer = engine.by_key(_merchant_signals_part, {
         "queries": (q, "merchant_id"), "order_rows": (ot, "merchant_id"),
@@ -677,7 +796,42 @@ def build_training_features(ds: Dataset, calendar: CalendarTable, progress: Any 
     X = assemble_batch(t, ctx, history, calendar)
     meta = t[["ticket_id", "created_at", "resolved_at", "case_type", "channel", "account_id", "merchant_id",
               "order_id", "amount", "escalated"]].copy()
-    return TicketFeatures(pd.DataFrame(X, columns=list(FEATURES)), meta)
+    frame = pd.DataFrame(X, columns=list(FEATURES))
+    frame["text"] = t["text"].astype("object").to_numpy() if "text" in t else None  # for the model's text scorer
+    return TicketFeatures(frame, meta)
+
+
+def as_served(ds: Dataset, feats: TicketFeatures, rows: Arr, snapshot_lag_days: Arr, calendar: CalendarTable,
+              engine=None) -> pd.DataFrame:
+    """The features of tickets ``rows`` as the service computes them from snapshots taken ``snapshot_lag_days``
+    before each ticket's creation (the rows of ``feats.X``, same columns).
+
+    What a snapshot of that age cannot hold is missing, exactly as in :func:`feature_snapshots`: account and merchant
+    history stop at the snapshot time; orders placed after it have no context (age, lateness, return unknown);
+    deliveries after it are unknown (the parcel counts as still on its way); returns requested after it are unseen.
+    The ticket's own fields (case type, channel, amount, text, time) are the ticket's. Training on a share of rows
+    seen this way teaches the model what the service sees between two snapshot refreshes.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    t = feats.meta.iloc[rows].reset_index(drop=True)
+    if "text" in feats.X.columns:
+        t = t.assign(text=feats.X["text"].iloc[rows].to_numpy())
+    created = series_us(t["created_at"])
+    snap = created - np.round(np.asarray(snapshot_lag_days, dtype=np.float64) * DAY_US)
+    ctx, history = point_in_time_context(ds, t, snap, engine)
+    ordered, delivered = series_us(ctx["ordered_at"]), series_us(ctx["delivered_at"])
+    # Placed at or after the snapshot, older than the order snapshot's window, or not found: not in the snapshot.
+    unknown_order = ~((ordered < snap) & (ordered >= snap - ORDER_SNAPSHOT_DAYS * DAY_US))
+    for c in ("ordered_at", "promised_delivery_at", "delivered_at", "return_requested_at"):
+        ctx.loc[unknown_order, c] = pd.NaT
+    ctx.loc[unknown_order, "return_reason"] = None
+    ctx.loc[~unknown_order & (delivered >= snap), "delivered_at"] = pd.NaT
+    X = assemble_batch(t, ctx, history, calendar)
+    out = pd.DataFrame(X, columns=list(FEATURES))
+    for c in feats.X.columns:
+        if c not in out.columns:
+            out[c] = feats.X[c].iloc[rows].to_numpy()
+    return out[list(feats.X.columns)].set_axis(feats.X.index[rows])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -698,16 +852,16 @@ def data_end(ds: Dataset) -> pd.Timestamp:
 def feature_snapshots(ds: Dataset, as_of: pd.Timestamp) -> dict[str, pd.DataFrame]:
     """Account, merchant and order context as of ``as_of``, computed by the training functions (no train/serve skew).
 
-    accounts: account_id + :data:`ACCOUNT_FEATURES` (accounts active in the last 90 days; others are new: zeros);
+    accounts: account_id + :data:`ACCOUNT_FEATURES` (accounts active in the last 365 days; others are new: zeros);
     merchants: merchant_id + :data:`MERCHANT_FEATURES`; orders: order_id + :data:`ORDER_CONTEXT` for orders placed
     in the last :data:`ORDER_SNAPSHOT_DAYS` days, with deliveries and returns after ``as_of`` hidden.
     """
     as_of = pd.Timestamp(as_of)
     at = to_us(as_of)
-    lo = as_of - pd.Timedelta(days=WINDOW_LONG)
+    lo = as_of - pd.Timedelta(days=WINDOW_YEAR)
     ids = pd.concat([ds.orders.loc[ds.orders["ordered_at"] >= lo, "account_id"],
                      ds.returns.loc[ds.returns["requested_at"] >= lo, "account_id"],
-                     ds.tickets.loc[ds.tickets["created_at"] >= lo, "account_id"]]).dropna().astype("string")
+                     ds.tickets.loc[(ds.tickets["created_at"] >= lo) | (ds.tickets["resolved_at"] >= lo), "account_id"]]).dropna().astype("string")
     acc_ids = pd.Series(pd.unique(ids), dtype="string", name="account_id")
     acc = account_history(ds, acc_ids, np.full(len(acc_ids), at)).assign(account_id=acc_ids)
     ot = order_table(ds.orders)
@@ -785,8 +939,8 @@ REASON_RULES: tuple[ReasonRule, ...] = (
     ("late_delivery", "the parcel was 2+ days late when the ticket was opened (delivered late or still on its way)"),
     ("return_reason", "the order's return reason escalates at least 1.3x as often as tickets overall"),
     ("repeat_contact", "the customer opened another ticket in the last 30 days"),
-    ("angry_message", "the first message is angry (!, strong words) or threatens legal action"),
-    ("repeat_in_text", "the first message says it is a repeated contact"),
+    ("message_wording", "the first message's wording escalates: its score, learned from the platform's own tickets, "
+                        "is in the top 10% of tickets"),
     ("high_amount", "the amount is in the top 10% of tickets"),
     ("merchant_late", "the merchant's 90-day late-delivery rate is in the top 10% of tickets"),
     ("merchant_complaints", "the merchant's 90-day complaint rate is in the top 10% of tickets"),
@@ -825,7 +979,7 @@ class TicketTriageModel:
                  min_child_samples: int = 50, feature_fraction: float = 0.8, bagging_fraction: float = 0.8,
                  lambda_l2: float = 1.0, early_stopping_rounds: int = 50, calibration: str = "isotonic",
                  calibration_fraction: float = 0.2, num_threads: int = 2, seed: int = 0, market: str = "CN",
-                 summer_sale: str = "07-15", summer_sale_days: int = 3):
+                 summer_sale: str = "07-15", summer_sale_days: int = 3, text_C: float = 1.0):
         self.num_boost_round = num_boost_round
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -841,6 +995,7 @@ class TicketTriageModel:
         self.market = market
         self.summer_sale = summer_sale
         self.summer_sale_days = summer_sale_days
+        self.text_C = text_C
 
     # ---- fitting -----------------------------------------------------------------------------------------------
 
@@ -850,7 +1005,10 @@ class TicketTriageModel:
             if missing:
                 raise ValueError(f"ticket feature frame lacks columns {missing[:5]}: build it with "
                                  "features.tickets.build_training_features")
-            return X[list(FEATURES)].to_numpy(dtype=np.float64)
+            Xm = X[list(FEATURES)].to_numpy(dtype=np.float64, copy=True)
+            if "text" in X.columns and getattr(self, "text_scorer_", None) is not None:
+                Xm[:, _IDX["text_score"]] = self.text_scorer_.score(X["text"])
+            return Xm
         X = np.asarray(X, dtype=np.float64)
         if X.ndim != 2 or X.shape[1] != len(FEATURES):
             raise ValueError(f"expected a (n, {len(FEATURES)}) feature matrix, got shape {X.shape}")
@@ -869,11 +1027,17 @@ class TicketTriageModel:
 
         if self.calibration not in ("isotonic", "platt"):
             raise ValueError(f"calibration must be 'isotonic' or 'platt', got {self.calibration!r}")
+        self.text_scorer_ = None
         Xm = self._matrix(X)
         y = np.asarray(y, dtype=np.float64)
         if len(y) != len(Xm) or np.isnan(y).any() or not np.isin(y, (0.0, 1.0)).all():
             raise ValueError("y must be 0/1 labels, one per row of X, with no missing values "
                              "(drop unlabelled tickets first)")
+        if isinstance(X, pd.DataFrame) and "text" in X.columns:
+            # The booster learns from out-of-fold text scores (what the score is worth on texts its scorer did not
+            # see); the scorer kept for prediction is fitted on every row.
+            Xm[:, _IDX["text_score"]] = out_of_fold_text_scores(X["text"], y, C=self.text_C)
+            self.text_scorer_ = TextScorer(self.text_C).fit(X["text"], y)
         n_cal = int(round(len(y) * self.calibration_fraction))
         if n_cal < 50 or len(y) - n_cal < 100 or y[:-n_cal].min() == y[:-n_cal].max():
             raise ValueError(f"too few labelled tickets to fit and calibrate ({len(y)} rows, {int(y.sum())} "
@@ -935,8 +1099,8 @@ class TicketTriageModel:
         self.channel_lift_ = lift_table("channel", len(CHANNELS))
         self.reason_lift_ = lift_table("return_reason", len(RETURN_REASONS))
         q = {c: float(np.nanquantile(X[:, _IDX[c]], 0.9)) if np.isfinite(X[:, _IDX[c]]).any() else np.inf
-             for c in ("amount", "late_delivery_rate", "complaint_rate_90d", "returns_30d",
-                       "refund_without_return_90d")}
+             for c in ("amount", "mer_late_delivery_rate", "mer_complaint_rate_90d", "returns_30d",
+                       "refund_without_return_90d", "text_score")}
         self.reason_thresholds_ = q
         fired = self._reason_flags(X)
         self.reason_lift_by_rule_ = np.array(
@@ -980,11 +1144,10 @@ class TicketTriageModel:
             _g(v, "lateness_days") >= 2.0,
             _lift_of(self.reason_lift_, _g(v, "return_reason")) >= 1.3,
             _g(v, "prior_tickets_30d") >= 1.0,
-            (_g(v, "kw_angry") + _g(v, "kw_legal") + _g(v, "n_exclaim")) >= 1.0,
-            _g(v, "kw_repeat") >= 1.0,
+            _g(v, "text_score") >= th["text_score"],
             _g(v, "amount") >= th["amount"],
-            _g(v, "late_delivery_rate") >= th["late_delivery_rate"],
-            _g(v, "complaint_rate_90d") >= th["complaint_rate_90d"],
+            _g(v, "mer_late_delivery_rate") >= th["mer_late_delivery_rate"],
+            _g(v, "mer_complaint_rate_90d") >= th["mer_complaint_rate_90d"],
             (_g(v, "returns_30d") >= max(th["returns_30d"], 1.0))
             | (_g(v, "refund_without_return_90d") >= max(th["refund_without_return_90d"], 1.0)),
             _g(v, "in_event_window") >= 1.0,
@@ -1011,18 +1174,15 @@ class TicketTriageModel:
         if code == "repeat_contact":
             n = int(v[_IDX["prior_tickets_30d"]])
             return f"the customer's {n + 1}{_ordinal(n + 1)} contact in 30 days"
-        if code == "angry_message":
-            if v[_IDX["kw_legal"]] >= 1.0:
-                return "the first message threatens legal action"
-            return "the first message is angry"
-        if code == "repeat_in_text":
-            return "the customer says they have contacted us before about this"
+        if code == "message_wording":
+            return ("the first message is worded like the tickets that escalate on this platform (top 10% by its "
+                    "learned text score)")
         if code == "high_amount":
             return f"high amount {v[_IDX['amount']]:.2f} (top 10% of tickets)"
         if code == "merchant_late":
-            return f"the merchant delivered {v[_IDX['late_delivery_rate']]:.0%} of orders late in the last 90 days"
+            return f"the merchant delivered {v[_IDX['mer_late_delivery_rate']]:.0%} of orders late in the last 90 days"
         if code == "merchant_complaints":
-            return (f"the merchant drew {v[_IDX['complaint_rate_90d']]:.1%} complaints per order in the last "
+            return (f"the merchant drew {v[_IDX['mer_complaint_rate_90d']]:.1%} complaints per order in the last "
                     "90 days (top 10%)")
         if code == "account_returns":
             return (f"the account returned {int(v[_IDX['returns_30d']])} items in 30 days, "
@@ -1059,15 +1219,17 @@ class TicketTriageModel:
             account = NEW_ACCOUNT  # an account without a snapshot row had no activity: a new account
             defaults.append("account history: none on record (new account)")
         elif account is not None and not any(_present(account.get(f)) for f in ACCOUNT_FEATURES):
-            # A row from another model's snapshot only: our snapshot lists every account active in the last 90
+            # A row from another model's snapshot only: our snapshot lists every account active in the last 365
             # days, so this one had none -> zero history, as training computes it.
             account = {**account, **NEW_ACCOUNT}
-            defaults.append("account history: no activity in the last 90 days (zero history)")
+            defaults.append("account history: no activity in the last 365 days (zero history)")
         if unknown_merchant:
             defaults.append("merchant signals: unknown merchant (no recent orders)")
         if order_missing:
             defaults.append("order context: order not in the snapshot (age, lateness, return reason unknown)")
         v = assemble_one(ticket, order, account, merchant, self.calendar_)
+        if getattr(self, "text_scorer_", None) is not None:
+            v[_IDX["text_score"]] = self.text_scorer_.score_one(ticket.get("text"))
         margin = float(self.booster_.predict(np.array([v], dtype=np.float64), raw_score=True, num_threads=1)[0])
         if self.platt_ is not None:
             a, b = self.platt_
@@ -1132,6 +1294,8 @@ class TicketTriageModel:
         order_given = t["ordered_at"].notna().to_numpy() if "ordered_at" in t else np.zeros(n, bool)
         order_missing = ord_id.notna().to_numpy() & ~ord_found & ~order_given
         X = assemble_batch(t, ctx, pd.concat([acc, mer], axis=1), self.calendar_)
+        if getattr(self, "text_scorer_", None) is not None:
+            X[:, _IDX["text_score"]] = self.text_scorer_.score(_column(t, "text"))
         flags = pd.DataFrame({"guest": guest, "unknown_account": unknown_account,
                               "unknown_merchant": unknown_merchant, "order_context_missing": order_missing})
         return X, flags

@@ -113,7 +113,7 @@ def build_deployment(root: Path, world_params: dict | None = None) -> dict:
     from features.return_volume import build_history
     from features.settings import Settings
     from features.synthetic import generate_world
-    from features.tickets import CalendarTable, TicketTriageModel, build_training_features
+    from features.tickets import FEATURES, CalendarTable, TicketTriageModel, build_training_features
     from training import registry
     from training.merchant_risk import write_serving_snapshot
     from training.return_volume import _input_example
@@ -130,7 +130,7 @@ def build_deployment(root: Path, world_params: dict | None = None) -> dict:
     labelled = feats.meta["escalated"].notna().to_numpy()
     triage = TicketTriageModel(**model_params(settings)).fit(
         feats.X[labelled], feats.meta["escalated"][labelled].astype(int).to_numpy())
-    v_triage = registry.log_and_register("ticket_triage", triage, feats.X.head(5), "roc_auc", 0.70, True,
+    v_triage = registry.log_and_register("ticket_triage", triage, feats.X[list(FEATURES)].head(5), "roc_auc", 0.70, True,
                                          settings=settings).version
     write_snapshots(ds, settings)
 

@@ -67,7 +67,7 @@ def test_ticket_features_equal(ds, engine):
     cal = CalendarTable("CN", first_year=2023, last_year=2025)
     expected = build_training_features(ds, cal)
     got = build_training_features(ds, cal, engine=engine)
-    assert len(expected.X) > 1000 and expected.X["late_delivery_rate"].notna().any()
+    assert len(expected.X) > 1000 and expected.X["mer_late_delivery_rate"].notna().any()
     pd.testing.assert_frame_equal(got.X, expected.X)
     pd.testing.assert_frame_equal(got.meta, expected.meta)
 

@@ -231,11 +231,12 @@ def test_refresh_serves_a_champion_promoted_from_another_machine(deployment):
     rt = Runtime.load(settings)
     try:
         before = rt.served.versions("ticket_triage")["ticket_triage"]
-        from features.tickets import CalendarTable, build_training_features
+        from features.tickets import FEATURES, CalendarTable, build_training_features
 
         current = registry.load_champion("ticket_triage", settings)
         example = build_training_features(load_dataset(deployment["early"]),
                                           CalendarTable("CN", first_year=2023, last_year=2025)).X.head(5)
+        example = example[list(FEATURES)]  # the model's inputs (X also carries the text its scorer learns from)
         elsewhere = registry.log_and_register("ticket_triage", current.model, example, "roc_auc", 0.999, True,
                                               settings=settings)
         assert elsewhere.promoted and not rt.refresh()  # nothing served changed yet

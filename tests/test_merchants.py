@@ -330,3 +330,62 @@ def test_path_contributions_add_up_to_the_score_and_agree_with_shap(events, fitt
     assert gap.max() - gap.min() < 1e-6
     agree = (fast.to_numpy().argmax(axis=1) == exact.to_numpy().argmax(axis=1)).mean()
     assert agree > 0.8
+
+
+def test_blend_adds_the_two_standardised_scores_and_its_reasons_add_up(events):
+    dates = pd.date_range("2023-04-01", "2023-08-01", freq="14D", tz="UTC")
+    blend = MerchantRiskModel(kind="blend", n_estimators=40).fit(build_snapshots(events, dates))
+    f = build_features(events, AS_OF)
+    parts = blend.blend_parts(f)
+    raw_p = blend.poisson_booster_.predict(f[list(FEATURES)], raw_score=True)
+    raw_l = blend.ranker_booster_.predict(f[list(FEATURES)], raw_score=True)
+    # each part is its booster's margin through a fixed increasing linear map (the same for one row or many)
+    for part, raw in ((parts[:, 0], raw_p), (parts[:, 1], raw_l)):
+        slope = np.polyfit(raw, part, 1)[0]
+        assert slope > 0 and np.allclose(part, np.polyval(np.polyfit(raw, part, 1), raw), atol=1e-9)
+    assert np.allclose(blend.predict(f), parts.sum(axis=1))
+    assert np.allclose(blend.predict(f.iloc[[3]]), blend.predict(f)[3])
+    np.testing.assert_allclose(blend.contributions(f).sum(axis=1) + blend.path_bias_, blend.predict(f), atol=1e-9)
+    assert np.allclose(blend.expected_rate(f), np.exp(raw_p))  # expected complaints stay the Poisson model's
+    assert all(isinstance(r, str) and r for r in blend.reasons(f.head(5)))
+
+
+def test_complaint_link_learns_the_platforms_link_and_flags_fresh_trouble():
+    """Complaints that follow very-late deliveries: the link is learned from the merchants' past; a merchant whose
+    deliveries went bad in the last 30 days gets a higher operations-implied rate than its 90-day one, and a
+    merchant with more complaints than its operations explain a propensity above 1."""
+    from features.merchants import SHRUNK_RATES, complaint_link, finish_merchant_features
+
+    rng = np.random.default_rng(0)
+    n = 60
+    vl = rng.uniform(0.0, 0.4, n)  # very-late share, stable over the year
+    orders = np.full(n, 1000.0)
+    complaints = rng.poisson(orders * 0.002 * np.exp(6.0 * vl)).astype(float)
+    complaints[1] *= 3  # customers of merchant 1 complain three times as readily
+    counts = pd.DataFrame(index=pd.Index([f"M{i:02d}" for i in range(n)], name="merchant_id"))
+    for name in SHRUNK_RATES:
+        counts[f"_k_{name}"], counts[f"_n_{name}"] = 0.0, 1000.0
+    for w in ("30", "90", "365", "prev60"):
+        counts[f"_k_very_late_{w}"] = vl * 1000
+        counts[f"_k_late_{w}"] = vl * 1000
+    counts.loc["M00", ["_k_very_late_30", "_k_late_30"]] = 700.0  # fresh trouble: 70% very late this month
+    counts["_k_complaints_365"], counts["_n_complaints_365"] = complaints, orders
+    for c in FEATURES:
+        if not any(c == k for k in counts.columns):
+            counts[c] = 0.0
+    counts["category"], counts["flag"], counts["_known"] = "toys", "", True
+    for c in ("baseline_rate", "baseline_count", "expected_orders"):
+        counts[c] = 0.0
+    shrunk = {name: shrink_rates(counts[f"_k_{name}"].to_numpy(), counts[f"_n_{name}"].to_numpy(),
+                                 counts["category"].to_numpy(dtype=object), kind=kind)
+              for name, kind in SHRUNK_RATES.items()}
+    link = complaint_link(counts, shrunk)
+    assert link["ops_complaint_rate_30d"][0] > 2 * link["ops_complaint_rate_90d"][0]
+    assert link["ops_complaint_trend"][0] > 0
+    assert link["complaint_propensity"][1] > 1.8
+    assert np.median(link["complaint_propensity"]) == pytest.approx(1.0, abs=0.25)
+    # Riskier operations, higher implied rate (the link's sign is learned, not assumed).
+    others = np.arange(2, n)
+    rho = pd.Series(vl[others]).corr(pd.Series(link["ops_complaint_rate_90d"][others]), method="spearman")
+    assert rho > 0.8
+    assert finish_merchant_features(counts)["ops_complaint_rate_30d"].notna().all()

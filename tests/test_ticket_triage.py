@@ -16,9 +16,11 @@ from features.contract import load_dataset
 from features.settings import Settings
 from features.synthetic import generate_world
 from features.tickets import (
+    FEATURES,
     SNAPSHOT_FILES,
     CalendarTable,
     TicketTriageModel,
+    as_served,
     build_training_features,
     feature_snapshots,
 )
@@ -107,8 +109,38 @@ def test_fresh_snapshots_give_exactly_the_training_features(world, feats, evalua
         t = ds.tickets[ds.tickets["ticket_id"] == meta.at[i, "ticket_id"]].drop(columns=["escalated", "resolved_at"])
         snaps = feature_snapshots(ds, meta.at[i, "created_at"])
         X, flags = evaluation.model.features_batch(t, snaps["accounts"], snaps["merchants"], snaps["orders"])
-        assert np.array_equal(X[0], feats.X.loc[i].to_numpy(), equal_nan=True), meta.at[i, "ticket_id"]
+        expected = feats.X.loc[i, list(FEATURES)].to_numpy(dtype=float, copy=True)
+        expected[TEXT] = evaluation.model.text_scorer_.score_one(feats.X.at[i, "text"])
+        assert np.array_equal(X[0], expected, equal_nan=True), meta.at[i, "ticket_id"]
         assert not flags["order_context_missing"].iloc[0]
+
+
+TEXT = FEATURES.index("text_score")
+
+
+def test_as_served_rows_are_what_the_service_computes_from_an_older_snapshot(world, feats, evaluation):
+    """Training rows seen "as served" equal the service's features from a snapshot taken that long before the
+    ticket (orders placed since have no context, history stops at the snapshot); at age 0 they are the training
+    rows themselves."""
+    ds = load_dataset(world)
+    meta = feats.meta
+    picks = np.flatnonzero(((meta["created_at"] > evaluation.split.cutoff) & meta["order_id"].notna()).to_numpy())
+    picks = picks[::60][:10]
+    cal = evaluation.model.calendar_
+    same = as_served(ds, feats, picks, np.zeros(len(picks)), cal)
+    pd.testing.assert_frame_equal(same, feats.X.iloc[picks], check_exact=True)
+    lags = np.array([1 / 24, 2.0, 6.0, 15.0, 40.0, 3.0, 9.0, 20.0, 0.5, 60.0])[:len(picks)]
+    served = as_served(ds, feats, picks, lags, cal)
+    newer_order = 0
+    for k, i in enumerate(picks):
+        t = ds.tickets[ds.tickets["ticket_id"] == meta.at[i, "ticket_id"]].drop(columns=["escalated", "resolved_at"])
+        snaps = feature_snapshots(ds, meta.at[i, "created_at"] - pd.Timedelta(days=lags[k]))
+        X, flags = evaluation.model.features_batch(t, snaps["accounts"], snaps["merchants"], snaps["orders"])
+        expected = served[list(FEATURES)].iloc[k].to_numpy(dtype=float, copy=True)
+        expected[TEXT] = X[0, TEXT]
+        assert np.array_equal(X[0], expected, equal_nan=True), (meta.at[i, "ticket_id"], lags[k])
+        newer_order += bool(flags["order_context_missing"].iloc[0])
+    assert newer_order >= 1  # the test has teeth: some orders were placed after their snapshot
 
 
 def test_reliability_table_and_baseline_by_hand():

@@ -19,11 +19,10 @@ from features.tickets import (
     ACCOUNT_FEATURES,
     CALENDAR_FEATURES,
     FEATURES,
-    KEYWORDS,
-    N_HASH,
     NEW_ACCOUNT,
     SNAPSHOT_FILES,
     CalendarTable,
+    TextScorer,
     TicketTriageModel,
     assemble_one,
     build_training_features,
@@ -31,7 +30,9 @@ from features.tickets import (
     latest_before,
     load_serving_snapshots,
     order_table,
+    out_of_fold_text_scores,
     text_features,
+    text_grams,
     triage_batch,
     triage_one,
     window_sum,
@@ -81,6 +82,7 @@ def snapshots(ds, tmp_path_factory):
     acc.to_parquet(d / "accounts.parquet", index=False)
     mer = snaps["merchants"][["merchant_id"]].copy()
     mer["merchant_risk_percentile"] = np.linspace(0.0, 1.0, len(mer))
+    mer["late_delivery_rate"] = -7.0  # the merchant model's own (shrunk) rate: what the merchant ranking shows
     mer.to_parquet(d / "merchants.parquet", index=False)
     return d, load_serving_snapshots(d)
 
@@ -140,12 +142,12 @@ def test_point_in_time_values_by_hand(tiny):
     assert X.loc["T2", "refund_without_return_90d"] == 1.0
     assert X.loc["T2", "return_rate_90d"] == pytest.approx(1 / 2)  # 1 return, 2 order lines (O1, O2)
     # Merchant at T2: promises due before 03-12: O3 on time, O1 late -> 1/2; no complaint known yet.
-    assert X.loc["T2", "late_delivery_rate"] == pytest.approx(0.5) and X.loc["T2", "complaint_rate_90d"] == 0.0
+    assert X.loc["T2", "mer_late_delivery_rate"] == pytest.approx(0.5) and X.loc["T2", "mer_complaint_rate_90d"] == 0.0
     # T3 is a guest: no account history at all.
     assert all(math.isnan(X.loc["T3", c]) for c in ACCOUNT_FEATURES) and X.loc["T3", "has_order"] == 0.0
     # T4: O2's promise (03-14) has passed undelivered -> late 2/3; T3's complaint case is known -> 1 per 3 orders.
-    assert X.loc["T4", "late_delivery_rate"] == pytest.approx(2 / 3)
-    assert X.loc["T4", "complaint_rate_90d"] == pytest.approx(1 / 3)
+    assert X.loc["T4", "mer_late_delivery_rate"] == pytest.approx(2 / 3)
+    assert X.loc["T4", "mer_complaint_rate_90d"] == pytest.approx(1 / 3)
 
 
 def test_window_sum_counts_strictly_before_the_query():
@@ -234,13 +236,34 @@ def test_features_do_not_change_when_later_data_is_removed(ds, feats):
 
 
 def test_text_features_are_stable_and_cheap():
-    v = text_features("This is the third time I contact you! I will contact my lawyer.")
-    kw = dict(zip(KEYWORDS, v[2:2 + len(KEYWORDS)], strict=True))
-    assert v[1] == 1.0 and kw["kw_repeat"] == 1.0 and kw["kw_legal"] == 1.0 and kw["kw_broken"] == 0.0
-    n_tokens = 13
-    assert sum(v[2 + len(KEYWORDS):]) == n_tokens + (n_tokens - 1)  # every uni- and bigram lands in a bucket
-    assert len(v) == 2 + len(KEYWORDS) + N_HASH and text_features(None) == [0.0] * len(v)
-    assert v == text_features("This is the third time I contact you! I will contact my lawyer.")
+    msg = "This is the third time I contact you! I will contact my lawyer."
+    assert text_features(msg)[:2] == [float(len(msg)), 1.0] and math.isnan(text_features(msg)[2])
+    assert text_grams(msg) == text_grams(msg.upper()) and len(text_grams(msg)) > 20
+    assert text_grams(None) == [] and text_features(None)[:2] == [0.0, 0.0]
+
+
+def test_text_scorer_learns_the_platforms_own_wording():
+    """Words no list knows ("zut", "grrr") escalate on this made-up platform: the scorer learns them from the
+    tickets, in bulk and one at a time alike, and out-of-fold scores never come from a scorer that saw the row."""
+    rng = np.random.default_rng(0)
+    base = np.array(["Ou est mon colis", "Je veux un remboursement", "Question sur la taille", "Article casse"])
+    n = 4000
+    text = base[rng.integers(0, 4, n)].astype(object)
+    angry = rng.random(n) < 0.2
+    text[angry] = text[angry] + np.where(rng.random(angry.sum()) < 0.5, " zut alors!!", " grrrr inadmissible")
+    y = (rng.random(n) < np.where(angry, 0.6, 0.1)).astype(float)
+    scorer = TextScorer().fit(pd.Series(text), y)
+    calm, hot = scorer.score_one("Ou est mon colis"), scorer.score_one("Ou est mon colis zut alors!!")
+    assert hot > calm + 1.0
+    assert scorer.score_one("Ou est mon colis, zuuut") > calm  # a spelling it never saw shares character grams
+    bulk = scorer.score(pd.Series([text[0], None, "grrrr"]))
+    assert bulk[0] == scorer.score_one(text[0]) and bulk[1] == scorer.score_one(None)
+    oof = out_of_fold_text_scores(pd.Series(text), y)
+    assert np.corrcoef(oof, angry)[0, 1] > 0.8
+    # Out of fold: flipping the labels of the first fifth leaves that fifth's scores unchanged.
+    y2 = y.copy()
+    y2[: n // 5] = 1 - y2[: n // 5]
+    assert np.array_equal(out_of_fold_text_scores(pd.Series(text), y2)[: n // 5], oof[: n // 5])
 
 
 def test_calendar_table_matches_calendar_features():
@@ -308,6 +331,7 @@ def test_score_one_equals_score_batch(ds, model, snapshots):
     r0 = _as_json(t)[30]
     v = assemble_one(r0, snaps.orders.get(r0["order_id"]), snaps.accounts.get(r0["account_id"]),
                      snaps.merchants.get(r0["merchant_id"]), model.calendar_)
+    v[FEATURES.index("text_score")] = model.text_scorer_.score_one(r0["text"])  # the model's own text score
     assert np.array_equal(np.array(v), X[30], equal_nan=True)
 
 
@@ -339,10 +363,17 @@ def test_snapshot_history_columns_come_from_the_training_function(ds, snapshots)
     assert row["returns_30d"] == snap["returns_30d"] and 0.0 <= row["abuse_score"] <= 1.0  # ours win, theirs kept
     assert row["return_rate_90d"] == pytest.approx(snap["return_rate_90d"])
     assert snaps.accounts["A-ONLY-THEIRS"]["abuse_score"] == 1.0
+    # Merchant columns: ours have their own names, so the merchant model's late_delivery_rate survives the join
+    # (the merchant ranking reads it) and the triage model still reads its own.
+    mid = next(iter(snaps.merchants))
+    theirs = feature_snapshots(ds, AS_OF)["merchants"].set_index("merchant_id").loc[mid]
+    assert snaps.merchants[mid]["late_delivery_rate"] == -7.0
+    assert snaps.merchants[mid]["mer_late_delivery_rate"] == pytest.approx(theirs["mer_late_delivery_rate"],
+                                                                           nan_ok=True)
 
 
 def test_account_only_in_another_snapshot_scores_with_zero_history(ds, model, snapshots):
-    """Our snapshot lists every account active in 90 days: one only the serial-returner snapshot lists was inactive,
+    """Our snapshot lists every account active in 365 days: one only the serial-returner snapshot lists was inactive,
     and gets the zero history training would compute (not the guest's 'unknown')."""
     _, snaps = snapshots
     t = _requests(ds).head(3).assign(account_id="A-ONLY-THEIRS", prior_tickets_30d=np.nan)
@@ -353,7 +384,7 @@ def test_account_only_in_another_snapshot_scores_with_zero_history(ds, model, sn
     r = _as_json(t)[0]
     one = model.score_one(r, snaps.accounts["A-ONLY-THEIRS"], snaps.merchants.get(r["merchant_id"]),
                           snaps.orders.get(r["order_id"]))
-    assert not one["unknown_account"] and "no activity in the last 90 days" in one["defaults_used"][0]
+    assert not one["unknown_account"] and "no activity in the last 365 days" in one["defaults_used"][0]
     batch = model.score_batch(t, frames["accounts"], frames["merchants"], frames["orders"])
     assert abs(batch["escalation_probability"].iloc[0] - one["escalation_probability"]) <= 1e-9
 
