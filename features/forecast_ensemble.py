@@ -137,13 +137,15 @@ def stat_forecasts(history: History, t: int, horizon: int, series: list[str], mo
 
     ``ets_spec``: series -> ETS components (e.g. 'MNA') to reuse instead of AutoETS's own selection (the inner
     origins reuse the choice made at the first one: one fit instead of nine); filled in when empty.
-    Empty when statsforecast is not installed.
+    statsforecast is a main dependency (and in the Bento's lock): a missing install is an error, not an empty result,
+    since a fitted forecaster's weights on AutoETS/MSTL would otherwise be silently dropped at forecast time.
     """
     try:
         from statsforecast.models import MSTL as SF_MSTL
         from statsforecast.models import AutoETS
-    except ImportError:
-        return {}
+    except ImportError as e:
+        raise RuntimeError("the holiday forecaster's AutoETS/MSTL components need statsforecast, which is not "
+                           "installed: run `make install` (or install requirements-serve.lock in the Bento)") from e
     models = set(models)
     out = {m: np.zeros((horizon, len(series))) for m in (AUTOETS, MSTL) if m in models}
     with warnings.catch_warnings():
