@@ -2,7 +2,8 @@
 what is served changes only with a promotion.
 
 Worlds (small, seeds below 1000): A is a default world. B is another platform: another seed, its case types mean
-other things (the labels are permuted, so what A's champion learnt about case types is wrong there) and 6% of
+other things (the labels are permuted, so what A's champion learnt about case types is wrong there), its wording
+says nothing about the outcome (texts shuffled between tickets, so A's learnt text score misleads there) and 6% of
 its outcomes are flipped at random (so every model's figure on B is lower than on A). N is B's seed with more such
 noise but A's case types: a champion trained there ranks A's tickets well, while its own logged figure is low.
 """
@@ -32,10 +33,13 @@ WORLD_A = dict(seed=5, accounts=1500, merchants=60, start="2023-06-01", days=400
 WORLD_W = dict(seed=17, accounts=1500, merchants=60, start="2023-06-01", days=400, market="CN", progress=False)
 
 
-def variant(src: Path, dst: Path, permute: bool, noise: float, seed: int = 0) -> Path:
-    """A copy of world ``src`` whose tickets' case types are permuted and/or a share of outcomes is random."""
+def variant(src: Path, dst: Path, permute: bool, noise: float, seed: int = 0, shuffle_text: bool = False) -> Path:
+    """A copy of world ``src`` whose tickets' case types are permuted, texts shuffled between tickets and/or a share
+    of outcomes is random."""
     shutil.copytree(src, dst)
     t = pd.read_parquet(dst / "tickets.parquet")
+    if shuffle_text:
+        t["text"] = t["text"].sample(frac=1.0, random_state=seed).to_numpy()
     if permute:
         types = sorted(t["case_type"].dropna().astype(str).unique())
         mapping = dict(zip(types, types[1:] + types[:1], strict=True))
@@ -54,7 +58,7 @@ def worlds(tmp_path_factory) -> dict[str, Path]:
     a, w = root / "A", root / "W"
     generate_world(a, **WORLD_A)
     generate_world(w, **WORLD_W)
-    return {"A": a, "B": variant(w, root / "B", permute=True, noise=0.06, seed=1),
+    return {"A": a, "B": variant(w, root / "B", permute=True, noise=0.06, seed=1, shuffle_text=True),
             "N": variant(w, root / "N", permute=False, noise=0.15, seed=1)}
 
 
