@@ -158,7 +158,11 @@ def _ev(value: float, baselines: dict, compare=None) -> evidence.Evidence:
 
 def test_decide_rules():
     same = lambda v: (lambda model, seen: (0.7, v, "10 rows"))  # noqa: E731
-    assert evidence.decide(_ev(0.7, {"b": 0.6}), None).promoted  # no champion yet
+    first = evidence.decide(_ev(0.7, {"b": 0.6}), None)  # no champion yet
+    assert first.promoted and "warning" not in first.reason
+    # A first version a baseline beats is still served (something must be), but the decision names the baseline.
+    weak = evidence.decide(_ev(0.7, {"b": 0.6, "c": 0.72}), None)
+    assert weak.promoted and "warning: c 0.72" in weak.reason and "b 0.6" not in weak.reason
     assert evidence.decide(_ev(0.7, {"b": 0.6}, same(0.7)), 3, object()).promoted  # a tie promotes
     d = evidence.decide(_ev(0.7, {"b": 0.6}, same(0.71)), 3, object())
     assert not d.promoted and d.champion == 0.71 and d.champion_scored

@@ -141,8 +141,13 @@ def decide(ev: Evidence, champion_version: int | None, champion_model: Any = Non
     m = ev.metric
     base = {k: float(v) for k, v in ev.baselines.items() if v is not None and math.isfinite(float(v))}
     if champion_version is None:
-        return Decision(True, f"promoted: no champion yet ({m}={_fmt(ev.value)} on {ev.rows})", "no champion yet",
-                        ev.value, None, ev.rows, None, False, None, base)
+        # Something must be served; a first version that a baseline beats is still promoted, but the decision (and
+        # so MLflow and the card) names the baselines that beat it, so nobody reads it as a win.
+        beaten = [k for k, v in base.items() if not ev.better(ev.value, v, strict=True)]
+        warn = ("; warning: " + ", ".join(f"{k} {_fmt(base[k])}" for k in beaten)
+                + " is at least as good on the same held-out rows") if beaten else ""
+        return Decision(True, f"promoted: no champion yet ({m}={_fmt(ev.value)} on {ev.rows}){warn}",
+                        "no champion yet", ev.value, None, ev.rows, None, False, None, base)
     why = load_error
     if why is None and ev.compare is None:
         why = "this trainer gave no way to score another model on its held-out rows"
