@@ -60,6 +60,8 @@ FEATURES: tuple[str, ...] = (
 )
 # Columns carried beside the features (not model inputs): the category, flags and the two baselines' scores.
 INFO_COLUMNS = ("category", "flag", "baseline_rate", "baseline_count", "expected_orders")
+# What a MerchantRiskModel may rank by: its fitted score, or one of the baselines' columns.
+RANKED_BY = ("model", "baseline_rate", "baseline_count")
 LABEL_COLUMNS = ("label_orders", "label_complaints", "label_rate")
 
 # Features grouped into what a person would call one reason; the text is written from the merchant's own values.
@@ -608,12 +610,18 @@ class MerchantRiskModel(BaseEstimator):
     its mean and spread on the training rows (a fixed linear map, so one merchant scores alike alone or in a batch):
     the two objectives err on different merchants, and on 20 worlds (12 random scenarios, 8 default) the blend's
     NDCG@50 was the steadiest. ``predict`` returns the ranking score (higher = riskier).
+
+    ``use`` picks what ranks: ``"model"`` (the fitted score above) or a baseline, ``"baseline_rate"`` (last period's
+    raw complaint rate) or ``"baseline_count"`` (its complaint count), read from the feature frame's own column of
+    that name (built point in time by :func:`build_features`) -- for when training found that baseline better on the
+    held-out snapshots. The fitted boosters still give expected complaints and the reasons.
     """
 
     def __init__(self, kind: str = "poisson", n_estimators: int = 300, learning_rate: float = 0.03,
                  num_leaves: int = 15, max_depth: int = -1, min_child_samples: int = 40, feature_fraction: float = 0.8,
-                 min_label_orders: int = 20, num_threads: int = 1, random_state: int = 0):
+                 min_label_orders: int = 20, num_threads: int = 1, random_state: int = 0, use: str = "model"):
         self.kind = kind
+        self.use = use
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -637,6 +645,8 @@ class MerchantRiskModel(BaseEstimator):
 
         if self.kind not in ("poisson", "lambdarank", "blend"):
             raise ValueError(f"kind must be 'poisson', 'lambdarank' or 'blend', got {self.kind!r}")
+        if self.use not in RANKED_BY:
+            raise ValueError(f"use must be one of {', '.join(map(repr, RANKED_BY))}, got {self.use!r}")
         missing = [c for c in (*FEATURES, "as_of", *LABEL_COLUMNS) if c not in snapshots.columns]
         if missing:
             raise ValueError(f"training snapshots lack columns {missing}: build them with build_snapshots()")
@@ -691,8 +701,16 @@ class MerchantRiskModel(BaseEstimator):
         return [self.poisson_booster_, self.ranker_booster_] if self.kind == "blend" else [self._booster]
 
     def predict(self, X: pd.DataFrame) -> Arr:
-        """Ranking score per merchant (higher = more complaints to come); Poisson: expected complaints per order."""
-        X = self._check(X)  # before touching the booster: an unfitted model says so
+        """Ranking score per merchant (higher = more complaints to come); Poisson: expected complaints per order;
+        ``use`` a baseline: that baseline's column of ``X``."""
+        data = self._check(X)  # before touching the booster: an unfitted model says so
+        use = getattr(self, "use", "model")  # a model pickled before ``use`` existed ranks by its score
+        if use != "model":
+            if use not in X.columns:
+                raise ValueError(f"feature frame lacks column {use!r}, which this model ranks by: build it with "
+                                 "build_features()")
+            return X[use].to_numpy(float)
+        X = data
         if self.kind != "blend":
             return self._booster.predict(X, num_threads=self.num_threads)
         return self.blend_parts(X).sum(axis=1)

@@ -11,7 +11,7 @@ from cardcheck import assert_card
 from click.testing import CliRunner
 
 from features.contract import load_dataset
-from features.merchants import prepare_events
+from features.merchants import prepare_events, sort_ranking
 from features.settings import Settings, get_settings
 from features.synthetic import generate_world
 from training.cli import main
@@ -136,6 +136,7 @@ def test_cli_train_rank_evaluate(world, cli_env, tmp_path):
     res = runner.invoke(main, ["train", "merchant-risk", "--data", str(world)])
     assert res.exit_code == 0, res.output
     assert "ndcg@50 gain over best baseline" in res.output and "promoted: True" in res.output
+    assert "The ranking uses: the model" in res.output  # the model beats the baselines here: it ranks
     from features import generations
 
     served = generations.served_dir(cli_env / "snapshots")
@@ -149,7 +150,7 @@ def test_cli_train_rank_evaluate(world, cli_env, tmp_path):
                     "baseline_count_ndcg_at_50"),
         "precision at top decile": ("precision_at_decile", "baseline_rate_precision_at_decile")},
         slices=("new_merchant", "established_merchant", "holiday-heavy label window"))
-    assert "guest accounts: not applicable" in card
+    assert "guest accounts: not applicable" in card and "The ranking uses: the model" in card
     printed = runner.invoke(main, ["card", "merchant-risk", "--version", "1"])
     assert printed.exit_code == 0 and printed.output == card
     missing = runner.invoke(main, ["card", "merchant-risk", "--version", "7"])
@@ -185,3 +186,63 @@ def test_train_refuses_data_without_complaints(world, cli_env, tmp_path):
         (data / f"{table}.parquet").write_bytes((world / f"{table}.parquet").read_bytes())
     res = CliRunner().invoke(main, ["train", "merchant-risk", "--data", str(data)])
     assert res.exit_code != 0 and "no merchant complaints" in res.output and "tickets" in res.output
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Baselines are candidates
+
+
+def test_a_baseline_mode_ranks_by_its_own_column_and_the_gate_scores_it(bt, events, settings, world):
+    from features.merchants import MerchantRiskModel, build_features, build_snapshots
+    from training.merchant_risk import gate_evidence
+
+    assert bt.use == "model" and bt.served == bt.chosen  # the model wins on this world: it ranks
+    snaps = build_snapshots(events, bt.train_dates, settings.merchant_horizon_days)
+    model = MerchantRiskModel(kind="poisson", use="baseline_rate", n_estimators=20).fit(snaps)
+    feats = build_features(events, events.end)
+    np.testing.assert_array_equal(model.predict(feats), feats["baseline_rate"].to_numpy(float))
+    ranking = model.rank(feats)
+    assert ranking["merchant_id"].tolist() == sort_ranking(feats.reset_index(), "baseline_rate")["merchant_id"].tolist()
+    assert ranking["reasons"].str.len().min() > 10  # reasons still come from the features
+    with pytest.raises(ValueError, match="baseline_rate"):
+        model.predict(feats.drop(columns=["baseline_rate"]))
+    with pytest.raises(ValueError, match="use must be"):
+        MerchantRiskModel(use="median").fit(snaps)
+    # The gate re-scores such a champion on the same held-out rows: it scores exactly as the baseline did.
+    ev = gate_evidence(bt, events, settings, world)
+    challenger, champion, _ = ev.compare(model, None)
+    assert challenger == pytest.approx(bt.summary.loc[bt.chosen, "ndcg_at_50"])
+    assert champion == pytest.approx(bt.summary.loc["baseline_rate", "ndcg_at_50"])
+
+
+def test_train_serves_the_baseline_when_it_beats_the_model(world, cli_env, monkeypatch):
+    """The model is made to lose (its scores replaced by noise): the registered version ranks by the better
+    baseline, the served snapshot follows it, MLflow and the card say so."""
+    from mlflow import MlflowClient
+
+    from features import generations
+    from features.merchants import MerchantRiskModel, build_features
+    from training import registry
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(MerchantRiskModel, "blend_parts", lambda self, X: rng.normal(size=(len(X), 2)))
+    res = CliRunner().invoke(main, ["train", "merchant-risk", "--data", str(world)])
+    assert res.exit_code == 0, res.output
+    assert "The ranking uses: last-60-day complaint" in res.output
+    settings = get_settings()
+    loaded = registry.load_champion("merchant_risk", settings=settings)
+    use = loaded.model.use
+    assert use in BASELINES
+    ev = prepare_events(load_dataset(world))
+    feats = build_features(ev, ev.end)
+    np.testing.assert_array_equal(loaded.model.predict(feats), feats[use].to_numpy(float))
+    snap = pd.read_parquet(generations.served_dir(cli_env / "snapshots") / "merchants.parquet")
+    expected = sort_ranking(feats.reset_index(), use)["merchant_id"].tolist()
+    assert snap["merchant_id"].tolist() == expected
+    run = MlflowClient(settings.tracking_uri).get_run(loaded.run_id).data
+    assert run.tags["ranking_uses"] == use and run.params["ranking_uses"] == use
+    # What ranks is what the version's figures are: the baseline's, above the (noise) model's.
+    assert loaded.metrics["ndcg_at_50"] == pytest.approx(run.metrics[f"{use}_ndcg_at_50"])
+    assert run.metrics[f"{use}_ndcg_at_50"] > run.metrics[f"{run.params['chosen']}_ndcg_at_50"]
+    card = (settings.cards_dir / "merchant_risk" / "v1.md").read_text()
+    assert f"The ranking uses: last-60-day complaint {use.split('_')[1]} (`{use}`), because on the held-out" in card
