@@ -465,9 +465,10 @@ def merchant_risk_view(ds: Dataset, settings: Settings, use: str = "auto", echo:
         model, which = loaded.model, f"registered champion {mr.MODEL_NAME} v{loaded.version}"
     if model is None:
         dates = mr.snapshot_dates(events, settings)
-        model = MerchantRiskModel(kind=bt.chosen, **mr.model_params(settings)).fit(
+        model = MerchantRiskModel(kind=bt.chosen, use=bt.use, **mr.model_params(settings)).fit(
             build_snapshots(events, dates, settings.merchant_horizon_days))
-        which = f"{bt.chosen} fitted on all {len(dates)} matured snapshots (no champion used)"
+        which = (f"{bt.chosen} fitted on all {len(dates)} matured snapshots, ranking by {bt.served} "
+                 "(no champion used)")
     ranking = mr.rank_as_of(model, events, events.end, settings)
     echo(f"ranked {len(ranking)} merchants as of {events.end.date()} ({_lap(t0)})")
     return MerchantRiskView(bt, lift, ranking, which, events.end)
