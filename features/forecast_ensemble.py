@@ -21,6 +21,12 @@ the cell in proportion to how thin the evidence is (few origins, one event insta
 evidence takes the band's ordinary-day weights. ``use`` pins the forecaster to one candidate (what training does
 when a candidate beats the combination on the held-out backtest).
 
+A history shorter than the LightGBM component's minimum (``required_days``; e.g. 13 months of data and an origin
+in November): the forecaster fits without it, on the candidates that can run, with the same evidence, weights and
+intervals on its own inner origins (every ``inner_step`` days over the span LightGBM would hold out), and says so
+(``short_history_note_``, in every ``why`` of :meth:`HolidayForecaster.weights_table`); under four weeks of history,
+a HistoryError.
+
 Intervals: split-conformal on the combination's residuals on the same inner origins, relative to the combination's
 forecast (floored at a fifth of the series' recent level), per series, horizon band and window/ordinary, with the
 finite-sample quantile rank ceil((n + 1) q); window cells are never narrower than the ordinary cell of their
@@ -48,6 +54,8 @@ from features.return_volume import (
     ReturnVolumeForecaster,
     _day,
     _event_instances,
+    required_days,
+    unseen_events,
 )
 from features.settings import Settings
 
@@ -64,6 +72,10 @@ DAY_KINDS = (ORDINARY, SEEN, UNSEEN)
 DAY_KIND_NAMES = ("ordinary", "event window", "unseen event window")
 PLANNERS_AFTER_DAYS = 28  # days after a moving event that follow its previous instance (returns trail orders)
 GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empty month last year is no signal
+# Without the LightGBM component (a history shorter than its minimum): the statistical candidates need two weeks
+# before the first inner origin, and the evidence two more weeks of inner origins after it.
+SHORT_WARMUP_DAYS = 14
+SHORT_MIN_DAYS = 28
 
 
 def band_of(h: np.ndarray) -> np.ndarray:
@@ -315,6 +327,11 @@ class HolidayForecaster:
         origin = _day(origin) if origin is not None else history.days[-1]
         if self.use is not None and self.use not in CANDIDATES:
             raise ValueError(f"use={self.use!r}: must be one of {', '.join(CANDIDATES)}")
+        self.short_history_note_ = None
+        need = required_days(self.horizon, self.min_calibration_days)
+        have = int((origin - history.days[0]).days) + 1
+        if history.days[0] <= origin <= history.days[-1] and have < need and self.use != LGBM:
+            return self._fit_short(history, origin, have, need)
         self.lgbm_ = self._lgbm_proto().fit(history, origin)
         hist = history.upto(origin)
         self.series_ = list(self.lgbm_.series_)
@@ -327,28 +344,68 @@ class HolidayForecaster:
         self.intervals_ = self._fit_intervals(self.evidence_, self.weights_)
         return self
 
-    def _evidence(self, hist: History) -> pd.DataFrame:
-        """Rows (series, origin, h, date, y, level, band, window, <candidate>...) at the inner origins."""
-        cal = self.lgbm_.calibration_forecasts_
+    def _fit_short(self, history: History, origin: pd.Timestamp, have: int, need: int) -> HolidayForecaster:
+        """Fit without the LightGBM component (the history is shorter than its minimum): the other candidates,
+        weighed and calibrated on inner origins every ``inner_step`` days over the span LightGBM would hold out
+        (``min_calibration_days``) before the origin, as far as the history reaches."""
+        if have < SHORT_MIN_DAYS:
+            raise HistoryError(
+                f"{have} days of history up to {origin.date()}: too short for any forecaster (the statistical ones "
+                f"need {SHORT_WARMUP_DAYS} days to fit and {SHORT_MIN_DAYS - SHORT_WARMUP_DAYS} more to weigh and "
+                f"calibrate them on; the LightGBM component needs {need} for a {self.horizon}-day forecast): "
+                f"data from {(origin - pd.Timedelta(days=SHORT_MIN_DAYS - 1)).date()} on")
+        hist = history.upto(origin)
         t = len(hist.days) - 1
-        all_o = np.sort(cal["origin"].unique())
-        # Every inner_step-th day from the latest origin back (stride of the LightGBM rows is 3 days).
-        keep = all_o[(all_o.max() - all_o) % max(self.inner_step, 1) < 3]
-        keep = keep[np.r_[True, np.diff(keep) >= min(self.inner_step, 3)]] if len(keep) else keep
-        cal = cal[cal["origin"].isin(keep)]
+        self.lgbm_ = None
+        self.series_ = list(hist.series)
+        self.trained_until_ = hist.days[-1]
+        self.kernels_ = None
+        self.feature_names_ = []
+        lo = max(SHORT_WARMUP_DAYS, t - self.min_calibration_days)
+        origins = np.arange(t - 1, lo - 1, -max(self.inner_step, 1))[::-1]
+        self.evidence_ = self._evidence(hist, origins)
+        used = [c for c in CANDIDATES if c in self.evidence_.columns and self.evidence_[c].notna().any()]
+        self.short_history_note_ = (
+            f"history of {have} days up to {origin.date()} is shorter than the {need} days the LightGBM component "
+            f"needs for a {self.horizon}-day forecast: forecasting with {', '.join(used)} (weighed and calibrated on "
+            f"{len(origins)} inner origins)")
+        self.weights_, self.why_ = self._fit_weights(self.evidence_)
+        self.why_ = {k: f"{self.short_history_note_}; {v}" for k, v in self.why_.items()}
+        self.intervals_ = self._fit_intervals(self.evidence_, self.weights_)
+        return self
+
+    @property
+    def _fallback(self) -> str:
+        """The candidate a cell without evidence takes: LightGBM, or seasonal naive when fitted without it."""
+        return NAIVE if getattr(self, "lgbm_", True) is None else LGBM
+
+    def _evidence(self, hist: History, origins: np.ndarray | None = None) -> pd.DataFrame:
+        """Rows (series, origin, h, date, y, level, band, window, <candidate>...) at the inner origins (the
+        LightGBM component's calibration origins, or ``origins`` when fitted without it)."""
+        t = len(hist.days) - 1
+        if origins is None:
+            cal = self.lgbm_.calibration_forecasts_
+            all_o = np.sort(cal["origin"].unique())
+            # Every inner_step-th day from the latest origin back (stride of the LightGBM rows is 3 days).
+            keep = all_o[(all_o.max() - all_o) % max(self.inner_step, 1) < 3]
+            keep = keep[np.r_[True, np.diff(keep) >= min(self.inner_step, 3)]] if len(keep) else keep
+            cal = cal[cal["origin"].isin(keep)]
+            lg = cal.pivot_table(index=["origin", "h"], columns="series", values="p50")
+        else:
+            keep, lg = np.asarray(origins, dtype=int), None
         series = self.series_
         src = self._src(hist, hist.days[-1])
         y = hist.y[series].to_numpy(dtype=float)
         lvl = pd.DataFrame(y).rolling(28, min_periods=1).mean().to_numpy()
         frames = []
-        lg = cal.pivot_table(index=["origin", "h"], columns="series", values="p50")
         self.ets_spec_: dict[str, str] = {}
         for o in keep:
             o = int(o)
             H = min(self.horizon, t - o)
             if H < 1:
                 continue
-            lgbm = lg.loc[o].reindex(index=np.arange(1, H + 1), columns=series).to_numpy(dtype=float)
+            lgbm = (lg.loc[o].reindex(index=np.arange(1, H + 1), columns=series).to_numpy(dtype=float)
+                    if lg is not None else None)
             cands = self._candidates(hist, o, H, src[:o + H + 1], series, lgbm, self.ets_spec_)
             h = np.arange(1, H + 1)
             base = pd.DataFrame({"series": np.repeat(series, H), "origin": o, "h": np.tile(h, len(series)),
@@ -376,7 +433,8 @@ class HolidayForecaster:
         avail = [c for c in CANDIDATES if g[c].notna().mean() >= 0.9]
         g = g.dropna(subset=avail) if avail else g
         if not avail or len(g) < self.min_cell_rows:
-            return (dict(parent) if parent else {LGBM: 1.0}), f"{len(g)} days: too few, takes its parent's weights"
+            return (dict(parent) if parent else {self._fallback: 1.0}), (f"{len(g)} days: too few, takes its "
+                                                                          f"parent's weights")
         P, y = g[avail].to_numpy(dtype=float), g["y"].to_numpy(dtype=float)
         err = np.abs(y[:, None] - P).sum(axis=0) / max(y.sum(), 1e-9)
         best = int(np.argmin(err))
@@ -409,6 +467,8 @@ class HolidayForecaster:
         half each, or their fit on the window rows (shrunk toward half each) when both have forecasts there."""
         both = {LGBM: 0.5, PLANNERS: 0.5}  # no evidence on window days: the two calendar-aware candidates alike
         aware = [c for c in (LGBM, PLANNERS) if gw[c].notna().mean() >= 0.9] if len(gw) else []
+        if self._fallback != LGBM:  # fitted without LightGBM: the planners' method where it runs, else nothing
+            return {PLANNERS: 1.0} if PLANNERS in aware else None
         if len(aware) < 2 or len(gw) < self.min_cell_rows:
             return both
         g = gw.dropna(subset=aware)
@@ -432,8 +492,10 @@ class HolidayForecaster:
                 ordinary, why_o = self._cell_weights(gb[gb["window"] == ""], overall, 0)
                 gw = gb[gb["window"] != ""]
                 n_inst = max(gw["window"].nunique(), 1)
-                in_win, why_w = self._cell_weights(gw, self._event_aware(gw), n_inst,
-                                                   "the calendar-aware candidates")
+                aware = self._event_aware(gw)
+                in_win, why_w = (self._cell_weights(gw, aware, n_inst, "the calendar-aware candidates")
+                                 if aware is not None else
+                                 self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights"))
                 unseen, why_u = self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights")
                 weights[(s, b, ORDINARY)], why[(s, b, ORDINARY)] = ordinary, why_o
                 weights[(s, b, SEEN)], why[(s, b, SEEN)] = in_win, why_w
@@ -448,7 +510,7 @@ class HolidayForecaster:
         keys = list(zip(frame["series"], frame["band"].astype(int), win, strict=True))
         key_arr = pd.Series(keys)
         for key, idx in key_arr.groupby(key_arr).groups.items():
-            w = weights.get(key) or {LGBM: 1.0}
+            w = weights.get(key) or {self._fallback: 1.0}
             idx = np.asarray(idx)
             sub = frame.iloc[idx]
             num = np.zeros(len(idx))
@@ -459,8 +521,9 @@ class HolidayForecaster:
                 num += np.where(ok, wc * v, 0.0)
                 den += np.where(ok, wc, 0.0)
             # A candidate without a forecast on a row (e.g. no last year's day): the others' weights renormalise;
-            # nothing at all: LightGBM alone.
-            lg = sub[LGBM].to_numpy(dtype=float) if LGBM in sub.columns else np.full(len(idx), np.nan)
+            # nothing at all: LightGBM alone (seasonal naive when fitted without it).
+            fb = self._fallback
+            lg = sub[fb].to_numpy(dtype=float) if fb in sub.columns else np.full(len(idx), np.nan)
             out[idx] = np.where(den > 0, num / np.where(den > 0, den, 1.0), lg)
         return out
 
@@ -510,6 +573,8 @@ class HolidayForecaster:
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
         """The LightGBM component's P10/P50/P90 for feature rows (see ReturnVolumeForecaster.predict)."""
         self._check_fitted()
+        if self.lgbm_ is None:
+            raise RuntimeError(f"no LightGBM component to predict feature rows with: {self.short_history_note_}")
         return self.lgbm_.predict(X)
 
     def forecast(self, history: History, origin: pd.Timestamp | str | None = None, horizon: int | None = None,
@@ -524,16 +589,24 @@ class HolidayForecaster:
         self._check_fitted()
         horizon = int(horizon or self.horizon)
         origin = _day(origin) if origin is not None else history.days[-1]
-        lg = self.lgbm_.forecast(history, origin, horizon, plan=None)  # validates origin, horizon, series
-        if plan is not None:
-            lg_plan = self.lgbm_.forecast(history, origin, horizon, plan=plan)
-            delta = (lg_plan["p50"] - lg["p50"]).to_numpy()
+        if self.lgbm_ is None:
+            names = self._check_short_forecast(history, origin, horizon, series)
+            lgbm = None
+            if plan is not None:
+                warnings.warn("the order plan is not applied: it acts through the LightGBM component, which "
+                              f"this forecaster was fitted without ({self.short_history_note_})", stacklevel=2)
+            delta = np.zeros(len(names) * horizon)
         else:
-            delta = np.zeros(len(lg))
+            lg = self.lgbm_.forecast(history, origin, horizon, plan=None)  # validates origin, horizon, series
+            if plan is not None:
+                lg_plan = self.lgbm_.forecast(history, origin, horizon, plan=plan)
+                delta = (lg_plan["p50"] - lg["p50"]).to_numpy()
+            else:
+                delta = np.zeros(len(lg))
+            names = list(dict.fromkeys(lg["series"]))
+            lgbm = lg.pivot(index="date", columns="series", values="p50")[names].to_numpy(dtype=float)
         hist = history.upto(origin)
         t = len(hist.days) - 1
-        names = list(dict.fromkeys(lg["series"]))
-        lgbm = lg.pivot(index="date", columns="series", values="p50")[names].to_numpy(dtype=float)
         src = self._src(hist, hist.days[-1] + pd.Timedelta(days=horizon))
         cands = self._candidates(hist, t, horizon, src, names, lgbm)
         H = horizon
@@ -566,6 +639,29 @@ class HolidayForecaster:
                                        "p50": frame[name], "weight": w}))
         comp = pd.concat(comps, ignore_index=True).dropna(subset=["p50"])
         return out[FORECAST_COLUMNS], comp
+
+    def _check_short_forecast(self, history: History, origin: pd.Timestamp, horizon: int,
+                              series: Iterable[str] | None) -> list[str]:
+        """The checks the LightGBM component's forecast makes, for a forecaster fitted without it; the series."""
+        if not 1 <= horizon <= self.horizon:
+            raise ValueError(f"horizon {horizon} must be between 1 and {self.horizon} (the horizon this model was "
+                             f"trained for); train with a longer horizon for more")
+        if origin < self.trained_until_:
+            raise ValueError(f"origin {origin.date()} is before this model's training end "
+                             f"{self.trained_until_.date()}: it has seen data after the origin")
+        if origin > history.days[-1]:
+            raise HistoryError(f"origin {origin.date()} is after the last day of data {history.days[-1].date()}")
+        wanted = list(series) if series is not None else list(self.series_)
+        unknown = [s for s in wanted if s not in self.series_]
+        if unknown:
+            raise ValueError(f"unknown series {', '.join(unknown)}; this model forecasts {', '.join(self.series_)}")
+        missing = [s for s in self.series_ if s not in history.series]
+        if missing:
+            raise HistoryError(f"the data lacks series {', '.join(missing)} that the model was trained on")
+        for msg in unseen_events(history.upto(origin), origin, horizon, self.settings()):
+            warnings.warn(f"no previous instance of {msg}; no candidate of this forecaster sees it coming",
+                          stacklevel=3)
+        return list(self.series_)
 
     # -- explain -----------------------------------------------------------------------------------------------------
     def weights_table(self) -> pd.DataFrame:

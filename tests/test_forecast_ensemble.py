@@ -19,7 +19,7 @@ import pytest
 from features import forecast_ensemble as ens
 from features.forecast_ensemble import HolidayForecaster, conformal_bounds, fit_simplex_lad, planners_forecast
 from features.market import market_warning, resolve_market
-from features.return_volume import TOTAL, History, build_history
+from features.return_volume import TOTAL, History, HistoryError, build_history
 from features.settings import Settings
 from features.synthetic import generate_world
 from training import return_volume as rv
@@ -111,6 +111,37 @@ def test_forecast_shape_ordered_quantiles_and_components(fitted, history):
     p50 = fc[fc["series"] == TOTAL].set_index("date")["p50"]
     assert np.allclose(mix.reindex(p50.index).to_numpy(), p50.to_numpy(), rtol=1e-6)
     assert "peak" in model.peak_components(comps, fc)
+
+
+def _last_days(history: History, n: int) -> History:
+    """The history's last ``n`` days only (a platform with a short history)."""
+    return History(history.y.iloc[-n:].copy(), history.drivers.iloc[-n:].copy(), history.linked.iloc[:0].copy(),
+                   history.market, history.region_mix, history.lines_per_order)
+
+
+def test_a_history_too_short_for_lightgbm_forecasts_without_it_and_says_so(history):
+    short = _last_days(history, 150)  # LightGBM needs 28 + 56 + 28 + 90 = 202 days for a 28-day horizon
+    model = HolidayForecaster.from_params(**FAST, market="CN").fit(short)
+    assert model.lgbm_ is None and "150 days" in model.short_history_note_ and "202" in model.short_history_note_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc, comps = model.forecast_with_components(short, short.days[-1], H)
+    assert set(fc["series"]) == set(short.series) and (fc["series"] == TOTAL).sum() == H
+    assert np.isfinite(fc[["p10", "p50", "p90"]].to_numpy()).all()
+    assert (fc["p10"] <= fc["p50"]).all() and (fc["p50"] <= fc["p90"]).all() and (fc["p10"] >= 0).all()
+    assert (fc["p90"] > fc["p10"]).any()  # calibrated intervals, not points
+    assert ens.LGBM not in set(comps["method"])
+    assert {ens.NAIVE, ens.AUTOETS, ens.MSTL} <= set(comps.loc[comps["series"] == TOTAL, "method"])
+    wt = model.weights_table()
+    assert (wt[ens.LGBM] == 0).all() and np.allclose(wt[list(ens.CANDIDATES)].sum(axis=1), 1.0)
+    assert wt["why"].str.contains("shorter than the 202 days the LightGBM component needs", regex=False).all()
+    assert "forecasting with" in wt["why"].iloc[0]
+    # The evidence is out of sample: every inner origin forecasts days after it, inside the short history.
+    ev = model.evidence_
+    assert (ev["h"] >= 1).all() and ev["origin"].nunique() >= 5 and ev[ens.LGBM].isna().all()
+    # Too short even for the statistical candidates: a clear error saying how much is needed.
+    with pytest.raises(HistoryError, match="too short for any forecaster"):
+        HolidayForecaster.from_params(**FAST, market="CN").fit(_last_days(history, 20))
 
 
 def test_weights_are_on_the_simplex_and_window_intervals_never_narrower(fitted):

@@ -337,9 +337,16 @@ def test_cli_forecast_staff_and_backtest_write_their_files(world, tmp_path, mode
                                "--plan", str(bad), "--out", str(tmp_path / "x.csv")])
     assert res.exit_code != 0 and "unknown column(s) day, qty" in res.output
 
+    # Shorter than the LightGBM component's 264 days: a forecast without it, saying so; under 4 weeks: an error.
     res = runner.invoke(main, ["forecast", "--data", str(world), "--origin", "2023-03-01", "--horizon", "60",
                                "--out", str(tmp_path / "y.csv")])
-    assert res.exit_code != 0 and "needs at least 264" in res.output
+    assert res.exit_code == 0, res.output
+    assert "note: history of 60 days" in res.output and "the 264 days the LightGBM component needs" in res.output
+    short = pd.read_csv(tmp_path / "y.csv")
+    assert (short["series"] == TOTAL).sum() == 60 and (short["p10"] <= short["p90"]).all()
+    res = runner.invoke(main, ["forecast", "--data", str(world), "--origin", "2023-01-10", "--horizon", "60",
+                               "--out", str(tmp_path / "z.csv")])
+    assert res.exit_code != 0 and "10 days of history up to 2023-01-10: too short for any forecaster" in res.output
 
     out = tmp_path / "bt"
     res = runner.invoke(main, ["backtest", "return-volume", "--data", str(world), "--origins", "2", "--horizon",

@@ -819,8 +819,11 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
             fc, comps = model.forecast_with_components(history, o, horizon, plan=plan)
     except HistoryError as e:
         raise click.ClickException(str(e)) from e
+    if getattr(model, "short_history_note_", None):
+        click.echo(f"  note: {model.short_history_note_}")
     for w in caught:
-        if issubclass(w.category, UserWarning) and "no previous instance" in str(w.message):
+        if issubclass(w.category, UserWarning) and ("no previous instance" in str(w.message)
+                                                    or "order plan is not applied" in str(w.message)):
             click.echo(f"  warning: {w.message}")
     out = fc.assign(date=fc["date"].dt.strftime("%Y-%m-%d"))
     out.to_csv(out_file, index=False, float_format="%.3f")
