@@ -489,7 +489,7 @@ def _primary(result: BacktestResult, method: str = MODEL) -> dict[str, float]:
     return out
 
 
-def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
+def gate_evidence(result: BacktestResult, history: History, data_dir: Path, method: str = MODEL):
     """The promotion gate's evidence (:mod:`training.evidence`): the backtest's holiday-window days of 'total'.
 
     The champion (one fitted forecaster) forecasts the history from each backtest origin it can forecast from (not
@@ -500,9 +500,11 @@ def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
     from training.evidence import Evidence, Unscorable
 
     t = result.table.set_index(["method", "slice"])
+    # ``method``: the product registered (the combination, or the candidate that beat it): the gate judges it, and
+    # every other method of the backtest is a baseline.
     base = {m: float(t.loc[(m, "holiday"), "wape"]) for m in t.index.get_level_values(0).unique()
-            if m != MODEL and (m, "holiday") in t.index}
-    mine = result.forecasts[(result.forecasts["method"] == MODEL) & (result.forecasts["series"] == TOTAL)]
+            if m != method and (m, "holiday") in t.index}
+    mine = result.forecasts[(result.forecasts["method"] == method) & (result.forecasts["series"] == TOTAL)]
 
     def holiday_rows(fc: pd.DataFrame) -> pd.DataFrame:
         return fc[_windows_of(fc["date"], result.holiday_windows) != ""]
@@ -539,7 +541,7 @@ def gate_evidence(result: BacktestResult, history: History, data_dir: Path):
         return wape("p50"), wape("champion"), rows(both)
 
     held = holiday_rows(mine)
-    return Evidence("holiday_wape", False, float(_primary(result)["holiday_wape"]), base,
+    return Evidence("holiday_wape", False, float(_primary(result, method)["holiday_wape"]), base,
                     rows(held) if len(held) else "no holiday-window days", compare, str(Path(data_dir).resolve()),
                     history.days[-1], pd.Timestamp(result.origins["origin"].min()))
 
@@ -646,7 +648,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
             extra_metrics={k: v for k, v in primary.items() if k != "holiday_wape"},
             data_validated=validated,
             card=model_card(result, ds, history, Path(data_dir), validated, horizon, final, choice, market_note),
-            evidence=gate_evidence(result, history, data_dir))
+            evidence=gate_evidence(result, history, data_dir, choice.method))
     # No snapshot files: the generation pins the promoted version so every worker serves it.
     served = generations.record_version(settings.snapshots_dir, MODEL_NAME, gate.version, gate.promoted, None,
                                         history.days[-1], str(Path(data_dir).resolve()))
