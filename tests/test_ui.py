@@ -73,10 +73,21 @@ def _by():
     return By
 
 
+def _gone(element) -> bool:
+    """The old page's element is gone. Mid-navigation Chromium may answer "Node with given id does not belong to
+    the document" (a plain WebDriverException) rather than the stale-element error `EC.staleness_of` waits for."""
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        element.is_enabled()
+        return False
+    except WebDriverException:
+        return True
+
+
 def _click(driver, element, double: bool = False) -> None:
     """Click a link or submit button and wait for the next page (clicks return before the navigation ends)."""
     from selenium.webdriver import ActionChains
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = driver.find_element(_by().TAG_NAME, "html")
@@ -85,7 +96,7 @@ def _click(driver, element, double: bool = False) -> None:
         time.sleep(1.0)  # the second click's request, if the browser sends one, replaces the first page
     else:
         element.click()
-    WebDriverWait(driver, 60).until(EC.staleness_of(page))
+    WebDriverWait(driver, 60).until(lambda d: _gone(page))
     WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
 
 
