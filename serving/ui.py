@@ -836,13 +836,18 @@ def _csv_response(frame: pd.DataFrame, name: str, float_format: str) -> Response
                     headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"})
 
 
+def _requested_forecast(ctx: Ctx, horizon: int | None, origin: str | None) -> ServedForecast:
+    """The served forecast for a download's query: the model's own horizon when none (or a longer one) is asked."""
+    model = ctx.rt.served.model(RETURN_VOLUME)
+    return served_forecast(ctx.rt, _origin_param(origin), min(horizon or model.horizon, model.horizon))
+
+
 @router.get("/forecast/staffing.csv")
 def staffing_csv(horizon: int | None = Query(None, ge=1, le=366), origin: str | None = Query(None, max_length=10),
                  ctx: Ctx = Depends(logged_in)) -> Response:
     """Agents per day and channel: the columns and number format of ``aftersales staff --out``."""
     try:
-        model = ctx.rt.served.model(RETURN_VOLUME)
-        sf = served_forecast(ctx.rt, _origin_param(origin), min(horizon or model.horizon, model.horizon))
+        sf = _requested_forecast(ctx, horizon, origin)
     except ApiError as e:
         return error_page(ctx, e.status, e.message)
     return _csv_response(sf.staffing, f"staffing-{sf.resp.origin}-h{sf.resp.horizon}.csv", "%.2f")
@@ -854,8 +859,7 @@ def forecast_csv(horizon: int | None = Query(None, ge=1, le=366), origin: str | 
     """Every series' P10/P50/P90: the columns and number format of ``aftersales forecast --out`` (feed it to
     ``aftersales staff --forecast``)."""
     try:
-        model = ctx.rt.served.model(RETURN_VOLUME)
-        sf = served_forecast(ctx.rt, _origin_param(origin), min(horizon or model.horizon, model.horizon))
+        sf = _requested_forecast(ctx, horizon, origin)
     except ApiError as e:
         return error_page(ctx, e.status, e.message)
     return _csv_response(sf.frame, f"forecast-{sf.resp.origin}-h{sf.resp.horizon}.csv", "%.3f")
