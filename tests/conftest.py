@@ -3,6 +3,8 @@ soak, restart)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from _service import shared_deployment
 
@@ -17,6 +19,18 @@ def cli_settings(tmp_path, monkeypatch) -> Settings:
     get_settings.cache_clear()
     yield get_settings()
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory) -> Path:
+    """One small synthetic world (seed 5, 1,500 accounts, 50 merchants, 500 days from 2023-01-01, CN), generated once
+    per test process and shared read-only by the return-volume and forecaster tests."""
+    from features.synthetic import generate_world
+
+    out = tmp_path_factory.mktemp("small_world") / "world"
+    generate_world(out, seed=5, accounts=1500, merchants=50, start="2023-01-01", days=500, market="CN",
+                   progress=False)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,7 @@ weights on the simplex, the finite-sample conformal rank, the planners' method m
 combination's weights and intervals, pinning to one candidate, the product gate, and the market resolution order
 and calendar-fit warning.
 
-One small synthetic world (1,500 accounts, 50 merchants, 500 days) is generated once for the module.
+One small synthetic world (1,500 accounts, 50 merchants, 500 days; conftest's `small_world`) is shared.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from features.forecast_ensemble import HolidayForecaster, conformal_bounds, fit_
 from features.market import market_warning, resolve_market
 from features.return_volume import TOTAL, History, HistoryError, build_history
 from features.settings import Settings
-from features.synthetic import generate_world
 from training import return_volume as rv
 
 H = 28
@@ -29,11 +28,8 @@ FAST = {"horizon": H, "n_estimators": 80, "max_rows": 15_000}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ens_world") / "world"
-    generate_world(out, seed=5, accounts=1500, merchants=50, start="2023-01-01", days=500, market="CN",
-                   progress=False)
-    return out
+def world(small_world) -> Path:
+    return small_world
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Return-volume forecast: series building, no leakage, the delay-kernel wave, plans, history checks, calibrated
 and ordered intervals on a backtest against seasonal naive, the CLI commands and registry promotion.
 
-One small synthetic world (1,500 accounts, 50 merchants, 500 days) is generated once for the module; models use a
+One small synthetic world (1,500 accounts, 50 merchants, 500 days) is shared (conftest's `small_world`); models use a
 28-day horizon and fewer trees so the whole file stays quick on two shared cores.
 """
 
@@ -32,7 +32,6 @@ from features.return_volume import (
     validate_plan,
 )
 from features.settings import Settings, get_settings
-from features.synthetic import generate_world
 from training import return_volume as rv
 from training.cli import main
 
@@ -41,11 +40,8 @@ FAST = {"horizon": H, "n_estimators": 120, "max_rows": 20_000}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("rv_world") / "world"
-    generate_world(out, seed=5, accounts=1500, merchants=50, start="2023-01-01", days=500, market="CN",
-                   progress=False)
-    return out
+def world(small_world) -> Path:
+    return small_world
 
 
 @pytest.fixture(scope="module")
