@@ -202,10 +202,11 @@ def card_cmd(model: str, version: int | None, out: Path | None) -> None:
     """Print the model card of MODEL (e.g. ticket-triage): what it predicts, the data and period it saw, metrics
     against the baselines, slices, known limits and the promotion decision. Read from MLflow, so a card registered
     by a team member on a shared tracking server prints here too."""
+    from features import catalogue
     from features.settings import get_settings
     from training import registry
 
-    name = model.replace("-", "_")
+    name = catalogue.registered_name(model)
     try:
         got, text = registry.load_card(name, version, get_settings())
     except registry.ModelNotFound as e:

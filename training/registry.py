@@ -33,6 +33,7 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
+from features import catalogue
 from features.settings import Settings, get_settings
 
 CHAMPION = "champion"
@@ -545,7 +546,7 @@ def load_card(model_name: str, version: int | None = None, settings: Settings | 
 
     settings = settings or get_settings()
     client = _client(settings)
-    cmd = model_name.replace("_", "-")
+    cmd = catalogue.cli_name(model_name)
     if version is None:
         mv = _champion(client, model_name)
         if mv is None:
@@ -582,7 +583,7 @@ def load_champion(model_name: str, settings: Settings | None = None) -> LoadedMo
     if mv is None:
         raise ModelNotFound(
             f"no champion for '{model_name}' in {settings.tracking_uri}; "
-            f"run `aftersales train {model_name.replace('_', '-')}`"
+            f"run `aftersales train {catalogue.cli_name(model_name)}`"
         )
     # Loading by version, not by alias: the alias may move while we load, the version may not.
     uri = f"models:/{model_name}/{mv.version}"

@@ -889,7 +889,7 @@ def staff_cmd(forecast_file: Path, out_file: Path, config_file: Path | None) -> 
               help="Backtest these origins (YYYY-MM-DD, repeatable) instead of the automatic ones.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the tables and the PNG (default: models/return_volume/backtest).")
-def backtest_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: str | None, peer_series: str,
+def evaluate_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: str | None, peer_series: str,
                  origin_dates: tuple[str, ...], out_dir: Path | None) -> None:
     """Rolling-origin backtest of the return-volume forecast against seasonal naive, the planners' method and
     AutoETS; the model is refitted at every origin on data up to it. Prints the metrics table (overall and on
