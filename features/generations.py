@@ -41,7 +41,7 @@ FILES_BY_MODEL: dict[str, tuple[str, ...]] = {
     "serial_returners": ("accounts.parquet", "account_queue.parquet"),
     "merchant_risk": ("merchants.parquet",),
     "ticket_triage": ("ticket_triage_accounts.parquet", "ticket_triage_merchants.parquet",
-                      "ticket_triage_orders.parquet"),
+                      "ticket_triage_orders.parquet", "ticket_triage_recent.parquet"),
     "return_volume": (),
 }
 
