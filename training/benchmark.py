@@ -423,14 +423,14 @@ def _serial_snapshot(data_dir: Path, as_of, settings: Settings) -> None:
         features_as_of,
         fit_model,
         load_labels,
-        write_snapshot,
+        write_snapshots,
     )
 
     ds = load_for_command(data_dir, settings.models_dir / "serial_returners", _quiet)
     X = features_as_of(ds, as_of, settings)
     labels = load_labels(ds, settings, as_of)
     model = fit_model(X, labels, settings, as_of, source=str(Path(data_dir).resolve()))
-    write_snapshot(X, model, settings, exclude=excluded_accounts(labels, as_of, settings.serial_review_cooldown_days))
+    write_snapshots(X, model, settings, exclude=excluded_accounts(labels, as_of, settings.serial_review_cooldown_days))
 
 
 SERVED_FIELDS = ("ticket_id", "created_at", "account_id", "merchant_id", "order_id", "case_type", "channel", "amount",
