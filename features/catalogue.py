@@ -119,7 +119,8 @@ MODELS: tuple[Model, ...] = (
         # The same names as features.tickets.SNAPSHOT_FILES (tests/test_catalogue.py checks they agree).
         snapshots=(Snapshot("ticket_triage_accounts.parquet", ACCOUNTS),
                    Snapshot("ticket_triage_merchants.parquet", MERCHANTS),
-                   Snapshot("ticket_triage_orders.parquet", ORDERS)),
+                   Snapshot("ticket_triage_orders.parquet", ORDERS),
+                   Snapshot("ticket_triage_recent.parquet", None)),
         routes=("/v1/tickets/score", "/v1/tickets/score-batch"),
         dask=True,
     ),

@@ -270,20 +270,25 @@ def serving_path_check(model: TicketTriageModel, ds: Dataset, feats: TicketFeatu
     """Train/serve skew, measured: tickets of the ``days`` after ``as_of`` scored the serving way (snapshots taken at
     ``as_of``, as the service would hold them) against the training way (history up to each ticket's creation).
 
-    The difference is what a day-old snapshot costs: tickets, returns and deliveries between the snapshot and the
-    ticket are invisible to the service.
+    The difference is what a day-old snapshot costs: returns and deliveries between the snapshot and the ticket are
+    invisible to the service. The load and the account's contacts are counted live, as the service counts them
+    (:mod:`features.live_counts`: seeded from the snapshot's recent tickets, then every ticket of the period, the
+    unlabelled ones too, in the order they were created).
     """
     from sklearn.metrics import roc_auc_score
 
+    from features.live_counts import counter_from_snapshot, fill_frame
+
     meta = feats.meta
-    sel = ((meta["created_at"] >= as_of) & (meta["created_at"] < as_of + pd.Timedelta(days=days))
-           & meta["escalated"].notna()).to_numpy()
-    idx = np.flatnonzero(sel)
+    period = ((meta["created_at"] >= as_of) & (meta["created_at"] < as_of + pd.Timedelta(days=days))).to_numpy()
+    idx = np.flatnonzero(period & meta["escalated"].notna().to_numpy())
     if len(idx) < 50:
         return {}
     snaps = feature_snapshots(ds, as_of)
-    request = ds.tickets.set_index("ticket_id").loc[meta["ticket_id"].iloc[idx].to_numpy()].reset_index()
-    request = request.drop(columns=["escalated", "resolved_at"])
+    seen = ds.tickets.set_index("ticket_id").loc[meta["ticket_id"].iloc[np.flatnonzero(period)].to_numpy()]
+    seen = fill_frame(seen.reset_index().drop(columns=["escalated", "resolved_at"]),
+                      counter_from_snapshot(snaps["recent"], as_of))
+    request = seen.set_index("ticket_id").loc[meta["ticket_id"].iloc[idx].to_numpy()].reset_index()
     served = model.score_batch(request, snaps["accounts"], snaps["merchants"], snaps["orders"], reasons=False)
     # The same when the ticket carries what the ticket system knows live: the customer's contacts in 30 days and
     # the order's context (delivery, the return just requested), which a snapshot taken earlier cannot hold.
