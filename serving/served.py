@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from features import catalogue
 from features.settings import Settings
 from serving import online_store as ostore
 from serving.errors import unavailable
@@ -21,7 +22,7 @@ log = logging.getLogger("aftersales.serving")
 
 TICKET_TRIAGE, RETURN_VOLUME, SERIAL_RETURNERS, MERCHANT_RISK = (
     "ticket_triage", "return_volume", "serial_returners", "merchant_risk")
-MODEL_NAMES = (TICKET_TRIAGE, RETURN_VOLUME, SERIAL_RETURNERS, MERCHANT_RISK)
+MODEL_NAMES = catalogue.NAMES  # every model the service loads (features/catalogue.py)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def _check_loaded(name: str, loaded: Any) -> str | None:
     why = (f"was saved by an older version of {type(loaded.model).__name__} (no {', '.join(stale[:3])})"
            if stale else
            f"was logged with a signature that does not match the features this service sends ({mismatch})")
-    return f"v{loaded.version} {why}; retrain it with `aftersales train {name.replace('_', '-')}`"
+    return f"v{loaded.version} {why}; retrain it with `aftersales train {catalogue.cli_name(name)}`"
 
 
 def load_served(settings: Settings, previous: Served | None = None) -> Served:
@@ -101,7 +102,7 @@ def load_served(settings: Settings, previous: Served | None = None) -> Served:
                         lambda a: registry.CHAMPION in a), "name"]) if not listed.empty else set()
                 if name not in champions:
                     problems[name] = (f"no champion for '{name}' in {settings.tracking_uri}; "
-                                      f"run `aftersales train {name.replace('_', '-')}`")
+                                      f"run `aftersales train {catalogue.cli_name(name)}`")
                     log.warning("serving: %s", problems[name])
                     continue
                 loaded = registry.load_champion(name, settings=settings)
