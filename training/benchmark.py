@@ -11,7 +11,9 @@ commands (so whatever improves a model shows here):
   accounts as of T2 (``training.serial_returners.default_split``); precision of the review queue of K = the number
   of abusive accounts (truth), against the return-rate rule (returns+1)/(orders+10), the most-returns rule and an
   IsolationForest on counts; recall per pattern; then 200 decisions by simulated reviewers (the top of the cold
-  queue as of T1, decided from the truth) go through the review decision store and the model is refitted.
+  queue as of T1, decided from the truth) go through the review decision store and the model is refitted; its
+  queue on the accounts not reviewed (``model_200``) is compared with the cold start's queue on the same accounts
+  and the same K (``cold_start_200``): the reviews took the easiest abusers out of both.
 - **merchant risk**: ``train merchant-risk`` on the data as known 60 days before the end, the champion ranks the
   merchants (``rank-merchants``), NDCG@50 of the next 60 days' complaint rates against the last-60-day complaint
   rate and count.
@@ -355,7 +357,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
     seen = set(decisions["account_id"])
     rest = ~ids.isin(list(seen))
     k2 = int(y[rest].sum())
-    row[f"model_{reviewed}"] = float("nan")
+    row[f"model_{reviewed}"] = row[f"cold_start_{reviewed}"] = float("nan")
     if k2:
         X2r = X2.loc[rest]
         q2 = review_queue(X2r, model2, k2, exclude=excluded_accounts(labels2, t2, settings.serial_review_cooldown_days),
@@ -363,6 +365,13 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
                           explore_share=settings.serial_explore_share)
         pos2 = ids.get_indexer(q2["account_id"].astype(str))
         row[f"model_{reviewed}"] = float(y[pos2].mean())
+        # The cold start's queue on the same accounts (the reviewed ones left out) with the same K: the reviews took
+        # the easiest abusers out of both, so the supervised queue is judged against this, not against the cold
+        # start's figure on every account.
+        qc = review_queue(X2r, model, k2, exclude=excluded_accounts(labels2, t2, settings.serial_review_cooldown_days),
+                          scores=s_model[rest], pattern_share=settings.serial_pattern_share,
+                          explore_share=settings.serial_explore_share)
+        row[f"cold_start_{reviewed}"] = float(y[ids.get_indexer(qc["account_id"].astype(str))].mean())
         rr = top_k(scores["rule_return_rate"][rest], ids[rest], k2)
         row[f"rule_return_rate_{reviewed}"] = float(y[rest][rr].mean())
     row.update({"k_after_review": k2, "decisions_confirmed": int(confirmed.sum()), "mode_after_review": model2.mode_})
@@ -423,14 +432,14 @@ def _serial_snapshot(data_dir: Path, as_of, settings: Settings) -> None:
         features_as_of,
         fit_model,
         load_labels,
-        write_snapshot,
+        write_snapshots,
     )
 
     ds = load_for_command(data_dir, settings.models_dir / "serial_returners", _quiet)
     X = features_as_of(ds, as_of, settings)
     labels = load_labels(ds, settings, as_of)
     model = fit_model(X, labels, settings, as_of, source=str(Path(data_dir).resolve()))
-    write_snapshot(X, model, settings, exclude=excluded_accounts(labels, as_of, settings.serial_review_cooldown_days))
+    write_snapshots(X, model, settings, exclude=excluded_accounts(labels, as_of, settings.serial_review_cooldown_days))
 
 
 SERVED_FIELDS = ("ticket_id", "created_at", "account_id", "merchant_id", "order_id", "case_type", "channel", "amount",

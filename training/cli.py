@@ -24,7 +24,6 @@ from training.data import engine_for_command, engine_options
 LAZY_HELP: dict[str, str] = {
     **{c.name: c.help for m in catalogue.MODELS for c in m.commands},
     "report": "Write a static HTML report of every model's results.",
-    "card": "Print a registered model version's model card (Markdown).",
     "score-all": "Score every account and merchant as of a day; write Parquet (pandas or Dask).",
     "refresh-features": "Recompute the served features as of the data's end for the champions; swap them in.",
     **{m.cli: m.evaluate_help for m in catalogue.MODELS},
@@ -33,7 +32,6 @@ LAZY_HELP: dict[str, str] = {
 LAZY_COMMANDS: dict[str, str] = {
     **{c.name: m.target(c.attr) for m in catalogue.MODELS for c in m.commands},
     "report": "training.report:report_cmd",
-    "card": "training.model_card:card_cmd",
     "score-all": "training.scoring:score_all_cmd",
     "refresh-features": "training.refresh:refresh_features_cmd",
     "benchmark-models": "training.benchmark:benchmark_models_cmd",
@@ -309,6 +307,31 @@ def models() -> None:
                    f"pins {pins or 'no version'})")
     click.echo("\nmodel cards: `aftersales card NAME [--version N]` (local copies of the cards registered from this "
                f"machine: {_settings().cards_dir})")
+
+
+@main.command("card")
+@click.argument("model")
+@click.option("--version", type=int, default=None,
+              help="Version number (default: the champion, or the latest version when there is none).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown to this file instead of printing it.")
+def card(model: str, version: int | None, out: Path | None) -> None:
+    """Print the model card of MODEL (e.g. ticket-triage): what it predicts, the data and period it saw, metrics
+    against the baselines, slices, known limits and the promotion decision. Read from MLflow, so a card registered
+    by a team member on a shared tracking server prints here too."""
+    from training import registry
+
+    name = catalogue.registered_name(model)
+    try:
+        got, text = registry.load_card(name, version, _settings())
+    except registry.ModelNotFound as e:
+        raise click.ClickException(str(e)) from e
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    click.echo(f"wrote the card of {name} version {got} to {out}")
 
 
 @main.command()

@@ -35,6 +35,7 @@ import pandas as pd
 
 from features import catalogue
 from features.settings import Settings, get_settings
+from training import model_card
 
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"  # name= of the logged model inside its run
@@ -443,8 +444,6 @@ def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, p
     mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower(), TAG_GATE: reason})
     card_path = None
     if card is not None:
-        from training import model_card
-
         run_id = mlflow.active_run().info.run_id
         text = model_card.render(card, model_name, version, promoted=promoted, reason=reason,
                                  champion_version=champ_version, champion_value=champ_value,

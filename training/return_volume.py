@@ -271,7 +271,7 @@ class BacktestResult:
         return out
 
 
-def run_backtest(history: History, n_origins: int = 10, horizon: int = 60, settings: Settings | None = None,
+def backtest(history: History, n_origins: int = 10, horizon: int = 60, settings: Settings | None = None,
                  model_params: dict | None = None, peers: bool = True, peer_series: str = TOTAL,
                  origin_dates: list[pd.Timestamp] | None = None, progress: bool = True) -> BacktestResult:
     """Rolling-origin backtest: refit the forecaster at every origin on data up to it, and run the baselines.
@@ -628,7 +628,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
     params = model_params(settings, history.market, horizon)
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
         try:
-            result = run_backtest(history, n_origins=settings.return_volume_backtest_origins, horizon=horizon,
+            result = backtest(history, n_origins=settings.return_volume_backtest_origins, horizon=horizon,
                                   settings=settings, model_params=params, peers=settings.return_volume_peers)
         except HistoryError as e:
             raise click.ClickException(str(e)) from e
@@ -904,7 +904,7 @@ def evaluate_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: st
     warn_market(history, settings)
     params = model_params(settings, market, horizon)
     try:
-        result = run_backtest(history, n_origins=n_origins, horizon=horizon, settings=settings,
+        result = backtest(history, n_origins=n_origins, horizon=horizon, settings=settings,
                               model_params=params, peer_series=peer_series,
                               origin_dates=[_day_option(d) for d in origin_dates] or None)
     except HistoryError as e:

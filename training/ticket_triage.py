@@ -314,7 +314,7 @@ def serving_path_check(model: TicketTriageModel, ds: Dataset, feats: TicketFeatu
     }
 
 
-def report_lines(m: dict[str, float]) -> list[str]:
+def target_lines(m: dict[str, float]) -> list[str]:
     """The figures a person reads, with the target verdict."""
     lift = m["roc_auc_lift"]
     verdict = "met" if lift >= TARGET_LIFT else "NOT met"
@@ -360,7 +360,7 @@ def _log_evaluation(ev: Evaluation, settings: Settings, extra_params: dict | Non
     registry.log_table(ev.reliability, "tables/reliability.csv")
     registry.log_table(ev.reliability_baseline, "tables/reliability_baseline.csv")
     registry.log_table(ev.slices, "tables/slices.csv")
-    registry.log_text("\n".join(report_lines(ev.metrics)), "targets.txt")
+    registry.log_text("\n".join(target_lines(ev.metrics)), "targets.txt")
 
 
 def model_card(ev: Evaluation, ds: Dataset, data_dir: Path, validated: bool, n_refit: int) -> dict:
@@ -496,7 +496,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
     ds, validated = _load(Path(data_dir), out_dir)
     feats = _features(ds, settings, engine=engine)
     ev = evaluate(feats, settings, ds=ds, client=client, engine=engine)
-    for line in report_lines(ev.metrics):
+    for line in target_lines(ev.metrics):
         click.echo(line)
     click.echo(ev.reliability.round(4).to_string(index=False))
     # The registered model: same settings refitted on every ticket whose outcome is known (the evaluated fit is
@@ -594,7 +594,7 @@ def evaluate_cmd(data_dir: Path | None, test_fraction: float, calibration: str, 
     ds, _ = _load(Path(data_dir), out_dir)
     feats = _features(ds, settings)
     ev = evaluate(feats, settings, test_fraction, calibration, ds=ds)
-    lines = report_lines(ev.metrics)
+    lines = target_lines(ev.metrics)
     for line in lines:
         click.echo(line)
     click.echo("\nreliability (10 equal-count bins of predicted probability, later tickets):")
