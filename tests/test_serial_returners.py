@@ -114,7 +114,7 @@ def test_baselines_are_candidates_and_the_winner_is_what_the_model_ranks_by(eval
 def test_every_pattern_is_found_in_the_queue(evaluation):
     found = {p: evaluation.queue_metrics[f"queue_found_{p}"] for p in sr.PATTERNS}
     assert all(n > 0 for n in found.values()), found
-    lines = sr.targets_report(evaluation)
+    lines = sr.target_lines(evaluation)
     assert lines[0].startswith("PR-AUC model") and lines[0].endswith("PASS")
 
 
