@@ -74,7 +74,14 @@ TICKET_FEATURES = (
     "order_age_days", "lateness_days", "delivered_by_creation", "return_reason", "days_since_return",
     "text_len", "n_exclaim", "text_score",
 )
-FEATURES: tuple[str, ...] = (*TICKET_FEATURES, *ACCOUNT_FEATURES, *MERCHANT_FEATURES)
+# Load on the platform when the ticket is opened: its tickets in the 24 hours before, and that count against its
+# typical day (mean daily tickets over the 28 days before), so a peak reads the same on a small and a large platform.
+# Counted live by the service (:class:`features.live_counts.RecentTickets`); a ticket system may send its own
+# ``tickets_last_24h`` (the ticket's field wins).
+LOAD_FEATURES = ("tickets_last_24h", "load_ratio_24h")
+FEATURES: tuple[str, ...] = (*TICKET_FEATURES, *ACCOUNT_FEATURES, *MERCHANT_FEATURES, *LOAD_FEATURES)
+# Ticket fields the live counter (or the ticket system) fills in: the load and the account's contacts in 30 days.
+LIVE_FIELDS = ("tickets_last_24h", "typical_tickets_24h", "prior_tickets_30d")
 CATEGORICAL = ("case_type", "channel", "return_reason")
 # Order context a ticket may carry (or that comes from the order snapshot): timestamps and a return reason name.
 ORDER_CONTEXT = ("ordered_at", "promised_delivery_at", "delivered_at", "return_reason", "return_requested_at")
@@ -385,7 +392,13 @@ def assemble_one(ticket: Row, order: Row | None, account: Row | None, merchant: 
     vec += [_num(ticket[f] if ticket.get(f) is not None else acc.get(f)) for f in ACCOUNT_FEATURES]
     mer = merchant or {}
     vec += [_num(mer.get(f)) for f in MERCHANT_FEATURES]
+    vec += _load_part(_num(ticket.get("tickets_last_24h")), _num(ticket.get("typical_tickets_24h")))
     return vec
+
+
+def _load_part(last_24h: float, typical: float) -> list[float]:
+    """tickets_last_24h and its ratio to the platform's typical day (NaN when the typical day is not known)."""
+    return [last_24h, last_24h / max(typical, 1.0) if not math.isnan(typical) else _NAN]
 
 
 def _codes(s: pd.Series, table: Mapping[str, int]) -> Arr:
@@ -436,6 +449,9 @@ def assemble_batch(tickets: pd.DataFrame, context: pd.DataFrame, history: pd.Dat
         text_matrix(_column(tickets, "text")),
         np.column_stack([_numbers(history, f) for f in (*ACCOUNT_FEATURES, *MERCHANT_FEATURES)]),
     ]
+    last, typical = _numbers(tickets, "tickets_last_24h"), _numbers(tickets, "typical_tickets_24h")
+    with np.errstate(invalid="ignore"):
+        parts.append(np.column_stack([last, np.where(np.isnan(typical), np.nan, last / np.maximum(typical, 1.0))]))
     return np.hstack(parts)
 
 
@@ -549,6 +565,20 @@ def account_history(ds: Dataset, account_ids: pd.Series, times: Arr) -> pd.DataF
         "acct_return_rate_365d": ret365 / np.maximum(lines365, 1.0),
         "acct_refund_without_return_365d": rwr365,
     }, index=account_ids.index)
+
+
+def platform_load(tickets: pd.DataFrame, times: Arr) -> pd.DataFrame:
+    """The platform's load at each time, point in time (what :class:`features.live_counts.RecentTickets` counts
+    live): ``tickets_last_24h``, its tickets created in the 24 hours before (strictly before the time), and
+    ``typical_tickets_24h``, its tickets in the 28 days before / 28. Every ticket counts (guests, open cases)."""
+    from features.live_counts import LOAD_WINDOW_DAYS, TYPICAL_DAYS
+
+    t_t = series_us(tickets["created_at"])
+    key, q = np.zeros(len(t_t), dtype=np.int64), np.zeros(len(times), dtype=np.int64)
+    return pd.DataFrame({
+        "tickets_last_24h": window_sum(key, t_t, np.ones(len(t_t)), q, times, LOAD_WINDOW_DAYS),
+        "typical_tickets_24h": window_sum(key, t_t, np.ones(len(t_t)), q, times, TYPICAL_DAYS) / TYPICAL_DAYS,
+    })
 
 
 def order_table(orders: pd.DataFrame) -> pd.DataFrame:
@@ -792,7 +822,8 @@ def build_training_features(ds: Dataset, calendar: CalendarTable, progress: Any 
                          "the escalation model needs the tickets table")
     times = series_us(t["created_at"])
     ctx, history = point_in_time_context(ds, t, times, engine, say)
-    say("features: ticket, calendar and text")
+    say("features: ticket, calendar, text and load")
+    t = t.assign(**platform_load(ds.tickets, times).set_axis(t.index))
     X = assemble_batch(t, ctx, history, calendar)
     meta = t[["ticket_id", "created_at", "resolved_at", "case_type", "channel", "account_id", "merchant_id",
               "order_id", "amount", "escalated"]].copy()
@@ -809,8 +840,10 @@ def as_served(ds: Dataset, feats: TicketFeatures, rows: Arr, snapshot_lag_days: 
     What a snapshot of that age cannot hold is missing, exactly as in :func:`feature_snapshots`: account and merchant
     history stop at the snapshot time; orders placed after it have no context (age, lateness, return unknown);
     deliveries after it are unknown (the parcel counts as still on its way); returns requested after it are unseen.
-    The ticket's own fields (case type, channel, amount, text, time) are the ticket's. Training on a share of rows
-    seen this way teaches the model what the service sees between two snapshot refreshes.
+    The ticket's own fields (case type, channel, amount, text, time) are the ticket's, and so are the counts the
+    service keeps live (:data:`LIVE_FIELDS`: the load, the account's contacts in 30 days; see
+    :mod:`features.live_counts`). Training on a share of rows seen this way teaches the model what the service sees
+    between two snapshot refreshes.
     """
     rows = np.asarray(rows, dtype=np.int64)
     t = feats.meta.iloc[rows].reset_index(drop=True)
@@ -826,6 +859,8 @@ def as_served(ds: Dataset, feats: TicketFeatures, rows: Arr, snapshot_lag_days: 
         ctx.loc[unknown_order, c] = pd.NaT
     ctx.loc[unknown_order, "return_reason"] = None
     ctx.loc[~unknown_order & (delivered >= snap), "delivered_at"] = pd.NaT
+    history["prior_tickets_30d"] = feats.X["prior_tickets_30d"].iloc[rows].to_numpy()  # counted live
+    t = t.assign(**platform_load(ds.tickets, created))  # the live load counter's value at creation
     X = assemble_batch(t, ctx, history, calendar)
     out = pd.DataFrame(X, columns=list(FEATURES))
     for c in feats.X.columns:
@@ -838,7 +873,7 @@ def as_served(ds: Dataset, feats: TicketFeatures, rows: Arr, snapshot_lag_days: 
 # Snapshots for serving: the same point-in-time functions, evaluated at the snapshot time
 
 SNAPSHOT_FILES = {"accounts": "ticket_triage_accounts.parquet", "merchants": "ticket_triage_merchants.parquet",
-                  "orders": "ticket_triage_orders.parquet"}
+                  "orders": "ticket_triage_orders.parquet", "recent": "ticket_triage_recent.parquet"}
 ORDER_SNAPSHOT_DAYS = 180  # tickets about older orders are rare; older orders score with unknown order context
 
 
@@ -854,8 +889,12 @@ def feature_snapshots(ds: Dataset, as_of: pd.Timestamp) -> dict[str, pd.DataFram
 
     accounts: account_id + :data:`ACCOUNT_FEATURES` (accounts active in the last 365 days; others are new: zeros);
     merchants: merchant_id + :data:`MERCHANT_FEATURES`; orders: order_id + :data:`ORDER_CONTEXT` for orders placed
-    in the last :data:`ORDER_SNAPSHOT_DAYS` days, with deliveries and returns after ``as_of`` hidden.
+    in the last :data:`ORDER_SNAPSHOT_DAYS` days, with deliveries and returns after ``as_of`` hidden; recent:
+    ticket_id, account_id, created_at of the tickets of the last ``live_counts.HORIZON_DAYS`` days (the seed of the
+    service's live load and contact counts).
     """
+    from features.live_counts import HORIZON_DAYS
+
     as_of = pd.Timestamp(as_of)
     at = to_us(as_of)
     lo = as_of - pd.Timedelta(days=WINDOW_YEAR)
@@ -872,8 +911,11 @@ def feature_snapshots(ds: Dataset, as_of: pd.Timestamp) -> dict[str, pd.DataFram
     ctx = order_context(ds, o_ids, np.full(len(o_ids), at), ot)
     ctx.loc[ctx["delivered_at"] >= as_of, "delivered_at"] = pd.NaT  # not delivered yet as of the snapshot
     ctx.insert(0, "order_id", o_ids)
+    tk = ds.tickets
+    recent = tk.loc[(tk["created_at"] >= as_of - pd.Timedelta(days=HORIZON_DAYS)) & (tk["created_at"] < as_of),
+                    ["ticket_id", "account_id", "created_at"]].reset_index(drop=True)
     return {"accounts": acc[["account_id", *ACCOUNT_FEATURES]], "merchants": mer[["merchant_id", *MERCHANT_FEATURES]],
-            "orders": ctx.reset_index(drop=True)}
+            "orders": ctx.reset_index(drop=True), "recent": recent}
 
 
 @dataclass

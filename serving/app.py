@@ -33,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from features import catalogue
 from features.settings import Settings
 from serving import online_store as ostore
 from serving.schemas import (
@@ -60,7 +61,7 @@ log = logging.getLogger("aftersales.serving")
 
 TICKET_TRIAGE, RETURN_VOLUME, SERIAL_RETURNERS, MERCHANT_RISK = (
     "ticket_triage", "return_volume", "serial_returners", "merchant_risk")
-MODEL_NAMES = (TICKET_TRIAGE, RETURN_VOLUME, SERIAL_RETURNERS, MERCHANT_RISK)
+MODEL_NAMES = catalogue.NAMES  # every model the service loads (features/catalogue.py)
 # The triage model's default flags (same names from score_one and score_batch) and what each means for a person.
 DEFAULT_NOTES = (
     ("unknown_account", "account history: none on record, scored as a new account"),
@@ -136,7 +137,7 @@ def _check_loaded(name: str, loaded: Any) -> str | None:
     why = (f"was saved by an older version of {type(loaded.model).__name__} (no {', '.join(stale[:3])})"
            if stale else
            f"was logged with a signature that does not match the features this service sends ({mismatch})")
-    return f"v{loaded.version} {why}; retrain it with `aftersales train {name.replace('_', '-')}`"
+    return f"v{loaded.version} {why}; retrain it with `aftersales train {catalogue.cli_name(name)}`"
 
 
 def load_served(settings: Settings, previous: Served | None = None) -> Served:
@@ -176,7 +177,7 @@ def load_served(settings: Settings, previous: Served | None = None) -> Served:
                         lambda a: registry.CHAMPION in a), "name"]) if not listed.empty else set()
                 if name not in champions:
                     problems[name] = (f"no champion for '{name}' in {settings.tracking_uri}; "
-                                      f"run `aftersales train {name.replace('_', '-')}`")
+                                      f"run `aftersales train {catalogue.cli_name(name)}`")
                     log.warning("serving: %s", problems[name])
                     continue
                 loaded = registry.load_champion(name, settings=settings)

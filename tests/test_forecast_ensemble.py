@@ -262,7 +262,7 @@ def test_calendar_fit_warns_naming_the_market_whose_holidays_move_the_data():
 
 def test_backtest_reports_components_and_the_combination(history):
     origin = history.days[-1] - pd.Timedelta(days=40)
-    res = rv.run_backtest(history, horizon=14, settings=Settings(), model_params={**FAST, "horizon": 14},
+    res = rv.backtest(history, horizon=14, settings=Settings(), model_params={**FAST, "horizon": 14},
                           origin_dates=[origin], progress=False)
     methods = set(res.forecasts["method"])
     assert {rv.MODEL, rv.LIGHTGBM, rv.MSTL_PEER, rv.AUTO_ETS, rv.SEASONAL_NAIVE} <= methods

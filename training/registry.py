@@ -33,7 +33,9 @@ from urllib.parse import unquote, urlparse
 
 import pandas as pd
 
+from features import catalogue
 from features.settings import Settings, get_settings
+from training import model_card
 
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"  # name= of the logged model inside its run
@@ -442,8 +444,6 @@ def log_and_register(model_name: str, model: Any, input_example: pd.DataFrame, p
     mlflow.set_tags({"registered_version": version, "promoted": str(promoted).lower(), TAG_GATE: reason})
     card_path = None
     if card is not None:
-        from training import model_card
-
         run_id = mlflow.active_run().info.run_id
         text = model_card.render(card, model_name, version, promoted=promoted, reason=reason,
                                  champion_version=champ_version, champion_value=champ_value,
@@ -545,7 +545,7 @@ def load_card(model_name: str, version: int | None = None, settings: Settings | 
 
     settings = settings or get_settings()
     client = _client(settings)
-    cmd = model_name.replace("_", "-")
+    cmd = catalogue.cli_name(model_name)
     if version is None:
         mv = _champion(client, model_name)
         if mv is None:
@@ -582,7 +582,7 @@ def load_champion(model_name: str, settings: Settings | None = None) -> LoadedMo
     if mv is None:
         raise ModelNotFound(
             f"no champion for '{model_name}' in {settings.tracking_uri}; "
-            f"run `aftersales train {model_name.replace('_', '-')}`"
+            f"run `aftersales train {catalogue.cli_name(model_name)}`"
         )
     # Loading by version, not by alias: the alias may move while we load, the version may not.
     uri = f"models:/{model_name}/{mv.version}"

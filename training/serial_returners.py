@@ -425,7 +425,7 @@ def _log_evaluation(ev: Evaluation, capacity: int) -> None:
         registry.log_table(ev.feedback, "tables/feedback_simulation.csv")
 
 
-def targets_report(ev: Evaluation) -> list[str]:
+def target_lines(ev: Evaluation) -> list[str]:
     """The issue's targets, each with its figure and PASS/FAIL."""
     m = ev.metrics
     gain = m.loc["model", "pr_auc"] - m.loc["if_counts", "pr_auc"]
@@ -451,7 +451,7 @@ def targets_report(ev: Evaluation) -> list[str]:
 # Snapshots
 
 
-def write_snapshot(X: AccountFrame, model: SerialReturnerModel, settings: Settings,
+def write_snapshots(X: AccountFrame, model: SerialReturnerModel, settings: Settings,
                    exclude: set[str] = frozenset(), capacity: int | None = None,
                    out: Path | None = None) -> dict[str, Path]:
     """Write every account's score (``accounts.parquet``) and the queue (``account_queue.parquet``) for serving into
@@ -649,7 +649,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
             ev = evaluate_on_truth(ds, truth, t1, t2, settings, capacity, market, echo=echo, engine=engine)
             _log_evaluation(ev, capacity)
             primary = float(ev.metrics.loc["model", "pr_auc"])
-            for line in targets_report(ev):
+            for line in target_lines(ev):
                 echo("  " + line)
             extra = _flat_metrics(ev)
             summary.update({"pr_auc": round(primary, 4),
@@ -690,7 +690,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
         echo(f"registered {MODEL_NAME} v{result.version}: {result.reason}")
         # The snapshots belong to the version; served only when it was promoted (a new generation).
         vdir = generations.version_dir(settings.snapshots_dir, MODEL_NAME, result.version)
-        paths = write_snapshot(X_end, final, settings,
+        paths = write_snapshots(X_end, final, settings,
                                exclude=excluded_accounts(labels, last, settings.serial_review_cooldown_days),
                                out=vdir)
         served = generations.record_version(settings.snapshots_dir, MODEL_NAME, result.version, result.promoted,
@@ -944,5 +944,5 @@ def evaluate_cmd(data_dir: Path | None, as_of: str | None, horizon_days: int | N
     if ev.feedback is not None:
         click.echo(ev.feedback.round(3).to_string(index=False))
     click.echo("targets:")
-    for line in targets_report(ev):
+    for line in target_lines(ev):
         click.echo("  " + line)

@@ -270,20 +270,25 @@ def serving_path_check(model: TicketTriageModel, ds: Dataset, feats: TicketFeatu
     """Train/serve skew, measured: tickets of the ``days`` after ``as_of`` scored the serving way (snapshots taken at
     ``as_of``, as the service would hold them) against the training way (history up to each ticket's creation).
 
-    The difference is what a day-old snapshot costs: tickets, returns and deliveries between the snapshot and the
-    ticket are invisible to the service.
+    The difference is what a day-old snapshot costs: returns and deliveries between the snapshot and the ticket are
+    invisible to the service. The load and the account's contacts are counted live, as the service counts them
+    (:mod:`features.live_counts`: seeded from the snapshot's recent tickets, then every ticket of the period, the
+    unlabelled ones too, in the order they were created).
     """
     from sklearn.metrics import roc_auc_score
 
+    from features.live_counts import counter_from_snapshot, fill_frame
+
     meta = feats.meta
-    sel = ((meta["created_at"] >= as_of) & (meta["created_at"] < as_of + pd.Timedelta(days=days))
-           & meta["escalated"].notna()).to_numpy()
-    idx = np.flatnonzero(sel)
+    period = ((meta["created_at"] >= as_of) & (meta["created_at"] < as_of + pd.Timedelta(days=days))).to_numpy()
+    idx = np.flatnonzero(period & meta["escalated"].notna().to_numpy())
     if len(idx) < 50:
         return {}
     snaps = feature_snapshots(ds, as_of)
-    request = ds.tickets.set_index("ticket_id").loc[meta["ticket_id"].iloc[idx].to_numpy()].reset_index()
-    request = request.drop(columns=["escalated", "resolved_at"])
+    seen = ds.tickets.set_index("ticket_id").loc[meta["ticket_id"].iloc[np.flatnonzero(period)].to_numpy()]
+    seen = fill_frame(seen.reset_index().drop(columns=["escalated", "resolved_at"]),
+                      counter_from_snapshot(snaps["recent"], as_of))
+    request = seen.set_index("ticket_id").loc[meta["ticket_id"].iloc[idx].to_numpy()].reset_index()
     served = model.score_batch(request, snaps["accounts"], snaps["merchants"], snaps["orders"], reasons=False)
     # The same when the ticket carries what the ticket system knows live: the customer's contacts in 30 days and
     # the order's context (delivery, the return just requested), which a snapshot taken earlier cannot hold.
@@ -309,7 +314,7 @@ def serving_path_check(model: TicketTriageModel, ds: Dataset, feats: TicketFeatu
     }
 
 
-def report_lines(m: dict[str, float]) -> list[str]:
+def target_lines(m: dict[str, float]) -> list[str]:
     """The figures a person reads, with the target verdict."""
     lift = m["roc_auc_lift"]
     verdict = "met" if lift >= TARGET_LIFT else "NOT met"
@@ -355,7 +360,7 @@ def _log_evaluation(ev: Evaluation, settings: Settings, extra_params: dict | Non
     registry.log_table(ev.reliability, "tables/reliability.csv")
     registry.log_table(ev.reliability_baseline, "tables/reliability_baseline.csv")
     registry.log_table(ev.slices, "tables/slices.csv")
-    registry.log_text("\n".join(report_lines(ev.metrics)), "targets.txt")
+    registry.log_text("\n".join(target_lines(ev.metrics)), "targets.txt")
 
 
 def model_card(ev: Evaluation, ds: Dataset, data_dir: Path, validated: bool, n_refit: int) -> dict:
@@ -491,7 +496,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
     ds, validated = _load(Path(data_dir), out_dir)
     feats = _features(ds, settings, engine=engine)
     ev = evaluate(feats, settings, ds=ds, client=client, engine=engine)
-    for line in report_lines(ev.metrics):
+    for line in target_lines(ev.metrics):
         click.echo(line)
     click.echo(ev.reliability.round(4).to_string(index=False))
     # The registered model: same settings refitted on every ticket whose outcome is known (the evaluated fit is
@@ -589,7 +594,7 @@ def evaluate_cmd(data_dir: Path | None, test_fraction: float, calibration: str, 
     ds, _ = _load(Path(data_dir), out_dir)
     feats = _features(ds, settings)
     ev = evaluate(feats, settings, test_fraction, calibration, ds=ds)
-    lines = report_lines(ev.metrics)
+    lines = target_lines(ev.metrics)
     for line in lines:
         click.echo(line)
     click.echo("\nreliability (10 equal-count bins of predicted probability, later tickets):")
