@@ -168,7 +168,7 @@ def _account(value: Any) -> str | None:
 def counter_from_snapshot(recent: pd.DataFrame | None, as_of: Any = None) -> RecentTickets:
     """A counter seeded from a snapshot's recent tickets (ticket_id, account_id, created_at; see
     :func:`features.tickets.feature_snapshots`); an absent or empty frame gives an empty counter."""
-    from features.tickets import series_us, to_us
+    from features.pit import series_us, to_us
 
     if recent is None or recent.empty:
         return RecentTickets()
@@ -186,7 +186,7 @@ def fill_one(ticket: dict[str, Any], counter: RecentTickets | None) -> dict[str,
     """``ticket`` with the live counts the model reads (:data:`features.tickets.LIVE_FIELDS`) filled in from
     ``counter`` where the ticket does not carry them; the ticket is counted. Returns a new dict (or ``ticket`` itself
     when there is no counter)."""
-    from features.tickets import to_us
+    from features.pit import to_us
 
     if counter is None:
         return ticket
@@ -209,7 +209,7 @@ def _fill(out: dict[str, Any], last: float, typical: float, contacts: float | No
 def fill_frame(tickets: pd.DataFrame, counter: RecentTickets | None) -> pd.DataFrame:
     """:func:`fill_one` for a batch (counted in creation-time order, so each ticket counts only earlier ones);
     returns a copy with the :data:`features.tickets.LIVE_FIELDS` columns, the ticket's own values kept."""
-    from features.tickets import series_us
+    from features.pit import series_us
 
     if counter is None or tickets.empty:
         return tickets
