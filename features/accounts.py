@@ -875,6 +875,14 @@ BASELINES = ("rate_rule", "most_returns", "rule", "if_counts")
 COUNT_FEATURES = ("lines_30d", "lines_90d", "lines_365d", "returns_30d", "returns_90d", "returns_365d")
 
 
+def blend_parts(method: str) -> tuple[str, ...]:
+    """The candidates a queue method ranks by: ('most_returns',) for a single one, ('if_counts', 'most_returns')
+    for 'blend:if_counts+most_returns' (the mean of their percentiles)."""
+    if method.startswith("blend:"):
+        return tuple(p for p in method[len("blend:"):].split("+") if p)
+    return (method,)
+
+
 def counts_forest(X: AccountFrame, seed: int = 0):
     """Baseline: an IsolationForest on raw order and return counts, fitted on a day's population."""
     from sklearn.ensemble import IsolationForest
@@ -1070,32 +1078,51 @@ class SerialReturnerModel:
 
     def use(self, method: str, X: AccountFrame | None = None, rule: tuple[float, float] = (5, 0.5),
             evidence: str = "") -> SerialReturnerModel:
-        """Make ``method`` what :meth:`predict` ranks by: 'model' (this model) or a baseline of :data:`BASELINES`
+        """Make ``method`` what :meth:`predict` ranks by: 'model' (this model), a baseline of :data:`BASELINES`
+        or a blend 'blend:A+B' of those (mean percentile; ``X`` is the population that sets each part's scale)
         that won the evaluation on the user's data (``evidence`` says how; kept for the model card). 'if_counts'
         fits its IsolationForest on ``X``; 'rule' keeps its thresholds (returns in 90 days, 90-day rate)."""
         self._check()
-        if method not in ("model", *BASELINES):
-            raise ValueError(f"unknown method {method!r}: choose model or one of {', '.join(BASELINES)}")
-        if method == "if_counts":
+        parts = blend_parts(method)
+        if not parts or any(m not in ("model", *BASELINES) for m in parts):
+            raise ValueError(f"unknown method {method!r}: choose model, one of {', '.join(BASELINES)} or "
+                             f"'blend:A+B' of those")
+        if "if_counts" in parts:
             if X is None:
                 raise ValueError("method 'if_counts' needs the accounts to fit its IsolationForest on")
             self.forest_ = counts_forest(X)
-        self.method_, self.rule_, self.method_evidence_ = method, tuple(rule), evidence
+        self.method_, self.rule_, self.method_evidence_ = "model", tuple(rule), evidence
+        if len(parts) > 1:
+            if X is None:
+                raise ValueError(f"method {method!r} needs the accounts whose scores place each part on one scale")
+            # Each part's scores on the day's population, sorted: a new account's part score becomes its share of
+            # the population scored at or below it, whatever subset of accounts is scored later.
+            self.blend_refs_ = {m: np.sort(self._method_score(m, X)) for m in parts}
+        self.method_ = method
         return self
+
+    def _method_score(self, method: str, X: AccountFrame) -> np.ndarray:
+        if method == "model":
+            if self.booster_ is None:
+                return self.detector_.predict(X)
+            raw = self._raw(self._design(X), self.prior_, self.booster_)
+            a, b = self.platt_ if self.platt_ is not None else (1.0, 0.0)
+            return 1.0 / (1.0 + np.exp(-(a * raw + b)))
+        s = baseline_score(method, X, forest=getattr(self, "forest_", None), rule=self.rule_)
+        return s / (s + 1.0) if method in ("most_returns", "rule") else s
 
     def predict(self, X: AccountFrame) -> np.ndarray:
         """Abuse score per account in [0, 1]: by the method chosen with :meth:`use` (default the model: a
         calibrated probability when supervised, the detector's score in cold start)."""
         self._check()
         method = getattr(self, "method_", "model")
-        if method != "model":
-            s = baseline_score(method, X, forest=getattr(self, "forest_", None), rule=self.rule_)
-            return s / (s + 1.0) if method in ("most_returns", "rule") else s
-        if self.booster_ is None:
-            return self.detector_.predict(X)
-        raw = self._raw(self._design(X), self.prior_, self.booster_)
-        a, b = self.platt_ if self.platt_ is not None else (1.0, 0.0)
-        return 1.0 / (1.0 + np.exp(-(a * raw + b)))
+        parts = blend_parts(method)
+        if len(parts) == 1:
+            return self._method_score(method, X)
+        # A blend: the mean of each part's percentile in the population it was set up on (mid-rank for ties).
+        pct = [(np.searchsorted(ref, s, "left") + np.searchsorted(ref, s, "right")) / (2.0 * max(len(ref), 1))
+               for ref, s in ((self.blend_refs_[m], self._method_score(m, X)) for m in parts)]
+        return np.mean(pct, axis=0)
 
     def contributions(self, X: AccountFrame) -> pd.DataFrame:
         """Each feature's push towards 'abuse' for each account (positive = more suspicious).
