@@ -43,11 +43,7 @@ both paths, so both compute the same floats.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import numpy as np
-import pandas as pd
 
 from features.pit import (  # noqa: F401 — re-exported
     DAY_US,
