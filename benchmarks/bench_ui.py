@@ -47,9 +47,9 @@ def build(work: Path, queue: int, horizon: int, accounts: int, days: int) -> dic
     from features.settings import Settings
     from features.synthetic import generate_world
     from training import registry
-    from training.merchant_risk import write_serving_snapshot
+    from training.merchant_risk import write_snapshots as write_merchant_snapshot
     from training.return_volume import _input_example
-    from training.serial_returners import write_snapshot
+    from training.serial_returners import write_snapshots
 
     t0 = time.perf_counter()
     world = work / "world"
@@ -59,7 +59,7 @@ def build(work: Path, queue: int, horizon: int, accounts: int, days: int) -> dic
     ds = load_dataset(world)
     X = dataset_features(ds, ds.time_span()[1], "CN", settings)
     returners = SerialReturnerModel().fit(X)
-    write_snapshot(X, returners, settings, capacity=queue)
+    write_snapshots(X, returners, settings, capacity=queue)
     registry.log_and_register("serial_returners", returners, X.head(5), "pr_auc", 0.3, True, settings=settings)
     # Merchant ranking in rank-merchants' layout (the page reads the snapshot; the model is a stand-in).
     ids = sorted(ds.orders["merchant_id"].astype(str).unique())
@@ -67,7 +67,7 @@ def build(work: Path, queue: int, horizon: int, accounts: int, days: int) -> dic
     ranking = pd.DataFrame({"merchant_id": ids, "score": score, "rank": np.arange(1, len(ids) + 1),
                             "expected_complaints": score * 10, "late_delivery_rate": score / 4,
                             "complaint_rate_90d": score / 50, "reasons": ["complaints; late deliveries"] * len(ids)})
-    write_serving_snapshot(ranking, settings)
+    write_merchant_snapshot(ranking, settings)
     example = pd.DataFrame({f: [0.0, 1.0, 2.0] for f in merchant_features.FEATURES})
     registry.log_and_register("merchant_risk", DummyRegressor().fit(example, [0.0, 1.0, 2.0]), example,
                               "ndcg_at_50", 0.5, True, settings=settings)

@@ -9,7 +9,7 @@ Models follow the scikit-learn contract so the object training fits is the objec
 
 - :class:`PatternDetector` (cold start, no labels): one test per abuse pattern (serial returning, refund without
   return and 'not received' claims against the delivery record, wardrobing, rings of linked accounts), each the
-  tail probability of the account's count under the platform's own beta-binomial null; the strongest pattern wins.
+  tail probability of the account's count under the platform's own beta-binomial null; the patterns' tails add up.
 - :class:`SerialReturnerModel`: the detector, plus, once enough review decisions exist, a small LightGBM on all
   features and the detector's score, boosted from a logistic prior on that score, with a background sample of the
   population as weak negatives (positive-unlabelled learning: a few dozen decisions say little on their own), and
@@ -764,6 +764,14 @@ def _combine(tails: np.ndarray) -> np.ndarray:
 CALIBRATION_QUANTILES = (0.90, 0.95)
 
 
+def combined_score(tails: np.ndarray) -> np.ndarray:
+    """The detector's score from per-pattern tails (one column per pattern, -log10 p after calibration): their sum,
+    the -log10 of the joint chance were the patterns independent. On the tuning worlds (seeds 100-107) the sum
+    ranked K = abusers with median precision 0.82 against 0.78 for the strongest pattern alone."""
+    return np.asarray(tails, dtype=float).sum(axis=1) if np.ndim(tails) == 2 and np.shape(tails)[1] else \
+        np.zeros(len(tails))
+
+
 class PatternDetector:
     """Cold-start detector: one test per abuse pattern, each a tail probability under the platform's own null.
 
@@ -771,8 +779,8 @@ class PatternDetector:
     item of order lines, 'not received' claims of delivered lines, wardrobing returns of pre-event lines, the same
     for an account's link group without its most suspicious member) ``fit`` learns the platform's beta-binomial
     null; ``tails`` gives, per pattern, -log10 of the chance that an ordinary account would show this much (the best
-    of the pattern's tests, Bonferroni-corrected for their number). ``score`` is the strongest pattern's tail, so an
-    account far out on one pattern ranks high whatever the others say; ``predict`` maps it into (0, 1).
+    of the pattern's tests, Bonferroni-corrected for their number). ``score`` adds the patterns' tails up (:func:`combined_score`),
+    so an account far out on one pattern ranks high whatever the others say; ``predict`` maps it into (0, 1).
     """
 
     def __init__(self, tests: dict[str, tuple[tuple[str, str], ...]] | None = None, trim: float = 0.0):
@@ -852,8 +860,10 @@ class PatternDetector:
         return out
 
     def score(self, X: AccountFrame) -> np.ndarray:
-        """The strongest pattern's tail (-log10 probability; 0 = nothing unusual)."""
-        return self.tails(X).to_numpy().max(axis=1)
+        """The patterns' tails added up (-log10 of the joint chance; 0 = nothing unusual): an account far out on one
+        pattern ranks high whatever the others say, and moderate evidence of two patterns (a wardrober's quick
+        post-event returns and its return count) adds up instead of the weaker one being dropped."""
+        return combined_score(self.tails(X).to_numpy())
 
     def predict(self, X: AccountFrame) -> np.ndarray:
         """The score mapped into (0, 1): 0.5 at a one-in-a-thousand tail, 0.8 at one in 10^12."""
@@ -863,6 +873,14 @@ class PatternDetector:
 
 BASELINES = ("rate_rule", "most_returns", "rule", "if_counts")
 COUNT_FEATURES = ("lines_30d", "lines_90d", "lines_365d", "returns_30d", "returns_90d", "returns_365d")
+
+
+def blend_parts(method: str) -> tuple[str, ...]:
+    """The candidates a queue method ranks by: ('most_returns',) for a single one, ('if_counts', 'most_returns')
+    for 'blend:if_counts+most_returns' (the mean of their percentiles)."""
+    if method.startswith("blend:"):
+        return tuple(p for p in method[len("blend:"):].split("+") if p)
+    return (method,)
 
 
 def counts_forest(X: AccountFrame, seed: int = 0):
@@ -1049,7 +1067,7 @@ class SerialReturnerModel:
         tails = self.detector_.tails(X)
         for p in PATTERNS:
             D[f"tail_{p}"] = tails[p].to_numpy()
-        D[ANOMALY_FEATURE] = tails.to_numpy().max(axis=1)
+        D[ANOMALY_FEATURE] = combined_score(tails.to_numpy())
         return D
 
     # -- scoring -----------------------------------------------------------------------------------------------------
@@ -1060,32 +1078,51 @@ class SerialReturnerModel:
 
     def use(self, method: str, X: AccountFrame | None = None, rule: tuple[float, float] = (5, 0.5),
             evidence: str = "") -> SerialReturnerModel:
-        """Make ``method`` what :meth:`predict` ranks by: 'model' (this model) or a baseline of :data:`BASELINES`
+        """Make ``method`` what :meth:`predict` ranks by: 'model' (this model), a baseline of :data:`BASELINES`
+        or a blend 'blend:A+B' of those (mean percentile; ``X`` is the population that sets each part's scale)
         that won the evaluation on the user's data (``evidence`` says how; kept for the model card). 'if_counts'
         fits its IsolationForest on ``X``; 'rule' keeps its thresholds (returns in 90 days, 90-day rate)."""
         self._check()
-        if method not in ("model", *BASELINES):
-            raise ValueError(f"unknown method {method!r}: choose model or one of {', '.join(BASELINES)}")
-        if method == "if_counts":
+        parts = blend_parts(method)
+        if not parts or any(m not in ("model", *BASELINES) for m in parts):
+            raise ValueError(f"unknown method {method!r}: choose model, one of {', '.join(BASELINES)} or "
+                             f"'blend:A+B' of those")
+        if "if_counts" in parts:
             if X is None:
                 raise ValueError("method 'if_counts' needs the accounts to fit its IsolationForest on")
             self.forest_ = counts_forest(X)
-        self.method_, self.rule_, self.method_evidence_ = method, tuple(rule), evidence
+        self.method_, self.rule_, self.method_evidence_ = "model", tuple(rule), evidence
+        if len(parts) > 1:
+            if X is None:
+                raise ValueError(f"method {method!r} needs the accounts whose scores place each part on one scale")
+            # Each part's scores on the day's population, sorted: a new account's part score becomes its share of
+            # the population scored at or below it, whatever subset of accounts is scored later.
+            self.blend_refs_ = {m: np.sort(self._method_score(m, X)) for m in parts}
+        self.method_ = method
         return self
+
+    def _method_score(self, method: str, X: AccountFrame) -> np.ndarray:
+        if method == "model":
+            if self.booster_ is None:
+                return self.detector_.predict(X)
+            raw = self._raw(self._design(X), self.prior_, self.booster_)
+            a, b = self.platt_ if self.platt_ is not None else (1.0, 0.0)
+            return 1.0 / (1.0 + np.exp(-(a * raw + b)))
+        s = baseline_score(method, X, forest=getattr(self, "forest_", None), rule=self.rule_)
+        return s / (s + 1.0) if method in ("most_returns", "rule") else s
 
     def predict(self, X: AccountFrame) -> np.ndarray:
         """Abuse score per account in [0, 1]: by the method chosen with :meth:`use` (default the model: a
         calibrated probability when supervised, the detector's score in cold start)."""
         self._check()
         method = getattr(self, "method_", "model")
-        if method != "model":
-            s = baseline_score(method, X, forest=getattr(self, "forest_", None), rule=self.rule_)
-            return s / (s + 1.0) if method in ("most_returns", "rule") else s
-        if self.booster_ is None:
-            return self.detector_.predict(X)
-        raw = self._raw(self._design(X), self.prior_, self.booster_)
-        a, b = self.platt_ if self.platt_ is not None else (1.0, 0.0)
-        return 1.0 / (1.0 + np.exp(-(a * raw + b)))
+        parts = blend_parts(method)
+        if len(parts) == 1:
+            return self._method_score(method, X)
+        # A blend: the mean of each part's percentile in the population it was set up on (mid-rank for ties).
+        pct = [(np.searchsorted(ref, s, "left") + np.searchsorted(ref, s, "right")) / (2.0 * max(len(ref), 1))
+               for ref, s in ((self.blend_refs_[m], self._method_score(m, X)) for m in parts)]
+        return np.mean(pct, axis=0)
 
     def contributions(self, X: AccountFrame) -> pd.DataFrame:
         """Each feature's push towards 'abuse' for each account (positive = more suspicious).

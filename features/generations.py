@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from features import catalogue
+
 CURRENT = "CURRENT"
 GENERATIONS = "generations"
 MANIFEST = "manifest.json"
@@ -37,13 +39,7 @@ VERSION_META = "meta.json"
 KEEP_GENERATIONS = 10  # older generations (never the current one) are deleted when a new one is made
 
 # The snapshot files each model's training writes (return_volume serves none: it reads the data folder).
-FILES_BY_MODEL: dict[str, tuple[str, ...]] = {
-    "serial_returners": ("accounts.parquet", "account_queue.parquet"),
-    "merchant_risk": ("merchants.parquet",),
-    "ticket_triage": ("ticket_triage_accounts.parquet", "ticket_triage_merchants.parquet",
-                      "ticket_triage_orders.parquet"),
-    "return_volume": (),
-}
+FILES_BY_MODEL: dict[str, tuple[str, ...]] = {m.name: m.files for m in catalogue.MODELS}
 
 
 class GenerationError(RuntimeError):

@@ -33,26 +33,22 @@ from typing import Any
 
 import pandas as pd
 
-from features.tickets import SNAPSHOT_FILES as TRIAGE_FILES
+from features import catalogue
 
 log = logging.getLogger(__name__)
 
 Record = dict[str, Any]  # one snapshot row without its ID column, JSON-ready (NaN/NA -> None)
-ACCOUNTS, MERCHANTS, ORDERS = "accounts", "merchants", "orders"
+ACCOUNTS, MERCHANTS, ORDERS = catalogue.ACCOUNTS, catalogue.MERCHANTS, catalogue.ORDERS
 KINDS = (ACCOUNTS, MERCHANTS, ORDERS)
-KEYS = {ACCOUNTS: "account_id", MERCHANTS: "merchant_id", ORDERS: "order_id"}
-# Files of each kind, joined on the ID in this order (a later file's columns win where names clash).
-FILES = {
-    ACCOUNTS: ("accounts.parquet", TRIAGE_FILES["accounts"]),
-    MERCHANTS: ("merchants.parquet", TRIAGE_FILES["merchants"]),
-    ORDERS: (TRIAGE_FILES["orders"],),
-}
+KEYS = {k: catalogue.TABLE_KEYS[k] for k in KINDS}
+# Files of each kind (features/catalogue.py), joined on the ID in this order (a later file's columns win where names
+# clash).
+FILES = {k: catalogue.table_files(k) for k in KINDS}
 QUEUE_FILE = "account_queue.parquet"  # the review queue serial-returners training (and flag-accounts) writes
 # Which training writes each file (said in messages about a missing one).
-WRITERS = {"accounts.parquet": "serial-returners", "merchants.parquet": "merchant-risk",
-           QUEUE_FILE: "serial-returners", **{f: "ticket-triage" for f in TRIAGE_FILES.values()}}
+WRITERS = {f: m.cli for m in catalogue.MODELS for f in m.files}
 # The column a snapshot is ranked by (review queue, merchant ranking), highest first, ties by ID.
-SCORES = {ACCOUNTS: "abuse_score", MERCHANTS: "merchant_risk_score"}
+SCORES = {k: s for k in KINDS if (s := catalogue.score_column(k))}
 
 FOUND = "online_store"
 FALLBACK = "snapshot_fallback"

@@ -66,7 +66,10 @@ class TicketIn(_In):
     delivered_at: Instant | None = None
     return_reason: str | None = Field(None, max_length=32, description="Reason of a return already requested.")
     return_requested_at: Instant | None = None
-    prior_tickets_30d: int | None = Field(None, ge=0, description="The account's tickets in the 30 days before.")
+    prior_tickets_30d: int | None = Field(None, ge=0, description="The account's tickets in the 30 days before "
+                                          "(else counted by the service from the tickets it scores).")
+    tickets_last_24h: int | None = Field(None, ge=0, description="The platform's tickets (every customer) created in "
+                                         "the 24 hours before (else counted by the service).")
 
 
 class FeatureSources(BaseModel):

@@ -115,9 +115,9 @@ def build_deployment(root: Path, world_params: dict | None = None) -> dict:
     from features.synthetic import generate_world
     from features.tickets import FEATURES, CalendarTable, TicketTriageModel, build_training_features
     from training import registry
-    from training.merchant_risk import write_serving_snapshot
+    from training.merchant_risk import write_snapshots as write_merchant_snapshot
     from training.return_volume import _input_example
-    from training.serial_returners import write_snapshot as write_serial_snapshot
+    from training.serial_returners import write_snapshots as write_serial_snapshot
     from training.ticket_triage import model_params, write_snapshots
 
     world = root / "world"
@@ -148,7 +148,7 @@ def build_deployment(root: Path, world_params: dict | None = None) -> dict:
                             "expected_complaints": score * 10, "late_delivery_rate": score / 4,
                             "complaint_rate_90d": score / 50,
                             "reasons": [f"complaints {s:.0%} of orders; late deliveries" for s in score]})
-    write_serving_snapshot(ranking.sample(frac=1.0, random_state=0), settings)  # shuffled: the service sorts
+    write_merchant_snapshot(ranking.sample(frac=1.0, random_state=0), settings)  # shuffled: the service sorts
     example = pd.DataFrame({f: [0.0, 1.0, 2.0] for f in merchant_features.FEATURES})
     stand_in = DummyRegressor().fit(example, [0.0, 1.0, 2.0])
     registry.log_and_register("merchant_risk", stand_in, example, "ndcg_at_50", 0.5, True, settings=settings)

@@ -19,7 +19,7 @@ from training.merchant_risk import (
     BASELINES,
     MODELS,
     SNAPSHOT_COLUMNS,
-    backtest,
+    evaluate,
     lift_table,
     ndcg_at_k,
     ranking_metrics,
@@ -50,7 +50,7 @@ def settings(tmp_path_factory) -> Settings:
 
 @pytest.fixture(scope="session")
 def bt(events, settings):
-    return backtest(events, settings, echo=lambda *_: None)
+    return evaluate(events, settings, echo=lambda *_: None)
 
 
 # --------------------------------------------------------------------------------------------------------------------

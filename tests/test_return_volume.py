@@ -259,7 +259,7 @@ def test_forecast_refuses_an_origin_before_the_training_end(history, fitted):
 def backtest(history):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return rv.run_backtest(history, n_origins=4, horizon=H, settings=Settings(), model_params=FAST,
+        return rv.backtest(history, n_origins=4, horizon=H, settings=Settings(), model_params=FAST,
                                peers=False, progress=False)
 
 
@@ -300,7 +300,7 @@ def test_planners_baseline_scales_last_year_by_recent_growth():
 def test_missing_peer_library_is_skipped_with_a_note(history, monkeypatch):
     monkeypatch.setitem(sys.modules, "statsforecast", None)  # import statsforecast -> ImportError
     origin = _origin(history, 40)
-    res = rv.run_backtest(history, horizon=14, settings=Settings(), model_params={**FAST, "horizon": 14},
+    res = rv.backtest(history, horizon=14, settings=Settings(), model_params={**FAST, "horizon": 14},
                           origin_dates=[origin], progress=False)
     assert rv.AUTO_ETS not in set(res.forecasts["method"])
     assert any("statsforecast not installed" in n for n in res.notes)

@@ -302,7 +302,7 @@ def test_api_keys_guard_every_route_but_health(service):
 
 
 def test_api_keys_are_compared_whole_in_constant_time_and_never_logged(service, monkeypatch):
-    from serving import app
+    from serving import middleware as app
 
     ticket = {"ticket_id": "k2", "created_at": "2024-08-20T09:30:00Z", "case_type": "refund", "channel": "chat"}
     key = API_KEYS[0]
@@ -412,7 +412,7 @@ def test_request_timeouts_leave_no_timer_behind_and_still_answer_504():
 
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-    from serving.app import cancel_timeout_timers
+    from serving.bentoml_patches import cancel_timeout_timers
 
     cancel_timeout_timers()
 
@@ -446,7 +446,7 @@ def test_request_timeouts_leave_no_timer_behind_and_still_answer_504():
 
 
 def test_a_model_pickled_by_an_older_class_version_is_refused_by_name():
-    from serving.app import _missing_params
+    from serving.served import _missing_params
 
     current = ReturnVolumeForecaster(horizon=7)
     assert _missing_params(current) == []

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from features import generations
 from features.contract import load_dataset
+from features.live_counts import counter_from_snapshot, fill_frame
 from features.settings import Settings
 from features.synthetic import generate_world
 from features.tickets import (
@@ -108,6 +109,7 @@ def test_fresh_snapshots_give_exactly_the_training_features(world, feats, evalua
     for i in picks:
         t = ds.tickets[ds.tickets["ticket_id"] == meta.at[i, "ticket_id"]].drop(columns=["escalated", "resolved_at"])
         snaps = feature_snapshots(ds, meta.at[i, "created_at"])
+        t = fill_frame(t, counter_from_snapshot(snaps["recent"], meta.at[i, "created_at"]))  # the live counts
         X, flags = evaluation.model.features_batch(t, snaps["accounts"], snaps["merchants"], snaps["orders"])
         expected = feats.X.loc[i, list(FEATURES)].to_numpy(dtype=float, copy=True)
         expected[TEXT] = evaluation.model.text_scorer_.score_one(feats.X.at[i, "text"])
@@ -134,8 +136,14 @@ def test_as_served_rows_are_what_the_service_computes_from_an_older_snapshot(wor
     newer_order = 0
     for k, i in enumerate(picks):
         t = ds.tickets[ds.tickets["ticket_id"] == meta.at[i, "ticket_id"]].drop(columns=["escalated", "resolved_at"])
-        snaps = feature_snapshots(ds, meta.at[i, "created_at"] - pd.Timedelta(days=lags[k]))
-        X, flags = evaluation.model.features_batch(t, snaps["accounts"], snaps["merchants"], snaps["orders"])
+        snap_at = meta.at[i, "created_at"] - pd.Timedelta(days=lags[k])
+        snaps = feature_snapshots(ds, snap_at)
+        # The service's live counter: seeded from the snapshot, then it saw every ticket created since.
+        counter = counter_from_snapshot(snaps["recent"], snap_at)
+        since = ds.tickets[(ds.tickets["created_at"] >= snap_at) & (ds.tickets["created_at"] < t["created_at"].iloc[0])]
+        fill_frame(since, counter)
+        X, flags = evaluation.model.features_batch(fill_frame(t, counter), snaps["accounts"], snaps["merchants"],
+                                                   snaps["orders"])
         expected = served[list(FEATURES)].iloc[k].to_numpy(dtype=float, copy=True)
         expected[TEXT] = X[0, TEXT]
         assert np.array_equal(X[0], expected, equal_nan=True), (meta.at[i, "ticket_id"], lags[k])

@@ -16,54 +16,34 @@ from pathlib import Path
 
 import click
 
+from features import catalogue
 from training.data import engine_for_command, engine_options
 
-# Command name -> "module:attribute" of a click.Command, imported on first use.
+# Command name -> "module:attribute" of a click.Command, imported on first use. Model commands come from the
+# catalogue (features/catalogue.py); the rest are the project's own.
 LAZY_HELP: dict[str, str] = {
-    "forecast": "Forecast daily return volume P10/P50/P90 after an origin date.",
-    "staff": "Turn a forecast into agents per day and channel (Erlang C, backlog).",
-    "flag-accounts": "Write the review queue of abnormal returners, sized to capacity.",
-    "review": "Record and list the risk team's review decisions.",
-    "rank-merchants": "Rank merchants by their complaint risk in the coming period.",
+    **{c.name: c.help for m in catalogue.MODELS for c in m.commands},
     "report": "Write a static HTML report of every model's results.",
-    "card": "Print a registered model version's model card (Markdown).",
     "score-all": "Score every account and merchant as of a day; write Parquet (pandas or Dask).",
     "refresh-features": "Recompute the served features as of the data's end for the champions; swap them in.",
-    "return-volume": "Rolling-origin backtest of the return-volume forecast.",
-    "serial-returners": "Evaluate the serial-returner detector on later time.",
-    "merchant-risk": "Evaluate the merchant complaint ranking on later snapshots.",
-    "ticket-triage": "Evaluate the ticket escalation model on later tickets.",
+    **{m.cli: m.evaluate_help for m in catalogue.MODELS},
     "benchmark-models": "Every model vs every baseline on K random worlds (and Online Retail).",
 }
 LAZY_COMMANDS: dict[str, str] = {
-    "forecast": "training.return_volume:forecast_cmd",
-    "staff": "training.return_volume:staff_cmd",
-    "flag-accounts": "training.serial_returners:flag_accounts_cmd",
-    "review": "training.serial_returners:review_group",
-    "rank-merchants": "training.merchant_risk:rank_merchants_cmd",
+    **{c.name: m.target(c.attr) for m in catalogue.MODELS for c in m.commands},
     "report": "training.report:report_cmd",
-    "card": "training.model_card:card_cmd",
     "score-all": "training.scoring:score_all_cmd",
     "refresh-features": "training.refresh:refresh_features_cmd",
     "benchmark-models": "training.benchmark:benchmark_models_cmd",
 }
-LAZY_BACKTESTS: dict[str, str] = {
-    "return-volume": "training.return_volume:backtest_cmd",
-}
-LAZY_EVALUATIONS: dict[str, str] = {
-    "serial-returners": "training.serial_returners:evaluate_cmd",
-    "merchant-risk": "training.merchant_risk:evaluate_cmd",
-    "ticket-triage": "training.ticket_triage:evaluate_cmd",
-}
+# `aftersales evaluate MODEL`: every model's check on later time than it trained on (for return-volume a rolling-origin
+# backtest, also reachable as `aftersales backtest return-volume`).
+LAZY_EVALUATIONS: dict[str, str] = {m.cli: m.target("evaluate_cmd") for m in catalogue.MODELS}
+LAZY_BACKTESTS: dict[str, str] = {"return-volume": LAZY_EVALUATIONS["return-volume"]}
 # Trainers that take a features.engine engine (Dask features + lightgbm.dask).
-DASK_TRAINERS = ("serial-returners", "ticket-triage")
-# Training order matters: triage reads the account and merchant snapshots the other two write.
-TRAINERS: dict[str, str] = {
-    "return-volume": "training.return_volume:train",
-    "merchant-risk": "training.merchant_risk:train",
-    "serial-returners": "training.serial_returners:train",
-    "ticket-triage": "training.ticket_triage:train",
-}
+DASK_TRAINERS = tuple(m.cli for m in catalogue.MODELS if m.dask)
+# Training order matters (catalogue order): triage reads the account and merchant snapshots the other two write.
+TRAINERS: dict[str, str] = {m.cli: m.target("train") for m in catalogue.MODELS}
 
 
 def _resolve(target: str):
@@ -327,6 +307,31 @@ def models() -> None:
                    f"pins {pins or 'no version'})")
     click.echo("\nmodel cards: `aftersales card NAME [--version N]` (local copies of the cards registered from this "
                f"machine: {_settings().cards_dir})")
+
+
+@main.command("card")
+@click.argument("model")
+@click.option("--version", type=int, default=None,
+              help="Version number (default: the champion, or the latest version when there is none).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the Markdown to this file instead of printing it.")
+def card(model: str, version: int | None, out: Path | None) -> None:
+    """Print the model card of MODEL (e.g. ticket-triage): what it predicts, the data and period it saw, metrics
+    against the baselines, slices, known limits and the promotion decision. Read from MLflow, so a card registered
+    by a team member on a shared tracking server prints here too."""
+    from training import registry
+
+    name = catalogue.registered_name(model)
+    try:
+        got, text = registry.load_card(name, version, _settings())
+    except registry.ModelNotFound as e:
+        raise click.ClickException(str(e)) from e
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    click.echo(f"wrote the card of {name} version {got} to {out}")
 
 
 @main.command()

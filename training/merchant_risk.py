@@ -137,7 +137,7 @@ def evaluate_scores(scored: pd.DataFrame, methods: list[str], min_orders: int) -
 
 
 @dataclass
-class Backtest:
+class Evaluation:
     """What the backtest measured: metrics per method, per snapshot, the scored test rows and the chosen model."""
 
     summary: pd.DataFrame
@@ -236,7 +236,7 @@ def score_methods(model: MerchantRiskModel, frame: pd.DataFrame) -> None:
     frame["glm"] = model.glm_rate(frame)
 
 
-def backtest(events: MerchantEvents, settings: Settings, echo=click.echo) -> Backtest:
+def evaluate(events: MerchantEvents, settings: Settings, echo=click.echo) -> Evaluation:
     """Train both models on early snapshots, score them and the baselines on later ones, pick by NDCG@50."""
     check_rankable(events)
     dates = snapshot_dates(events, settings)
@@ -263,7 +263,7 @@ def backtest(events: MerchantEvents, settings: Settings, echo=click.echo) -> Bac
     # rows, NDCG@50), it ranks; never serve a model this evaluation says is worse.
     base = str(summary.loc[list(BASELINES), PRIMARY_METRIC].idxmax())
     use = base if summary.loc[base, PRIMARY_METRIC] > summary.loc[chosen, PRIMARY_METRIC] else "model"
-    bt = Backtest(summary, per, scored, chosen, train_dates, test_dates, use)
+    bt = Evaluation(summary, per, scored, chosen, train_dates, test_dates, use)
     echo("  " + bt.ranking_text())
     return bt
 
@@ -304,7 +304,7 @@ def lift_figure(lift: pd.DataFrame):
     return fig
 
 
-def _log_backtest(bt: Backtest, settings: Settings) -> None:
+def _log_evaluation(bt: Evaluation, settings: Settings) -> None:
     """Params, metrics (every method), per-snapshot table and the lift chart into the active MLflow run."""
     import mlflow
 
@@ -328,14 +328,13 @@ def _log_backtest(bt: Backtest, settings: Settings) -> None:
     registry.log_figure(lift_figure(lift), "plots/lift.png")
 
 
-def _report(bt: Backtest, echo=click.echo) -> list[str]:
-    """Print the metric table and the targets; return the target lines."""
-    echo(bt.summary.round(4).to_string())
+def target_lines(bt: Evaluation) -> list[str]:
+    """The figures against the targets, one line each."""
     base = bt.best_baseline
     gain = bt.gain("ndcg_at_50")
     p_model = bt.summary.loc[bt.chosen, "precision_at_decile"]
     p_base = bt.summary.loc[list(BASELINES), "precision_at_decile"].max()
-    lines = [
+    return [
         f"model: {bt.chosen} (chosen on the latest training snapshots, before the test period; on the test "
         f"snapshots glm {bt.summary.loc['glm', 'ndcg_at_50']:.4f}, blend {bt.summary.loc['blend', 'ndcg_at_50']:.4f}, poisson "
         f"{bt.summary.loc['poisson', 'ndcg_at_50']:.4f}, lambdarank {bt.summary.loc['lambdarank', 'ndcg_at_50']:.4f})",
@@ -346,6 +345,12 @@ def _report(bt: Backtest, echo=click.echo) -> list[str]:
         f"{'MET' if p_model > p_base else 'NOT MET'}",
         bt.ranking_text(),
     ]
+
+
+def report(bt: Evaluation, echo=click.echo) -> list[str]:
+    """Print the metric table and the targets; return the target lines."""
+    echo(bt.summary.round(4).to_string())
+    lines = target_lines(bt)
     for line in lines:
         echo(line)
     return lines
@@ -388,7 +393,7 @@ def decile_slices(scored: pd.DataFrame, methods: list[str], masks: dict[str, pd.
     return pd.DataFrame(rows)
 
 
-def model_card(bt: Backtest, ds, data_dir: Path, settings: Settings, validated: bool = True) -> dict:
+def model_card(bt: Evaluation, ds, data_dir: Path, settings: Settings, validated: bool = True) -> dict:
     """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow."""
     from features.calendar import holiday_windows
     from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
@@ -510,7 +515,7 @@ def rank_as_of(model: MerchantRiskModel, events: MerchantEvents, as_of, settings
     return model.rank(features)
 
 
-def write_serving_snapshot(ranking: pd.DataFrame, settings: Settings, out: Path | None = None) -> Path:
+def write_snapshots(ranking: pd.DataFrame, settings: Settings, out: Path | None = None) -> Path:
     """Write the merchant snapshot ticket triage loads: ``merchants.parquet`` (SNAPSHOT_COLUMNS) in ``out``
     (training: the registered version's ``snapshots/merchant_risk/v<N>``; default the flat ``snapshots_dir``)."""
     n = len(ranking)
@@ -534,7 +539,7 @@ def write_serving_snapshot(ranking: pd.DataFrame, settings: Settings, out: Path 
     return path
 
 
-def gate_evidence(bt: Backtest, events: MerchantEvents, settings: Settings, data_dir: Path):
+def gate_evidence(bt: Evaluation, events: MerchantEvents, settings: Settings, data_dir: Path):
     """The promotion gate's evidence: the backtest's held-out test snapshots, NDCG@50 averaged per snapshot
     (:mod:`training.evidence`); the champion ranks the same merchant-snapshots."""
     from training.evidence import Evidence, Unscorable, check_seen
@@ -595,9 +600,9 @@ def train(data_dir: Path, settings: Settings) -> dict:
     except (ContractError, ValueError) as e:
         raise click.ClickException(f"merchant-risk: {e}") from e
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
-        bt = backtest(events, settings)
-        _report(bt)
-        _log_backtest(bt, settings)
+        bt = evaluate(events, settings)
+        report(bt)
+        _log_evaluation(bt, settings)
         all_dates = snapshot_dates(events, settings)
         click.echo(f"  refitting {bt.chosen} on all {len(all_dates)} matured snapshots (ranking by {bt.served})")
         final = MerchantRiskModel(kind=bt.chosen, use=bt.use, **model_params(settings)).fit(
@@ -613,7 +618,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
             evidence=gate_evidence(bt, events, settings, data_dir))
     # The snapshot belongs to the version; it is served only when the version was promoted (a new generation).
     vdir = generations.version_dir(settings.snapshots_dir, MODEL_NAME, result.version)
-    snap = write_serving_snapshot(ranking, settings, out=vdir)
+    snap = write_snapshots(ranking, settings, out=vdir)
     served = generations.record_version(settings.snapshots_dir, MODEL_NAME, result.version, result.promoted, vdir,
                                         events.end, str(data_dir.resolve()))
     s = bt.summary
@@ -643,9 +648,9 @@ def evaluate_cmd(data_dir: Path | None) -> None:
     try:
         events = _load(data_dir, settings.models_dir / "merchant_risk", click.echo)
         with registry.start_run(MODEL_NAME, run_name="evaluate", settings=settings):
-            bt = backtest(events, settings)
-            lines = _report(bt)
-            _log_backtest(bt, settings)
+            bt = evaluate(events, settings)
+            lines = report(bt)
+            _log_evaluation(bt, settings)
             registry.log_text("\n".join(lines), "targets.txt")
     except (ContractError, ValueError) as e:
         raise click.ClickException(str(e)) from e

@@ -20,7 +20,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import click
 import pandas as pd
 
 from features.contract import Dataset
@@ -186,33 +185,3 @@ def summary(text: str, limit: int = 4800, pointer: str = "") -> str:
     cut = text[:limit - len(tail)]
     at = cut.rfind("\n## ")
     return (cut[:at] if at > 0 else cut) + tail
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-@click.command("card")
-@click.argument("model")
-@click.option("--version", type=int, default=None,
-              help="Version number (default: the champion, or the latest version when there is none).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the Markdown to this file instead of printing it.")
-def card_cmd(model: str, version: int | None, out: Path | None) -> None:
-    """Print the model card of MODEL (e.g. ticket-triage): what it predicts, the data and period it saw, metrics
-    against the baselines, slices, known limits and the promotion decision. Read from MLflow, so a card registered
-    by a team member on a shared tracking server prints here too."""
-    from features.settings import get_settings
-    from training import registry
-
-    name = model.replace("-", "_")
-    try:
-        got, text = registry.load_card(name, version, get_settings())
-    except registry.ModelNotFound as e:
-        raise click.ClickException(str(e)) from e
-    if out is None:
-        click.echo(text, nl=False)
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
-    click.echo(f"wrote the card of {name} version {got} to {out}")

@@ -82,7 +82,7 @@ def _refresh(ds, data_dir: Path, settings: Settings, echo, t0: float) -> dict:
             X = sr.features_as_of(ds, last, settings)
             labels = sr.load_labels(ds, settings, last)
             out = staging / sr.MODEL_NAME
-            sr.write_snapshot(X, loaded.model, settings, out=out,
+            sr.write_snapshots(X, loaded.model, settings, out=out,
                               exclude=sr.excluded_accounts(labels, last, settings.serial_review_cooldown_days))
             entries[sr.MODEL_NAME] = {"version": loaded.version, "dir": out, "as_of": str(last.date()),
                                       "source": source, "origin": origin}
@@ -95,7 +95,7 @@ def _refresh(ds, data_dir: Path, settings: Settings, echo, t0: float) -> dict:
             events = prepare_events(ds)
             ranking = mr.rank_as_of(loaded.model, events, events.end, settings)
             out = staging / mr.MODEL_NAME
-            mr.write_serving_snapshot(ranking, settings, out=out)
+            mr.write_snapshots(ranking, settings, out=out)
             entries[mr.MODEL_NAME] = {"version": loaded.version, "dir": out, "as_of": str(events.end.date()),
                                       "source": source, "origin": origin}
             timings["merchants"] = time.perf_counter() - t

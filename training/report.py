@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from features import catalogue
 from features.settings import Settings, get_settings
 from training import views
 from training.data import load_for_command
@@ -146,44 +147,38 @@ def build_report(data_dir: Path, out_dir: Path, settings: Settings, use: str = "
     state: dict = {}
 
     def step(i: int, name: str):
-        echo(f"[{i}/4] {name}")
+        echo(f"[{i}/{len(catalogue.MODELS)}] {name}")
         return lambda s: echo(f"      {s}")
 
-    def rv_blocks():
-        view = views.return_volume_view(ds, settings, progress=True, echo=step(1, "holiday return volume"))
+    def rv_blocks(progress):
+        view = views.return_volume_view(ds, settings, progress=True, echo=progress)
         return views.return_volume_blocks(view)
 
-    def sr_blocks():
-        view = views.serial_returners_view(ds, data_dir, settings, use=use, echo=step(2, "serial returners"))
+    def sr_blocks(progress):
+        view = views.serial_returners_view(ds, data_dir, settings, use=use, echo=progress)
         state["accounts"] = view.accounts
         return views.serial_returners_blocks(view)
 
-    def mr_blocks():
-        view = views.merchant_risk_view(ds, settings, use=use, echo=step(3, "merchant complaint risk"))
+    def mr_blocks(progress):
+        view = views.merchant_risk_view(ds, settings, use=use, echo=progress)
         state["merchants"] = views.merchant_percentiles(view)
         return views.merchant_risk_blocks(view)
 
-    def tt_blocks():
+    def tt_blocks(progress):
         view = views.ticket_triage_view(ds, settings, accounts=state.get("accounts"),
-                                        merchants=state.get("merchants"), echo=step(4, "ticket triage"))
+                                        merchants=state.get("merchants"), echo=progress)
         return views.ticket_triage_blocks(view)
 
-    sections = [
-        _section("return-volume", "Holiday return volume",
-                 "How many returns to expect per day around the big shopping events and holidays, how well the "
-                 "forecast did on past events against simpler methods, and how many agents to roster.", rv_blocks,
-                 echo),
-        _section("serial-returners", "Serial returner review",
-                 "Accounts whose returns look abusive (serial returning, wardrobing, refunds without a return, "
-                 "linked rings), how well they are found, and who the risk team should review next.", sr_blocks,
-                 echo),
-        _section("merchant-risk", "Merchant complaint risk",
-                 "Which merchants will draw complaints in the coming 60 days, how well the ranking did on later "
-                 "periods, and why each merchant ranks where it does.", mr_blocks, echo),
-        _section("ticket-triage", "Ticket triage",
-                 "How likely a new after-sales case is to escalate, how trustworthy those probabilities are, what "
-                 "the triage policy does with them, and how fast scoring is.", tt_blocks, echo),
-    ]
+    # Per catalogued model (features/catalogue.py, whose order this follows: triage reads the accounts and merchants
+    # the two before it scored): the progress label and the function that builds its blocks.
+    builders = {"return_volume": ("holiday return volume", rv_blocks),
+                "serial_returners": ("serial returners", sr_blocks),
+                "merchant_risk": ("merchant complaint risk", mr_blocks),
+                "ticket_triage": ("ticket triage", tt_blocks)}
+    sections = []
+    for i, m in enumerate(catalogue.MODELS, start=1):
+        label, build = builders[m.name]
+        sections.append(_section(m.cli, m.title, m.intro, lambda b=build, i=i, label=label: b(step(i, label)), echo))
     models = views.registered_models(settings)
     header = {
         "data folder": str(Path(data_dir).resolve()),

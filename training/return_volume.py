@@ -271,7 +271,7 @@ class BacktestResult:
         return out
 
 
-def run_backtest(history: History, n_origins: int = 10, horizon: int = 60, settings: Settings | None = None,
+def backtest(history: History, n_origins: int = 10, horizon: int = 60, settings: Settings | None = None,
                  model_params: dict | None = None, peers: bool = True, peer_series: str = TOTAL,
                  origin_dates: list[pd.Timestamp] | None = None, progress: bool = True) -> BacktestResult:
     """Rolling-origin backtest: refit the forecaster at every origin on data up to it, and run the baselines.
@@ -628,7 +628,7 @@ def train(data_dir: Path, settings: Settings) -> dict:
     params = model_params(settings, history.market, horizon)
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
         try:
-            result = run_backtest(history, n_origins=settings.return_volume_backtest_origins, horizon=horizon,
+            result = backtest(history, n_origins=settings.return_volume_backtest_origins, horizon=horizon,
                                   settings=settings, model_params=params, peers=settings.return_volume_peers)
         except HistoryError as e:
             raise click.ClickException(str(e)) from e
@@ -889,7 +889,7 @@ def staff_cmd(forecast_file: Path, out_file: Path, config_file: Path | None) -> 
               help="Backtest these origins (YYYY-MM-DD, repeatable) instead of the automatic ones.")
 @click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where to write the tables and the PNG (default: models/return_volume/backtest).")
-def backtest_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: str | None, peer_series: str,
+def evaluate_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: str | None, peer_series: str,
                  origin_dates: tuple[str, ...], out_dir: Path | None) -> None:
     """Rolling-origin backtest of the return-volume forecast against seasonal naive, the planners' method and
     AutoETS; the model is refitted at every origin on data up to it. Prints the metrics table (overall and on
@@ -904,7 +904,7 @@ def backtest_cmd(data_dir: Path | None, n_origins: int, horizon: int, market: st
     warn_market(history, settings)
     params = model_params(settings, market, horizon)
     try:
-        result = run_backtest(history, n_origins=n_origins, horizon=horizon, settings=settings,
+        result = backtest(history, n_origins=n_origins, horizon=horizon, settings=settings,
                               model_params=params, peer_series=peer_series,
                               origin_dates=[_day_option(d) for d in origin_dates] or None)
     except HistoryError as e:

@@ -32,6 +32,7 @@ from features.accounts import (
     account_features,
     as_day,
     baseline_score,
+    blend_parts,
     check_as_of,
     counts_forest,
     review_queue,
@@ -48,6 +49,7 @@ CANDIDATES = ("model", *BASELINES)  # what the queue may rank by: the model or a
 PR_AUC_MARGIN_TARGET = 0.15  # the model's PR-AUC must beat IsolationForest-on-counts by this much
 FEEDBACK_CHECKPOINTS = (50, 200)
 FORWARD_HORIZON_DAYS = 91  # "the next quarter" of the forward check on data without ground truth
+CHECK_WINDOW_DAYS, CHECK_CUTOFFS = 61, 3  # the checks the queue's method is chosen on (data without ground truth)
 Echo = Callable[[str], None]
 
 
@@ -332,24 +334,16 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
     X1 = features_as_of(ds, t1, settings, market, engine)
     labels = load_labels(ds, settings, t1)
     model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None))
-    r = ds.returns
-    window = (r["requested_at"] >= t1 + pd.Timedelta(days=1)) & (r["requested_at"] < end + pd.Timedelta(days=1))
-    counts = r.loc[window, "account_id"].dropna().astype(str).value_counts()
-    threshold = max(2.0, float(np.ceil(counts.quantile(0.9)))) if len(counts) else 2.0
-    future = counts.reindex(X1.index.astype(str)).fillna(0).to_numpy()
+    future, threshold = _future_returns(ds, X1, t1, horizon_days)
     heavy = future >= threshold
     before = X1["returns_90d"].to_numpy() >= threshold
     scores = {"model": model.predict(X1), **baseline_scores(X1, counts_forest(X1), settings)}
-    # The queue as the product builds it on data up to t1: the candidate that won the same check one quarter earlier
-    # (flagged as of t0, judged on (t0, t1]: nothing after t1 is read).
-    queue_method, queue_evidence = "model", "no earlier quarter to choose on"
-    t0 = (t1 - pd.Timedelta(days=FORWARD_HORIZON_DAYS)).normalize()
-    if choose and t0 >= ds.time_span()[0] + pd.Timedelta(days=FORWARD_HORIZON_DAYS):
-        inner = evaluate_forward(ds, t0, settings, top, horizon_days=FORWARD_HORIZON_DAYS, market=market,
-                                 engine=engine, choose=False)
-        queue_method, queue_evidence = choose_method(inner["table"], "precision")
-        queue_evidence = f"flagged as of {t0.date()}, {queue_evidence}"
-    scores["queue"] = scores[queue_method]
+    # The queue as the product builds it on data up to t1: the candidate (or blend) that won the checks flagged at
+    # several earlier cut-offs and judged before t1 (nothing after t1 is read).
+    queue_method, queue_evidence = "model", "no earlier cut-off to choose on"
+    if choose:
+        queue_method, queue_evidence = choose_by_forward_checks(ds, t1, settings, top, market, engine)
+    scores["queue"] = _candidate_score(queue_method, scores)
     rows = []
     for m, s in scores.items():
         flagged = np.argsort(-s, kind="stable")[:top]
@@ -363,6 +357,81 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
             "heavy_accounts": int(heavy.sum()), "accounts": len(X1), "mode": model.mode_,
             "table": pd.DataFrame(rows).set_index("method"), "model": model, "slices": slices, "X": X1,
             "y": heavy}
+
+
+def _future_returns(ds: Dataset, X: AccountFrame, t, days: int) -> tuple[np.ndarray, float]:
+    """(returns per account of ``X`` in (t, t + days], the heavy-returner threshold): at least as many returns as
+    the top 10% of the accounts that returned anything in that window, and at least 2."""
+    r = ds.returns
+    end = t + pd.Timedelta(days=days)
+    window = (r["requested_at"] >= t + pd.Timedelta(days=1)) & (r["requested_at"] < end + pd.Timedelta(days=1))
+    counts = r.loc[window, "account_id"].dropna().astype(str).value_counts()
+    threshold = max(2.0, float(np.ceil(counts.quantile(0.9)))) if len(counts) else 2.0
+    return counts.reindex(X.index.astype(str)).fillna(0).to_numpy(), threshold
+
+
+def _percentiles(s: np.ndarray) -> np.ndarray:
+    return pd.Series(np.asarray(s, dtype=float)).rank(pct=True, method="average").to_numpy()
+
+
+def _candidate_score(method: str, scores: dict[str, np.ndarray]) -> np.ndarray:
+    """A candidate's scores from the single candidates' (a blend: the mean of its parts' percentiles)."""
+    parts = blend_parts(method)
+    if len(parts) == 1:
+        return scores[method]
+    return np.mean([_percentiles(scores[m]) for m in parts], axis=0)
+
+
+def choose_by_forward_checks(ds: Dataset, t1, settings: Settings, top: int, market: str | None = None,
+                             engine=None, window_days: int = CHECK_WINDOW_DAYS, cutoffs: int = CHECK_CUTOFFS
+                             ) -> tuple[str, str]:
+    """(method, evidence): what the queue ranks by on data up to ``t1``, chosen on forward checks before it.
+
+    Each check flags accounts as of a cut-off (``cutoffs`` of them, 30 days apart, the latest ``window_days``
+    before ``t1``) and counts the heavy returners of the next ``window_days`` among the top ``top``, 2 x ``top`` and
+    4 x ``top``. Candidates: the model, every baseline, and the rank-average blend of the two best. The best mean
+    precision over the checks wins, except that a single candidate must beat the blend by more than twice the
+    standard error of their paired differences: one cut-off's top 50 is a few dozen accounts, and a blend of two
+    close candidates holds up better on the next period than whichever of them led by chance.
+    """
+    first = ds.time_span()[0]
+    t1 = as_day(t1)
+    checks: list[tuple[str, dict[str, np.ndarray], np.ndarray]] = []
+    for j in range(cutoffs):
+        t0 = (t1 - pd.Timedelta(days=window_days + 30 * j)).normalize()
+        if t0 < first + pd.Timedelta(days=window_days):
+            break
+        X = features_as_of(ds, t0, settings, market, engine)
+        model = fit_model(X, load_labels(ds, settings, t0), settings, t0)
+        future, threshold = _future_returns(ds, X, t0, window_days)
+        heavy = future >= threshold
+        scores = {"model": model.predict(X), **baseline_scores(X, counts_forest(X), settings)}
+        checks.append((str(t0.date()), scores, heavy))
+    if not checks:
+        return "model", "no earlier cut-off to choose on"
+    depths = (top, 2 * top, 4 * top)
+
+    def precisions(method: str) -> np.ndarray:
+        out = []
+        for _, scores, heavy in checks:
+            order = np.argsort(-_candidate_score(method, scores), kind="stable")
+            out += [float(heavy[order[:d]].mean()) for d in depths]
+        return np.array(out)
+
+    table = {m: precisions(m) for m in CANDIDATES}
+    ranked = sorted(table, key=lambda m: (-table[m].mean(), m != "model"))
+    blend = f"blend:{ranked[0]}+{ranked[1]}"
+    table[blend] = precisions(blend)
+    best = max(table, key=lambda m: (table[m].mean(), m == blend, m == "model"))
+    if best != blend:
+        diff = table[best] - table[blend]
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if diff.mean() <= 2 * se:
+            best = blend
+    figures = ", ".join(f"{m} {v.mean():.3f}" for m, v in sorted(table.items(), key=lambda kv: -kv[1].mean()))
+    when = ", ".join(c[0] for c in checks)
+    return best, (f"mean precision of the top {'/'.join(map(str, depths))} on heavy returners of the next "
+                  f"{window_days} days, flagged as of {when}: {figures}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -425,7 +494,7 @@ def _log_evaluation(ev: Evaluation, capacity: int) -> None:
         registry.log_table(ev.feedback, "tables/feedback_simulation.csv")
 
 
-def targets_report(ev: Evaluation) -> list[str]:
+def target_lines(ev: Evaluation) -> list[str]:
     """The issue's targets, each with its figure and PASS/FAIL."""
     m = ev.metrics
     gain = m.loc["model", "pr_auc"] - m.loc["if_counts", "pr_auc"]
@@ -451,7 +520,7 @@ def targets_report(ev: Evaluation) -> list[str]:
 # Snapshots
 
 
-def write_snapshot(X: AccountFrame, model: SerialReturnerModel, settings: Settings,
+def write_snapshots(X: AccountFrame, model: SerialReturnerModel, settings: Settings,
                    exclude: set[str] = frozenset(), capacity: int | None = None,
                    out: Path | None = None) -> dict[str, Path]:
     """Write every account's score (``accounts.parquet``) and the queue (``account_queue.parquet``) for serving into
@@ -649,7 +718,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
             ev = evaluate_on_truth(ds, truth, t1, t2, settings, capacity, market, echo=echo, engine=engine)
             _log_evaluation(ev, capacity)
             primary = float(ev.metrics.loc["model", "pr_auc"])
-            for line in targets_report(ev):
+            for line in target_lines(ev):
                 echo("  " + line)
             extra = _flat_metrics(ev)
             summary.update({"pr_auc": round(primary, 4),
@@ -668,7 +737,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
             echo(table.to_string())
             summary.update({"pr_auc_proxy": round(primary, 4), "evaluated": f"forward from {fw['t1']}"})
         method, evidence = (choose_method(ev.metrics, "precision_at_capacity") if truth is not None
-                            else choose_method(fw["table"], "precision"))
+                            else choose_by_forward_checks(ds, last, settings, capacity, market, engine))
         echo(f"the queue ranks by: {method} ({evidence})")
         echo(f"fitting the final model on everything up to {last.date()}")
         X_end = features_as_of(ds, last, settings, market, engine=engine)
@@ -690,7 +759,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
         echo(f"registered {MODEL_NAME} v{result.version}: {result.reason}")
         # The snapshots belong to the version; served only when it was promoted (a new generation).
         vdir = generations.version_dir(settings.snapshots_dir, MODEL_NAME, result.version)
-        paths = write_snapshot(X_end, final, settings,
+        paths = write_snapshots(X_end, final, settings,
                                exclude=excluded_accounts(labels, last, settings.serial_review_cooldown_days),
                                out=vdir)
         served = generations.record_version(settings.snapshots_dir, MODEL_NAME, result.version, result.promoted,
@@ -944,5 +1013,5 @@ def evaluate_cmd(data_dir: Path | None, as_of: str | None, horizon_days: int | N
     if ev.feedback is not None:
         click.echo(ev.feedback.round(3).to_string(index=False))
     click.echo("targets:")
-    for line in targets_report(ev):
+    for line in target_lines(ev):
         click.echo("  " + line)

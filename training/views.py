@@ -4,7 +4,7 @@ Each model has a *view*: what its section shows, computed from a data folder on 
 module uses (so every figure here is measured on later time than the model learnt from), plus the current
 operational output (forecast and staffing plan, review queue, merchant ranking, triage policy mix):
 
-- :func:`return_volume_view`: rolling-origin backtest against the baselines (``run_backtest``, the settings
+- :func:`return_volume_view`: rolling-origin backtest against the baselines (``backtest``, the settings
   ``train`` uses), then a forecast from the data's last day long enough to reach the next major event, and the
   staffing plan for that event's window (features/staffing.py).
 - :func:`serial_returners_view`: fit as of T1, score as of T2 against the truth (``evaluate_on_truth``), or the
@@ -148,7 +148,7 @@ def return_volume_view(ds: Dataset, settings: Settings, market: str | None = Non
     from features.market import market_warning, resolve_market
     from features.return_volume import build_history
     from features.staffing import load_staffing_config, staffing_plan
-    from training.return_volume import model_params, run_backtest
+    from training.return_volume import backtest, model_params
 
     market, _ = resolve_market(market, settings, getattr(ds, "source", None))
     history = build_history(ds, market)
@@ -157,7 +157,7 @@ def return_volume_view(ds: Dataset, settings: Settings, market: str | None = Non
     echo(f"backtest: {settings.return_volume_backtest_origins} origins, {horizon}-day horizon")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bt = run_backtest(history, n_origins=settings.return_volume_backtest_origins, horizon=horizon,
+        bt = backtest(history, n_origins=settings.return_volume_backtest_origins, horizon=horizon,
                           settings=settings, model_params=model_params(settings, market, horizon),
                           peers=settings.return_volume_peers, progress=progress)
     echo(f"backtest done ({_lap(t0)})")
@@ -378,9 +378,9 @@ def serial_metrics_table(view: SerialReturnersView) -> pd.DataFrame:
 
 def serial_targets(view: SerialReturnersView) -> list[str]:
     """The detector's targets with PASS/FAIL (ground truth only)."""
-    from training.serial_returners import targets_report
+    from training.serial_returners import target_lines
 
-    return (targets_report(view.evaluation) if view.evaluation is not None else []) + view.notes
+    return (target_lines(view.evaluation) if view.evaluation is not None else []) + view.notes
 
 
 def serial_figures(view: SerialReturnersView):
@@ -437,7 +437,7 @@ def queue_table(view: SerialReturnersView, head: int = QUEUE_HEAD) -> pd.DataFra
 class MerchantRiskView:
     """Snapshot backtest, lift by decile and the ranking as of the last day."""
 
-    backtest: Any  # training.merchant_risk.Backtest
+    evaluation: Any  # training.merchant_risk.Evaluation
     lift: pd.DataFrame
     ranking: pd.DataFrame
     ranking_model: str
@@ -445,7 +445,7 @@ class MerchantRiskView:
 
 
 def merchant_risk_view(ds: Dataset, settings: Settings, use: str = "auto", echo: Echo = _quiet) -> MerchantRiskView:
-    """Backtest both models and the baselines on later snapshots (``backtest``); rank every merchant as of the last
+    """Backtest both models and the baselines on later snapshots (``evaluate``); rank every merchant as of the last
     day with the champion (``use='auto'`` and one is registered) or with the better model refitted on every
     matured snapshot, as training does."""
     from features.merchants import MerchantRiskModel, build_snapshots, prepare_events
@@ -453,7 +453,7 @@ def merchant_risk_view(ds: Dataset, settings: Settings, use: str = "auto", echo:
 
     t0 = time.perf_counter()
     events = prepare_events(ds)
-    bt = mr.backtest(events, settings, echo=lambda s: echo(s.strip()))
+    bt = mr.evaluate(events, settings, echo=lambda s: echo(s.strip()))
     lift = mr.lift_table(bt.scored, list(mr.METHODS), settings.merchant_min_label_orders)
     echo(f"backtest done ({_lap(t0)})")
     t0 = time.perf_counter()
@@ -476,14 +476,14 @@ def merchant_risk_view(ds: Dataset, settings: Settings, use: str = "auto", echo:
 
 def merchant_metrics_table(view: MerchantRiskView) -> pd.DataFrame:
     """NDCG@20/@50, precision at the top decile and Spearman per method, averaged over the test snapshots."""
-    return view.backtest.summary.round(3).reset_index(names="method")
+    return view.evaluation.summary.round(3).reset_index(names="method")
 
 
 def merchant_targets(view: MerchantRiskView) -> list[str]:
     """The ranking's targets against the better baseline."""
-    from training.merchant_risk import _report
+    from training.merchant_risk import target_lines
 
-    return _report(view.backtest, echo=_quiet)
+    return target_lines(view.evaluation)
 
 
 def lift_figure(view: MerchantRiskView):
@@ -597,9 +597,9 @@ def triage_metrics_table(view: TicketTriageView) -> pd.DataFrame:
 
 def triage_targets(view: TicketTriageView) -> list[str]:
     """The model's figures with the target verdict, and the policy notes."""
-    from training.ticket_triage import report_lines
+    from training.ticket_triage import target_lines
 
-    return report_lines(view.evaluation.metrics) + view.notes
+    return target_lines(view.evaluation.metrics) + view.notes
 
 
 def calibration_figure(view: TicketTriageView):

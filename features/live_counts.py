@@ -1,0 +1,231 @@
+"""Live ticket counts for serving: the platform's load (tickets in the last 24 hours, against its typical day) and
+each account's contacts in the last 30 days, counted as tickets arrive.
+
+Training computes the same numbers point in time from the tickets table (:func:`features.tickets.platform_load`,
+:func:`features.tickets.account_history`): every ticket created strictly before the ticket scored, in
+``[t - window, t)``. A snapshot is older than the tickets the service scores, so these two counts, the most
+time-sensitive of the model's inputs, are kept here instead: :class:`RecentTickets` is seeded from the snapshot's
+last :data:`HORIZON_DAYS` days of tickets (``ticket_triage_recent.parquet``) and then sees every ticket the service
+scores. Counts are exact at microsecond resolution and identical to the training functions' when the service has
+seen every ticket since the snapshot (tested); a ticket seen twice (a retry) counts once.
+
+Memory: one float per ticket of the last :data:`HORIZON_DAYS` days (plus its ID and account), about 100 bytes a
+ticket: 30 days of 100,000 tickets a day is ~300 MB, so a platform that size should send ``tickets_last_24h`` and
+``prior_tickets_30d`` from its ticket system instead (the ticket's own fields win). Thread-safe (one lock; each call
+costs a few binary searches). No pandas on the hot path.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from bisect import bisect_left, insort
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+DAY_US = 86_400_000_000
+LOAD_WINDOW_DAYS = 1.0  # "tickets in the last 24 hours"
+TYPICAL_DAYS = 28  # the platform's typical day: its mean daily tickets over the 28 days before
+CONTACT_DAYS = 30  # an account's contacts in the 30 days before (prior_tickets_30d)
+HORIZON_DAYS = max(TYPICAL_DAYS, CONTACT_DAYS) + 1  # what the snapshot and the counter keep
+
+
+class RecentTickets:
+    """Ticket creation times of the last :data:`HORIZON_DAYS` days, platform-wide and per account.
+
+    :meth:`observe` records a ticket (once per ticket ID); :meth:`counts` answers, for a time ``t`` (integer
+    microseconds since the epoch, UTC), ``(tickets_last_24h, typical_tickets_24h, account_tickets_30d)``: tickets
+    created in ``[t - 1 day, t)``, tickets in ``[t - 28 days, t)`` / 28, and the account's tickets in
+    ``[t - 30 days, t)`` (None for a guest). Times older than the horizon behind the latest time seen are dropped.
+    """
+
+    def __init__(self, horizon_days: float = HORIZON_DAYS):
+        self.horizon_us = int(horizon_days * DAY_US)
+        self._lock = threading.Lock()
+        self._times: list[int] = []  # every ticket, sorted
+        self._by_account: dict[str, list[int]] = {}  # each account's tickets, sorted
+        self._seen: dict[str, tuple[int, str | None]] = {}  # ticket_id -> (time, account), for de-duplication
+        self._latest = -(1 << 62)
+        self._observed = 0
+        self.seeded_until: int | None = None  # the snapshot time the counter was seeded as of
+
+    @classmethod
+    def seeded(cls, ticket_ids: Iterable[Any], account_ids: Iterable[Any], times_us: Iterable[float],
+               as_of_us: float | None = None) -> RecentTickets:
+        """A counter holding the given tickets (a snapshot's recent tickets); ``as_of_us``: the snapshot time."""
+        out = cls()
+        for tid, acc, t in zip(ticket_ids, account_ids, times_us, strict=True):
+            if t is None or (isinstance(t, float) and math.isnan(t)):
+                continue
+            out._add(None if tid is None else str(tid), _account(acc), int(t))
+        out.seeded_until = None if as_of_us is None or math.isnan(as_of_us) else int(as_of_us)
+        out._prune()
+        return out
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def _add(self, ticket_id: str | None, account: str | None, t: int) -> bool:
+        if ticket_id is not None:
+            if ticket_id in self._seen:
+                return False
+            self._seen[ticket_id] = (t, account)
+        insort(self._times, t)
+        if account is not None:
+            insort(self._by_account.setdefault(account, []), t)
+        if t > self._latest:
+            self._latest = t
+        return True
+
+    def _prune(self) -> None:
+        """Drop what fell out of the horizon behind the latest time seen."""
+        floor = self._latest - self.horizon_us
+        if not self._times or self._times[0] >= floor:
+            return
+        del self._times[:bisect_left(self._times, floor)]
+        for acc in [a for a, ts in self._by_account.items() if ts[0] < floor]:
+            ts = self._by_account[acc]
+            del ts[:bisect_left(ts, floor)]
+            if not ts:
+                del self._by_account[acc]
+        self._seen = {k: v for k, v in self._seen.items() if v[0] >= floor}
+
+    def _counts(self, account: str | None, t: int) -> tuple[float, float, float | None]:
+        ts = self._times
+        hi = bisect_left(ts, t)
+        last = hi - bisect_left(ts, t - int(LOAD_WINDOW_DAYS * DAY_US))
+        typical = (hi - bisect_left(ts, t - TYPICAL_DAYS * DAY_US)) / TYPICAL_DAYS
+        if account is None:
+            return float(last), typical, None
+        acc = self._by_account.get(account, ())
+        n = bisect_left(acc, t) - bisect_left(acc, t - CONTACT_DAYS * DAY_US) if acc else 0
+        return float(last), typical, float(n)
+
+    def counts(self, account_id: Any, t_us: float) -> tuple[float, float, float | None]:
+        """(tickets_last_24h, typical_tickets_24h, account_tickets_30d) strictly before ``t_us``."""
+        with self._lock:
+            return self._counts(_account(account_id), int(t_us))
+
+    def observe(self, ticket_id: Any, account_id: Any, t_us: float) -> None:
+        """Record one ticket (a second call with the same ticket ID changes nothing)."""
+        with self._lock:
+            self._observe(ticket_id, account_id, t_us)
+
+    def _observe(self, ticket_id: Any, account_id: Any, t_us: float) -> None:
+        if t_us is None or math.isnan(t_us):
+            return
+        self._add(None if ticket_id in (None, "") else str(ticket_id), _account(account_id), int(t_us))
+        self._observed += 1
+        if self._observed % 1024 == 0:
+            self._prune()
+
+    def count_and_observe(self, ticket_id: Any, account_id: Any, t_us: float) -> tuple[float, float, float | None]:
+        """:meth:`counts` of the ticket (before it is counted), then :meth:`observe` it: one lock, the hot path."""
+        with self._lock:
+            out = self._counts(_account(account_id), int(t_us))
+            self._observe(ticket_id, account_id, t_us)
+            return out
+
+    def batch(self, ticket_ids: list[Any], account_ids: list[Any], times_us: list[float]
+              ) -> list[tuple[float, float, float | None]]:
+        """:meth:`count_and_observe` of many tickets in the order of their creation times (a batch may come in
+        any order: each ticket counts only the tickets created before it); results in input order."""
+        order = sorted(range(len(times_us)), key=lambda i: times_us[i])
+        out: list[Any] = [None] * len(times_us)
+        with self._lock:
+            for i in order:
+                out[i] = self._counts(_account(account_ids[i]), int(times_us[i]))
+                self._observe(ticket_ids[i], account_ids[i], times_us[i])
+        return out
+
+    def merge_newer(self, other: RecentTickets, since_us: float) -> None:
+        """Add ``other``'s tickets created at or after ``since_us`` (those the service saw after this counter's
+        snapshot was taken: a refreshed counter keeps them)."""
+        with other._lock:
+            seen = [(k, t, a) for k, (t, a) in other._seen.items() if t >= since_us]
+        with self._lock:
+            for k, t, a in seen:
+                self._add(k, a, t)
+            self._prune()
+
+    def state(self) -> dict[str, Any]:
+        """How much the counter holds (for /v1/health and logs)."""
+        with self._lock:
+            return {"tickets": len(self._times), "accounts": len(self._by_account),
+                    "seeded_until_us": self.seeded_until}
+
+
+def _account(value: Any) -> str | None:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return None
+    value = str(value)
+    return value or None
+
+
+def counter_from_snapshot(recent: pd.DataFrame | None, as_of: Any = None) -> RecentTickets:
+    """A counter seeded from a snapshot's recent tickets (ticket_id, account_id, created_at; see
+    :func:`features.tickets.feature_snapshots`); an absent or empty frame gives an empty counter."""
+    from features.pit import series_us, to_us
+
+    if recent is None or recent.empty:
+        return RecentTickets()
+    missing = [c for c in ("ticket_id", "account_id", "created_at") if c not in recent.columns]
+    if missing:
+        raise ValueError(f"recent-tickets snapshot lacks columns {missing}; rewrite it with `aftersales train "
+                         "ticket-triage` or `aftersales refresh-features`")
+    times = series_us(recent["created_at"]).tolist()
+    last = recent["created_at"].max() if as_of is None else as_of
+    return RecentTickets.seeded(recent["ticket_id"].astype(object).tolist(),
+                                recent["account_id"].astype(object).tolist(), times, to_us(last))
+
+
+def fill_one(ticket: dict[str, Any], counter: RecentTickets | None) -> dict[str, Any]:
+    """``ticket`` with the live counts the model reads (:data:`features.tickets.LIVE_FIELDS`) filled in from
+    ``counter`` where the ticket does not carry them; the ticket is counted. Returns a new dict (or ``ticket`` itself
+    when there is no counter)."""
+    from features.pit import to_us
+
+    if counter is None:
+        return ticket
+    last, typical, contacts = counter.count_and_observe(ticket.get("ticket_id"), ticket.get("account_id"),
+                                                        to_us(ticket.get("created_at")))
+    out = dict(ticket)
+    _fill(out, last, typical, contacts)
+    return out
+
+
+def _fill(out: dict[str, Any], last: float, typical: float, contacts: float | None) -> None:
+    if out.get("tickets_last_24h") is None:
+        out["tickets_last_24h"] = last
+    if out.get("typical_tickets_24h") is None:
+        out["typical_tickets_24h"] = typical
+    if contacts is not None and out.get("prior_tickets_30d") is None:
+        out["prior_tickets_30d"] = contacts
+
+
+def fill_frame(tickets: pd.DataFrame, counter: RecentTickets | None) -> pd.DataFrame:
+    """:func:`fill_one` for a batch (counted in creation-time order, so each ticket counts only earlier ones);
+    returns a copy with the :data:`features.tickets.LIVE_FIELDS` columns, the ticket's own values kept."""
+    from features.pit import series_us
+
+    if counter is None or tickets.empty:
+        return tickets
+    n = len(tickets)
+
+    def col(name: str) -> list[Any]:
+        return tickets[name].astype(object).tolist() if name in tickets.columns else [None] * n
+
+    res = counter.batch(col("ticket_id"), col("account_id"), series_us(tickets["created_at"]).tolist())
+    out = tickets.copy()
+    fresh = {"tickets_last_24h": [r[0] for r in res], "typical_tickets_24h": [r[1] for r in res],
+             "prior_tickets_30d": [np.nan if r[2] is None else r[2] for r in res]}
+    for name, values in fresh.items():
+        v = np.asarray(values, dtype=np.float64)
+        if name in out.columns:
+            own = pd.to_numeric(out[name], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+            v = np.where(np.isnan(own), v, own)
+        out[name] = v
+    return out
