@@ -116,7 +116,7 @@ def ticket_triage_view(ds: Dataset, settings: Settings, accounts: pd.DataFrame |
     unknown (no risk review, no merchant bump) and a note says so.
     """
     from features.tickets import CalendarTable, build_training_features
-    from features.triage_policy import decide_batch
+    from features.triage import policy_batch
     from training import ticket_triage as tt
 
     if not ds.has("tickets"):
@@ -131,17 +131,11 @@ def ticket_triage_view(ds: Dataset, settings: Settings, accounts: pd.DataFrame |
     p = ev.model.predict(feats.X.iloc[ev.split.test])
     notes = []
 
-    def lookup(frame, key, col):
+    for frame, key, col in ((accounts, "account_id", "abuse_score"), (merchants, "merchant_id",
+                                                                       "merchant_risk_percentile")):
         if frame is None or frame.empty:
             notes.append(f"no {col} available: the policy treats every {key.split('_')[0]} as unknown")
-            return None
-        s = frame.assign(_k=frame[key].astype("string")).drop_duplicates("_k", keep="last").set_index("_k")[col]
-        return pd.to_numeric(meta[key].astype("string").map(s), errors="coerce").to_numpy(float, na_value=np.nan)
-
-    abuse = lookup(accounts, "account_id", "abuse_score")
-    merch = lookup(merchants, "merchant_id", "merchant_risk_percentile")
-    pol = decide_batch(p, abuse, None if merch is None else np.clip(merch, 0, 1), meta.get("amount"),
-                       meta["case_type"], settings, reasons=False)
+    pol = policy_batch(p, meta, accounts, merchants, settings, reasons=False)  # as served (features/triage.py)
     decisions = pd.DataFrame({"ticket_id": meta["ticket_id"], "case_type": meta["case_type"],
                               "escalation_probability": p, "priority": pol["priority"], "action": pol["action"],
                               "escalated": meta["escalated"].astype(bool)})
