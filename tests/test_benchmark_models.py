@@ -101,6 +101,10 @@ def test_return_rate_rule_precision_recomputed_from_the_world(bench):
         assert row["most_returns"] == pytest.approx(abuser.loc[top].mean())
         # The refit learns from the decisions, and is used only if it beats the cold start on held-out ones.
         assert 0 <= row["model_200"] <= 1 and row["mode_after_review"] in ("supervised", "cold_start")
+        # ... and is judged against the cold start's queue on the same (unreviewed) accounts: kept cold, the same.
+        assert 0 <= row["cold_start_200"] <= 1
+        if row["mode_after_review"] == "cold_start":
+            assert row["model_200"] == row["cold_start_200"]
 
 
 def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):

@@ -328,7 +328,10 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
                          explore_share=settings.serial_explore_share)
     picks = {"model": ids.get_indexer(queue["account_id"].astype(str))}
     row_extra = {"model_top_k": float(y[top_k(s_model, ids, k)].mean())}  # the ranking without the queue's
-    # pattern slots and audit sample
+    # pattern slots and audit sample; and the queue's top-score part (the measure: reserved pattern slots and
+    # the audit sample are there to learn and to check, not to be precise)
+    top_part = queue["slot"].eq("top score").to_numpy()
+    row_extra["model_top_score_part"] = float(y[picks["model"][top_part]].mean()) if top_part.any() else float("nan")
     scores = {"rule_return_rate": (counts["returns"].to_numpy() + 1) / (counts["orders"].to_numpy() + 10),
               "most_returns": counts["returns"].to_numpy(),
               "isolation_forest": _forest_score(counts_forest(X1), X2)}
