@@ -18,15 +18,13 @@ from features.accounts import (
     score_snapshot,
 )
 from features.contract import load_dataset
-from features.synthetic import generate_world
 
 AS_OF = pd.Timestamp("2023-09-30", tz="UTC")
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("acc_world")
-    generate_world(out, seed=11, accounts=2500, merchants=40, days=400, start="2023-01-01", progress=False)
+def world(world_factory):
+    out = world_factory(seed=11, accounts=2500, merchants=40, days=400, start="2023-01-01")
     ds = load_dataset(out)
     truth = pd.read_parquet(out / "truth" / "accounts.parquet").set_index("account_id")
     return ds, truth
