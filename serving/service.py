@@ -1,8 +1,8 @@
 """The BentoML 1.4 service: ``bentoml serve serving.service:AfterSalesService`` (what ``aftersales serve`` runs).
 
-Thin on purpose: the class loads a :class:`serving.app.Runtime` once per worker (champion models pinned to their
+Thin on purpose: the class loads a :class:`serving.runtime.Runtime` once per worker (champion models pinned to their
 version, online features, policy) and each API is a call into it. GET routes and the decision route (path parameter)
-are FastAPI routes mounted from ``serving/app.py``; BentoML adds ``/livez``, ``/readyz``, ``/metrics`` (Prometheus)
+are FastAPI routes mounted from ``serving/routes.py``; BentoML adds ``/livez``, ``/readyz``, ``/metrics`` (Prometheus)
 and the OpenAPI page at ``/`` (spec at ``/docs.json``).
 
 Latency choices. Ablation on this 2-core machine, one ticket at concurrency 16 for 8 s per variant, each step
@@ -11,10 +11,10 @@ thresholds 1,142/s, 21 ms -> timeout-timer fix ~same over 8 s -> hot route out o
 access log off 1,923/s, 15 ms -> APIs bound once ~same within noise. ``benchmarks/bench_serving.py`` has the
 comparison with a bare FastAPI app.
 
-- ``gc.freeze()`` after loading (:func:`serving.app.tune_gc`): full collections no longer walk the ~400k objects
+- ``gc.freeze()`` after loading (:func:`serving.worker.tune_gc`): full collections no longer walk the ~400k objects
   MLflow, pandas and BentoML leave behind;
 - BentoML's request-timeout middleware leaves a timer, a future and a context alive per request for the whole
-  timeout; :func:`serving.app.cancel_timeout_timers` cancels it when the request ends (without it the worker grew
+  timeout; :func:`serving.bentoml_patches.cancel_timeout_timers` cancels it when the request ends (without it the worker grew
   25 MB in 30 s of load and kept growing until the timeout's worth of requests had piled up);
 - the single-ticket route is excluded from OpenTelemetry: its ASGI middleware builds spans around every receive
   and send even when nothing is sampled. With a trace exporter configured, override ``tracing.excluded_urls`` in a
@@ -40,20 +40,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import bentoml  # noqa: E402
 
 from features.settings import get_settings  # noqa: E402
-from serving.app import (  # noqa: E402
-    ApiError,
-    GuardMiddleware,
-    Runtime,
-    api,
+from serving.bentoml_patches import (  # noqa: E402
     bind_apis_once,
     cancel_timeout_timers,
-    die_with_parent,
-    install,
     label_metrics_by_route,
     quiet_client_errors,
-    service_labeler,
-    tune_gc,
 )
+from serving.errors import ApiError  # noqa: E402
+from serving.middleware import GuardMiddleware, service_labeler  # noqa: E402
+from serving.routes import api, install  # noqa: E402
+from serving.runtime import Runtime  # noqa: E402
 from serving.schemas import (  # noqa: E402
     ForecastRequest,
     ForecastResponse,
@@ -63,10 +59,11 @@ from serving.schemas import (  # noqa: E402
     TicketScore,
 )
 from serving.ui import mount_ui  # noqa: E402
+from serving.worker import die_with_parent, tune_gc  # noqa: E402
 
 mount_ui(api)  # the browser pages under /ui/ (serving/ui.py), before the metrics labeller lists the routes
 HOT_ROUTES = ["/v1/tickets/score$"]  # regexes over the URL (OpenTelemetry ExcludeList); the batch route is traced
-cancel_timeout_timers()  # a BentoML 1.4 fix, applied before the worker builds its app (see serving/app.py)
+cancel_timeout_timers()  # a BentoML 1.4 fix, applied before the worker builds its app (see serving/bentoml_patches.py)
 
 
 @bentoml.service(
@@ -125,4 +122,4 @@ class AfterSalesService:
 # API keys, the body size limit and JSON-only bodies, on every route (native and mounted); inner to BentoML's metrics
 # and tracing. Metrics are labelled by route, not raw path (GuardMiddleware restores the path: the two go together).
 AfterSalesService.add_asgi_middleware(GuardMiddleware)
-label_metrics_by_route(service_labeler([api.route for api in AfterSalesService.apis.values()]))
+label_metrics_by_route(service_labeler([a.route for a in AfterSalesService.apis.values()], api.routes))

@@ -73,7 +73,7 @@ def test_the_serve_lock_pins_what_the_test_suite_runs_and_every_direct_requireme
     assert direct <= serve.keys(), sorted(direct - serve.keys())
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     bound = [r for r in project if r.startswith("bentoml")]
-    assert bound and "<" in bound[0], "bentoml needs an upper bound while serving/app.py patches its internals"
+    assert bound and "<" in bound[0], "bentoml needs an upper bound while serving/bentoml_patches.py patches its internals"
 
 
 @pytest.mark.slow
@@ -129,7 +129,7 @@ def test_moved_bentoml_internals_stop_the_start_with_a_message_naming_the_instal
     import bentoml
     from bentoml._internal.server.http import instruments, traffic
 
-    from serving.app import cancel_timeout_timers, check_bentoml_internals, label_metrics_by_route
+    from serving.bentoml_patches import cancel_timeout_timers, check_bentoml_internals, label_metrics_by_route
 
     check_bentoml_internals()  # the pinned 1.4 has them all
     monkeypatch.delattr(traffic.TimeoutMiddleware, "_set_timer_out")
