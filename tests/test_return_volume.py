@@ -8,6 +8,7 @@ One small synthetic world (1,500 accounts, 50 merchants, 500 days) is shared (co
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -334,6 +335,8 @@ def test_cli_forecast_staff_and_backtest_write_their_files(world, tmp_path, mode
     assert list(fc.columns) == FORECAST_COLUMNS and (fc["series"] == TOTAL).sum() == 21
     assert fc["date"].min() == "2024-03-02" and fc["date"].max() == "2024-03-22"
     assert (tmp_path / "rejects.csv").exists() and "rows rejected" in res.output
+    # Which components carry the peak, with their weights, e.g. "lightgbm 50% (P50 41)".
+    assert re.search(r"components carrying the peak \d{4}-\d\d-\d\d P50 \d+: \w+ \d+%", res.output), res.output
 
     res = runner.invoke(main, ["staff", "--forecast", str(fc_file), "--out", str(staff_file)])
     assert res.exit_code == 0, res.output
