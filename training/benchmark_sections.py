@@ -373,31 +373,38 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
     rt = Runtime.load(settings)
     try:
         probs = _serve(rt, later, batch)  # every ticket: the service counts load and contacts as they arrive
-        refresh_day = pd.Timestamp(as_of) + pd.Timedelta(days=REFRESH_AFTER_DAYS)
-        r_end = utc_day_end(refresh_day)
-        week = ((later["created_at"] >= r_end) & (later["created_at"] < r_end + pd.Timedelta(days=REFRESH_WEEK_DAYS))
-                ).to_numpy()
-        row_refresh: dict = {}
-        if week.any():
+    finally:
+        rt.close()
+    refresh_day = pd.Timestamp(as_of) + pd.Timedelta(days=REFRESH_AFTER_DAYS)
+    r_end = utc_day_end(refresh_day)
+    week = ((later["created_at"] >= r_end) & (later["created_at"] < r_end + pd.Timedelta(days=REFRESH_WEEK_DAYS))
+            ).to_numpy()
+    row_refresh: dict = {}
+    if week.any():
+        # A second service, run as a deployment would: it serves the training generation until the refresh (seeing
+        # every ticket up to then), swaps to the refreshed generation while running, then scores the week after.
+        rt = Runtime.load(settings)
+        try:
+            _serve(rt, later[(later["created_at"] < r_end).to_numpy()], batch)
             rdir = data_as_of(full_dir, Path(asof_dir).parent / "data_refresh", refresh_day)
             _train_quietly(refresh_features, rdir, settings, echo=_quiet)
             if not rt.refresh():
                 raise RuntimeError(f"the Runtime did not swap to the refreshed generation: {rt.generation_problem}")
-            p_week = _serve(rt, later[week], batch)  # already seen: the live counts do not count them twice
+            p_week = _serve(rt, later[week], batch)
             model = rt.model(TRIAGE)
-            cal = CalendarTable(market, settings.summer_sale, settings.summer_sale_days)
-            feats = build_training_features(load_dataset(full_dir), cal)
-            pos = pd.Series(np.arange(len(feats.meta)), index=feats.meta["ticket_id"].to_numpy())
-            p_off = model.predict(feats.X.iloc[pos.loc[later.loc[week, "ticket_id"]].to_numpy()])
-            lw = labelled[week]
-            yw = y[week][lw]
-            row_refresh = {"refresh_as_of": str(refresh_day.date()), "refresh_week_tickets": int(lw.sum()),
-                           "refresh_week_served": _auc(yw, p_week[lw]),
-                           "refresh_week_offline": _auc(yw, p_off[lw]),
-                           "refresh_week_stale": _auc(yw, probs[week][lw])}
-            row_refresh["refresh_week_gap"] = row_refresh["refresh_week_offline"] - row_refresh["refresh_week_served"]
-    finally:
-        rt.close()
+        finally:
+            rt.close()
+        cal = CalendarTable(market, settings.summer_sale, settings.summer_sale_days)
+        feats = build_training_features(load_dataset(full_dir), cal)
+        pos = pd.Series(np.arange(len(feats.meta)), index=feats.meta["ticket_id"].to_numpy())
+        p_off = model.predict(feats.X.iloc[pos.loc[later.loc[week, "ticket_id"]].to_numpy()])
+        lw = labelled[week]
+        yw = y[week][lw]
+        row_refresh = {"refresh_as_of": str(refresh_day.date()), "refresh_week_tickets": int(lw.sum()),
+                       "refresh_week_served": _auc(yw, p_week[lw]),
+                       "refresh_week_offline": _auc(yw, p_off[lw]),
+                       "refresh_week_stale": _auc(yw, probs[week][lw])}
+        row_refresh["refresh_week_gap"] = row_refresh["refresh_week_offline"] - row_refresh["refresh_week_served"]
     base = CaseTypeBaseline().fit(known["case_type"], known["escalated"].astype(float).to_numpy())
     return {"as_of": str(pd.Timestamp(as_of).date()), "tickets": int(labelled.sum()),
             "tickets_sent": len(later), "escalation_rate": float(y[labelled].mean()),

@@ -16,6 +16,7 @@ so.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -278,9 +279,10 @@ def _load(data_dir: Path, out_dir: Path, market: str, echo=click.echo):
     return ds, history
 
 
-def train(data_dir: Path, settings: Settings) -> dict:
+def train(data_dir: Path, settings: Settings, n_jobs: int | None = None) -> dict:
     """Backtest on rolling origins against the baselines, refit on all the data, register the model in MLflow
-    (the champion alias moves only when holiday WAPE beats the champion's)."""
+    (the champion alias moves only when holiday WAPE beats the champion's). ``n_jobs``: processes for the
+    backtest's origins (default: two where the machine has them; the figures do not depend on it)."""
     from training import registry
     from training.data import data_validated
 
@@ -294,7 +296,8 @@ def train(data_dir: Path, settings: Settings) -> dict:
     with registry.start_run(MODEL_NAME, run_name="train", settings=settings):
         try:
             result = backtest(history, n_origins=settings.return_volume_backtest_origins, horizon=horizon,
-                                  settings=settings, model_params=params, peers=settings.return_volume_peers)
+                              settings=settings, model_params=params, peers=settings.return_volume_peers,
+                              n_jobs=n_jobs or min(2, os.cpu_count() or 1))
         except HistoryError as e:
             raise click.ClickException(str(e)) from e
         report(result)

@@ -254,13 +254,49 @@ class BacktestResult:
         return out
 
 
+def _origin_parts(history: History, o: pd.Timestamp, horizon: int, params: dict, peers: bool,
+                  peer_series: str) -> tuple[list[pd.DataFrame], bool]:
+    """One backtest origin: the forecaster refitted on data up to ``o``, its forecast and components, and the
+    baselines' forecasts (long rows with ``origin``); and whether AutoETS ran (False: statsforecast missing)."""
+    days = history.days
+    t = int(days.get_loc(o))
+    h_eval = min(horizon, len(days) - 1 - t)
+    dates = days[t + 1:t + 1 + h_eval]
+    model = HolidayForecaster.from_params(**params).fit(history, o)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # events without a previous instance: expected early in the data
+        fc, comps = model.forecast_with_components(history, o, h_eval)
+    fc["method"] = MODEL
+    parts = [fc.assign(origin=o)]
+    # The forecaster's own components, as it saw them at this origin (AutoETS and seasonal naive are the
+    # baselines below already): point forecasts on every series they cover.
+    comps = comps[comps["method"].isin(list(COMPONENT_METHODS))]
+    parts.append(comps.assign(method=comps["method"].map(COMPONENT_METHODS), p10=comps["p50"],
+                              p90=comps["p50"], origin=o).drop(columns="weight"))
+    y = history.y
+    parts.append(_baseline_rows(SEASONAL_NAIVE, seasonal_naive(y, t, h_eval), dates).assign(origin=o))
+    pl = planners_method(y, t, h_eval)
+    if pl is not None:
+        parts.append(_baseline_rows(PLANNERS, pl, dates).assign(origin=o))
+    if not peers:
+        return parts, True
+    ets = autoets(y if peer_series == "all" else y[[TOTAL]], t, h_eval)
+    if ets is None:
+        return parts, False
+    ets["date"] = dates[ets["h"].to_numpy() - 1]
+    parts.append(ets.drop(columns="h").assign(method=AUTO_ETS, origin=o))
+    return parts, True
+
+
 def backtest(history: History, n_origins: int = 10, horizon: int = 60, settings: Settings | None = None,
                  model_params: dict | None = None, peers: bool = True, peer_series: str = TOTAL,
-                 origin_dates: list[pd.Timestamp] | None = None, progress: bool = True) -> BacktestResult:
+                 origin_dates: list[pd.Timestamp] | None = None, progress: bool = True,
+                 n_jobs: int = 1) -> BacktestResult:
     """Rolling-origin backtest: refit the forecaster at every origin on data up to it, and run the baselines.
 
     ``peer_series``: 'total' (default: AutoETS costs ~0.25 s per series and origin) or 'all'.
     ``origin_dates``: explicit origins instead of the automatic ones (each checked for enough history).
+    ``n_jobs``: processes the origins are spread over (same results; ``train`` uses two where the machine has them).
     """
     settings = settings or get_settings()
     t0 = time.perf_counter()
@@ -278,37 +314,26 @@ def backtest(history: History, n_origins: int = 10, horizon: int = 60, settings:
     notes: list[str] = []
     days = history.days
     parts = []
-    with click.progressbar(list(origins.itertuples()), label="backtest origins", show_pos=True,
-                           hidden=not progress) as bar:
-        for row in bar:
-            o = row.origin
-            t = int(days.get_loc(o))
-            h_eval = min(horizon, len(days) - 1 - t)
-            dates = days[t + 1:t + 1 + h_eval]
-            model = HolidayForecaster.from_params(**params).fit(history, o)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # events without a previous instance: expected early in the data
-                fc, comps = model.forecast_with_components(history, o, h_eval)
-            fc["method"] = MODEL
-            parts.append(fc.assign(origin=o))
-            # The forecaster's own components, as it saw them at this origin (AutoETS and seasonal naive are the
-            # baselines below already): point forecasts on every series they cover.
-            comps = comps[comps["method"].isin(list(COMPONENT_METHODS))]
-            parts.append(comps.assign(method=comps["method"].map(COMPONENT_METHODS), p10=comps["p50"],
-                                      p90=comps["p50"], origin=o).drop(columns="weight"))
-            y = history.y
-            parts.append(_baseline_rows(SEASONAL_NAIVE, seasonal_naive(y, t, h_eval), dates).assign(origin=o))
-            pl = planners_method(y, t, h_eval)
-            if pl is not None:
-                parts.append(_baseline_rows(PLANNERS, pl, dates).assign(origin=o))
-            if peers:
-                ets = autoets(y if peer_series == "all" else y[[TOTAL]], t, h_eval)
-                if ets is None:
-                    notes.append("statsforecast not installed: AutoETS peer skipped (pip install '.[peers]')")
-                    peers = False
-                else:
-                    ets["date"] = dates[ets["h"].to_numpy() - 1]
-                    parts.append(ets.drop(columns="h").assign(method=AUTO_ETS, origin=o))
+    rows = list(origins["origin"])
+    if n_jobs > 1 and len(rows) > 1:
+        # Origins are independent: each process fits its own forecasters (LightGBM on one thread each).
+        from joblib import Parallel, delayed
+
+        if progress:
+            click.echo(f"  backtest origins: {len(rows)} on {n_jobs} processes")
+        done = Parallel(n_jobs=n_jobs)(delayed(_origin_parts)(history, o, horizon, params, peers, peer_series)
+                                       for o in rows)
+    else:
+        with click.progressbar(rows, label="backtest origins", show_pos=True, hidden=not progress) as bar:
+            done, run_peers = [], peers
+            for o in bar:  # statsforecast missing at one origin: not tried again at the next
+                done.append(_origin_parts(history, o, horizon, params, run_peers, peer_series))
+                run_peers = run_peers and done[-1][1]
+    for got, ets_ok in done:
+        parts.extend(got)
+        if peers and not ets_ok:
+            notes.append("statsforecast not installed: AutoETS peer skipped (pip install '.[peers]')")
+            peers = False
     fc = pd.concat(parts, ignore_index=True)
     actual = history.y.rename_axis("date").reset_index().melt(id_vars="date", var_name="series", value_name="y")
     fc = fc.merge(actual, on=["date", "series"], how="inner").dropna(subset=["p50"])
