@@ -43,11 +43,7 @@ both paths, so both compute the same floats.
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import numpy as np
-import pandas as pd
 
 from features.pit import (  # noqa: F401 — re-exported
     DAY_US,
@@ -115,64 +111,6 @@ from features.ticket_text import (  # noqa: F401 — re-exported
 Arr = np.ndarray
 
 # --------------------------------------------------------------------------------------------------------------------
-# Triage = score + policy (what the ticket endpoints answer)
+# Triage = score + policy (what the ticket endpoints answer) lives in features/triage.py; importable from here too.
 
-
-def _unit_or_none(value: Any) -> float | None:
-    """A snapshot score as a float clipped to [0, 1], or None when absent (a bad cell must not fail a request)."""
-    x = _num(value)
-    return None if math.isnan(x) else min(max(x, 0.0), 1.0)
-
-
-def triage_one(model: TicketTriageModel, ticket: Row, account: Row | None, merchant: Row | None,
-               order: Row | None, settings: Any) -> dict[str, Any]:
-    """Escalation probability, priority, action and reasons of one ticket (the single-ticket endpoint's answer).
-
-    abuse_risk = the account snapshot's ``abuse_score``; merchant_risk = the merchant snapshot's
-    ``merchant_risk_percentile`` (None when unknown). ``reasons`` lists why the escalation risk is what it is, then
-    why the policy chose the priority and action; both lists are also returned apart.
-    """
-    from features.triage_policy import decide
-
-    out = model.score_one(ticket, account, merchant, order)
-    abuse = _unit_or_none((account or {}).get("abuse_score"))
-    mrisk = _unit_or_none((merchant or {}).get("merchant_risk_percentile"))
-    amount = _num(ticket.get("amount"))
-    priority, action, why = decide(out["escalation_probability"], abuse, mrisk,
-                                   None if math.isnan(amount) else amount, ticket.get("case_type"), settings)
-    out.update(priority=priority, action=action, abuse_risk=abuse, merchant_risk=mrisk,
-               escalation_reasons=out["reasons"], policy_reasons=why, reasons=[*out["reasons"], *why])
-    return out
-
-
-def triage_batch(model: TicketTriageModel, tickets: pd.DataFrame, accounts: pd.DataFrame | None,
-                 merchants: pd.DataFrame | None, orders: pd.DataFrame | None, settings: Any,
-                 reasons: bool = True) -> pd.DataFrame:
-    """:func:`triage_one` for many tickets (vectorised); one row per ticket in input order."""
-    from features.triage_policy import decide_batch
-
-    scored = model.score_batch(tickets, accounts, merchants, orders, reasons=reasons)
-    t = tickets.reset_index(drop=True)
-
-    def snap_col(frame: pd.DataFrame | None, key: str, col: str) -> Arr:
-        if frame is None or frame.empty or col not in frame.columns or key not in t:
-            return np.full(len(t), np.nan)
-        f = frame.set_index(frame[key].astype("string")) if key in frame.columns else frame
-        f = f[~f.index.duplicated(keep="last")]
-        vals = pd.to_numeric(f[col], errors="coerce").reindex(t[key].astype("string")).to_numpy(
-            dtype=np.float64, na_value=np.nan)
-        return np.clip(vals, 0.0, 1.0)
-
-    abuse = snap_col(accounts, "account_id", "abuse_score")
-    mrisk = snap_col(merchants, "merchant_id", "merchant_risk_percentile")
-    amount = t["amount"] if "amount" in t else None
-    pol = decide_batch(scored["escalation_probability"].to_numpy(), abuse, mrisk, amount, t["case_type"], settings,
-                       reasons=reasons)
-    scored["priority"], scored["action"] = pol["priority"].to_numpy(), pol["action"].to_numpy()
-    scored["abuse_risk"] = np.where(np.isnan(abuse), None, abuse)
-    scored["merchant_risk"] = np.where(np.isnan(mrisk), None, mrisk)
-    scored["escalation_reasons"] = scored["reasons"]
-    scored["policy_reasons"] = pol["reasons"] if reasons else [[] for _ in range(len(t))]
-    scored["reasons"] = [[*a, *b] for a, b in zip(scored["escalation_reasons"], scored["policy_reasons"],
-                                                  strict=True)]
-    return scored
+from features.triage import triage_batch, triage_one  # noqa: E402,F401

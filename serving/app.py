@@ -11,6 +11,7 @@
 New code imports from those modules; ``serving/service.py`` is what BentoML loads.
 """
 
+from features.triage import DEFAULT_NOTES  # noqa: F401
 from serving.bentoml_patches import (  # noqa: F401
     BENTOML_PATCHED,
     bind_apis_once,
@@ -30,7 +31,7 @@ from serving.middleware import (  # noqa: F401
     service_labeler,
 )
 from serving.routes import api, current_runtime, install  # noqa: F401
-from serving.runtime import DEFAULT_NOTES, Runtime, _as_list, _day, _first  # noqa: F401
+from serving.runtime import Runtime, _as_list, _day, _first  # noqa: F401
 from serving.served import (  # noqa: F401
     MERCHANT_RISK,
     MODEL_NAMES,

@@ -13,11 +13,12 @@ import math
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from features.live_counts import fill_frame, fill_one
 from features.settings import Settings
 from serving import online_store as ostore
 from serving.errors import ApiError, unavailable
@@ -53,12 +54,6 @@ from serving.served import (
 
 log = logging.getLogger("aftersales.serving")
 
-# The triage model's default flags (same names from score_one and score_batch) and what each means for a person.
-DEFAULT_NOTES = (
-    ("unknown_account", "account history: none on record, scored as a new account"),
-    ("unknown_merchant", "merchant signals: unknown merchant (no recent orders)"),
-    ("order_context_missing", "order context: order not in the snapshot (age, lateness, return reason unknown)"),
-)
 REQUIRED_TICKET_FIELDS = frozenset(f for f, info in TicketIn.model_fields.items() if info.is_required()) | {
     "account_id", "merchant_id", "order_id", "amount", "text"}  # contract columns, kept even when all null
 
@@ -70,8 +65,7 @@ class Runtime:
 
     settings: Settings
     served: Served | None = None
-    decide: Callable | None = None
-    decide_batch: Callable | None = None
+    triage: Any = None  # features.triage module (score + policy + notes), when present
     reviews: Any = None  # features.reviews module (decision store), when present
     policy_problem: str | None = None
     generation_problem: str | None = None  # why the newest generation could not be loaded
@@ -88,10 +82,9 @@ class Runtime:
         rt = cls(settings)
         rt.served = load_served(settings)
         try:
-            from features import triage_policy
+            from features import triage
 
-            rt.decide = triage_policy.decide
-            rt.decide_batch = getattr(triage_policy, "decide_batch", None)
+            rt.triage = triage
         except ImportError as e:
             rt.policy_problem = f"the triage policy is not in this build ({e})"
         try:
@@ -151,6 +144,10 @@ class Runtime:
                 new.store.close()
             return False
         self.served = new  # the swap: one reference, so a request sees the old set or the new, never a mix
+        if new.recent is not None and old.recent is not None and new.recent is not old.recent:
+            # Tickets the old set counted while the new one loaded (a ticket counts once: IDs are remembered).
+            since = new.recent.seeded_until
+            new.recent.merge_newer(old.recent, since if since is not None else -math.inf)
         self.generation_problem = None
         with self._history_lock:
             if new.models.get(RETURN_VOLUME) is not old.models.get(RETURN_VOLUME):
@@ -197,45 +194,29 @@ class Runtime:
 
     def _check_triage(self, s: Served) -> Any:
         model = s.model(TICKET_TRIAGE)
-        if self.decide is None:
+        if self.triage is None:
             raise unavailable(TICKET_TRIAGE, self.policy_problem or "no triage policy")
         return model
 
-    def score_ticket(self, ticket: TicketIn) -> TicketScore:
-        """Triage one ticket: online features, escalation probability, policy; no pandas on this path."""
+    def score_ticket(self, ticket: TicketIn, count: bool = True) -> TicketScore:
+        """Triage one ticket (:func:`features.triage.triage_one`): online features, escalation probability, policy; no pandas on this path.
+
+        The load and the account's contacts come from the served set's live counter, which counts this ticket
+        (``count=False``: neither read nor counted, as for the warm-up probe); the ticket's own values win."""
         s = self.served  # one served set for the whole request
         model = self._check_triage(s)
-        t = ticket.__dict__  # the validated fields as a plain dict (read only)
+        t = fill_one(ticket.__dict__, s.recent if count else None)  # validated fields (+ live counts), a plain dict
         found = s.store.lookup(t["account_id"], t["merchant_id"], t["order_id"])
-        scored = model.score_one(t, found.account, found.merchant, found.order)
-        item = self._triage(t, scored["escalation_probability"], scored["reasons"], scored, found.account,
-                            found.merchant, (found.account_source, found.merchant_source, found.order_source))
-        return TicketScore(**item, model_versions=self._ticket_versions(s), snapshot_generation=s.generation)
+        item = self.triage.triage_one(model, t, found.account, found.merchant, found.order, self.settings)
+        return TicketScore(**_item_fields(item, found.account_source, found.merchant_source, found.order_source),
+                           model_versions=self._ticket_versions(s), snapshot_generation=s.generation)
 
     @staticmethod
     def _ticket_versions(s: Served) -> dict[str, int]:
         return s.versions(TICKET_TRIAGE, SERIAL_RETURNERS, MERCHANT_RISK)
 
-    def _triage(self, t: dict, p: float, model_reasons: Sequence[str], flags: Any, account: dict | None,
-                merchant: dict | None, sources: tuple[str, str, str]) -> dict:
-        """The policy on top of a model score, and the response fields (shared by single and batch scoring)."""
-        abuse = account.get("abuse_score") if account else None
-        mrisk = merchant.get("merchant_risk_percentile") if merchant else None
-        priority, action, policy_reasons = self.decide(p, abuse, mrisk, t["amount"], t["case_type"], self.settings)
-        defaults = [text for flag, text in DEFAULT_NOTES if flags[flag]]
-        if abuse is None and t["account_id"]:
-            defaults.append("abuse risk: account not in the serial-returner snapshot")
-        if mrisk is None and t["merchant_id"]:
-            defaults.append("merchant risk: merchant not in the merchant-risk snapshot")
-        return {
-            "ticket_id": t["ticket_id"], "escalation_probability": p, "priority": priority, "action": action,
-            "abuse_risk": abuse, "merchant_risk": mrisk, "reasons": [*policy_reasons, *model_reasons],
-            "feature_sources": FeatureSources(account=sources[0], merchant=sources[1], order=sources[2]),
-            "defaults_used": defaults,
-        }
-
     def score_batch(self, tickets: Sequence[TicketIn]) -> TicketBatchScores:
-        """Triage many tickets with the vectorised path (one model call for the whole batch)."""
+        """Triage many tickets (:func:`features.triage.triage_batch`: one model call for the whole batch)."""
 
         if len(tickets) > self.settings.max_batch_size:
             raise ApiError(413, f"tickets: {len(tickets):,} tickets is more than the limit of "
@@ -243,24 +224,20 @@ class Runtime:
         s = self.served  # one served set for the whole request
         model = self._check_triage(s)
         rows = [t.__dict__ for t in tickets]
-        found = {}
+        frames, sources = {}, {}
         for kind in ostore.KINDS:
             ids = [r[ostore.KEYS[kind]] for r in rows]
             distinct = list(dict.fromkeys(ids))  # each account/merchant/order looked up once per batch
             recs, srcs = s.store.records(kind, distinct)
-            by_id = dict(zip(distinct, zip(recs, srcs, strict=True), strict=True))
-            found[kind] = ([by_id[k][0] for k in ids], [by_id[k][1] for k in ids],
-                           _records_frame(ostore.KEYS[kind], distinct, recs))
-        scored = model.score_batch(_tickets_frame(rows), found[ostore.ACCOUNTS][2], found[ostore.MERCHANTS][2],
-                                   found[ostore.ORDERS][2])
-        probs = scored["escalation_probability"].to_numpy(dtype=float).tolist()
-        flags = scored[[f for f, _ in DEFAULT_NOTES]].to_dict("records")
-        acc, mer, order = (found[k] for k in ostore.KINDS)
-        results = [
-            TicketScoreItem(**self._triage(r, p, why, fl, a, m, (sa, sm, so)))
-            for r, p, why, fl, a, m, sa, sm, so in zip(rows, probs, scored["reasons"].tolist(), flags, acc[0], mer[0],
-                                                       acc[1], mer[1], order[1], strict=True)
-        ]
+            by_source = dict(zip(distinct, srcs, strict=True))
+            sources[kind] = [by_source[k] for k in ids]
+            frames[kind] = _records_frame(ostore.KEYS[kind], distinct, recs)
+        # The live counts, each ticket counted in creation-time order (only earlier tickets count for it).
+        frame = fill_frame(_tickets_frame(rows), s.recent)
+        triaged = self.triage.triage_batch(model, frame, frames[ostore.ACCOUNTS],
+                                           frames[ostore.MERCHANTS], frames[ostore.ORDERS], self.settings)
+        results = [TicketScoreItem(**_item_fields(item, sa, sm, so)) for item, sa, sm, so in zip(
+            triaged.to_dict("records"), *(sources[k] for k in ostore.KINDS), strict=True)]
         return TicketBatchScores(count=len(results), model_versions=self._ticket_versions(s),
                                  snapshot_generation=s.generation, results=results)
 
@@ -451,14 +428,24 @@ class Runtime:
 
     def warm_up(self) -> None:
         """Score one synthetic ticket so lazy imports and caches exist before the heap is frozen."""
-        if TICKET_TRIAGE not in self.served.models or self.decide is None:
+        if TICKET_TRIAGE not in self.served.models or self.triage is None:
             return
         probe = TicketIn(ticket_id="warm-up", created_at=datetime.now(UTC), case_type="refund", channel="chat",
                          amount=10.0, text="warm up")
         try:
-            self.score_ticket(probe)
+            self.score_ticket(probe, count=False)  # a probe is no ticket: the live counts must not see it
         except Exception:  # a warm-up failure shows on the first real request with its proper error
             log.exception("serving: warm-up scoring failed")
+
+
+def _item_fields(item: dict, account: str, merchant: str, order: str) -> dict:
+    """The response fields of one triage answer (:func:`features.triage.triage_one`), with where its features
+    came from."""
+    return {"ticket_id": item["ticket_id"], "escalation_probability": item["escalation_probability"],
+            "priority": item["priority"], "action": item["action"], "abuse_risk": item["abuse_risk"],
+            "merchant_risk": item["merchant_risk"], "reasons": item["reasons"],
+            "feature_sources": FeatureSources(account=account, merchant=merchant, order=order),
+            "defaults_used": item["defaults_used"]}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -57,14 +57,10 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-# Known cycles, to be removed (none left: live_counts takes the microsecond helpers from features.pit).
-KNOWN_CYCLES: list[list[str]] = []
-
-
 def test_no_import_cycles():
     graph = _imports()
     assert "training.model_card" in graph["training.registry"]  # the check sees function-level imports too
-    assert [c for c in _cycles(graph) if c not in KNOWN_CYCLES] == []
+    assert _cycles(graph) == []
 
 
 # Known upward imports, each a reason: the benchmark scores tickets through the service's own runtime (what is

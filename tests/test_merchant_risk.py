@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from features.contract import load_dataset
 from features.merchants import prepare_events, sort_ranking
 from features.settings import Settings, get_settings
-from features.synthetic import generate_world
 from training.cli import main
 from training.merchant_risk import (
     BASELINES,
@@ -32,10 +31,8 @@ ENV = {"AFTERSALES_MERCHANT_MIN_LABEL_ORDERS": "10"}
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("merchant_risk_world") / "world"
-    generate_world(out, **WORLD)
-    return out
+def world(world_factory) -> Path:
+    return world_factory(**WORLD)
 
 
 @pytest.fixture(scope="session")

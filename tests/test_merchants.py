@@ -22,17 +22,14 @@ from features.merchants import (
     prepare_events,
     shrink_rates,
 )
-from features.synthetic import generate_world
 
 WORLD = dict(seed=5, accounts=1500, merchants=50, start="2023-01-01", days=420, market="CN", progress=False)
 AS_OF = pd.Timestamp("2023-09-30", tz="UTC")
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("merchant_world")
-    generate_world(out, **WORLD)
-    return out
+def world(world_factory) -> Path:
+    return world_factory(**WORLD)
 
 
 @pytest.fixture(scope="session")

@@ -15,15 +15,12 @@ from features.accounts import baseline_score, blend_parts
 from features.contract import load_dataset
 from features.reviews import record_decision
 from features.settings import Settings
-from features.synthetic import generate_world
 from training import serial_returners as sr
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sr_world")
-    generate_world(out, seed=5, accounts=3000, merchants=50, days=540, start="2023-01-01", progress=False)
-    return out
+def world(world_factory) -> Path:
+    return world_factory(seed=5, accounts=3000, merchants=50, days=540, start="2023-01-01")
 
 
 @pytest.fixture(scope="session")
