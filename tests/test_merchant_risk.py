@@ -244,3 +244,29 @@ def test_train_serves_the_baseline_when_it_beats_the_model(world, cli_env, monke
     assert run.metrics[f"{use}_ndcg_at_50"] > run.metrics[f"{run.params['chosen']}_ndcg_at_50"]
     card = (settings.cards_dir / "merchant_risk" / "v1.md").read_text()
     assert f"The ranking uses: last-60-day complaint {use.split('_')[1]} (`{use}`), because on the held-out" in card
+
+
+def test_merchant_route_serves_the_merchant_models_rates_not_the_ticket_models(deployment_shared):
+    """Both the merchant ranking and the ticket model's merchant snapshot describe each merchant's late deliveries and
+    complaints, and the service joins the two files on merchant_id (a later file's columns win where names clash):
+    ``/v1/merchants/risk`` must show the merchant model's figures, not the ticket model's (issue 19)."""
+    from serving.runtime import Runtime
+
+    settings = deployment_shared["settings"]
+    rt = Runtime.load(settings)
+    try:
+        served = pd.DataFrame([m.model_dump() for m in rt.merchants(100_000).merchants])
+    finally:
+        rt.close()
+    # The deployment's merchant ranking was written with these figures (tests/_service.py).
+    np.testing.assert_allclose(served["late_delivery_rate"], served["score"] / 4)
+    np.testing.assert_allclose(served["complaint_rate_90d"], served["score"] / 50)
+    # The ticket model's merchant snapshot is there too, with its own (different) figures for the same merchants.
+    files = sorted(settings.snapshots_dir.rglob("ticket_triage_merchants.parquet"))
+    assert files, "the deployment has no ticket-model merchant snapshot: the test would prove nothing"
+    ticket = pd.read_parquet(files[-1])
+    ticket = ticket.set_index("merchant_id") if "merchant_id" in ticket.columns else ticket
+    rates = [c for c in ticket.columns if c.endswith("late_delivery_rate")]
+    assert rates
+    both = served.set_index("merchant_id").join(ticket[rates[0]].rename("ticket_rate"), how="inner")
+    assert len(both) > 10 and not np.allclose(both["ticket_rate"].astype(float), both["late_delivery_rate"])
