@@ -5,7 +5,8 @@ A model is fitted on a small generated world (not timed); then a data set of ``-
 the timed path runs on it: :func:`prepare_events` (coding the tables), :func:`build_features` (point-in-time features
 with empirical-Bayes shrinkage) and ``MerchantRiskModel.rank`` (scores, expected complaints, reasons, sorting).
 
-Usage: ``python benchmarks/bench_merchant_risk.py [--merchants 100000] [--orders 30] [--kind lambdarank]``
+Usage: ``python benchmarks/bench_merchant_risk.py [--merchants 100000] [--orders 30] [--kind glm]`` (default: the
+kind training keeps unless another beats it, ``training.merchant_risk.DEFAULT_KIND``)
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from features.contract import RETURN_REASONS, Dataset, empty_table, load_dataset
-from features.merchants import MerchantRiskModel, build_features, build_snapshots, prepare_events
+from features.merchants import KINDS, MerchantRiskModel, build_features, build_snapshots, prepare_events
 from features.synthetic import generate_world
+from training.merchant_risk import DEFAULT_KIND
 
 DAY_US = 86_400 * 10**6
 START = pd.Timestamp("2024-01-01", tz="UTC")
@@ -82,7 +84,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--merchants", type=int, default=100_000)
     ap.add_argument("--orders", type=int, default=30, help="order lines per merchant on average over 180 days")
-    ap.add_argument("--kind", default="lambdarank", choices=["lambdarank", "poisson"],
+    ap.add_argument("--kind", default=DEFAULT_KIND, choices=list(KINDS),
                     help="lambdarank is the slower path (it scores with two boosters)")
     ap.add_argument("--threads", type=int, default=2, help="LightGBM threads for scoring")
     args = ap.parse_args()

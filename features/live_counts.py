@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import threading
 from bisect import bisect_left, insort
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,7 +40,9 @@ class RecentTickets:
     :meth:`observe` records a ticket (once per ticket ID); :meth:`counts` answers, for a time ``t`` (integer
     microseconds since the epoch, UTC), ``(tickets_last_24h, typical_tickets_24h, account_tickets_30d)``: tickets
     created in ``[t - 1 day, t)``, tickets in ``[t - 28 days, t)`` / 28, and the account's tickets in
-    ``[t - 30 days, t)`` (None for a guest). Times older than the horizon behind the latest time seen are dropped.
+    ``[t - 30 days, t)`` (None for a guest). Times older than the horizon behind "now" are dropped, where now is
+    the median time of the last 101 tickets observed (the seed's latest time before that): one ticket with a wrong,
+    far-future time cannot empty the window.
     """
 
     def __init__(self, horizon_days: float = HORIZON_DAYS):
@@ -49,6 +52,7 @@ class RecentTickets:
         self._by_account: dict[str, list[int]] = {}  # each account's tickets, sorted
         self._seen: dict[str, tuple[int, str | None]] = {}  # ticket_id -> (time, account), for de-duplication
         self._latest = -(1 << 62)
+        self._arrivals: deque[int] = deque(maxlen=101)  # the latest arrivals' times: "now" is their median
         self._observed = 0
         self.seeded_until: int | None = None  # the snapshot time the counter was seeded as of
 
@@ -80,9 +84,14 @@ class RecentTickets:
             self._latest = t
         return True
 
+    def _now(self) -> int:
+        if not self._arrivals:
+            return self._latest
+        return sorted(self._arrivals)[len(self._arrivals) // 2]
+
     def _prune(self) -> None:
-        """Drop what fell out of the horizon behind the latest time seen."""
-        floor = self._latest - self.horizon_us
+        """Drop what fell out of the horizon behind now (:meth:`_now`)."""
+        floor = self._now() - self.horizon_us
         if not self._times or self._times[0] >= floor:
             return
         del self._times[:bisect_left(self._times, floor)]
@@ -118,6 +127,7 @@ class RecentTickets:
         if t_us is None or math.isnan(t_us):
             return
         self._add(None if ticket_id in (None, "") else str(ticket_id), _account(account_id), int(t_us))
+        self._arrivals.append(int(t_us))
         self._observed += 1
         if self._observed % 1024 == 0:
             self._prune()
@@ -168,7 +178,7 @@ def _account(value: Any) -> str | None:
 def counter_from_snapshot(recent: pd.DataFrame | None, as_of: Any = None) -> RecentTickets:
     """A counter seeded from a snapshot's recent tickets (ticket_id, account_id, created_at; see
     :func:`features.tickets.feature_snapshots`); an absent or empty frame gives an empty counter."""
-    from features.tickets import series_us, to_us
+    from features.pit import series_us, to_us
 
     if recent is None or recent.empty:
         return RecentTickets()
@@ -186,7 +196,7 @@ def fill_one(ticket: dict[str, Any], counter: RecentTickets | None) -> dict[str,
     """``ticket`` with the live counts the model reads (:data:`features.tickets.LIVE_FIELDS`) filled in from
     ``counter`` where the ticket does not carry them; the ticket is counted. Returns a new dict (or ``ticket`` itself
     when there is no counter)."""
-    from features.tickets import to_us
+    from features.pit import to_us
 
     if counter is None:
         return ticket
@@ -209,7 +219,7 @@ def _fill(out: dict[str, Any], last: float, typical: float, contacts: float | No
 def fill_frame(tickets: pd.DataFrame, counter: RecentTickets | None) -> pd.DataFrame:
     """:func:`fill_one` for a batch (counted in creation-time order, so each ticket counts only earlier ones);
     returns a copy with the :data:`features.tickets.LIVE_FIELDS` columns, the ticket's own values kept."""
-    from features.tickets import series_us
+    from features.pit import series_us
 
     if counter is None or tickets.empty:
         return tickets

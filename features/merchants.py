@@ -58,6 +58,16 @@ FEATURES: tuple[str, ...] = (
     "cat_late_rate_90d", "cat_very_late_rate_90d", "cat_quality_return_rate_90d", "cat_complaint_rate_90d",
     "complaint_propensity", "ops_complaint_rate_30d", "ops_complaint_rate_90d", "ops_complaint_trend",
 )
+# The log-linear model's inputs: rates (all shrunk toward the category, so positive), as log rates. Complaint rates of
+# several windows, the rates the platform's complaint link implies from operations, and the operational rates
+# themselves; the category's own complaint rate gives each merchant's prior.
+GLM_FEATURES: tuple[str, ...] = (
+    "complaint_rate_30d", "complaint_rate_90d", "complaint_rate_180d", "complaint_rate_365d",
+    "ops_complaint_rate_30d", "ops_complaint_rate_90d", "late_rate_30d", "late_rate_90d", "very_late_rate_30d",
+    "very_late_rate_90d", "quality_return_rate_30d", "quality_return_rate_90d", "cat_complaint_rate_90d",
+    "escalation_rate_90d", "tickets_per_order_90d",
+)
+GLM_RATE_FLOOR = 1e-5  # log of a rate below this (a zero escalation rate) reads as this
 # Columns carried beside the features (not model inputs): the category, flags and the two baselines' scores.
 INFO_COLUMNS = ("category", "flag", "baseline_rate", "baseline_count", "expected_orders")
 # What a MerchantRiskModel may rank by: its fitted score, or one of the baselines' columns.
@@ -597,6 +607,7 @@ def relevance_grades(frame: SnapshotFrame, min_orders: int,
 # The fitted model
 
 
+KINDS = ("poisson", "lambdarank", "blend", "glm")
 _LGB_COMMON = {"verbose": -1, "deterministic": True, "force_row_wise": True, "feature_pre_filter": False}
 
 
@@ -609,7 +620,12 @@ class MerchantRiskModel(BaseEstimator):
     for expected complaints. ``kind="blend"`` ranks by the sum of both models' scores, each standardised by
     its mean and spread on the training rows (a fixed linear map, so one merchant scores alike alone or in a batch):
     the two objectives err on different merchants, and on 20 worlds (12 random scenarios, 8 default) the blend's
-    NDCG@50 was the steadiest. ``predict`` returns the ranking score (higher = riskier).
+    NDCG@50 was the steadiest. ``kind="glm"`` ranks by a log-linear Poisson model (log of :data:`GLM_FEATURES`,
+    standardised, L2 penalty ``glm_alpha``; complaint counts weighted by label-window orders): with a hundred merchants
+    a platform has too few rows for trees, and on 8 worlds of 120 merchants (seeds 100-107, two as-of dates each) its
+    NDCG@50 gain over the last-60-day rate had median +0.108 against +0.077 for the blend. The GLM is fitted
+    whatever ``kind`` is (it is cheap), so the backtest compares all four on the same rows.
+    ``predict`` returns the ranking score (higher = riskier).
 
     ``use`` picks what ranks: ``"model"`` (the fitted score above) or a baseline, ``"baseline_rate"`` (last period's
     raw complaint rate) or ``"baseline_count"`` (its complaint count), read from the feature frame's own column of
@@ -619,8 +635,10 @@ class MerchantRiskModel(BaseEstimator):
 
     def __init__(self, kind: str = "poisson", n_estimators: int = 300, learning_rate: float = 0.03,
                  num_leaves: int = 15, max_depth: int = -1, min_child_samples: int = 40, feature_fraction: float = 0.8,
-                 min_label_orders: int = 20, num_threads: int = 1, random_state: int = 0, use: str = "model"):
+                 min_label_orders: int = 20, num_threads: int = 1, random_state: int = 0, use: str = "model",
+                 glm_alpha: float = 0.1):
         self.kind = kind
+        self.glm_alpha = glm_alpha
         self.use = use
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -643,8 +661,8 @@ class MerchantRiskModel(BaseEstimator):
         """Fit on stacked snapshots (FEATURES, ``as_of``, ``label_orders``, ``label_complaints``, ``label_rate``)."""
         import lightgbm as lgb
 
-        if self.kind not in ("poisson", "lambdarank", "blend"):
-            raise ValueError(f"kind must be 'poisson', 'lambdarank' or 'blend', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {self.kind!r}")
         if self.use not in RANKED_BY:
             raise ValueError(f"use must be one of {', '.join(map(repr, RANKED_BY))}, got {self.use!r}")
         missing = [c for c in (*FEATURES, "as_of", *LABEL_COLUMNS) if c not in snapshots.columns]
@@ -669,6 +687,7 @@ class MerchantRiskModel(BaseEstimator):
             self.ranker_booster_ = lgb.train(params, rds, num_boost_round=self.n_estimators)
         self.feature_names_ = list(FEATURES)
         self.n_train_snapshots_ = int(train["as_of"].nunique())
+        self._fit_glm(train)
         # (booster, weight, shift) of each part of the score: score = sum(weight * raw margin) - shift.
         if self.kind == "blend":
             parts = []
@@ -683,6 +702,25 @@ class MerchantRiskModel(BaseEstimator):
         # score = path_bias_ + the sum of the path attributions (as for one booster)
         self.path_bias_ = float(sum(w * p[2] - shift for (_, w, shift), p in zip(parts, self.paths_, strict=True)))
         return self
+
+    def _fit_glm(self, train: pd.DataFrame) -> None:
+        """The log-linear Poisson model: coefficients over the standardised log rates (``glm_*_`` arrays)."""
+        from sklearn.linear_model import PoissonRegressor
+
+        logs = _log_rates(train)
+        self.glm_mean_, self.glm_scale_ = logs.mean(axis=0), logs.std(axis=0) + 1e-9
+        glm = PoissonRegressor(alpha=self.glm_alpha, max_iter=500).fit(
+            (logs - self.glm_mean_) / self.glm_scale_, train["label_rate"].to_numpy(float),
+            sample_weight=train["label_orders"].to_numpy(float))
+        self.glm_coef_, self.glm_intercept_ = glm.coef_.astype(float), float(glm.intercept_)
+
+    def _glm_terms(self, data: pd.DataFrame) -> Arr:
+        """Each GLM input's term of the log rate (coefficient x standardised log rate), one row per merchant."""
+        return (_log_rates(data) - self.glm_mean_) / self.glm_scale_ * self.glm_coef_
+
+    def glm_rate(self, X: pd.DataFrame) -> Arr:
+        """Complaints per order the log-linear model expects in the coming window."""
+        return np.exp(self.glm_intercept_ + self._glm_terms(self._check(X)).sum(axis=1))
 
     def _check(self, X: pd.DataFrame) -> pd.DataFrame:
         if not hasattr(self, "poisson_booster_"):
@@ -711,6 +749,8 @@ class MerchantRiskModel(BaseEstimator):
                                  "build_features()")
             return X[use].to_numpy(float)
         X = data
+        if self.kind == "glm":
+            return self.glm_rate(X)
         if self.kind != "blend":
             return self._booster.predict(X, num_threads=self.num_threads)
         return self.blend_parts(X).sum(axis=1)
@@ -722,7 +762,9 @@ class MerchantRiskModel(BaseEstimator):
                                 for b, (w, shift) in zip(self._boosters, self.parts_, strict=True)])
 
     def expected_rate(self, X: pd.DataFrame) -> Arr:
-        """Expected complaints per order in the coming window (the Poisson model, whatever ranks)."""
+        """Expected complaints per order in the coming window (the GLM when it ranks, else the Poisson booster)."""
+        if self.kind == "glm":
+            return self.glm_rate(X)
         return self.poisson_booster_.predict(self._check(X), num_threads=self.num_threads)
 
     def contributions(self, X: pd.DataFrame, exact: bool = False) -> pd.DataFrame:
@@ -734,7 +776,9 @@ class MerchantRiskModel(BaseEstimator):
         merchant here, too slow for ranking 100k merchants.
         """
         data = self._check(X)
-        if exact:
+        if self.kind == "glm":
+            contrib = self._path_contrib(data)  # a linear model's terms are exact
+        elif exact:
             contrib = sum(w * b.predict(data, pred_contrib=True, num_threads=self.num_threads)[:, :-1]
                           for b, (w, _) in zip(self._boosters, self.parts_, strict=True))
         else:
@@ -746,6 +790,10 @@ class MerchantRiskModel(BaseEstimator):
         row's leaves in every booster of the score (a sparse leaf-indicator product), weighted as the score is."""
         from scipy import sparse
 
+        if self.kind == "glm":
+            terms = np.zeros((len(data), len(self.feature_names_)))
+            terms[:, [self.feature_names_.index(f) for f in GLM_FEATURES]] = self._glm_terms(data)
+            return terms if project is None else terms @ project
         out = 0.0
         for b, (w, _), (offsets, table, _) in zip(self._boosters, self.parts_, self.paths_, strict=True):
             tab = table if project is None else table @ project
@@ -799,6 +847,12 @@ class MerchantRiskModel(BaseEstimator):
         out = sort_ranking(out, "score")
         out.insert(2, "rank", np.arange(1, len(out) + 1))
         return out
+
+
+def _log_rates(frame: pd.DataFrame) -> Arr:
+    """log of the :data:`GLM_FEATURES` rates (floored at :data:`GLM_RATE_FLOOR`; a missing rate reads as the floor)."""
+    rates = frame[list(GLM_FEATURES)].to_numpy(float)
+    return np.log(np.clip(np.nan_to_num(rates, nan=0.0), GLM_RATE_FLOOR, None))
 
 
 def path_attribution_table(booster, n_features: int) -> tuple[Arr, Arr, float]:

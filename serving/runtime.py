@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from features.live_counts import fill_frame, fill_one
 from features.settings import Settings
 from serving import online_store as ostore
 from serving.errors import ApiError, unavailable
@@ -143,6 +144,10 @@ class Runtime:
                 new.store.close()
             return False
         self.served = new  # the swap: one reference, so a request sees the old set or the new, never a mix
+        if new.recent is not None and old.recent is not None and new.recent is not old.recent:
+            # Tickets the old set counted while the new one loaded (a ticket counts once: IDs are remembered).
+            since = new.recent.seeded_until
+            new.recent.merge_newer(old.recent, since if since is not None else -math.inf)
         self.generation_problem = None
         with self._history_lock:
             if new.models.get(RETURN_VOLUME) is not old.models.get(RETURN_VOLUME):
@@ -193,12 +198,14 @@ class Runtime:
             raise unavailable(TICKET_TRIAGE, self.policy_problem or "no triage policy")
         return model
 
-    def score_ticket(self, ticket: TicketIn) -> TicketScore:
-        """Triage one ticket (:func:`features.triage.triage_one`): online features, escalation probability, policy;
-        no pandas on this path."""
+    def score_ticket(self, ticket: TicketIn, count: bool = True) -> TicketScore:
+        """Triage one ticket (:func:`features.triage.triage_one`): online features, escalation probability, policy; no pandas on this path.
+
+        The load and the account's contacts come from the served set's live counter, which counts this ticket
+        (``count=False``: neither read nor counted, as for the warm-up probe); the ticket's own values win."""
         s = self.served  # one served set for the whole request
         model = self._check_triage(s)
-        t = ticket.__dict__  # the validated fields as a plain dict (read only)
+        t = fill_one(ticket.__dict__, s.recent if count else None)  # validated fields (+ live counts), a plain dict
         found = s.store.lookup(t["account_id"], t["merchant_id"], t["order_id"])
         item = self.triage.triage_one(model, t, found.account, found.merchant, found.order, self.settings)
         return TicketScore(**_item_fields(item, found.account_source, found.merchant_source, found.order_source),
@@ -225,7 +232,9 @@ class Runtime:
             by_source = dict(zip(distinct, srcs, strict=True))
             sources[kind] = [by_source[k] for k in ids]
             frames[kind] = _records_frame(ostore.KEYS[kind], distinct, recs)
-        triaged = self.triage.triage_batch(model, _tickets_frame(rows), frames[ostore.ACCOUNTS],
+        # The live counts, each ticket counted in creation-time order (only earlier tickets count for it).
+        frame = fill_frame(_tickets_frame(rows), s.recent)
+        triaged = self.triage.triage_batch(model, frame, frames[ostore.ACCOUNTS],
                                            frames[ostore.MERCHANTS], frames[ostore.ORDERS], self.settings)
         results = [TicketScoreItem(**_item_fields(item, sa, sm, so)) for item, sa, sm, so in zip(
             triaged.to_dict("records"), *(sources[k] for k in ostore.KINDS), strict=True)]
@@ -424,7 +433,7 @@ class Runtime:
         probe = TicketIn(ticket_id="warm-up", created_at=datetime.now(UTC), case_type="refund", channel="chat",
                          amount=10.0, text="warm up")
         try:
-            self.score_ticket(probe)
+            self.score_ticket(probe, count=False)  # a probe is no ticket: the live counts must not see it
         except Exception:  # a warm-up failure shows on the first real request with its proper error
             log.exception("serving: warm-up scoring failed")
 

@@ -70,6 +70,9 @@ class TicketIn(_In):
                                           "(else counted by the service from the tickets it scores).")
     tickets_last_24h: int | None = Field(None, ge=0, description="The platform's tickets (every customer) created in "
                                          "the 24 hours before (else counted by the service).")
+    typical_tickets_24h: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                              description="The platform's typical day: its mean daily tickets over "
+                                              "the 28 days before (else counted by the service).")
 
 
 class FeatureSources(BaseModel):

@@ -8,12 +8,15 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from features import catalogue
+from features.live_counts import RecentTickets
 from features.settings import Settings
 from serving import online_store as ostore
 from serving.errors import unavailable
@@ -39,6 +42,9 @@ class Served:
     store: ostore.OnlineStore | None
     snapshots: ostore.SnapshotStore | None
     manifest: dict = field(default_factory=dict)
+    # The live load and contact counts of the ticket model (features/live_counts.py): seeded from this generation's
+    # recent tickets, fed every ticket scored; a new generation's counter takes over what the old one saw since.
+    recent: RecentTickets | None = None
 
     def model(self, name: str) -> Any:
         """The loaded model object of ``name``, or a 503 saying why it is not there."""
@@ -122,7 +128,32 @@ def load_served(settings: Settings, previous: Served | None = None) -> Served:
         models[name] = loaded
         log.info("serving: %s v%s loaded in %.1fs", name, loaded.version, time.perf_counter() - t0)
     store, snapshots = ostore.open_store(folder, settings.redis_url, prefix=manifest.get("redis_prefix"))
-    return Served(gen, models, problems, store, snapshots, manifest)
+    return Served(gen, models, problems, store, snapshots, manifest, recent_counter(folder, manifest, previous))
+
+
+def recent_counter(folder: Path, manifest: dict, previous: Served | None = None) -> RecentTickets:
+    """The live counter of a served set: seeded from the folder's recent-tickets snapshot (as of the ticket model's
+    as-of in the manifest), plus the tickets ``previous``'s counter saw since then; without the file, the previous
+    set's counter (or an empty one: the load and contact counts then start from the tickets scored)."""
+    from features.live_counts import counter_from_snapshot
+    from features.tickets import SNAPSHOT_FILES
+
+    old = previous.recent if previous is not None else None
+    path = Path(folder) / SNAPSHOT_FILES["recent"]
+    if not path.exists():
+        return old if old is not None else RecentTickets()
+    import pandas as pd
+
+    frame = pd.read_parquet(path, columns=["ticket_id", "account_id", "created_at"])
+    as_of = manifest.get("models", {}).get(TICKET_TRIAGE, {}).get("as_of") or None
+    try:
+        counter = counter_from_snapshot(frame, pd.Timestamp(as_of) if as_of else None)
+    except ValueError:  # an as-of that is not a time: the snapshot's latest ticket instead
+        counter = counter_from_snapshot(frame)
+    if old is not None:
+        counter.merge_newer(old, counter.seeded_until if counter.seeded_until is not None else -math.inf)
+    log.info("serving: live ticket counts seeded with %s tickets from %s", f"{len(counter):,}", path)
+    return counter
 
 
 def _missing_params(model: Any) -> list[str]:

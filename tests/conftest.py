@@ -1,8 +1,12 @@
-"""Shared fixtures: the settings a CLI test runs under, and one service deployment per test session (fuzzing,
+"""Shared fixtures: the settings a CLI test runs under, synthetic worlds generated once per test run and shared by
+every module that asks for the same one (``world_factory``), and one service deployment per test session (fuzzing,
 soak, restart)."""
 
 from __future__ import annotations
 
+import fcntl
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,16 +25,47 @@ def cli_settings(tmp_path, monkeypatch) -> Settings:
     get_settings.cache_clear()
 
 
-@pytest.fixture(scope="session")
-def small_world(tmp_path_factory) -> Path:
-    """One small synthetic world (seed 5, 1,500 accounts, 50 merchants, 500 days from 2023-01-01, CN), generated once
-    per test process and shared read-only by the return-volume and forecaster tests."""
-    from features.synthetic import generate_world
+class WorldFactory:
+    """Synthetic worlds keyed by their generation parameters: each is generated once per test run, by the first test
+    process to ask (under a lock, so xdist workers share it), and handed out read-only to every module asking for the
+    same parameters. A test that writes into its world copies it first (or generates its own)."""
 
-    out = tmp_path_factory.mktemp("small_world") / "world"
-    generate_world(out, seed=5, accounts=1500, merchants=50, start="2023-01-01", days=500, market="CN",
-                   progress=False)
-    return out
+    def __init__(self, root: Path):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._made: dict[str, Path] = {}
+
+    def __call__(self, **params) -> Path:
+        params = {k: v for k, v in params.items() if k != "progress"}
+        key = "-".join(f"{k}={params[k]}" for k in sorted(params)).replace("/", "_")
+        if key in self._made:
+            return self._made[key]
+        out = self.root / key
+        done = out / ".generated.json"
+        with (self.root / f".{key}.lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not done.exists():
+                from features.synthetic import generate_world
+
+                shutil.rmtree(out, ignore_errors=True)  # a run killed half-way leaves a partial folder
+                generate_world(out, progress=False, **params)
+                done.write_text(json.dumps(params, sort_keys=True))
+        self._made[key] = out
+        return out
+
+
+@pytest.fixture(scope="session")
+def world_factory(tmp_path_factory, worker_id) -> WorldFactory:
+    """``world_factory(seed=5, accounts=1500, ...)``: the path of that world, generated once per test run."""
+    base = tmp_path_factory.getbasetemp()
+    return WorldFactory((base.parent if worker_id != "master" else base) / "shared-worlds")
+
+
+@pytest.fixture(scope="session")
+def small_world(world_factory) -> Path:
+    """One small synthetic world (seed 5, 1,500 accounts, 50 merchants, 500 days from 2023-01-01, CN), shared
+    read-only by the return-volume and forecaster tests."""
+    return world_factory(seed=5, accounts=1500, merchants=50, start="2023-01-01", days=500, market="CN")
 
 
 @pytest.fixture(scope="session")

@@ -18,15 +18,13 @@ from features.accounts import (
     score_snapshot,
 )
 from features.contract import load_dataset
-from features.synthetic import generate_world
 
 AS_OF = pd.Timestamp("2023-09-30", tz="UTC")
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    out = tmp_path_factory.mktemp("acc_world")
-    generate_world(out, seed=11, accounts=2500, merchants=40, days=400, start="2023-01-01", progress=False)
+def world(world_factory):
+    out = world_factory(seed=11, accounts=2500, merchants=40, days=400, start="2023-01-01")
     ds = load_dataset(out)
     truth = pd.read_parquet(out / "truth" / "accounts.parquet").set_index("account_id")
     return ds, truth
@@ -282,3 +280,25 @@ def test_queue_reserves_slots_per_pattern_and_excludes(feats):
     assert not set(again["account_id"]) & set(queue["account_id"][:10])
     with pytest.raises(ValueError, match="capacity"):
         review_queue(feats, model, 0)
+
+
+def test_detector_adds_the_patterns_evidence_up(feats, world):
+    _, truth = world
+    det = PatternDetector().fit(feats)
+    tails = det.tails(feats)
+    score = det.score(feats)
+    # One pattern far out ranks high whatever the others say; moderate evidence of two patterns adds up.
+    assert np.allclose(score, tails.to_numpy().sum(axis=1))
+    from features.accounts import combined_score
+
+    toy = combined_score(np.array([[3.0, 0, 0, 0], [1.6, 1.6, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 0]]))
+    assert list(np.argsort(-toy)) == [1, 0, 2, 3]
+    # On the world: the abusers' median score is far above the others', and a queue of K = abusers is more precise
+    # than the return-rate rule's (returns + 1) / (lines + 10).
+    tr = truth.reindex(feats.index)
+    abuser = (tr["is_abuser"] & (tr["abuse_start"] <= AS_OF)).fillna(False).to_numpy(dtype=bool)
+    assert np.median(score[abuser]) > 5 * max(np.median(score[~abuser]), 0.1)
+    k = int(abuser.sum())
+    rule = (feats["returns_365d"].to_numpy() + 1) / (feats["lines_365d"].to_numpy() + 10)
+    precision = abuser[np.argsort(-score, kind="stable")[:k]].mean()
+    assert precision > abuser[np.argsort(-rule, kind="stable")[:k]].mean(), precision

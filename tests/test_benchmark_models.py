@@ -101,6 +101,10 @@ def test_return_rate_rule_precision_recomputed_from_the_world(bench):
         assert row["most_returns"] == pytest.approx(abuser.loc[top].mean())
         # The refit learns from the decisions, and is used only if it beats the cold start on held-out ones.
         assert 0 <= row["model_200"] <= 1 and row["mode_after_review"] in ("supervised", "cold_start")
+        # ... and is judged against the cold start's queue on the same (unreviewed) accounts: kept cold, the same.
+        assert 0 <= row["cold_start_200"] <= 1
+        if row["mode_after_review"] == "cold_start":
+            assert row["model_200"] == row["cold_start_200"]
 
 
 def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
@@ -116,3 +120,17 @@ def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):
     assert hv["error"].iloc[0] == "RuntimeError: boom" and np.isnan(hv["model"].iloc[0])
     sr = _world_rows(res["tables"]["serial_returners"])
     assert sr["error"].fillna("").iloc[0] == "" and 0 <= sr["model"].iloc[0] <= 1
+
+
+def test_ticket_triage_reports_the_week_after_a_refresh(bench):
+    """The triage section scores every later ticket through the Runtime, then the week after `refresh-features`
+    through a Runtime that swapped to the refreshed generation, next to the offline point-in-time figure."""
+    out, _ = bench
+    rows = _world_rows(pd.read_csv(out / "ticket_triage.csv"))
+    assert (rows["tickets_sent"] >= rows["tickets"]).all() and (rows["tickets"] > 0).all()
+    assert rows["refresh_as_of"].notna().all() and (rows["refresh_week_tickets"] > 0).all()
+    measured = rows.dropna(subset=["refresh_week_served", "refresh_week_offline"])
+    assert len(measured) >= 1
+    assert np.allclose(measured["refresh_week_gap"],
+                       measured["refresh_week_offline"] - measured["refresh_week_served"])
+    assert measured[["refresh_week_served", "refresh_week_offline"]].stack().between(0.5, 1.0).all()

@@ -10,7 +10,6 @@ from features.contract import load_dataset
 from features.engine import PandasEngine, get_engine, partition_of
 from features.merchants import build_features, dataset_merchant_features, prepare_events
 from features.return_volume import build_history
-from features.synthetic import generate_world
 from features.tickets import CalendarTable, build_training_features
 
 WORLD = dict(seed=5, accounts=1200, merchants=30, start="2023-06-01", days=400, market="CN", progress=False)
@@ -18,10 +17,8 @@ AS_OF = pd.Timestamp("2024-05-31", tz="UTC")
 
 
 @pytest.fixture(scope="module")
-def ds(tmp_path_factory):
-    out = tmp_path_factory.mktemp("engine_world")
-    generate_world(out, **WORLD)
-    return load_dataset(out)
+def ds(world_factory):
+    return load_dataset(world_factory(**WORLD))
 
 
 @pytest.fixture(scope="module")

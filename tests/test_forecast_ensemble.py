@@ -152,6 +152,44 @@ def test_weights_are_on_the_simplex_and_window_intervals_never_narrower(fitted):
             assert lo <= lo_o and hi >= hi_o
 
 
+def test_combination_is_never_worse_than_its_best_component_beyond_noise(fitted):
+    """On each weight cell's own backtest evidence (series total), the combination is at most the noise margin
+    worse than its best single candidate (in an event window: the best calendar-aware one)."""
+    model, _ = fitted
+    ev = model.evidence_[model.evidence_["series"] == TOTAL].reset_index(drop=True)
+    p = model._combine_rows(ev, model.weights_)
+    checked = 0
+    for (b, in_win), g in ev.groupby([ev["band"], ev["window"] != ""]):
+        w = model.weights_[(TOTAL, int(b), int(in_win))]
+        avail = [c for c in ens.CANDIDATES if g[c].notna().mean() >= 0.9]
+        g = g.dropna(subset=avail + [c for c in w if c in g.columns])
+        if len(g) < model.min_cell_rows or not avail:
+            continue
+        y, comb = g["y"].to_numpy(float), p[g.index]
+        pool = [c for c in avail if not in_win or c in (ens.LGBM, ens.PLANNERS)] or avail
+        errs = {c: np.abs(y - g[c].to_numpy(float)).sum() / y.sum() for c in pool}
+        best = min(errs, key=errs.get)
+        margin = model._noise_margin(g, y, comb, g[best].to_numpy(float))
+        assert np.abs(y - comb).sum() / y.sum() - errs[best] <= margin + 1e-6, (b, in_win, w)
+        checked += 1
+    assert checked >= 3
+
+
+def test_the_noise_guard_picks_the_best_candidate_when_the_weights_lose(fitted):
+    """Weights forced onto a poor candidate (no shrinkage to evidence, seasonal naive as the prior) give way to the
+    best candidate when they lose beyond the noise margin."""
+    model, _ = fitted
+    ev = model.evidence_[(model.evidence_["series"] == TOTAL) & (model.evidence_["window"] == "")]
+    strict = HolidayForecaster(horizon=H, shrink_origins=1e9, noise_z=0.0)
+    strict.lgbm_ = model.lgbm_
+    w, why = strict._cell_weights(ev, {ens.NAIVE: 1.0}, 0)
+    avail = [c for c in ens.CANDIDATES if ev[c].notna().mean() >= 0.9]
+    g = ev.dropna(subset=avail)
+    errs = {c: np.abs(g["y"] - g[c]).sum() / g["y"].sum() for c in avail}
+    assert errs[ens.NAIVE] > min(errs.values())  # naive is not the best here, so the guard must act
+    assert w == {min(errs, key=errs.get): 1.0} and "noise margin" in why
+
+
 def test_evidence_is_out_of_sample(fitted):
     model, origin = fitted
     ev = model.evidence_

@@ -57,15 +57,10 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-# Known cycles, to be removed: live_counts takes the microsecond helpers (to_us, series_us) from features.tickets,
-# which reads live_counts' windows; they go when tickets.py's point-in-time helpers get a module of their own.
-KNOWN_CYCLES = [["features.live_counts", "features.tickets"]]
-
-
 def test_no_import_cycles():
     graph = _imports()
     assert "training.model_card" in graph["training.registry"]  # the check sees function-level imports too
-    assert [c for c in _cycles(graph) if c not in KNOWN_CYCLES] == []
+    assert _cycles(graph) == []
 
 
 # Known upward imports, each a reason: the benchmark scores tickets through the service's own runtime (what is

@@ -95,3 +95,17 @@ def test_old_tickets_leave_the_window_and_the_counter_is_thread_safe():
     assert contacts == n_threads * per / 10
     assert counter.counts("A", base + 41 * DAY_US)[2] == 0.0  # 40 days ago: outside the 30-day window
     assert len(counter) <= n_threads * per + 100
+
+
+def test_one_ticket_with_a_far_future_time_does_not_empty_the_window():
+    t = _stream(n=4500, days=60)
+    as_of = pd.Timestamp("2024-02-10", tz="UTC")
+    counter = counter_from_snapshot(t[t["created_at"] < as_of], as_of)
+    held = len(counter)
+    counter.observe("typo", "A1", series_us(pd.Series([pd.Timestamp("2031-01-01", tz="UTC")]))[0])
+    later = t[t["created_at"] >= as_of]
+    assert len(later) > 1024  # the window is pruned (every 1,024 tickets observed) while they are counted
+    got = fill_frame(later, counter)
+    expected = _expected(t).loc[later.index]
+    assert len(counter) > held  # nothing of the seed's last 31 days was dropped
+    assert np.array_equal(got["tickets_last_24h"].to_numpy(float), expected["tickets_last_24h"].to_numpy(float))

@@ -22,17 +22,14 @@ from features.merchants import (
     prepare_events,
     shrink_rates,
 )
-from features.synthetic import generate_world
 
 WORLD = dict(seed=5, accounts=1500, merchants=50, start="2023-01-01", days=420, market="CN", progress=False)
 AS_OF = pd.Timestamp("2023-09-30", tz="UTC")
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("merchant_world")
-    generate_world(out, **WORLD)
-    return out
+def world(world_factory) -> Path:
+    return world_factory(**WORLD)
 
 
 @pytest.fixture(scope="session")
@@ -389,3 +386,33 @@ def test_complaint_link_learns_the_platforms_link_and_flags_fresh_trouble():
     rho = pd.Series(vl[others]).corr(pd.Series(link["ops_complaint_rate_90d"][others]), method="spearman")
     assert rho > 0.8
     assert finish_merchant_features(counts)["ops_complaint_rate_30d"].notna().all()
+
+
+def test_glm_ranks_by_its_log_linear_rate_and_its_reasons_are_its_terms(events):
+    dates = pd.date_range("2023-04-01", "2023-08-01", freq="14D", tz="UTC")
+    glm = MerchantRiskModel(kind="glm", n_estimators=20).fit(build_snapshots(events, dates))
+    f = build_features(events, AS_OF)
+    score = glm.predict(f)
+    assert np.allclose(score, glm.expected_rate(f))  # the model that ranks gives the expected complaints
+    np.testing.assert_allclose(np.log(score), glm.glm_intercept_ + glm.contributions(f).sum(axis=1), atol=1e-9)
+    assert np.allclose(glm.predict(f.iloc[[3]]), score[3])  # one merchant scores alike alone or in a batch
+    # More complaints, all else equal, never lowers the score (the GLM learned complaints predict complaints).
+    worse = f.copy()
+    for c in ("complaint_rate_90d", "complaint_rate_180d", "complaint_rate_365d"):
+        worse[c] = worse[c] * 3
+    assert (glm.predict(worse) >= score - 1e-12).all() and (glm.predict(worse) > score).any()
+    assert all(isinstance(r, str) and r for r in glm.reasons(f.head(5)))
+    assert pickle.loads(pickle.dumps(glm)).predict(f).tolist() == score.tolist()
+
+
+def test_a_new_merchant_with_1_complaint_in_2_orders_ranks_below_one_with_30_in_100():
+    # A category of 30 established merchants around 5% complaints per order, plus the two in question.
+    rng = np.random.default_rng(1)
+    n = rng.integers(100, 800, 30).astype(float)
+    k = rng.poisson(n * rng.uniform(0.02, 0.08, 30)).astype(float)
+    k, n = np.append(k, [1.0, 30.0]), np.append(n, [2.0, 100.0])
+    rate, prior = shrink_rates(k, n, np.zeros(len(k), int), kind="poisson")
+    new, established = rate[-2], rate[-1]
+    assert 1 / 2 > 30 / 100  # raw rates rank the new merchant first
+    assert new < established  # shrunk: two orders say little, a hundred say a lot
+    assert abs(new - prior[-2]) < abs(0.5 - prior[-2]) / 4  # the new merchant sits near its category's rate

@@ -17,7 +17,6 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from features.synthetic import generate_world
 from training.views import NOTEBOOK_DATA_ENV, SMALL_WORLD
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -31,11 +30,10 @@ FAST_ENV = {"AFTERSALES_RETURN_VOLUME_HORIZON": "28", "AFTERSALES_RETURN_VOLUME_
 
 
 @pytest.fixture(scope="module")
-def kernel_env(tmp_path_factory):
+def kernel_env(tmp_path_factory, world_factory):
     """A small world, a models folder with nothing registered, and a kernelspec for this venv's python."""
     root = tmp_path_factory.mktemp("notebooks")
-    world = root / "world"
-    generate_world(world, progress=False, **SMALL_WORLD)
+    world = world_factory(**SMALL_WORLD)
     spec = root / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({

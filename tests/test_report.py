@@ -13,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 
 from features.settings import get_settings
-from features.synthetic import generate_world
 from training import views
 from training.cli import main
 from training.report import render
@@ -103,11 +102,10 @@ def parse(text: str) -> _Doc:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def built(tmp_path_factory, world_factory):
     """The report on a small world with nothing registered (command run as a user runs it)."""
     root = tmp_path_factory.mktemp("report")
-    world = root / "world"
-    generate_world(world, progress=False, **views.SMALL_WORLD)
+    world = world_factory(**views.SMALL_WORLD)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AFTERSALES_MODELS_DIR", str(root / "models"))
         for k, v in FAST_ENV.items():

@@ -8,6 +8,7 @@ One small synthetic world (1,500 accounts, 50 merchants, 500 days) is shared (co
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -286,6 +287,20 @@ def test_model_beats_seasonal_naive_on_holiday_windows(backtest):
     assert t.loc[(rv.MODEL, "holiday"), "pinball"] < t.loc[(rv.SEASONAL_NAIVE, "holiday"), "pinball"]
 
 
+def test_backtest_on_two_processes_gives_the_same_forecasts(history, backtest):
+    """train spreads the origins over two processes: the figures must not depend on it."""
+    origins = list(backtest.origins["origin"].iloc[-2:])
+    kw = {"horizon": H, "settings": Settings(), "model_params": FAST, "peers": False, "progress": False,
+          "origin_dates": origins}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        one, two = rv.backtest(history, n_jobs=1, **kw), rv.backtest(history, n_jobs=2, **kw)
+    key = ["origin", "method", "series", "date"]
+    a, b = (r.forecasts.sort_values(key).reset_index(drop=True) for r in (one, two))
+    pd.testing.assert_frame_equal(a, b)
+    assert set(a["origin"]) == set(origins)
+
+
 def test_planners_baseline_scales_last_year_by_recent_growth():
     days = pd.date_range("2022-01-01", periods=800, freq="D")
     y = pd.DataFrame({TOTAL: np.where(days.year == 2022, 10.0, 20.0)}, index=days)
@@ -320,6 +335,8 @@ def test_cli_forecast_staff_and_backtest_write_their_files(world, tmp_path, mode
     assert list(fc.columns) == FORECAST_COLUMNS and (fc["series"] == TOTAL).sum() == 21
     assert fc["date"].min() == "2024-03-02" and fc["date"].max() == "2024-03-22"
     assert (tmp_path / "rejects.csv").exists() and "rows rejected" in res.output
+    # Which components carry the peak, with their weights, e.g. "lightgbm 50% (P50 41)".
+    assert re.search(r"components carrying the peak \d{4}-\d\d-\d\d P50 \d+: \w+ \d+%", res.output), res.output
 
     res = runner.invoke(main, ["staff", "--forecast", str(fc_file), "--out", str(staff_file)])
     assert res.exit_code == 0, res.output

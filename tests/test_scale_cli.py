@@ -15,7 +15,6 @@ from features.contract import load_dataset, partition_files
 from features.engine import get_engine
 from features.partitioned import write_partitioned
 from features.settings import Settings, get_settings
-from features.synthetic import generate_world
 from features.tickets import CalendarTable, build_training_features
 from training import registry
 from training import serial_returners as sr
@@ -28,10 +27,8 @@ UNTIL = pd.Timestamp("2023-12-31")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("scale_world")
-    generate_world(out, **WORLD)
-    return out
+def world(world_factory) -> Path:
+    return world_factory(**WORLD)
 
 
 @pytest.fixture(scope="module")

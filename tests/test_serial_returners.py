@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -10,18 +11,16 @@ import pytest
 from cardcheck import assert_card
 from click.testing import CliRunner
 
+from features.accounts import baseline_score, blend_parts
 from features.contract import load_dataset
 from features.reviews import record_decision
 from features.settings import Settings
-from features.synthetic import generate_world
 from training import serial_returners as sr
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("sr_world")
-    generate_world(out, seed=5, accounts=3000, merchants=50, days=540, start="2023-01-01", progress=False)
-    return out
+def world(world_factory) -> Path:
+    return world_factory(seed=5, accounts=3000, merchants=50, days=540, start="2023-01-01")
 
 
 @pytest.fixture(scope="session")
@@ -88,9 +87,7 @@ def test_model_beats_both_baselines(evaluation):
 
 
 def test_baselines_are_candidates_and_the_winner_is_what_the_model_ranks_by(evaluation, ds, tmp_path):
-    import copy
 
-    from features.accounts import baseline_score
 
     table = pd.DataFrame({"precision": [0.5, 0.7, 0.6, 0.1, 0.2]},
                          index=["model", "rate_rule", "most_returns", "rule", "if_counts"])
@@ -237,3 +234,31 @@ def test_train_registers_and_writes_the_serving_snapshot(world, cli_settings):
         slices=("new_account", "established_account", "returned_in_holiday_window", "no_holiday_returns"))
     assert "guest accounts: not applicable" in card and "returns in the data" in card
     assert f"The queue ranks by: {summary['queue_method']}" in card
+
+
+def test_blend_of_candidates_ranks_by_mean_percentile(evaluation, ds, tmp_path):
+    settings = Settings(models_dir=tmp_path / "models")
+    X = sr.features_as_of(ds, evaluation.params["t2"], settings)
+    m = copy.deepcopy(evaluation.model).use("blend:if_counts+most_returns", X, evidence="test")
+    s = m.predict(X)
+    assert ((s >= 0) & (s <= 1)).all()
+    # Each part is placed on the population's scale: scoring a handful of accounts gives them the same scores.
+    assert np.allclose(m.predict(X.iloc[:40]), s[:40])
+    parts = [pd.Series(baseline_score(n, X, forest=m.forest_)).rank(pct=True).to_numpy()
+             for n in ("if_counts", "most_returns")]
+    assert np.corrcoef(s, np.mean(parts, axis=0))[0, 1] > 0.99
+    with pytest.raises(ValueError, match="unknown method"):
+        copy.deepcopy(evaluation.model).use("blend:if_counts+coin_flip", X)
+
+
+def test_queue_method_is_chosen_on_several_earlier_cutoffs(ds, tmp_path):
+    settings = Settings(models_dir=tmp_path / "models")
+    last = ds.time_span()[1]
+    method, evidence = sr.choose_by_forward_checks(ds, last, settings, top=25)
+    parts = blend_parts(method)
+    assert all(p in sr.CANDIDATES for p in parts), method
+    assert evidence.count(", 20") >= 2 and "flagged as of" in evidence  # three cut-offs named
+    # A blend ranks first the account both parts place high, whatever their scales.
+    scores = {"model": np.array([0.9, 0.8, 0.1]), "most_returns": np.array([1.0, 30.0, 20.0])}
+    blended = sr._candidate_score("blend:model+most_returns", scores)
+    assert np.argmax(blended) == 1 and np.argmin(blended) == 2

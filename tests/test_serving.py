@@ -13,8 +13,10 @@ import pytest
 from _service import Service, build_deployment
 from _service import json_ticket as _json_ticket
 
+from features import generations
+from features.live_counts import counter_from_snapshot, fill_one
 from features.return_volume import ReturnVolumeForecaster
-from features.tickets import load_serving_snapshots
+from features.tickets import SNAPSHOT_FILES, load_serving_snapshots
 from training import registry
 
 MAX_BATCH = 40  # the served limit in these tests (AFTERSALES_MAX_BATCH_SIZE), so a too-large batch is cheap
@@ -81,12 +83,15 @@ def test_score_one_ticket_returns_the_triage_and_the_pinned_version(service, dep
 
 
 def test_served_probability_is_the_models_own(service, deployment):
-    """The service adds no skew: same number as the registered model's score_one on the same snapshots."""
+    """The service adds no skew: same number as the registered model's score_one on the same snapshots (and the
+    live counts, which for these tickets, all older than the snapshot, its recent tickets give exactly)."""
     settings = deployment["settings"]
     model = registry.load_champion("ticket_triage", settings=settings).model
-    snaps = load_serving_snapshots(settings.snapshots_dir)
+    served_dir = generations.served_dir(settings.snapshots_dir)
+    snaps = load_serving_snapshots(served_dir)
+    counter = counter_from_snapshot(pd.read_parquet(served_dir / SNAPSHOT_FILES["recent"]))
     for _, row in deployment["tickets"].tail(8).iterrows():
-        ticket = _json_ticket(row)
+        ticket = fill_one(_json_ticket(row), counter)
         served = service.client.post("/v1/tickets/score", json=ticket).json()
         offline = model.score_one(ticket, snaps.accounts.get(ticket.get("account_id")),
                                   snaps.merchants.get(ticket.get("merchant_id")),
@@ -122,6 +127,57 @@ def test_batch_scores_every_ticket_in_order_like_single_scoring(service, deploym
         assert res["escalation_probability"] == pytest.approx(one["escalation_probability"], abs=1e-9)
         assert (res["priority"], res["action"], res["reasons"]) == (one["priority"], one["action"], one["reasons"])
         assert res["feature_sources"] == one["feature_sources"] and res["defaults_used"] == one["defaults_used"]
+
+
+def test_the_service_counts_load_and_contacts_as_training_does(deployment):
+    """Tickets newer than the snapshot, sent one by one and in a shuffled batch to the serving Runtime: their load
+    and repeat-contact counts are the training functions' (point in time over the snapshot's tickets and the new
+    ones), so each probability is the model's on exactly the training features; a retried ticket counts once."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from features.contract import load_dataset
+    from features.tickets import account_history, platform_load, series_us
+    from serving.runtime import Runtime
+    from serving.schemas import TicketIn
+
+    settings = deployment["settings"]
+    ds = load_dataset(deployment["world"])
+    rng = np.random.default_rng(7)
+    new = ds.tickets.drop(columns=["escalated", "resolved_at"]).tail(36).reset_index(drop=True)
+    accounts = ds.tickets["account_id"].dropna().tail(400).unique()[:6]
+    new["account_id"] = pd.Series([accounts[i % 6] if i % 9 else None for i in range(len(new))], dtype="object")
+    new["ticket_id"] = [f"NEW-{i}" for i in range(len(new))]
+    start = ds.tickets["created_at"].max()
+    new["created_at"] = start + pd.to_timedelta(np.sort(rng.uniform(0.02, 2.5, len(new))), unit="D")
+    rt = Runtime.load(settings)
+    try:
+        single = {t["ticket_id"]: rt.score_ticket(TicketIn(**t)).escalation_probability
+                  for t in [_json_ticket(r) for _, r in new.head(18).iterrows()]}
+        rt.score_ticket(TicketIn(**_json_ticket(new.iloc[17])))  # a retry: not counted again
+        later = [_json_ticket(r) for _, r in new.iloc[18:].sample(frac=1.0, random_state=3).iterrows()]
+        batch = {x.ticket_id: x.escalation_probability for x in rt.score_batch([TicketIn(**t) for t in later]).results}
+        model = rt.model("ticket_triage")
+    finally:
+        rt.close()
+    every = pd.concat([ds.tickets, new.assign(resolved_at=pd.NaT, escalated=pd.NA)], ignore_index=True)
+    times = series_us(new["created_at"])
+    load = platform_load(every, times)
+    contacts = account_history(SimpleNamespace(orders=ds.orders, returns=ds.returns, tickets=every),
+                               new["account_id"], times)["prior_tickets_30d"].to_numpy()
+    assert load["tickets_last_24h"].max() > load["tickets_last_24h"].min() and np.nanmax(contacts) >= 2
+    snaps = load_serving_snapshots(generations.served_dir(settings.snapshots_dir))
+    for i, (_, row) in enumerate(new.iterrows()):
+        t = _json_ticket(row)
+        t |= {"tickets_last_24h": float(load["tickets_last_24h"].iloc[i]),
+              "typical_tickets_24h": float(load["typical_tickets_24h"].iloc[i])}
+        if not np.isnan(contacts[i]):
+            t["prior_tickets_30d"] = float(contacts[i])
+        want = model.score_one(t, snaps.accounts.get(t.get("account_id")), snaps.merchants.get(t.get("merchant_id")),
+                               snaps.orders.get(t.get("order_id")))["escalation_probability"]
+        got = single[t["ticket_id"]] if i < 18 else batch[t["ticket_id"]]
+        assert got == pytest.approx(want, abs=1e-9), t["ticket_id"]
 
 
 def test_a_batch_over_the_limit_is_refused_with_a_message(service):
@@ -477,3 +533,4 @@ def test_a_model_pickled_by_an_older_class_version_is_refused_by_name():
     old = ReturnVolumeForecaster(horizon=7)
     del old.__dict__["seed"]  # as if pickled before the class gained `seed`
     assert _missing_params(old) == ["seed"]
+

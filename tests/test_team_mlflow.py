@@ -30,7 +30,6 @@ from features.contract import load_dataset
 from features.merchants import build_features, prepare_events
 from features.reviews import import_decisions, list_decisions, record_decision
 from features.settings import Settings
-from features.synthetic import generate_world
 from training import merchant_risk, registry
 
 BIN = Path(sys.executable).parent
@@ -158,10 +157,8 @@ def mlflow_server(postgres, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("team_world") / "world"
-    generate_world(out, **WORLD)
-    return out
+def world(world_factory) -> Path:
+    return world_factory(**WORLD)
 
 
 def _member_env(server: MlflowServer, models_dir: Path) -> dict[str, str]:

@@ -15,7 +15,6 @@ from features import generations
 from features.contract import load_dataset
 from features.live_counts import counter_from_snapshot, fill_frame
 from features.settings import Settings
-from features.synthetic import generate_world
 from features.tickets import (
     FEATURES,
     SNAPSHOT_FILES,
@@ -40,10 +39,8 @@ WORLD = dict(seed=5, accounts=2000, merchants=60, start="2023-06-01", days=400, 
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("triage_world")
-    generate_world(out, **WORLD)
-    return out
+def world(world_factory) -> Path:
+    return world_factory(**WORLD)
 
 
 @pytest.fixture(scope="session")

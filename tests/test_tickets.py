@@ -14,7 +14,6 @@ import pytest
 from features.calendar import calendar_features
 from features.contract import load_dataset
 from features.settings import Settings
-from features.synthetic import generate_world
 from features.tickets import (
     ACCOUNT_FEATURES,
     CALENDAR_FEATURES,
@@ -44,10 +43,8 @@ AS_OF = pd.Timestamp("2024-04-15", tz="UTC")  # snapshot time for the serving te
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("tickets_world")
-    generate_world(out, **WORLD)
-    return out
+def world(world_factory) -> Path:
+    return world_factory(**WORLD)
 
 
 @pytest.fixture(scope="session")

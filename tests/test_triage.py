@@ -53,7 +53,10 @@ def test_served_answers_and_batch_scoring_agree_ticket_by_ticket(runtime, snapsh
     unknown = dict(tickets[0], ticket_id="unknown-ids", account_id="A-NOBODY", merchant_id="M-NOBODY",
                    order_id="O-NOBODY")
     guest = dict(tickets[1], ticket_id="guest", account_id=None)
-    tickets = [*tickets, unknown, guest]
+    # Each ticket carries its own load and contact counts (the ticket system's values win over the service's live
+    # counters, which depend on arrival order), so the three paths see the same features.
+    tickets = [dict(t, tickets_last_24h=40 + 7 * i, typical_tickets_24h=55.0, prior_tickets_30d=i % 3)
+               for i, t in enumerate([*tickets, unknown, guest])]
     served = [runtime.score_ticket(TicketIn(**t)).model_dump() for t in tickets]
     served_batch = [r.model_dump() for r in runtime.score_batch([TicketIn(**t) for t in tickets]).results]
     frames = snapshots.frames()

@@ -306,7 +306,7 @@ def test_merchant_page_shows_ranking_and_history(ui, browser):
 
 
 def test_session_cookie_and_csrf_token_are_bound_and_signed():
-    from serving.ui import Sessions
+    from serving.ui_common import Sessions
 
     sessions = Sessions(["k1", "k2"])
     assert sessions.key_ok("k2") and not sessions.key_ok("k3") and not sessions.key_ok("")
@@ -327,7 +327,7 @@ def test_session_cookie_and_csrf_token_are_bound_and_signed():
 
 
 def test_expired_session_is_no_session(monkeypatch):
-    from serving import ui
+    from serving import ui_common as ui
 
     sessions = ui.Sessions(["k1"])
     _, cookie = sessions.issue("ann")
@@ -339,7 +339,7 @@ def test_expired_session_is_no_session(monkeypatch):
 def test_fan_chart_draws_band_past_and_events():
     from datetime import date, timedelta
 
-    from serving.ui import fan_chart
+    from serving.ui_charts import fan_chart
 
     origin = date(2024, 11, 1)
     past = pd.Series([5.0, 7.0, 6.0], index=[origin - timedelta(days=i) for i in (2, 1, 0)])
@@ -353,7 +353,7 @@ def test_fan_chart_draws_band_past_and_events():
 
 
 def test_login_redirects_only_inside_the_pages():
-    from serving.ui import _safe_next
+    from serving.ui_common import _safe_next
 
     assert _safe_next("/ui/accounts/A1?msg=x") == "/ui/accounts/A1?msg=x"
     for bad in ("https://evil.example/", "//evil.example/ui/", "/v1/accounts/flagged", "/ui\\..\\x", "", None):
@@ -362,7 +362,7 @@ def test_login_redirects_only_inside_the_pages():
 
 def test_component_weights_of_an_ensemble_are_shown_per_series():
     from features.return_volume import ReturnVolumeForecaster
-    from serving.ui import component_weights
+    from serving.ui_forecast import component_weights
 
     class Blend:  # the layout of an ensemble forecaster's weights_table(): one row per series, band and kind of day
         def weights_table(self):

@@ -328,7 +328,10 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
                          explore_share=settings.serial_explore_share)
     picks = {"model": ids.get_indexer(queue["account_id"].astype(str))}
     row_extra = {"model_top_k": float(y[top_k(s_model, ids, k)].mean())}  # the ranking without the queue's
-    # pattern slots and audit sample
+    # pattern slots and audit sample; and the queue's top-score part (the measure: reserved pattern slots and
+    # the audit sample are there to learn and to check, not to be precise)
+    top_part = queue["slot"].eq("top score").to_numpy()
+    row_extra["model_top_score_part"] = float(y[picks["model"][top_part]].mean()) if top_part.any() else float("nan")
     scores = {"rule_return_rate": (counts["returns"].to_numpy() + 1) / (counts["orders"].to_numpy() + 10),
               "most_returns": counts["returns"].to_numpy(),
               "isolation_forest": _forest_score(counts_forest(X1), X2)}
@@ -501,31 +504,38 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
     rt = Runtime.load(settings)
     try:
         probs = _serve(rt, later, batch)  # every ticket: the service counts load and contacts as they arrive
-        refresh_day = pd.Timestamp(as_of) + pd.Timedelta(days=REFRESH_AFTER_DAYS)
-        r_end = utc_day_end(refresh_day)
-        week = ((later["created_at"] >= r_end) & (later["created_at"] < r_end + pd.Timedelta(days=REFRESH_WEEK_DAYS))
-                ).to_numpy()
-        row_refresh: dict = {}
-        if week.any():
+    finally:
+        rt.close()
+    refresh_day = pd.Timestamp(as_of) + pd.Timedelta(days=REFRESH_AFTER_DAYS)
+    r_end = utc_day_end(refresh_day)
+    week = ((later["created_at"] >= r_end) & (later["created_at"] < r_end + pd.Timedelta(days=REFRESH_WEEK_DAYS))
+            ).to_numpy()
+    row_refresh: dict = {}
+    if week.any():
+        # A second service, run as a deployment would: it serves the training generation until the refresh (seeing
+        # every ticket up to then), swaps to the refreshed generation while running, then scores the week after.
+        rt = Runtime.load(settings)
+        try:
+            _serve(rt, later[(later["created_at"] < r_end).to_numpy()], batch)
             rdir = data_as_of(full_dir, Path(asof_dir).parent / "data_refresh", refresh_day)
             _train_quietly(refresh_features, rdir, settings, echo=_quiet)
             if not rt.refresh():
                 raise RuntimeError(f"the Runtime did not swap to the refreshed generation: {rt.generation_problem}")
-            p_week = _serve(rt, later[week], batch)  # already seen: the live counts do not count them twice
+            p_week = _serve(rt, later[week], batch)
             model = rt.model(TRIAGE)
-            cal = CalendarTable(market, settings.summer_sale, settings.summer_sale_days)
-            feats = build_training_features(load_dataset(full_dir), cal)
-            pos = pd.Series(np.arange(len(feats.meta)), index=feats.meta["ticket_id"].to_numpy())
-            p_off = model.predict(feats.X.iloc[pos.loc[later.loc[week, "ticket_id"]].to_numpy()])
-            lw = labelled[week]
-            yw = y[week][lw]
-            row_refresh = {"refresh_as_of": str(refresh_day.date()), "refresh_week_tickets": int(lw.sum()),
-                           "refresh_week_served": _auc(yw, p_week[lw]),
-                           "refresh_week_offline": _auc(yw, p_off[lw]),
-                           "refresh_week_stale": _auc(yw, probs[week][lw])}
-            row_refresh["refresh_week_gap"] = row_refresh["refresh_week_offline"] - row_refresh["refresh_week_served"]
-    finally:
-        rt.close()
+        finally:
+            rt.close()
+        cal = CalendarTable(market, settings.summer_sale, settings.summer_sale_days)
+        feats = build_training_features(load_dataset(full_dir), cal)
+        pos = pd.Series(np.arange(len(feats.meta)), index=feats.meta["ticket_id"].to_numpy())
+        p_off = model.predict(feats.X.iloc[pos.loc[later.loc[week, "ticket_id"]].to_numpy()])
+        lw = labelled[week]
+        yw = y[week][lw]
+        row_refresh = {"refresh_as_of": str(refresh_day.date()), "refresh_week_tickets": int(lw.sum()),
+                       "refresh_week_served": _auc(yw, p_week[lw]),
+                       "refresh_week_offline": _auc(yw, p_off[lw]),
+                       "refresh_week_stale": _auc(yw, probs[week][lw])}
+        row_refresh["refresh_week_gap"] = row_refresh["refresh_week_offline"] - row_refresh["refresh_week_served"]
     base = CaseTypeBaseline().fit(known["case_type"], known["escalated"].astype(float).to_numpy())
     return {"as_of": str(pd.Timestamp(as_of).date()), "tickets": int(labelled.sum()),
             "tickets_sent": len(later), "escalation_rate": float(y[labelled].mean()),

@@ -1,0 +1,539 @@
+"""Serial-return accounts: point-in-time account features (the vocabulary every account piece shares).
+
+``account_features(orders, returns, account_links, as_of)`` describes every account (never a guest: a null account_id
+has no account) with what was known at the end of ``as_of``: nothing dated after that day is read, deliveries that
+had not happened yet count as not delivered. Everything is vectorised over accounts (numpy bincounts, one join of
+returns to their order lines, sparse connected components for linked accounts), so a million accounts take seconds.
+
+Rates (return rate, refund share) are shrunk toward the population's rate: one order and one cancellation is not a
+"100%" returner. Account links carry no timestamps in the contract, so the identifier graph is the platform's
+current one.
+
+The detector, the model, the reasons and the queue live in their own modules; ``features.accounts`` gathers them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from features.contract import RETURN_REASONS
+
+Day = pd.Timestamp
+AccountFrame = pd.DataFrame  # one row per account_id (the index), columns FEATURES
+
+US_PER_DAY = 86_400_000_000
+WINDOWS = (30, 90, 365)
+WORN_CATEGORIES = ("apparel", "shoes")
+CLAIM_REASONS = ("not_received", "damaged_in_transit")
+PATTERNS = ("serial", "wardrobing", "refund_without_return", "ring")
+# Wardrobing: an item ordered at most this many days before a sales event or holiday and sent back after the event's
+# first day, at most this many days after it (events span days). Which categories are worn is learnt per platform.
+WARDROBE_BEFORE_DAYS = 7
+WARDROBE_AFTER_DAYS = 14
+# Bins (upper edges, days) of the platform's delivery-to-return distribution that wardrobing weighs returns against.
+DELIVERY_EDGES = np.arange(0.0, 120.25, 0.25)
+MIN_EVENT_SIZE = 2  # medium and major events (calendar size classes)
+# An identifier shared by more accounts than this is a hub (a shop's public tablet, a parcel locker address), not a
+# sign that the accounts belong together; it is left out of the link graph.
+MAX_LINK_SHARE = 20
+DAYS_CAP = 730.0
+# Rates from a handful of lines are noise (one order, one cancellation = "100%"): rates are shrunk toward the
+# population's rate as if each account had this many more order lines at that rate (empirical Bayes).
+PRIOR_LINES = 5.0
+
+FEATURES: tuple[str, ...] = (
+    "lines_30d", "lines_90d", "lines_365d", "spend_365d", "tenure_days",
+    "returns_30d", "returns_90d", "returns_365d", "return_rate_30d", "return_rate_90d", "return_rate_365d",
+    "refund_365d", "refund_share_365d", "changed_mind_365d",
+    "days_order_to_return", "days_delivery_to_return", "days_since_last_return",
+    *(f"share_{r}" for r in RETURN_REASONS), "reason_entropy",
+    "refund_without_return_90d", "refund_without_return_365d", "refund_without_return_share", "claims_365d",
+    "lines_delivered_365d", "claims_on_delivered_365d", "no_item_on_delivered_365d",
+    "event_lines_365d", "wardrobe_returns_365d", "wardrobe_share",
+    "return_trend", "return_rate_change",
+    "link_group_size", "link_strong_group_size", "link_max_shared_types",
+    "link_group_returns_90d", "link_group_return_rate_90d", "link_group_refund_without_return_365d",
+    "ring_lines_365d", "ring_returns_365d", "ring_no_item_365d", "ring_claims_365d",
+)
+# The cold-start detector's tests, per pattern: (count, exposure). A test's tail is the chance that an ordinary
+# account of this platform with that exposure reaches the count (a beta-binomial fitted on the platform's accounts,
+# so both the rate and the number of events count: 3 returns of 3 lines is weaker evidence than 30 of 60).
+PATTERN_TESTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "serial": (("returns_365d", "lines_365d"), ("returns_365d", "")),
+    "wardrobing": (("wardrobe_returns_365d", "event_lines_365d"),),
+    "refund_without_return": (("no_item_on_delivered_365d", "lines_delivered_365d"),
+                              ("claims_on_delivered_365d", "lines_delivered_365d")),
+    "ring": (("ring_returns_365d", "ring_lines_365d"), ("ring_no_item_365d", "ring_lines_365d"),
+             ("ring_claims_365d", "ring_lines_365d")),
+}
+# Which abuse pattern a reason points to; features not listed describe context and name no pattern.
+FEATURE_PATTERN: dict[str, str] = {
+    **{f: "serial" for f in ("returns_30d", "returns_90d", "returns_365d", "return_rate_30d", "return_rate_90d",
+                             "return_rate_365d", "refund_365d", "refund_share_365d", "share_changed_mind",
+                             "changed_mind_365d", "share_size_fit", "return_trend", "return_rate_change")},
+    **{f: "wardrobing" for f in ("wardrobe_returns_365d", "wardrobe_share")},
+    **{f: "refund_without_return" for f in ("refund_without_return_90d", "refund_without_return_365d",
+                                            "refund_without_return_share", "claims_365d", "share_not_received",
+                                            "share_damaged_in_transit")},
+    **{f: "ring" for f in ("link_group_size", "link_strong_group_size", "link_max_shared_types",
+                           "link_group_returns_90d", "link_group_return_rate_90d",
+                           "link_group_refund_without_return_365d", "ring_lines_365d", "ring_returns_365d",
+                           "ring_no_item_365d", "ring_claims_365d")},
+    "claims_on_delivered_365d": "refund_without_return", "no_item_on_delivered_365d": "refund_without_return",
+    "event_lines_365d": "wardrobing",
+}
+ANOMALY_FEATURE = "anomaly_score"
+
+
+class AsOfError(ValueError):
+    """An as-of date outside the days the data covers."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dates
+
+
+def as_day(value) -> Day:
+    """A date-like value as a UTC day (midnight, tz-aware)."""
+    ts = pd.Timestamp(value)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.normalize()
+
+
+def check_as_of(as_of, span: tuple[Day, Day]) -> Day:
+    """``as_of`` as a UTC day, or :class:`AsOfError` when it lies before the data starts or after it ends.
+
+    The as-of date is the last day whose data may be used; ``span`` is the data's (first day, last day).
+    """
+    day, (first, last) = as_day(as_of), (as_day(span[0]), as_day(span[1]))
+    if day < first:
+        raise AsOfError(f"as-of date {day.date()} is before the data starts ({first.date()}); "
+                        f"choose a day from {first.date()} to {last.date()}")
+    if day > last:
+        raise AsOfError(f"as-of date {day.date()} is after the data ends ({last.date()}): there is nothing to see "
+                        f"after that day; choose a day from {first.date()} to {last.date()}")
+    return day
+
+
+def _us(s: pd.Series) -> np.ndarray:
+    """Microseconds since the epoch (int64, NaT -> INT64_MIN) without going through Python objects."""
+    return np.asarray(s.dt.as_unit("us").array.asi8)
+
+
+def _arrow(s: pd.Series) -> pa.ChunkedArray:
+    """A string column as an Arrow chunked array (zero-copy for Arrow-backed pandas strings)."""
+    to_arrow = getattr(s.array, "__arrow_array__", None)
+    arr = to_arrow() if to_arrow is not None else pa.array(s.astype(object).where(s.notna(), None), type=pa.string())
+    arr = arr if isinstance(arr, pa.ChunkedArray) else pa.chunked_array([arr])
+    return arr.cast(pa.string()) if arr.type != pa.string() else arr
+
+
+def _valid(arr: pa.ChunkedArray) -> np.ndarray:
+    return pc.is_valid(arr).to_numpy(zero_copy_only=False).astype(bool)
+
+
+def _encode(arr: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(codes, dictionary) of a string column in one hash pass; codes are int64, -1 for nulls."""
+    enc = pc.dictionary_encode(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr)
+    codes = pc.fill_null(enc.indices, -1).to_numpy().astype(np.int64)
+    return codes, enc.dictionary.cast(pa.string())
+
+
+def _positions(values: pa.ChunkedArray, value_set: pa.Array) -> np.ndarray:
+    """Position of each value in ``value_set`` (-1 where absent or null), as int64."""
+    idx = pc.fill_null(pc.index_in(values, value_set=value_set), -1)
+    return idx.to_numpy().astype(np.int64) if isinstance(idx, pa.Array) else \
+        np.asarray(idx.to_numpy(), dtype=np.int64)
+
+
+def _event_days(market: str, first: Day, last: Day, settings=None) -> np.ndarray:
+    """Sorted day numbers (days since the epoch) of medium and major events and holidays of the market."""
+    from features.calendar import market_events
+
+    ev = market_events(market, first.tz_localize(None), last.tz_localize(None), settings)
+    ev = ev[ev["size"] >= MIN_EVENT_SIZE]
+    return np.unique(ev["date"].to_numpy().astype("datetime64[D]").astype(np.int64))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Account features
+
+
+def _safe_div(a: np.ndarray, b: np.ndarray, default: float = 0.0) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), default)
+
+
+def _shrunk_rate(num: np.ndarray, den: np.ndarray, unit: float = 1.0) -> np.ndarray:
+    """num / den shrunk toward the population's rate by PRIOR_LINES pseudo-lines (each worth ``unit`` of den)."""
+    prior = num.sum() / den.sum() if den.sum() > 0 else 0.0
+    return (num + PRIOR_LINES * unit * prior) / (den + PRIOR_LINES * unit)
+
+
+def _group_median(values: np.ndarray, pos: np.ndarray, n: int) -> np.ndarray:
+    """Median of ``values`` per account position (NaN where an account has none)."""
+    out = np.full(n, np.nan)
+    ok = np.isfinite(values)
+    if ok.any():
+        med = pd.Series(values[ok]).groupby(pos[ok]).median()
+        out[med.index.to_numpy()] = med.to_numpy()
+    return out
+
+
+# Columns of :func:`account_counts` that are not features: what the population-level stage needs.
+_COUNT_EXTRA = ("_prior_returns",)
+# Features that depend on other accounts (population priors, the link graph): made by finish_account_features.
+_GLOBAL_FEATURES = ("return_rate_30d", "return_rate_90d", "return_rate_365d", "refund_share_365d", "return_rate_change",
+                    "link_group_size", "link_strong_group_size", "link_max_shared_types", "link_group_returns_90d",
+                    "link_group_return_rate_90d", "link_group_refund_without_return_365d",
+                    "ring_lines_365d", "ring_returns_365d", "ring_no_item_365d", "ring_claims_365d")
+
+
+def account_features(orders: pd.DataFrame, returns: pd.DataFrame, account_links: pd.DataFrame | None,
+                     as_of, market: str = "CN", settings=None, max_link_share: int = MAX_LINK_SHARE,
+                     engine=None) -> AccountFrame:
+    """Features of every account (index ``account_id``) from what was known at the end of ``as_of``.
+
+    Inputs are contract frames (see ``features.contract``). Accounts are those with an order or a return up to
+    ``as_of``; guests (null account_id) are not accounts and never appear. Columns: :data:`FEATURES`.
+
+    Two stages: :func:`account_counts` reads each account's own order lines and returns (``engine`` runs it per
+    account partition, see ``features.engine``), then :func:`finish_account_features` adds what depends on the
+    population (shrinkage priors) and on other accounts (the link graph), once, on one row per account.
+    """
+    if engine is None:
+        counts = account_counts(orders, returns, as_of, market, settings)
+    else:
+        tables = {"orders": (orders, "account_id"), "returns": (returns, "account_id")}
+        # Wardrobing reads each return's delivery-to-return time against the whole platform's: one light pass for
+        # that distribution first, so every account partition weighs returns alike.
+        hist = engine.by_key(delivery_histogram, tables, as_of=as_of)
+        hist = None if hist is None else hist.groupby(level=0)["count"].sum().reindex(
+            range(len(DELIVERY_EDGES) + 1), fill_value=0).to_numpy(dtype=float)
+        counts = engine.by_key(account_counts, tables, as_of=as_of, market=market, settings=settings,
+                               delivery_hist=hist)
+        counts = _empty_counts() if counts is None else counts.sort_index()
+    return finish_account_features(counts, account_links, as_of, max_link_share)
+
+
+def _empty_counts() -> pd.DataFrame:
+    cols = [c for c in FEATURES if c not in _GLOBAL_FEATURES] + list(_COUNT_EXTRA)
+    return pd.DataFrame({c: np.zeros(0) for c in cols}, index=pd.Index([], dtype="string", name="account_id"))
+
+
+def delivery_histogram(orders: pd.DataFrame, returns: pd.DataFrame, as_of) -> pd.DataFrame:
+    """Returns of the 365 days to ``as_of`` counted by days from delivery to request (bins of
+    :data:`DELIVERY_EDGES`; column ``count``, index the bin): summed over account partitions, the platform's."""
+    as_of = as_day(as_of)
+    cut = int((as_of + pd.Timedelta(days=1)).value // 1000)
+    o_keep = (_us(orders["ordered_at"]) < cut) & _valid(_arrow(orders["account_id"]))
+    r_t = _us(returns["requested_at"])
+    r_keep = (r_t < cut) & _valid(_arrow(returns["account_id"]))
+    in_year = (cut - r_t[r_keep]) / US_PER_DAY < 365
+    hist = _return_timing(orders, o_keep, returns, r_keep, in_year, cut, "", as_of, None, hist_only=True)
+    return pd.DataFrame({"count": hist}, index=pd.RangeIndex(len(hist), name="bin"))
+
+
+def _delivery_bins(days: np.ndarray) -> np.ndarray:
+    return np.searchsorted(DELIVERY_EDGES, days, side="left")
+
+
+def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: str = "CN", settings=None,
+                   delivery_hist: np.ndarray | None = None) -> pd.DataFrame:
+    """The per-account stage of :func:`account_features`: every feature an account's own rows decide.
+
+    The result for an account depends only on that account's orders and returns (and their order lines), so it
+    can be computed on any subset of accounts holding all of their rows, given the platform's
+    ``delivery_hist`` (:func:`delivery_histogram`; default: the one of the rows given). Index ``account_id``.
+    """
+    as_of = as_day(as_of)
+    cut = int((as_of + pd.Timedelta(days=1)).value // 1000)  # first microsecond after the as-of day
+    o_t, r_t = _us(orders["ordered_at"]), _us(returns["requested_at"])
+    # IDs are hashed in Arrow (C++), not through Python objects: this is most of the time at a million accounts.
+    o_acc, r_acc = _arrow(orders["account_id"]), _arrow(returns["account_id"])
+    o_keep = (o_t < cut) & _valid(o_acc)
+    r_keep = (r_t < cut) & _valid(r_acc)
+    codes_o, dict_o = _encode(o_acc.filter(pa.array(o_keep)))
+    codes_r, dict_r = _encode(r_acc.filter(pa.array(r_keep)))
+    ids = pc.unique(pa.concat_arrays([dict_o, dict_r]))
+    ids = ids.take(pc.array_sort_indices(ids))  # sorted: the same accounts always come out in the same order
+    index = pd.Index(pd.arrays.ArrowStringArray(pa.chunked_array([ids.cast(pa.large_string())])), name="account_id")
+    index = index.astype("string")
+    n = len(index)
+    pos_o, pos_r = _positions(dict_o, ids)[codes_o], _positions(dict_r, ids)[codes_r]
+    f: dict[str, np.ndarray] = {}
+
+    # Orders: volume per window, spend, tenure.
+    ot = o_t[o_keep]
+    age_o = (cut - ot) / US_PER_DAY
+    amount = orders["amount"].to_numpy(dtype=float)[o_keep]
+    for w in WINDOWS:
+        f[f"lines_{w}d"] = np.bincount(pos_o[age_o < w], minlength=n).astype(float)
+    f["spend_365d"] = np.bincount(pos_o[age_o < 365], weights=amount[age_o < 365], minlength=n)
+    deliv_o = _us(orders["delivered_at"])[o_keep]
+    delivered = (deliv_o > np.iinfo(np.int64).min) & (deliv_o < cut)  # delivered by the as-of day
+    f["lines_delivered_365d"] = np.bincount(pos_o[(age_o < 365) & delivered], minlength=n).astype(float)
+    first = np.full(n, cut, dtype=np.int64)
+    np.minimum.at(first, pos_o, ot)
+    rt_all = r_t[r_keep]
+    np.minimum.at(first, pos_r, rt_all)
+    f["tenure_days"] = (cut - first) / US_PER_DAY
+
+    # Returns: counts, rates, refunds, reasons, refunds without the goods.
+    age_r = (cut - rt_all) / US_PER_DAY
+    refund = returns["refund_amount"].to_numpy(dtype=float)[r_keep]
+    no_item = returns["item_returned"].eq(False).fillna(False).to_numpy(dtype=bool)[r_keep]
+    reason = pd.Categorical(returns["reason"][r_keep], categories=RETURN_REASONS).codes
+    for w in WINDOWS:
+        f[f"returns_{w}d"] = np.bincount(pos_r[age_r < w], minlength=n).astype(float)
+    y = age_r < 365
+    f["refund_365d"] = np.bincount(pos_r[y], weights=refund[y], minlength=n)
+    rc = np.bincount(pos_r[y] * len(RETURN_REASONS) + np.maximum(reason[y], 0),
+                     minlength=n * len(RETURN_REASONS)).reshape(n, len(RETURN_REASONS)).astype(float)
+    p = _safe_div(rc, f["returns_365d"][:, None])
+    for j, r in enumerate(RETURN_REASONS):
+        f[f"share_{r}"] = p[:, j]
+    f["changed_mind_365d"] = rc[:, RETURN_REASONS.index("changed_mind")]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f["reason_entropy"] = -np.where(p > 0, p * np.log2(np.where(p > 0, p, 1)), 0.0).sum(axis=1)
+    q = age_r < 90
+    f["refund_without_return_90d"] = np.bincount(pos_r[q & no_item], minlength=n).astype(float)
+    f["refund_without_return_365d"] = np.bincount(pos_r[y & no_item], minlength=n).astype(float)
+    f["refund_without_return_share"] = _safe_div(f["refund_without_return_365d"], f["returns_365d"])
+    claim = np.isin(reason, [RETURN_REASONS.index(c) for c in CLAIM_REASONS])
+    f["claims_365d"] = np.bincount(pos_r[y & claim], minlength=n).astype(float)
+    last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(last, pos_r, rt_all)
+    f["days_since_last_return"] = np.where(last > np.iinfo(np.int64).min, np.minimum((cut - last) / US_PER_DAY,
+                                                                                    DAYS_CAP), DAYS_CAP)
+
+    # Change against the account's own past: the last 90 days against days 91-365.
+    prior = (age_r >= 90) & (age_r < 365)
+    prior_returns = np.bincount(pos_r[prior], minlength=n).astype(float)
+    f["return_trend"] = (f["returns_90d"] / 90 * 30 + 0.25) / (prior_returns / 275 * 30 + 0.25)
+    f["_prior_returns"] = prior_returns
+
+    # Returns joined to their order lines: timing, and wardrobing.
+    timing = _return_timing(orders, o_keep, returns, r_keep, y, cut, market, as_of, settings,
+                            delivery_hist=delivery_hist)
+    f["days_order_to_return"] = _group_median(timing["order_days"], pos_r[y], n)
+    f["days_delivery_to_return"] = _group_median(timing["delivery_days"], pos_r[y], n)
+    not_rec = reason[y] == RETURN_REASONS.index("not_received")
+    f["claims_on_delivered_365d"] = np.bincount(pos_r[y][not_rec & timing["delivered_before"]],
+                                                minlength=n).astype(float)
+    f["no_item_on_delivered_365d"] = np.bincount(pos_r[y][no_item[y] & timing["delivered_before"]],
+                                                 minlength=n).astype(float)
+    yo = age_o < 365
+    f["event_lines_365d"] = np.bincount(pos_o[yo][timing["pre_event_lines"]], minlength=n).astype(float)
+    f["wardrobe_returns_365d"] = np.bincount(pos_r[y], weights=timing["wardrobe"], minlength=n)
+    f["wardrobe_share"] = _safe_div(f["wardrobe_returns_365d"], f["returns_365d"])
+
+    cols = [c for c in FEATURES if c not in _GLOBAL_FEATURES] + list(_COUNT_EXTRA)
+    return pd.DataFrame({k: f[k] for k in cols}, index=index)
+
+
+def finish_account_features(counts: pd.DataFrame, account_links: pd.DataFrame | None, as_of,
+                            max_link_share: int = MAX_LINK_SHARE) -> AccountFrame:
+    """The population stage of :func:`account_features` on :func:`account_counts` of every account (sorted by ID).
+
+    Rates are shrunk toward the population's rate (a sum over all accounts), and linked accounts are found in the
+    whole link graph: neither can be computed one account partition at a time, and both need only one row per
+    account.
+    """
+    f = {c: counts[c].to_numpy(dtype=float) for c in counts.columns}
+    for w in WINDOWS:
+        cnt = f[f"returns_{w}d"]
+        # A return may belong to an order placed before the window: a line count below the returns is raised.
+        f[f"return_rate_{w}d"] = _shrunk_rate(cnt, np.maximum(f[f"lines_{w}d"], cnt))
+    spent = np.maximum(f["spend_365d"], f["refund_365d"])
+    line_value = spent.sum() / max(np.maximum(f["lines_365d"], f["returns_365d"]).sum(), 1.0)
+    f["refund_share_365d"] = _shrunk_rate(f["refund_365d"], spent, line_value)
+    prior_returns = f["_prior_returns"]
+    prior_lines = f["lines_365d"] - f["lines_90d"]
+    f["return_rate_change"] = f["return_rate_90d"] - _shrunk_rate(prior_returns,
+                                                                   np.maximum(prior_lines, prior_returns))
+    # Linked accounts.
+    f.update(_link_features(account_links, counts.index, f, max_link_share))
+    out = pd.DataFrame({k: f[k] for k in FEATURES}, index=counts.index)
+    out.attrs["as_of"] = str(as_day(as_of).date())
+    return out
+
+
+def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFrame, r_keep: np.ndarray,
+                   in_year: np.ndarray, cut: int, market: str, as_of: Day, settings,
+                   delivery_hist: np.ndarray | None = None, hist_only: bool = False):
+    """Returns of the last 365 days joined to their order lines: timing, delivery record and wardrobing.
+
+    Per return: days from order and from delivery, whether the line had been delivered before the request (a 'not
+    received' claim against a delivered parcel), and its wardrobing weight. Per order line of the last 365 days:
+    whether it was ordered in the week before a sales event or holiday (``pre_event_lines``).
+
+    Wardrobing is buying just before an event, wearing, and sending back just after it: a return weighs 1 - the
+    share of the platform's returns of the same category that came back as quickly after delivery (the quickest
+    weigh about 1, the slowest about 0) when the line was ordered at most WARDROBE_BEFORE_DAYS before an event and
+    requested after the event, at most WARDROBE_AFTER_DAYS after its first day; other returns weigh 0. (With an
+    account-partitioned engine the category's delivery-to-return distribution is learnt per partition, each a
+    random share of the accounts.)
+    """
+    r = returns.loc[r_keep, ["order_id", "quantity", "refund_amount"]].loc[in_year]
+    k = len(r)
+    o_t = _us(orders["ordered_at"])[o_keep]
+    o_year = (cut - o_t) / US_PER_DAY < 365
+    out = {"order_days": np.full(k, np.nan), "delivery_days": np.full(k, np.nan), "wardrobe": np.zeros(k),
+           "delivered_before": np.zeros(k, bool), "pre_event_lines": np.zeros(int(o_year.sum()), bool)}
+    none = np.zeros(len(DELIVERY_EDGES) + 1) if hist_only else out
+    if not o_year.any():
+        return none
+    o_day_all = o_t[o_year] // US_PER_DAY
+    first = pd.Timestamp(int(o_day_all.min()), unit="D", tz="UTC")
+    ev = (np.zeros(0, dtype=np.int64) if hist_only
+          else _event_days(market, first, as_of + pd.Timedelta(days=WARDROBE_BEFORE_DAYS), settings))
+    if len(ev):
+        nxt = ev[np.minimum(np.searchsorted(ev, o_day_all, side="left"), len(ev) - 1)]
+        out["pre_event_lines"] = (nxt >= o_day_all) & (nxt - o_day_all <= WARDROBE_BEFORE_DAYS)
+    cat_all, _ = _encode(_arrow(orders["category"]))
+    has_order = r["order_id"].notna().to_numpy()
+    if not has_order.any():
+        return none
+    req = _us(returns["requested_at"])[r_keep][in_year]
+    r_oid = _arrow(returns["order_id"]).filter(pa.array(r_keep)).filter(pa.array(in_year))
+    wanted = pc.unique(r_oid.drop_null())
+    # Orders and returns meet on integer codes of the returned orders' IDs: an Arrow hash join, no string merge.
+    r_code = _positions(r_oid, wanted)
+    o_code = _positions(_arrow(orders["order_id"]), wanted)
+    o_mask = o_keep & (o_code >= 0)
+    ri = pd.DataFrame({"ret": np.arange(k)[has_order], "code": r_code[has_order]})
+    deliv = _us(orders["delivered_at"])[o_mask]
+    ol = pd.DataFrame({"code": o_code[o_mask], "cat": np.maximum(cat_all[o_mask], 0),
+                       "ordered": _us(orders["ordered_at"])[o_mask],
+                       # A delivery after the as-of day had not happened yet at the time.
+                       "delivered": np.where((deliv > np.iinfo(np.int64).min) & (deliv < cut), deliv, -1)})
+    m = ri.merge(ol, on="code", how="inner", sort=False)
+    if m.empty:
+        return none
+    g = m.groupby("ret", sort=False).agg(ordered=("ordered", "min"), delivered=("delivered", "max"),
+                                         cat=("cat", "first"))
+    ret = g.index.to_numpy()
+    t = req[ret]
+    out["order_days"][ret] = (t - g["ordered"].to_numpy()) / US_PER_DAY
+    dl = g["delivered"].to_numpy()
+    out["delivery_days"][ret] = np.where(dl > 0, (t - dl) / US_PER_DAY, np.nan)
+    out["delivered_before"][ret] = (dl > 0) & (dl <= t)
+    days = out["delivery_days"][ret]
+    known = np.isfinite(days)
+    local = np.bincount(_delivery_bins(days[known]), minlength=len(DELIVERY_EDGES) + 1).astype(float)
+    if hist_only:
+        return local
+    if not len(ev):
+        return out
+    # The first event day on or after the order day falls within a week after the order, and the request comes
+    # after it, within WARDROBE_AFTER_DAYS of it (events span days: a week's holiday, Black Friday to Cyber Monday).
+    o_day = g["ordered"].to_numpy() // US_PER_DAY
+    r_day = t // US_PER_DAY
+    j = np.searchsorted(ev, o_day, side="left")
+    e = ev[np.minimum(j, len(ev) - 1)]
+    bracket = (j < len(ev)) & (e - o_day <= WARDROBE_BEFORE_DAYS) & (r_day > e) & (r_day - e <= WARDROBE_AFTER_DAYS)
+    # Worn, not kept: the quicker the item came back after delivery, against the platform's returns, the more it
+    # weighs (1 - the share of the platform's returns that came back as quickly or quicker).
+    hist = local if delivery_hist is None else np.asarray(delivery_hist, dtype=float)
+    cum = np.cumsum(hist) / max(float(hist.sum()), 1.0)
+    quick = np.where(known, 1.0 - cum[_delivery_bins(np.nan_to_num(days, nan=0.0))], 0.0)
+    out["wardrobe"][ret] = np.where(bracket, quick, 0.0)
+    return out
+
+
+def link_pairs(account_links: pd.DataFrame, index: pd.Index, max_link_share: int = MAX_LINK_SHARE) -> pd.DataFrame:
+    """Pairs of accounts (positions in ``index``) sharing identifiers: columns a, b (a < b), shared_types.
+
+    Identifiers held by more than ``max_link_share`` accounts are hubs and are ignored.
+    """
+    empty = pd.DataFrame({"a": np.zeros(0, np.int64), "b": np.zeros(0, np.int64), "shared_types": np.zeros(0, int)})
+    if account_links is None or account_links.empty:
+        return empty
+    vcode, _ = _encode(_arrow(account_links["link_value"]))
+    tcode = pd.Categorical(account_links["link_type"]).codes.astype(np.int64)
+    key = np.where((vcode >= 0) & (tcode >= 0), vcode * 8 + tcode, -1)  # the same hash under two types: two keys
+    # Most identifiers belong to one account: only shared ones (seen on two rows or more) can link anybody, so
+    # only their holders' IDs are looked up.
+    shared = np.flatnonzero((key >= 0) & (np.bincount(np.maximum(key, 0))[np.maximum(key, 0)] >= 2))
+    holders = _arrow(account_links["account_id"]).take(pa.array(shared))
+    acc = _positions(holders, _arrow(pd.Series(index)).combine_chunks())
+    lk = pd.DataFrame({"key": key[shared], "acc": acc})
+    lk = lk[lk["acc"] >= 0].drop_duplicates()
+    deg = lk.groupby("key")["acc"].transform("size").to_numpy()
+    lk = lk[(deg >= 2) & (deg <= max_link_share)].sort_values(["key", "acc"], kind="stable")
+    if lk.empty:
+        return empty
+    deg = lk.groupby("key")["acc"].transform("size").to_numpy()
+    accs, keys = lk["acc"].to_numpy(), lk["key"].to_numpy()
+    parts = []
+    for d in np.unique(deg):  # identifiers with d holders: all d*(d-1)/2 pairs at once
+        members = accs[deg == d].reshape(-1, d)
+        ktype = (keys[deg == d].reshape(-1, d)[:, 0]) % 8
+        i, j = np.triu_indices(d, k=1)
+        parts.append(pd.DataFrame({"a": members[:, i].ravel(), "b": members[:, j].ravel(),
+                                   "t": np.repeat(ktype, len(i))}))
+    pairs = pd.concat(parts, ignore_index=True).drop_duplicates()
+    return pairs.groupby(["a", "b"], sort=False).size().rename("shared_types").reset_index()
+
+
+def _components(pairs: pd.DataFrame, n: int) -> np.ndarray:
+    if pairs.empty:
+        return np.arange(n)
+    g = coo_matrix((np.ones(len(pairs)), (pairs["a"].to_numpy(), pairs["b"].to_numpy())), shape=(n, n))
+    return connected_components(g, directed=False)[1]
+
+
+def _link_features(account_links: pd.DataFrame | None, index: pd.Index, f: dict[str, np.ndarray],
+                   max_link_share: int) -> dict[str, np.ndarray]:
+    """Group of accounts connected by shared address/device/payment/... and the group's returns."""
+    n = len(index)
+    pairs = link_pairs(account_links, index, max_link_share)
+    label = _components(pairs, n)
+    size = np.bincount(label, minlength=n)[label].astype(float)
+    strong = _components(pairs[pairs["shared_types"] >= 2], n)  # pairs sharing two or more identifiers
+    strong_size = np.bincount(strong, minlength=n)[strong].astype(float)
+    max_types = np.zeros(n)
+    if len(pairs):
+        np.maximum.at(max_types, pairs["a"].to_numpy(), pairs["shared_types"].to_numpy())
+        np.maximum.at(max_types, pairs["b"].to_numpy(), pairs["shared_types"].to_numpy())
+
+    def group_sum(x: np.ndarray) -> np.ndarray:
+        return np.bincount(label, weights=x, minlength=n)[label]
+
+    g_ret, g_lines = group_sum(f["returns_90d"]), group_sum(f["lines_90d"])
+    # The group's combined record without its most suspicious member: a household with one abuser in it is that
+    # abuser's case, not a ring; a ring stays abnormal when any one member is left out.
+    own = f["returns_365d"] + f["refund_without_return_365d"] + f["claims_on_delivered_365d"]
+    order = np.lexsort((-own, label))
+    head = np.ones(n, dtype=bool)
+    head[1:] = label[order][1:] != label[order][:-1]
+    strongest = np.zeros(label.max() + 1 if n else 0, dtype=np.int64)
+    strongest[label[order][head]] = order[head]
+    ring = {}
+    for name, x in (("ring_lines_365d", np.maximum(f["lines_365d"], f["returns_365d"])),
+                    ("ring_returns_365d", f["returns_365d"]), ("ring_no_item_365d", f["refund_without_return_365d"]),
+                    ("ring_claims_365d", f["claims_on_delivered_365d"])):
+        ring[name] = np.where(size > 1, group_sum(x) - x[strongest[label]], 0.0) if n else np.zeros(0)
+    return {**ring,
+        "link_group_size": size, "link_strong_group_size": strong_size, "link_max_shared_types": max_types,
+        "link_group_returns_90d": g_ret - f["returns_90d"],  # the others' returns
+        "link_group_return_rate_90d": np.where(size > 1, _shrunk_rate(g_ret, np.maximum(g_lines, g_ret)), 0.0),
+        "link_group_refund_without_return_365d": group_sum(f["refund_without_return_365d"])
+        - f["refund_without_return_365d"],
+    }
+
+
+def dataset_features(ds, as_of, market: str | None = None, settings=None, engine=None) -> AccountFrame:
+    """:func:`account_features` for a loaded :class:`features.contract.Dataset`, checking ``as_of`` is in range."""
+    from features.settings import get_settings
+
+    settings = settings or get_settings()
+    day = check_as_of(as_of, ds.time_span())
+    return account_features(ds.orders, ds.returns, ds.account_links, day, market or settings.market, settings,
+                            engine=engine)

@@ -1,0 +1,291 @@
+"""Serial-return accounts: :class:`SerialReturnerModel`, the model training fits and serving loads.
+
+The detector (:mod:`features.account_detector`), plus, once enough review decisions exist, a small LightGBM on all
+features and the detector's score, boosted from a logistic prior on that score, with a background sample of the
+population as weak negatives (positive-unlabelled learning: a few dozen decisions say little on their own), and
+calibrated by Platt scaling on out-of-fold scores; used only when it beats the detector on held-out decisions.
+``explain`` turns LightGBM contributions (``pred_contrib``) or the detector's deviations into sentences a reviewer
+reads, and names the likely pattern (serial, wardrobing, refund_without_return, ring) from the reasons that dominate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from features.account_detector import (
+    BASELINES,
+    PatternDetector,
+    baseline_score,
+    blend_parts,
+    combined_score,
+    counts_forest,
+)
+from features.account_features import ANOMALY_FEATURE, FEATURES, PATTERNS, AccountFrame
+from features.account_reasons import pattern_text, typical_values
+
+
+class SerialReturnerModel:
+    """The serial-return model that training fits and serving loads.
+
+    ``fit(X, y)``: ``X`` holds the population (rows whose ``y`` is NaN, or every row when ``y`` is None) and the
+    labelled accounts (1 = confirmed abuse, 0 = cleared) in decision-time order. With fewer than ``min_labels``
+    labels, or fewer than ``min_per_class`` of either class, it stays in cold start: the detector's score.
+
+    Otherwise it learns from the decisions, starting from the detector: a logistic prior on the detector's score
+    (the boosting's ``init_score``), then a small LightGBM on every feature and that score, which corrects the prior
+    where decisions say so. Where the reviewed sample holds no example (a pattern never reviewed), the prior, and so
+    the detector, still ranks. ``background`` accounts drawn from the population join the decisions as weak
+    negatives with a total weight of ``background_weight`` x the number of decisions (positive-unlabelled
+    learning): with 50 decisions, nearly all confirmed, "how confirmed abusers differ from everybody" is what can
+    be learnt. The raw score is calibrated by Platt scaling on out-of-fold scores of the decisions (contiguous
+    blocks in decision order), so the probability is not the booster's own over-confidence; it is a probability
+    for accounts like those reviewed.
+    """
+
+    def __init__(self, min_labels: int = 30, min_per_class: int = 3, n_folds: int = 5,
+                 num_boost_round: int = 120, learning_rate: float = 0.05, num_leaves: int = 7,
+                 background: int = 2000, background_weight: float = 1.0, num_threads: int = 1,
+                 random_state: int = 0, detector_params: dict | None = None, gate: bool = True):
+        self.min_labels = min_labels
+        self.min_per_class = min_per_class
+        self.n_folds = n_folds
+        self.num_boost_round = num_boost_round
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.background = background
+        self.background_weight = background_weight
+        self.num_threads = num_threads
+        self.random_state = random_state
+        self.detector_params = detector_params
+        self.gate = gate
+
+    # -- fitting -----------------------------------------------------------------------------------------------------
+
+    def _params(self, n: int) -> dict:
+        return {"objective": "binary", "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
+                "min_data_in_leaf": max(3, n // 25), "min_sum_hessian_in_leaf": 1e-3, "lambda_l2": 1.0,
+                "feature_fraction": 0.8, "bagging_fraction": 0.9, "bagging_freq": 1, "seed": self.random_state,
+                "num_threads": self.num_threads, "verbose": -1, "deterministic": True, "force_row_wise": True}
+
+    def _fit_raw(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None = None):
+        """(prior, booster): the logistic prior on the detector score and the booster correcting it.
+
+        ``B``: background accounts from the population, weak negatives (positive-unlabelled learning): a few
+        dozen decisions say little on their own about how confirmed abusers differ from everybody else.
+        """
+        from features.engine import train_booster
+
+        anomaly = D[ANOMALY_FEATURE].to_numpy()
+        a, b = _platt(anomaly, y)
+        # The prior may only say "more abnormal, more suspicious"; a biased handful of decisions can say otherwise.
+        prior = (a, b) if a > 0 else (0.0, float(np.log((y.mean() + 1e-3) / (1 - y.mean() + 1e-3))))
+        w = np.ones(len(y))
+        if B is not None and len(B):
+            D = pd.concat([D, B])
+            w = np.r_[w, np.full(len(B), self.background_weight * len(y) / len(B))]
+            y = np.r_[y, np.zeros(len(B))]
+        init = prior[0] * D[ANOMALY_FEATURE].to_numpy() + prior[1]
+        booster, _ = train_booster(self._params(int(w.sum())), D, y, self.num_boost_round,
+                                   client=getattr(self, "_client", None), weight=w, init_score=init,
+                                   feature_name=list(D.columns))
+        return prior, booster
+
+    @staticmethod
+    def _raw(D: pd.DataFrame, prior: tuple[float, float], booster) -> np.ndarray:
+        return booster.predict(D, raw_score=True) + prior[0] * D[ANOMALY_FEATURE].to_numpy() + prior[1]
+
+    def fit(self, X: AccountFrame, y: Sequence[float] | np.ndarray | None = None, client=None
+            ) -> SerialReturnerModel:
+        """Fit the detector on the population and, when the labels allow, the calibrated supervised model.
+
+        ``client``: a ``distributed.Client``; the boosters are then trained with ``lightgbm.dask`` and kept as local
+        boosters (the client is not kept on the fitted model).
+        """
+        self._client = client
+        try:
+            return self._fit(X, y)
+        finally:
+            del self._client
+
+    def _fit(self, X: AccountFrame, y) -> SerialReturnerModel:
+        y_arr = np.full(len(X), np.nan) if y is None else np.asarray(y, dtype=float)
+        if len(y_arr) != len(X):
+            raise ValueError(f"y has {len(y_arr)} values for {len(X)} rows")
+        labelled = ~np.isnan(y_arr)
+        population = X.loc[~labelled] if (~labelled).any() else X
+        self.detector_ = PatternDetector(**(self.detector_params or {})).fit(population)
+        self.typical_ = typical_values(population[list(FEATURES)])
+        self.anomaly_mean_ = float(np.mean(self.detector_.score(population)))
+        self.n_labels_ = int(labelled.sum())
+        yl = y_arr[labelled]
+        self.n_positive_ = int((yl == 1).sum())
+        n_neg = self.n_labels_ - self.n_positive_
+        self.mode_ = ("supervised" if self.n_labels_ >= self.min_labels
+                      and min(self.n_positive_, n_neg) >= self.min_per_class else "cold_start")
+        self.prior_, self.booster_, self.platt_, self.oof_ = None, None, None, None
+        self.gate_ = {"use_supervised": False, "heldout_decisions": 0, "auc_supervised": None, "auc_cold_start": None}
+        if self.mode_ == "supervised":
+            D = self._design(X.loc[labelled])
+            B = None
+            if self.background and (~labelled).any():
+                rng = np.random.default_rng(self.random_state)
+                pick = rng.choice(len(population), min(self.background, len(population)), replace=False)
+                B = self._design(population.iloc[np.sort(pick)])
+            self.platt_ = self._calibrate(D, yl, B)
+            self.gate_ = self._gate(D, yl)
+            if self.gate_["use_supervised"] or not self.gate:
+                self.prior_, self.booster_ = self._fit_raw(D, yl, B)  # the final model sees every decision
+            else:  # held-out decisions say the detector ranks them at least as well: keep the cold start
+                self.mode_, self.platt_ = "cold_start", None
+        return self
+
+    def _gate(self, D: pd.DataFrame, y: np.ndarray) -> dict:
+        """Whether the supervised model beats the cold start on held-out decisions (ROC-AUC of the out-of-fold
+        scores against the detector's score on the same decisions); without enough held-out decisions, no."""
+        from sklearn.metrics import roc_auc_score
+
+        oof = getattr(self, "oof_", None)
+        ok = ~np.isnan(oof) if oof is not None else np.zeros(len(y), bool)
+        if ok.sum() < 10 or len(np.unique(y[ok])) < 2:
+            return {"use_supervised": False, "heldout_decisions": int(ok.sum()), "auc_supervised": None,
+                    "auc_cold_start": None}
+        sup = float(roc_auc_score(y[ok], oof[ok]))
+        cold = float(roc_auc_score(y[ok], D[ANOMALY_FEATURE].to_numpy()[ok]))
+        return {"use_supervised": sup > cold, "heldout_decisions": int(ok.sum()), "auc_supervised": sup,
+                "auc_cold_start": cold}
+
+    def _calibrate(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None) -> tuple[float, float] | None:
+        """Platt (a, b) on out-of-fold raw scores from contiguous blocks of decisions; None if too few to fit."""
+        oof = np.full(len(y), np.nan)
+        for block in np.array_split(np.arange(len(y)), self.n_folds):
+            rest = np.setdiff1d(np.arange(len(y)), block)
+            if len(np.unique(y[rest])) < 2:
+                continue
+            prior, booster = self._fit_raw(D.iloc[rest], y[rest], B)
+            oof[block] = self._raw(D.iloc[block], prior, booster)
+        self.oof_ = oof
+        ok = ~np.isnan(oof)
+        if ok.sum() < 10 or len(np.unique(y[ok])) < 2:
+            return None
+        a, b = _platt(oof[ok], y[ok])
+        # A slope at or below zero means held-out decisions do not follow the score (too few of one class):
+        # calibrating on it would turn the ranking upside down, so the raw logit is kept.
+        return (a, b) if a > 0 else None
+
+    def _design(self, X: AccountFrame) -> pd.DataFrame:
+        D = X[list(FEATURES)].astype(float).copy()
+        tails = self.detector_.tails(X)
+        for p in PATTERNS:
+            D[f"tail_{p}"] = tails[p].to_numpy()
+        D[ANOMALY_FEATURE] = combined_score(tails.to_numpy())
+        return D
+
+    # -- scoring -----------------------------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if not hasattr(self, "detector_"):
+            raise RuntimeError("SerialReturnerModel is not fitted: call fit(features, labels) first")
+
+    def use(self, method: str, X: AccountFrame | None = None, rule: tuple[float, float] = (5, 0.5),
+            evidence: str = "") -> SerialReturnerModel:
+        """Make ``method`` what :meth:`predict` ranks by: 'model' (this model), a baseline of :data:`BASELINES`
+        or a blend 'blend:A+B' of those (mean percentile; ``X`` is the population that sets each part's scale)
+        that won the evaluation on the user's data (``evidence`` says how; kept for the model card). 'if_counts'
+        fits its IsolationForest on ``X``; 'rule' keeps its thresholds (returns in 90 days, 90-day rate)."""
+        self._check()
+        parts = blend_parts(method)
+        if not parts or any(m not in ("model", *BASELINES) for m in parts):
+            raise ValueError(f"unknown method {method!r}: choose model, one of {', '.join(BASELINES)} or "
+                             f"'blend:A+B' of those")
+        if "if_counts" in parts:
+            if X is None:
+                raise ValueError("method 'if_counts' needs the accounts to fit its IsolationForest on")
+            self.forest_ = counts_forest(X)
+        self.method_, self.rule_, self.method_evidence_ = "model", tuple(rule), evidence
+        if len(parts) > 1:
+            if X is None:
+                raise ValueError(f"method {method!r} needs the accounts whose scores place each part on one scale")
+            # Each part's scores on the day's population, sorted: a new account's part score becomes its share of
+            # the population scored at or below it, whatever subset of accounts is scored later.
+            self.blend_refs_ = {m: np.sort(self._method_score(m, X)) for m in parts}
+        self.method_ = method
+        return self
+
+    def _method_score(self, method: str, X: AccountFrame) -> np.ndarray:
+        if method == "model":
+            if self.booster_ is None:
+                return self.detector_.predict(X)
+            raw = self._raw(self._design(X), self.prior_, self.booster_)
+            a, b = self.platt_ if self.platt_ is not None else (1.0, 0.0)
+            return 1.0 / (1.0 + np.exp(-(a * raw + b)))
+        s = baseline_score(method, X, forest=getattr(self, "forest_", None), rule=self.rule_)
+        return s / (s + 1.0) if method in ("most_returns", "rule") else s
+
+    def predict(self, X: AccountFrame) -> np.ndarray:
+        """Abuse score per account in [0, 1]: by the method chosen with :meth:`use` (default the model: a
+        calibrated probability when supervised, the detector's score in cold start)."""
+        self._check()
+        method = getattr(self, "method_", "model")
+        parts = blend_parts(method)
+        if len(parts) == 1:
+            return self._method_score(method, X)
+        # A blend: the mean of each part's percentile in the population it was set up on (mid-rank for ties).
+        pct = [(np.searchsorted(ref, s, "left") + np.searchsorted(ref, s, "right")) / (2.0 * max(len(ref), 1))
+               for ref, s in ((self.blend_refs_[m], self._method_score(m, X)) for m in parts)]
+        return np.mean(pct, axis=0)
+
+    def contributions(self, X: AccountFrame) -> pd.DataFrame:
+        """Each feature's push towards 'abuse' for each account (positive = more suspicious).
+
+        Supervised: LightGBM ``pred_contrib`` plus the prior's part, with the detector-score share spread over the
+        detector's deviations (that is what the score is made of). Cold start: the detector's deviations.
+        """
+        self._check()
+        dev = self.detector_.deviations(X)
+        if self.booster_ is None:
+            return dev
+        D = self._design(X)
+        contrib = self.booster_.predict(D, pred_contrib=True)[:, :-1]  # drop the bias column
+        anomaly = contrib[:, len(FEATURES):].sum(axis=1) + self.prior_[0] * (D[ANOMALY_FEATURE].to_numpy()
+                                                                            - self.anomaly_mean_)
+        C = pd.DataFrame(contrib[:, :len(FEATURES)], index=X.index, columns=list(FEATURES))
+        share = dev.div(dev.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
+        C[share.columns] += share.mul(anomaly, axis=0).to_numpy()
+        return C
+
+    def explain(self, X: AccountFrame, top: int = 3) -> pd.DataFrame:
+        """Top reasons (sentences with the account's numbers), the top reason alone and the likely pattern.
+
+        The likely pattern is the one whose detector is furthest out in the platform's tail; each reason names a
+        pattern, its evidence and how rare that is for an ordinary account of this platform.
+        """
+        self._check()
+        tails = self.detector_.tails(X)
+        vals = tails.to_numpy()
+        pats = np.array(tails.columns)
+        best = pats[vals.argmax(axis=1)] if len(vals) else np.array([], dtype=object)
+        patterns = np.where(vals.max(axis=1, initial=0.0) > 0, best, "serial")
+        order = np.argsort(-vals, axis=1)[:, :top]
+        rates = {p: {k: self.detector_.rates_[k] for k in self.detector_._tests()[p]} for p in PATTERNS}
+        typ = self.typical_
+        feats = X.to_numpy(dtype=float, na_value=np.nan)
+        cols = list(X.columns)
+        reasons, tops = [], []
+        for i in range(len(X)):
+            row = dict(zip(cols, feats[i], strict=True))
+            texts = [pattern_text(pats[j], row, vals[i, j], rates[pats[j]], typ) for j in order[i]
+                     if vals[i, j] >= 1.0 or j == order[i][0]]
+            reasons.append("; ".join(texts))
+            tops.append(texts[0] if texts else "")
+        return pd.DataFrame({"reasons": reasons, "top_reason": tops, "likely_pattern": patterns}, index=X.index)
+
+
+def _platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Platt scaling: (a, b) of p = sigmoid(a * raw + b), fitted by a lightly regularised logistic regression."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=10.0).fit(np.asarray(raw, dtype=float).reshape(-1, 1), np.asarray(y).astype(int))
+    return float(lr.coef_[0, 0]), float(lr.intercept_[0])

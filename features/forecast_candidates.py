@@ -1,0 +1,175 @@
+"""The holiday forecaster's building blocks: its candidates other than LightGBM (the planners' method aligned by
+weekday and moving events, seasonal naive, statsforecast AutoETS and MSTL), the horizon bands and day kinds its
+weights and intervals are kept by, the simplex LAD weights and the finite-sample conformal bounds. Re-exported by
+:mod:`features.forecast_ensemble`, which combines them."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from features.return_volume import (
+    LY,
+    History,
+)
+from features.settings import Settings
+from features.volume_features import _event_instances
+
+LGBM, PLANNERS, AUTOETS, MSTL, NAIVE = "lightgbm", "planners", "autoets", "mstl", "seasonal_naive"
+CANDIDATES = (LGBM, PLANNERS, AUTOETS, MSTL, NAIVE)
+STAT_PEERS = (AUTOETS, MSTL)
+BAND_EDGES = (7, 28)  # horizon bands of the weights and intervals: 1-7, 8-28, 29+
+BAND_NAMES = ("h1-7", "h8-28", "h29_and_up")
+ALPHA = 0.2  # 80% intervals
+# Kinds of forecast day with weights and intervals of their own: ordinary, in the after-sales window of a major event
+# the history holds a previous instance of, in the window of an event it never held.
+ORDINARY, SEEN, UNSEEN = 0, 1, 2
+DAY_KINDS = (ORDINARY, SEEN, UNSEEN)
+DAY_KIND_NAMES = ("ordinary", "event window", "unseen event window")
+PLANNERS_AFTER_DAYS = 28  # days after a moving event that follow its previous instance (returns trail orders)
+GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empty month last year is no signal
+# Without the LightGBM component (a history shorter than its minimum): the statistical candidates need two weeks
+# before the first inner origin, and the evidence two more weeks of inner origins after it.
+SHORT_WARMUP_DAYS = 14
+SHORT_MIN_DAYS = 28
+
+
+def band_of(h: np.ndarray) -> np.ndarray:
+    """Horizon band index (0, 1, 2) of each horizon (days after the origin)."""
+    return np.searchsorted(np.asarray(BAND_EDGES), np.asarray(h), side="left")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Candidates other than LightGBM
+
+
+def planners_source(days: pd.DatetimeIndex, market: str, settings: Settings) -> np.ndarray:
+    """For each day, the index of last year's comparable day for *returns* (or -1): the same weekday 52 weeks back,
+    except in the after-sales span of a moving event (a week before to four weeks after it: returns trail the
+    orders by weeks), which takes the offset from the event's previous instance rounded to whole weeks (Black Friday
+    53 weeks on, the Spring Festival 50 to 55): the weekday profile, the larger effect on most days, stays aligned
+    and the event lands within three days of its own offset. Fixed-date holidays round to 52 weeks."""
+    n = len(days)
+    src = np.arange(n) - LY
+    inst = _event_instances(market, days[0] - pd.Timedelta(days=400), days[-1], settings)
+    # Each day follows the largest event whose span holds it, the nearest one among equals (Christmas, not the
+    # Black Friday four weeks before it, decides Christmas week).
+    rank = np.full(n, np.inf)
+    for row in inst.itertuples():
+        prev = inst[(inst["name"] == row.name) & (inst["first"] <= row.first - pd.Timedelta(days=330))
+                    & (inst["first"] >= row.first - pd.Timedelta(days=400))]
+        if prev.empty:
+            continue
+        # Whole weeks: the weekday profile stays aligned, the event within three days of its own offset.
+        shift = 7 * int(round((row.first - prev["first"].iloc[-1]).days / 7))
+        start = int((row.first - days[0]).days)
+        span = np.arange(max(start - 7, 0), min(int((row.last - days[0]).days) + PLANNERS_AFTER_DAYS, n - 1) + 1)
+        r = -1000.0 * row.size + np.abs(span - start)
+        take = span[r < rank[span]]
+        src[take] = take - shift
+        rank[take] = r[r < rank[span]]
+    src[src < 0] = -1
+    return src
+
+
+def planners_forecast(history: History, t: int, horizon: int, settings: Settings,
+                      src: np.ndarray | None = None) -> np.ndarray | None:
+    """The planners' method at origin index ``t`` (horizon x series; NaN where last year's day is unknown), or
+    None when the history before the origin is shorter than a year and four weeks."""
+    if t - LY - 27 < 0:
+        return None
+    if src is None:
+        days = pd.date_range(history.days[0], history.days[t] + pd.Timedelta(days=horizon), freq="D")
+        src = planners_source(days, history.market, settings)
+    v = history.y.to_numpy(dtype=float)
+    now = v[t - 27:t + 1].sum(axis=0)
+    before = v[t - LY - 27:t - LY + 1].sum(axis=0)
+    growth = np.clip(np.where(before > 0, now / np.where(before > 0, before, 1.0), 1.0), *GROWTH_CLIP)
+    tgt = t + 1 + np.arange(horizon)
+    s = src[tgt]
+    ok = (s >= 0) & (s <= t)
+    out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :], np.nan)
+    return out
+
+
+def naive_forecast(history: History, t: int, horizon: int) -> np.ndarray:
+    """Seasonal naive: the same weekday of the last week before the origin (horizon x series)."""
+    h = np.arange(1, horizon + 1)
+    src = t + h - 7 * np.ceil(h / 7).astype(int)
+    return history.y.to_numpy(dtype=float)[src]
+
+
+def stat_forecasts(history: History, t: int, horizon: int, series: list[str], models: Iterable[str] = STAT_PEERS,
+                   ets_spec: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """AutoETS and MSTL (statsforecast) for ``series`` at origin ``t``: name -> horizon x len(series) P50.
+
+    ``ets_spec``: series -> ETS components (e.g. 'MNA') to reuse instead of AutoETS's own selection (the inner
+    origins reuse the choice made at the first one: one fit instead of nine); filled in when empty.
+    statsforecast is a main dependency (and in the Bento's lock): a missing install is an error, not an empty result,
+    since a fitted forecaster's weights on AutoETS/MSTL would otherwise be silently dropped at forecast time.
+    """
+    try:
+        from statsforecast.models import MSTL as SF_MSTL
+        from statsforecast.models import AutoETS
+    except ImportError as e:
+        raise RuntimeError("the holiday forecaster's AutoETS/MSTL components need statsforecast, which is not "
+                           "installed: run `make install` (or install requirements-serve.lock in the Bento)") from e
+    models = set(models)
+    out = {m: np.zeros((horizon, len(series))) for m in (AUTOETS, MSTL) if m in models}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for j, s in enumerate(series):
+            y = history.y[s].to_numpy(dtype=float)[:t + 1]
+            if AUTOETS in models:
+                spec = (ets_spec or {}).get(s)
+                if spec is None:
+                    m = AutoETS(season_length=7).fit(y)
+                    spec = "".join(m.model_["components"][:3])
+                    if ets_spec is not None:
+                        ets_spec[s] = spec
+                    out[AUTOETS][:, j] = m.predict(horizon)["mean"]
+                else:
+                    out[AUTOETS][:, j] = AutoETS(season_length=7, model=spec).forecast(y, h=horizon)["mean"]
+            if MSTL in models:
+                seasons = [7, 365] if t + 1 >= 2 * 365 + 28 else [7]
+                out[MSTL][:, j] = SF_MSTL(season_length=seasons).forecast(y, h=horizon)["mean"]
+    return {k: np.clip(np.nan_to_num(v, nan=0.0), 0.0, None) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Weights
+
+
+def _simplex_grid(k: int, step: float) -> np.ndarray:
+    """Every weight vector of k non-negative multiples of ``step`` summing to one (rows)."""
+    m = int(round(1 / step))
+    pts = [c for c in np.ndindex(*(m + 1,) * (k - 1)) if sum(c) <= m]
+    g = np.array([[*c, m - sum(c)] for c in pts], dtype=float) / m
+    return g
+
+
+def fit_simplex_lad(P: np.ndarray, y: np.ndarray, step: float = 0.1) -> np.ndarray:
+    """Weights w >= 0, sum 1, minimising sum |y - P w| over a ``step`` grid of the simplex (P: rows x candidates;
+    at most five candidates, so the grid has at most 1001 points and one matrix product scores them all)."""
+    n, k = P.shape
+    if k == 1:
+        return np.ones(1)
+    W = _simplex_grid(k, step)
+    err = np.abs(y[:, None] - P @ W.T).sum(axis=0)
+    return W[int(np.argmin(err))]
+
+
+def conformal_bounds(r: np.ndarray, alpha: float = ALPHA) -> tuple[float, float]:
+    """Finite-sample split-conformal lower and upper residual quantiles for a 1 - alpha central interval:
+    the ceil((n + 1)(1 - alpha / 2))-th smallest residual (and its mirror); beyond the sample: its extreme."""
+    r = np.sort(np.asarray(r, dtype=float))
+    n = len(r)
+    if n == 0:
+        return 0.0, 0.0
+    k_hi = min(math.ceil((n + 1) * (1 - alpha / 2)), n)
+    k_lo = max(math.floor((n + 1) * (alpha / 2)), 1)
+    return float(r[k_lo - 1]), float(r[k_hi - 1])
