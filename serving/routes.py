@@ -32,6 +32,11 @@ def install(runtime: Runtime | None) -> None:
     _runtime = runtime
 
 
+def installed() -> Runtime | None:
+    """The installed runtime, or None while the worker starts."""
+    return _runtime
+
+
 async def current_runtime() -> Runtime:
     """The installed runtime (async: a sync dependency would cost a thread hop per request)."""
     if _runtime is None:

@@ -431,6 +431,30 @@ def test_non_json_bodies_are_refused_with_415(service):
     assert r.status_code == 200, r.text
 
 
+def test_the_single_ticket_route_answers_as_bentomls_own_dispatch(service, deployment):
+    """serving/fast_path.py answers POST /v1/tickets/score: validated by the class BentoML builds for the API (same
+    400 error and detail), a Content-Length answer (not chunked), counted in /metrics under its route."""
+    from pydantic import ValidationError
+
+    from serving.service import AfterSalesService
+
+    bad = {"ticket_id": "", "created_at": "not a time", "case_type": "nope", "channel": "chat", "amount": -1}
+    r = service.client.post("/v1/tickets/score", json=bad)
+    with pytest.raises(ValidationError) as e:
+        AfterSalesService.apis["score_ticket"].input_spec.model_validate_json(json.dumps(bad))
+    expected = {"error": f"{e.value.error_count()} validation error for {e.value.title}",
+                "detail": json.loads(json.dumps(e.value.errors(include_context=False, include_input=False)))}
+    assert r.status_code == 400 and r.json() == expected, r.text
+    ok = service.client.post("/v1/tickets/score", json=_json_ticket(deployment["tickets"].iloc[0]))
+    assert ok.status_code == 200 and int(ok.headers["content-length"]) == len(ok.content)
+    assert "chunked" not in ok.headers.get("transfer-encoding", "")
+    assert ok.json()["model_versions"]["ticket_triage"] == deployment["triage_version"]
+    metrics = service.client.get("/metrics").text
+    assert any('endpoint="/v1/tickets/score"' in line and 'http_response_code="400"' in line
+               for line in metrics.splitlines()), "the fast path's answers are not in /metrics"
+    assert "invalid request on /v1/tickets/score [POST] answered 400" in service.tail(200_000)
+
+
 def test_times_outside_plausible_years_are_a_400_naming_the_field(service):
     ticket = {"ticket_id": "y", "created_at": "0203-10-11T01:53:20+07:15", "case_type": "refund", "channel": "chat"}
     r = service.client.post("/v1/tickets/score", json=ticket)
