@@ -9,7 +9,7 @@ take it from here rather than write its own window.
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,7 @@ _NAN = float("nan")
 DAY_US = 86_400_000_000
 HOUR_US = 3_600_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)  # built once: a pd.Timedelta per call cost ~15 us on the scoring path
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -48,7 +49,7 @@ def to_us(value: Any) -> float:
         raise TypeError(f"expected a timestamp, got {type(value).__name__} {value!r}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return float((value - _EPOCH) // pd.Timedelta(microseconds=1).to_pytimedelta())
+    return float((value - _EPOCH) // _ONE_US)
 
 
 def series_us(s: pd.Series) -> Arr:
