@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-DAY_US = 86_400_000_000
+from features.pit import DAY_US, series_us, to_us
+
 LOAD_WINDOW_DAYS = 1.0  # "tickets in the last 24 hours"
 TYPICAL_DAYS = 28  # the platform's typical day: its mean daily tickets over the 28 days before
 CONTACT_DAYS = 30  # an account's contacts in the 30 days before (prior_tickets_30d)
@@ -178,8 +179,6 @@ def _account(value: Any) -> str | None:
 def counter_from_snapshot(recent: pd.DataFrame | None, as_of: Any = None) -> RecentTickets:
     """A counter seeded from a snapshot's recent tickets (ticket_id, account_id, created_at; see
     :func:`features.tickets.feature_snapshots`); an absent or empty frame gives an empty counter."""
-    from features.pit import series_us, to_us
-
     if recent is None or recent.empty:
         return RecentTickets()
     missing = [c for c in ("ticket_id", "account_id", "created_at") if c not in recent.columns]
@@ -196,8 +195,6 @@ def fill_one(ticket: dict[str, Any], counter: RecentTickets | None) -> dict[str,
     """``ticket`` with the live counts the model reads (:data:`features.tickets.LIVE_FIELDS`) filled in from
     ``counter`` where the ticket does not carry them; the ticket is counted. Returns a new dict (or ``ticket`` itself
     when there is no counter)."""
-    from features.pit import to_us
-
     if counter is None:
         return ticket
     last, typical, contacts = counter.count_and_observe(ticket.get("ticket_id"), ticket.get("account_id"),
@@ -219,8 +216,6 @@ def _fill(out: dict[str, Any], last: float, typical: float, contacts: float | No
 def fill_frame(tickets: pd.DataFrame, counter: RecentTickets | None) -> pd.DataFrame:
     """:func:`fill_one` for a batch (counted in creation-time order, so each ticket counts only earlier ones);
     returns a copy with the :data:`features.tickets.LIVE_FIELDS` columns, the ticket's own values kept."""
-    from features.pit import series_us
-
     if counter is None or tickets.empty:
         return tickets
     n = len(tickets)
