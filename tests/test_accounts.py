@@ -327,3 +327,19 @@ def test_change_of_mind_returns_weigh_more_than_size_and_defect_returns():
     assert model.predict(X.loc[["A000"]])[0] > model.predict(X.loc[["A001"]])[0]
     text = model.explain(X.loc[["A000"]]).loc["A000", "reasons"]
     assert "8 of the returns for a change of mind" in text, text
+
+
+def test_pattern_slots_go_only_to_accounts_with_strong_evidence(feats):
+    # A reserved slot is filled only by an account whose evidence of its likely pattern reaches the threshold; the
+    # slots nobody qualifies for go back to the top scores.
+    model = SerialReturnerModel().fit(feats)
+    loose = review_queue(feats, model, 40, pattern_share=0.2, pattern_min_evidence=0.0)
+    assert (loose["slot"] == "pattern coverage").any()
+    strict = review_queue(feats, model, 40, pattern_share=0.2, pattern_min_evidence=np.inf)
+    assert (strict["slot"] == "top score").all()
+    assert strict["account_id"].tolist() == review_queue(feats, model, 40, pattern_share=0.0)["account_id"].tolist()
+    why = model.explain(feats.loc[loose["account_id"][loose["slot"] == "pattern coverage"]])
+    mid = review_queue(feats, model, 40, pattern_share=0.2, pattern_min_evidence=3.0)
+    cov = mid["account_id"][mid["slot"] == "pattern coverage"]
+    assert (model.explain(feats.loc[cov])["pattern_evidence"] >= 3.0).all()
+    assert len(why) >= len(cov)
