@@ -194,6 +194,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
     s_model = model.predict(X2)
     queue = review_queue(X2, model, k, exclude=excluded_accounts(labels, t2, settings.serial_review_cooldown_days),
                          scores=s_model, pattern_share=settings.serial_pattern_share,
+                         pattern_min_evidence=settings.serial_pattern_min_evidence,
                          explore_share=settings.serial_explore_share)
     picks = {"model": ids.get_indexer(queue["account_id"].astype(str))}
     row_extra = {"model_top_k": float(y[top_k(s_model, ids, k)].mean())}  # the ranking without the queue's
@@ -216,6 +217,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
     # With decisions: simulated reviewers work through the top of the cold queue as of T1 (their decisions are the
     # truth as of T1), recorded in the review decision store; the model is refitted the way `train` fits it.
     q1 = review_queue(X1, model, reviewed, pattern_share=settings.serial_pattern_share,
+                      pattern_min_evidence=settings.serial_pattern_min_evidence,
                       explore_share=settings.serial_explore_share)
     t1r = truth.reindex(q1["account_id"].astype(str))
     confirmed = (t1r["is_abuser"].fillna(False).astype(bool) & (t1r["abuse_start"] <= t1)).to_numpy()
@@ -234,6 +236,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
         X2r = X2.loc[rest]
         q2 = review_queue(X2r, model2, k2, exclude=excluded_accounts(labels2, t2, settings.serial_review_cooldown_days),
                           scores=model2.predict(X2r), pattern_share=settings.serial_pattern_share,
+                          pattern_min_evidence=settings.serial_pattern_min_evidence,
                           explore_share=settings.serial_explore_share)
         pos2 = ids.get_indexer(q2["account_id"].astype(str))
         row[f"model_{reviewed}"] = float(y[pos2].mean())
@@ -242,6 +245,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
         # start's figure on every account.
         qc = review_queue(X2r, model, k2, exclude=excluded_accounts(labels2, t2, settings.serial_review_cooldown_days),
                           scores=s_model[rest], pattern_share=settings.serial_pattern_share,
+                          pattern_min_evidence=settings.serial_pattern_min_evidence,
                           explore_share=settings.serial_explore_share)
         row[f"cold_start_{reviewed}"] = float(y[ids.get_indexer(qc["account_id"].astype(str))].mean())
         rr = top_k(scores["rule_return_rate"][rest], ids[rest], k2)
