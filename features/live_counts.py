@@ -18,7 +18,8 @@ snapshot's value as it is).
 
 Memory: one float per ticket of the last :data:`HORIZON_DAYS` days (plus its ID and account), about 100 bytes a
 ticket: 30 days of 100,000 tickets a day is ~300 MB, so a platform that size should send ``tickets_last_24h`` and
-``prior_tickets_30d`` from its ticket system instead (the ticket's own fields win). Thread-safe (one lock; each call
+``prior_tickets_30d`` from its ticket system instead (the ticket's own fields win). The year edge adds one integer
+per account ticket of 31 days a year before the snapshot. Thread-safe (one lock; each call
 costs a few binary searches). No pandas on the hot path.
 """
 
