@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import CASE_TYPES, CHANNELS, RETURN_REASONS, Dataset
+from features.live_counts import HORIZON_DAYS, YEAR_CHANGE
 from features.pit import DAY_US, HOUR_US, series_us, to_us
 from features.ticket_history import platform_load, point_in_time_context
 from features.ticket_text import text_features, text_matrix
@@ -196,6 +197,9 @@ def assemble_one(ticket: Row, order: Row | None, account: Row | None, merchant: 
     acc = account or {}
     # A ticket may carry fresher counts than the snapshot (the ticket system knows its own contacts).
     vec += [_num(ticket[f] if ticket.get(f) is not None else acc.get(f)) for f in ACCOUNT_FEATURES]
+    change = _num(ticket.get(YEAR_CHANGE))
+    if not math.isnan(change) and ticket.get("acct_tickets_365d") is None:  # counted live since the snapshot
+        vec[_IDX["acct_tickets_365d"]] += change
     mer = merchant or {}
     vec += [_num(mer.get(f)) for f in MERCHANT_FEATURES]
     vec += _load_part(_num(ticket.get("tickets_last_24h")), _num(ticket.get("typical_tickets_24h")))
@@ -255,6 +259,12 @@ def assemble_batch(tickets: pd.DataFrame, context: pd.DataFrame, history: pd.Dat
         text_matrix(_column(tickets, "text")),
         np.column_stack([_numbers(history, f) for f in (*ACCOUNT_FEATURES, *MERCHANT_FEATURES)]),
     ]
+    if YEAR_CHANGE in tickets.columns:  # acct_tickets_365d counted live since the snapshot (score_one: the same)
+        change = _numbers(tickets, YEAR_CHANGE)
+        own = _numbers(tickets, "acct_tickets_365d")
+        add = ~np.isnan(change) & np.isnan(own)
+        j = ACCOUNT_FEATURES.index("acct_tickets_365d")
+        parts[-1][add, j] += change[add]
     last, typical = _numbers(tickets, "tickets_last_24h"), _numbers(tickets, "typical_tickets_24h")
     with np.errstate(invalid="ignore"):
         parts.append(np.column_stack([last, np.where(np.isnan(typical), np.nan, last / np.maximum(typical, 1.0))]))
@@ -302,8 +312,8 @@ def as_served(ds: Dataset, feats: TicketFeatures, rows: Arr, snapshot_lag_days: 
     history stop at the snapshot time; orders placed after it have no context (age, lateness, return unknown);
     deliveries after it are unknown (the parcel counts as still on its way); returns requested after it are unseen.
     The ticket's own fields (case type, channel, amount, text, time) are the ticket's, and so are the counts the
-    service keeps live (:data:`LIVE_FIELDS`: the load, the account's contacts in 30 days; see
-    :mod:`features.live_counts`). Training on a share of rows seen this way teaches the model what the service sees
+    service keeps live (:data:`LIVE_FIELDS`: the load, the account's contacts in 30 days; and the account's tickets
+    in 365 days while the snapshot is at most ``live_counts.HORIZON_DAYS`` old; see :mod:`features.live_counts`). Training on a share of rows seen this way teaches the model what the service sees
     between two snapshot refreshes.
     """
     rows = np.asarray(rows, dtype=np.int64)
@@ -321,6 +331,11 @@ def as_served(ds: Dataset, feats: TicketFeatures, rows: Arr, snapshot_lag_days: 
     ctx.loc[unknown_order, "return_reason"] = None
     ctx.loc[~unknown_order & (delivered >= snap), "delivered_at"] = pd.NaT
     history["prior_tickets_30d"] = feats.X["prior_tickets_30d"].iloc[rows].to_numpy()  # counted live
+    # acct_tickets_365d: the snapshot's value and its live change, exact while the snapshot is at most the live
+    # counter's horizon old (features.live_counts); older, the snapshot's value.
+    live_year = (created - snap <= int(HORIZON_DAYS * DAY_US)) & t["account_id"].notna().to_numpy()
+    history["acct_tickets_365d"] = np.where(live_year, feats.X["acct_tickets_365d"].iloc[rows].to_numpy(),
+                                            history["acct_tickets_365d"].to_numpy())
     t = t.assign(**platform_load(ds.tickets, created))  # the live load counter's value at creation
     X = assemble_batch(t, ctx, history, calendar)
     out = pd.DataFrame(X, columns=list(FEATURES))

@@ -35,9 +35,10 @@ def feature_snapshots(ds: Dataset, as_of: pd.Timestamp) -> dict[str, pd.DataFram
     merchants: merchant_id + :data:`MERCHANT_FEATURES`; orders: order_id + :data:`ORDER_CONTEXT` for orders placed
     in the last :data:`ORDER_SNAPSHOT_DAYS` days, with deliveries and returns after ``as_of`` hidden; recent:
     ticket_id, account_id, created_at of the tickets of the last ``live_counts.HORIZON_DAYS`` days (the seed of the
-    service's live load and contact counts).
+    service's live load and contact counts) and, flagged ``year_edge``, of the first ``HORIZON_DAYS`` days of the
+    year window (the tickets leaving acct_tickets_365d while the snapshot is served: its live change).
     """
-    from features.live_counts import HORIZON_DAYS
+    from features.live_counts import HORIZON_DAYS, YEAR_DAYS, YEAR_EDGE_COLUMN
 
     as_of = pd.Timestamp(as_of)
     at = to_us(as_of)
@@ -56,8 +57,12 @@ def feature_snapshots(ds: Dataset, as_of: pd.Timestamp) -> dict[str, pd.DataFram
     ctx.loc[ctx["delivered_at"] >= as_of, "delivered_at"] = pd.NaT  # not delivered yet as of the snapshot
     ctx.insert(0, "order_id", o_ids)
     tk = ds.tickets
-    recent = tk.loc[(tk["created_at"] >= as_of - pd.Timedelta(days=HORIZON_DAYS)) & (tk["created_at"] < as_of),
-                    ["ticket_id", "account_id", "created_at"]].reset_index(drop=True)
+    horizon, year = pd.Timedelta(days=HORIZON_DAYS), pd.Timedelta(days=YEAR_DAYS)
+    last = (tk["created_at"] >= as_of - horizon) & (tk["created_at"] < as_of)
+    # The tickets that leave the accounts' year window (acct_tickets_365d) while this snapshot is served.
+    edge = (tk["created_at"] >= as_of - year) & (tk["created_at"] < as_of - year + horizon) & ~last
+    recent = tk.loc[last | edge, ["ticket_id", "account_id", "created_at"]].assign(
+        **{YEAR_EDGE_COLUMN: edge[last | edge].to_numpy()}).reset_index(drop=True)
     return {"accounts": acc[["account_id", *ACCOUNT_FEATURES]], "merchants": mer[["merchant_id", *MERCHANT_FEATURES]],
             "orders": ctx.reset_index(drop=True), "recent": recent}
 

@@ -73,6 +73,8 @@ class TicketIn(_In):
     typical_tickets_24h: float | None = Field(None, ge=0, allow_inf_nan=False,
                                               description="The platform's typical day: its mean daily tickets over "
                                               "the 28 days before (else counted by the service).")
+    acct_tickets_365d: int | None = Field(None, ge=0, description="The account's tickets in the 365 days before "
+                                          "(else the snapshot's count plus the service's live count since it).")
 
 
 class FeatureSources(BaseModel):

@@ -143,8 +143,14 @@ def recent_counter(folder: Path, manifest: dict, previous: Served | None = None)
     if not path.exists():
         return old if old is not None else RecentTickets()
     import pandas as pd
+    import pyarrow.parquet as pq
 
-    frame = pd.read_parquet(path, columns=["ticket_id", "account_id", "created_at"])
+    from features.live_counts import YEAR_EDGE_COLUMN
+
+    columns = ["ticket_id", "account_id", "created_at"]
+    if YEAR_EDGE_COLUMN in pq.read_schema(path).names:  # snapshots written before it have no year edge
+        columns.append(YEAR_EDGE_COLUMN)
+    frame = pd.read_parquet(path, columns=columns)
     as_of = manifest.get("models", {}).get(TICKET_TRIAGE, {}).get("as_of") or None
     try:
         counter = counter_from_snapshot(frame, pd.Timestamp(as_of) if as_of else None)

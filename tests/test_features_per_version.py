@@ -132,9 +132,9 @@ def test_live_service_answers_throughout_refreshes_without_mixing(deployment):
     recent = world.tickets[world.tickets["created_at"] >= CUTOFF].merge(
         world.orders[["order_id", "ordered_at"]].drop_duplicates("order_id"), on="order_id")
     about_late_orders = recent[recent["ordered_at"] >= CUTOFF].head(15)
-    # The ticket system sends the load and contact counts itself, so an answer depends on its generation only (the
+    # The ticket system sends the load and contact counts (and the year count) itself, so an answer depends on its generation only (the
     # service's live counts depend on which tickets it saw first; tests/test_serving.py checks those).
-    live = {"tickets_last_24h": 12, "typical_tickets_24h": 9.5, "prior_tickets_30d": 1}
+    live = {"tickets_last_24h": 12, "typical_tickets_24h": 9.5, "prior_tickets_30d": 1, "acct_tickets_365d": 3}
     tickets = [json_ticket(r) | live for _, r in pd.concat([about_late_orders, recent.head(5)]).iterrows()]
     svc = Service(settings.models_dir, deployment["world"], deployment["root"] / "live.log",
                   AFTERSALES_SNAPSHOT_POLL_S="0.2")

@@ -109,3 +109,38 @@ def test_one_ticket_with_a_far_future_time_does_not_empty_the_window():
     expected = _expected(t).loc[later.index]
     assert len(counter) > held  # nothing of the seed's last 31 days was dropped
     assert np.array_equal(got["tickets_last_24h"].to_numpy(float), expected["tickets_last_24h"].to_numpy(float))
+
+
+def test_year_count_is_the_snapshots_value_plus_its_live_change_while_the_snapshot_is_fresh():
+    """acct_tickets_365d served = the snapshot's value + the counter's change (tickets since the snapshot, less those
+    that left the year window since) = the training function's count, for tickets up to the horizon after the
+    snapshot; later, or from a snapshot without its year edge, no change is offered (the snapshot's value stands)."""
+    from features.live_counts import HORIZON_DAYS, YEAR_CHANGE, YEAR_EDGE_COLUMN
+
+    t = _stream(n=9000, days=430, seed=5)
+    times = series_us(t["created_at"])
+    as_of = pd.Timestamp("2025-01-20 13:00", tz="UTC")
+    year, horizon = pd.Timedelta(days=365), pd.Timedelta(days=HORIZON_DAYS)
+    last = (t["created_at"] >= as_of - horizon) & (t["created_at"] < as_of)
+    edge = (t["created_at"] >= as_of - year) & (t["created_at"] < as_of - year + horizon)
+    recent = t[last | edge].assign(**{YEAR_EDGE_COLUMN: edge[last | edge].to_numpy()})
+    ds = SimpleNamespace(
+        orders=pd.DataFrame({"account_id": pd.Series([], dtype="object"),
+                             "ordered_at": pd.Series([], dtype="datetime64[us, UTC]")}),
+        returns=pd.DataFrame({"account_id": pd.Series([], dtype="object"),
+                              "requested_at": pd.Series([], dtype="datetime64[us, UTC]"),
+                              "item_returned": pd.Series([], dtype="boolean")}),
+        tickets=t.assign(resolved_at=pd.NaT, escalated=False))
+    pit = account_history(ds, t["account_id"], times)["acct_tickets_365d"].to_numpy()
+    snap = account_history(ds, t["account_id"], np.full(len(t), series_us(pd.Series([as_of]))[0]))
+    later = t[t["created_at"] >= as_of]
+    assert len(later) > 500
+    got = fill_frame(later, counter_from_snapshot(recent, as_of))
+    served = snap.loc[later.index, "acct_tickets_365d"].to_numpy() + got[YEAR_CHANGE].fillna(0).to_numpy()
+    fresh = (later["created_at"] <= as_of + horizon).to_numpy() & later["account_id"].notna().to_numpy()
+    assert np.array_equal(served[fresh], pit[later.index][fresh])
+    assert got[YEAR_CHANGE].to_numpy()[fresh].min() < 0 < got[YEAR_CHANGE].to_numpy()[fresh].max()  # both ways
+    assert got.loc[~fresh, YEAR_CHANGE].isna().all()  # too old a snapshot, or a guest: no change
+    old_format = fill_frame(later, counter_from_snapshot(recent[~recent[YEAR_EDGE_COLUMN]].drop(
+        columns=YEAR_EDGE_COLUMN), as_of))
+    assert old_format[YEAR_CHANGE].isna().all()

@@ -337,6 +337,20 @@ def _serve(rt, tickets: pd.DataFrame, batch: int) -> np.ndarray:
     return np.asarray(probs, dtype=np.float64)
 
 
+def _capturing_features(model) -> list:
+    """Make ``model.features_batch`` also append each feature matrix it assembles to the returned list."""
+    seen: list = []
+    method = model.features_batch
+
+    def features_batch(*args, **kwargs):
+        X, flags = method(*args, **kwargs)
+        seen.append(X.copy())
+        return X, flags
+
+    model.features_batch = features_batch
+    return seen
+
+
 def _auc(y: np.ndarray, p: np.ndarray) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -344,7 +358,7 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: str, models_dir: Path,
-                   batch: int = 2000) -> dict:
+                   batch: int = 2000, week_features: dict | None = None) -> dict:
     """`train ticket-triage` on the earlier data; the serving Runtime scores every later ticket in the order they were
     created (as the ticket system sends them: only their own fields); ROC-AUC vs case type on the labelled ones.
 
@@ -352,6 +366,10 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
     swaps to the new generation, and the week after the refresh is scored again: ``refresh_week_served`` against
     ``refresh_week_offline``, the same model on the point-in-time training features of the same tickets
     (``refresh_week_stale``: those tickets as first served, from the snapshots of the training day).
+
+    ``week_features``: a dict to fill with the refresh week's feature matrices, served (``served``: what the
+    refreshed Runtime assembled) and offline (``offline``), and ``tickets``, ``y``, ``labelled``, ``p_served``,
+    ``p_offline`` (for ``benchmarks/diag_triage_refresh.py``; the figures are the same either way).
     """
     from features.contract import load_dataset
     from features.tickets import CalendarTable, build_training_features
@@ -394,8 +412,12 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
             _train_quietly(refresh_features, rdir, settings, echo=_quiet)
             if not rt.refresh():
                 raise RuntimeError(f"the Runtime did not swap to the refreshed generation: {rt.generation_problem}")
-            p_week = _serve(rt, later[week], batch)
             model = rt.model(TRIAGE)
+            if week_features is not None:
+                week_features["served"] = _capturing_features(model)
+            p_week = _serve(rt, later[week], batch)
+            if week_features is not None:
+                del model.features_batch  # the instance attribute: the class's method again
         finally:
             rt.close()
         cal = CalendarTable(market, settings.summer_sale, settings.summer_sale_days)
@@ -409,6 +431,15 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
                        "refresh_week_offline": _auc(yw, p_off[lw]),
                        "refresh_week_stale": _auc(yw, probs[week][lw])}
         row_refresh["refresh_week_gap"] = row_refresh["refresh_week_offline"] - row_refresh["refresh_week_served"]
+        if week_features is not None:
+            from features.tickets import FEATURES
+
+            off = feats.X.iloc[pos.loc[later.loc[week, "ticket_id"]].to_numpy()]
+            Xo = off[list(FEATURES)].to_numpy(dtype=np.float64, copy=True)
+            Xo[:, FEATURES.index("text_score")] = model.text_scorer_.score(off["text"])  # as predict() does
+            week_features.update(served=np.vstack(week_features["served"]), offline=Xo,
+                                 tickets=later[week].reset_index(drop=True), y=y[week], labelled=lw,
+                                 p_served=p_week, p_offline=p_off, model=model)
     base = CaseTypeBaseline().fit(known["case_type"], known["escalated"].astype(float).to_numpy())
     return {"as_of": str(pd.Timestamp(as_of).date()), "tickets": int(labelled.sum()),
             "tickets_sent": len(later), "escalation_rate": float(y[labelled].mean()),
