@@ -143,8 +143,9 @@ def test_a_history_too_short_for_lightgbm_forecasts_without_it_and_says_so(histo
 def test_thin_evidence_a_candidate_without_window_evidence_gets_no_weight_and_the_fallback_is_said(history):
     """A history of 395 days: the planners' method runs at the origin (a year and four weeks before it) but not at
     the inner origins, so the evidence cannot show it is not worse than LightGBM in event windows: it gets no
-    weight there (it had half before), the combination is LightGBM's forecast on those days, window intervals
-    are symmetric (too few event instances to know the sign of the next one's error), and the forecaster says so."""
+    weight there (it had half before), the combination is LightGBM's forecast on those days, the window P90 is at
+    least as far above the forecast as its P10 is below (too few event instances to know the sign of the next one's
+    error), and the forecaster says so."""
     short = _last_days(history, 395)
     model = HolidayForecaster.from_params(**FAST, market="CN").fit(short)
     ev = model.evidence_
@@ -155,10 +156,10 @@ def test_thin_evidence_a_candidate_without_window_evidence_gets_no_weight_and_th
     assert len(win) and (win[ens.PLANNERS] == 0).all() and (win[ens.LGBM] == 1).all()
     notes = model.fallback_notes()
     assert any("planners' method has no forecasts" in n for n in notes)
-    # The window bounds are symmetric where the evidence holds under three event instances.
+    # The window P90 at least mirrors the P10 where the evidence holds under three event instances.
     for (s, b, w), (lo, hi) in model.intervals_.items():
         if w == ens.SEEN and ev[(ev["series"] == s) & (ev["window"] != "")]["window"].nunique() < 3:
-            assert np.isclose(-lo, hi), (s, b, lo, hi)
+            assert hi >= -lo - 1e-12, (s, b, lo, hi)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fc, comps = model.forecast_with_components(short, short.days[-1], H)
