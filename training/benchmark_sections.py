@@ -292,7 +292,23 @@ def merchant_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market
         m = ranking_metrics(frame, name, settings.merchant_min_label_orders)
         row[name] = m.get("ndcg_at_50", float("nan"))
         row[f"ndcg_at_20_{name}"] = m.get("ndcg_at_20", float("nan"))
+    row["latent_risk_reference"] = latent_risk_reference(frame, full_dir, settings.merchant_min_label_orders)
     return row
+
+
+def latent_risk_reference(frame: pd.DataFrame, full_dir: Path, min_orders: int) -> float:
+    """NDCG@50 of the generator's latent complaint risk (``truth/merchants.parquet``: expected complaints per line
+    over the world's last 180 days, which hold the label window) on the same merchants: a ceiling reference for how
+    much of the next 60 days' complaint rates any ranker can get right through the label's Poisson noise. Read from
+    the world's truth for evaluation only, never a candidate; NaN when the world has no truth."""
+    from training.merchant_risk import ranking_metrics
+
+    truth = Path(full_dir) / "truth" / "merchants.parquet"
+    if not truth.exists():
+        return float("nan")
+    risk = pd.read_parquet(truth, columns=["merchant_id", "complaint_risk"]).set_index("merchant_id")["complaint_risk"]
+    part = frame.assign(_latent=frame["merchant_id"].astype(str).map(risk).astype(float))
+    return ranking_metrics(part, "_latent", min_orders).get("ndcg_at_50", float("nan"))
 
 
 def _serial_snapshot(data_dir: Path, as_of, settings: Settings) -> None:
