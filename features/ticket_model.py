@@ -139,7 +139,7 @@ def _lift_of(table: Arr, code: Any) -> Any:
 
 
 class TicketTriageModel:
-    """Escalation probability of a new ticket: LightGBM binary classifier plus isotonic (or Platt) calibration.
+    """Escalation probability of a new ticket: LightGBM binary classifier plus centred isotonic (or Platt) calibration.
 
     scikit-learn contract: ``__init__`` stores parameters, ``fit(X, y)`` learns (``X`` = :data:`FEATURES` columns in
     time order: the last ``calibration_fraction`` of the rows is the later slice used for early stopping and
@@ -244,8 +244,14 @@ class TicketTriageModel:
             from sklearn.isotonic import IsotonicRegression
 
             iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(margin, y)
-            self.cal_x_ = np.asarray(iso.X_thresholds_, dtype=np.float64)
-            self.cal_y_ = np.asarray(iso.y_thresholds_, dtype=np.float64)
+            # Centred isotonic regression (Oron & Flournoy 2017): each block of equal fitted value becomes one point
+            # at its margins' mean, joined by straight lines, so the map is strictly increasing between the first
+            # and the last block's centre: no plateau where tickets the booster ranks apart get one probability.
+            fitted = iso.predict(margin)
+            values, block = np.unique(fitted, return_inverse=True)
+            centres = np.bincount(block, weights=margin) / np.bincount(block)
+            self.cal_x_ = np.asarray(centres, dtype=np.float64)
+            self.cal_y_ = np.asarray(values, dtype=np.float64)
             self.platt_ = None
         else:
             from sklearn.linear_model import LogisticRegression

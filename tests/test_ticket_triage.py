@@ -85,6 +85,24 @@ def test_probabilities_are_calibrated(evaluation):
     assert evaluation.figure.axes and evaluation.slices["slice"].str.startswith("case_type=").sum() >= 5
 
 
+def test_calibration_keeps_the_boosters_ranking(evaluation, feats):
+    """The calibration map is strictly increasing between its first and last points (centred isotonic regression):
+    later tickets the booster ranks apart inside that range get different probabilities, in the booster's order, so
+    the calibrated ROC-AUC is the booster's own (no plateaus of tied probabilities)."""
+    from sklearn.metrics import roc_auc_score
+
+    model = evaluation.model
+    assert (np.diff(model.cal_x_) > 0).all() and (np.diff(model.cal_y_) > 0).all()
+    te = evaluation.split.test
+    margin = model.predict_margin(feats.X.iloc[te])
+    p = model.predict(feats.X.iloc[te])
+    inside = (margin > model.cal_x_[0]) & (margin < model.cal_x_[-1])
+    assert inside.mean() > 0.5
+    assert len(np.unique(p[inside])) == len(np.unique(margin[inside]))
+    y = feats.meta["escalated"].iloc[te].astype(bool).to_numpy()
+    assert roc_auc_score(y[inside], p[inside]) == pytest.approx(roc_auc_score(y[inside], margin[inside]), abs=1e-12)
+
+
 def test_serving_path_scores_like_the_training_path(world, feats, evaluation):
     """Scored from snapshots taken at the cut-off (as the service holds them), later tickets get nearly the
     probabilities the point-in-time training features give: the skew is only what a stale snapshot misses."""

@@ -322,7 +322,7 @@ def test_score_one_equals_score_batch(ds, model, snapshots):
     assert [o["reasons"] for o in ones] == batch["reasons"].tolist()
     for flag in ("guest", "unknown_account", "unknown_merchant", "order_context_missing"):
         assert [o[flag] for o in ones] == batch[flag].tolist()
-    assert batch["escalation_probability"].nunique() > 5  # a spread (isotonic steps), not a constant
+    assert batch["escalation_probability"].nunique() > 5  # a spread, not a constant
     # Feature vectors agree too, NaN for NaN.
     X, _ = model.features_batch(t, frames["accounts"], frames["merchants"], frames["orders"])
     r0 = _as_json(t)[30]
