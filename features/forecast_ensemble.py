@@ -402,19 +402,19 @@ class HolidayForecaster:
         other, mostly smaller events than the one ahead). A calendar-aware candidate without forecasts on the
         window evidence (the planners' method before a year and four weeks of history at the inner origins) gets
         no weight: nothing shows it would not be worse than LightGBM by more than noise. Both with evidence: their
-        fit on the window rows, shrunk toward the better of the two there (the ordinary cells' rule; with MSTL's
-        yearly season among them, tuning world 606 lost 0.197 -> 0.226 and 703 gained nothing)."""
+        fit on the window rows shrunk toward equal weights (the evidence holds one or two instances of each event:
+        too few to tell the two apart; shrinking toward the better of the two on the window rows instead won 7 of 7
+        tuning worlds 600-607 but lost 708 and 711 to the planners' method and MSTL, and with MSTL's yearly season
+        among them tuning world 606 lost 0.197 -> 0.226 and 703 gained nothing)."""
         aware = [c for c in (LGBM, PLANNERS) if gw[c].notna().mean() >= 0.9] if len(gw) else []
         if self._fallback != LGBM:  # fitted without LightGBM: the planners' method where it runs, else nothing
             return {PLANNERS: 1.0} if PLANNERS in aware else None
         if len(aware) < 2 or len(gw) < self.min_cell_rows:
             return {LGBM: 1.0}
         g = gw.dropna(subset=aware)
-        P, y = g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float)
-        best = aware[int(np.argmin(np.abs(y[:, None] - P).sum(axis=0)))]
-        w = fit_simplex_lad(P, y)
+        w = fit_simplex_lad(g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float))
         lam = g["origin"].nunique() / (g["origin"].nunique() + self.shrink_origins)
-        return {c: float(lam * v + (1 - lam) * (c == best)) for c, v in zip(aware, w, strict=True)}
+        return {c: float(lam * v + (1 - lam) / len(aware)) for c, v in zip(aware, w, strict=True)}
 
     def _fit_weights(self, ev: pd.DataFrame) -> tuple[dict, dict]:
         weights: dict[tuple[str, int, bool], dict[str, float]] = {}
