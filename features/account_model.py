@@ -48,7 +48,8 @@ class SerialReturnerModel:
     def __init__(self, min_labels: int = 30, min_per_class: int = 3, n_folds: int = 5,
                  num_boost_round: int = 120, learning_rate: float = 0.05, num_leaves: int = 7,
                  background: int = 2000, background_weight: float = 1.0, num_threads: int = 1,
-                 random_state: int = 0, detector_params: dict | None = None, gate: bool = True):
+                 random_state: int = 0, detector_params: dict | None = None, gate: bool = True,
+                 gate_repeats: int = 3):
         self.min_labels = min_labels
         self.min_per_class = min_per_class
         self.n_folds = n_folds
@@ -61,6 +62,7 @@ class SerialReturnerModel:
         self.random_state = random_state
         self.detector_params = detector_params
         self.gate = gate
+        self.gate_repeats = gate_repeats
 
     # -- fitting -----------------------------------------------------------------------------------------------------
 
@@ -126,7 +128,8 @@ class SerialReturnerModel:
         self.mode_ = ("supervised" if self.n_labels_ >= self.min_labels
                       and min(self.n_positive_, n_neg) >= self.min_per_class else "cold_start")
         self.prior_, self.booster_, self.platt_, self.oof_ = None, None, None, None
-        self.gate_ = {"use_supervised": False, "heldout_decisions": 0, "auc_supervised": None, "auc_cold_start": None}
+        self.gate_ = {"use_supervised": False, "heldout_decisions": 0, "auc_supervised": None, "auc_cold_start": None,
+                      "folds": 0, "folds_won": 0}
         if self.mode_ == "supervised":
             D = self._design(X.loc[labelled])
             B = None
@@ -135,27 +138,43 @@ class SerialReturnerModel:
                 pick = rng.choice(len(population), min(self.background, len(population)), replace=False)
                 B = self._design(population.iloc[np.sort(pick)])
             self.platt_ = self._calibrate(D, yl, B)
-            self.gate_ = self._gate(D, yl)
+            self.gate_ = self._gate(D, yl, B)
             if self.gate_["use_supervised"] or not self.gate:
                 self.prior_, self.booster_ = self._fit_raw(D, yl, B)  # the final model sees every decision
             else:  # held-out decisions say the detector ranks them at least as well: keep the cold start
                 self.mode_, self.platt_ = "cold_start", None
         return self
 
-    def _gate(self, D: pd.DataFrame, y: np.ndarray) -> dict:
-        """Whether the supervised model beats the cold start on held-out decisions (ROC-AUC of the out-of-fold
-        scores against the detector's score on the same decisions); without enough held-out decisions, no."""
-        from sklearn.metrics import roc_auc_score
+    def _gate(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None = None) -> dict:
+        """Whether the supervised model beats the cold start on held-out decisions.
 
-        oof = getattr(self, "oof_", None)
-        ok = ~np.isnan(oof) if oof is not None else np.zeros(len(y), bool)
-        if ok.sum() < 10 or len(np.unique(y[ok])) < 2:
-            return {"use_supervised": False, "heldout_decisions": int(ok.sum()), "auc_supervised": None,
-                    "auc_cold_start": None}
-        sup = float(roc_auc_score(y[ok], oof[ok]))
-        cold = float(roc_auc_score(y[ok], D[ANOMALY_FEATURE].to_numpy()[ok]))
-        return {"use_supervised": sup > cold, "heldout_decisions": int(ok.sum()), "auc_supervised": sup,
-                "auc_cold_start": cold}
+        Cross-validated over the decisions: ``gate_repeats`` x ``n_folds`` stratified random folds; in each, the
+        supervised model fitted on the other decisions and the detector's score rank the held-out ones, and the
+        mean ROC-AUC over the folds decides (``use_supervised`` when the supervised one is higher). Each fold's
+        AUC is computed within the fold: pooling out-of-fold scores of different models puts them on different
+        scales, and contiguous blocks of a queue reviewed top-down hold one class each (the top block all
+        confirmed), which made the choice one noisy comparison that the detector's single scale nearly always won.
+        Without enough decisions of each class for the folds, no.
+        """
+        from sklearn.metrics import roc_auc_score
+        from sklearn.model_selection import RepeatedStratifiedKFold
+
+        n_min = int(min((y == 1).sum(), (y == 0).sum()))
+        folds = min(self.n_folds, n_min)
+        none = {"use_supervised": False, "heldout_decisions": 0, "auc_supervised": None, "auc_cold_start": None,
+                "folds": 0, "folds_won": 0}
+        if len(y) < 10 or folds < 2:
+            return none
+        cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=self.gate_repeats, random_state=self.random_state)
+        anomaly = D[ANOMALY_FEATURE].to_numpy()
+        sup, cold = [], []
+        for rest, held in cv.split(np.zeros(len(y)), y.astype(int)):
+            prior, booster = self._fit_raw(D.iloc[rest], y[rest], B)
+            sup.append(float(roc_auc_score(y[held], self._raw(D.iloc[held], prior, booster))))
+            cold.append(float(roc_auc_score(y[held], anomaly[held])))
+        s_auc, c_auc = float(np.mean(sup)), float(np.mean(cold))
+        return {"use_supervised": s_auc > c_auc, "heldout_decisions": int(len(y)), "auc_supervised": s_auc,
+                "auc_cold_start": c_auc, "folds": len(sup), "folds_won": int(np.sum(np.array(sup) > np.array(cold)))}
 
     def _calibrate(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None) -> tuple[float, float] | None:
         """Platt (a, b) on out-of-fold raw scores from contiguous blocks of decisions; None if too few to fit."""

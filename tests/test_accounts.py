@@ -343,3 +343,23 @@ def test_pattern_slots_go_only_to_accounts_with_strong_evidence(feats):
     cov = mid["account_id"][mid["slot"] == "pattern coverage"]
     assert (model.explain(feats.loc[cov])["pattern_evidence"] >= 3.0).all()
     assert len(why) >= len(cov)
+
+
+def test_gate_is_cross_validated_and_follows_what_the_decisions_say(feats):
+    # Decisions that the detector's own score separates perfectly: the supervised model cannot beat it, cold start.
+    cold = SerialReturnerModel().fit(feats)
+    score = cold.detector_.score(feats)
+    rng = np.random.default_rng(3)
+    picked = rng.choice(len(feats), 120, replace=False)
+    by_score = (score[picked] > np.median(score[picked])).astype(float)
+    X = pd.concat([feats, feats.iloc[picked]])
+    m = SerialReturnerModel().fit(X, np.r_[np.full(len(feats), np.nan), by_score])
+    assert m.gate_["folds"] == 3 * 5 and m.gate_["heldout_decisions"] == 120
+    assert m.gate_["auc_cold_start"] == 1.0 and m.mode_ == "cold_start"
+    # Decisions that follow something the detector does not test (spend): the supervised model learns it, and the
+    # held-out folds choose it.
+    spend = feats["spend_365d"].to_numpy()[picked]
+    by_spend = (spend > np.median(spend)).astype(float)
+    m = SerialReturnerModel().fit(X, np.r_[np.full(len(feats), np.nan), by_spend])
+    assert m.gate_["auc_supervised"] > m.gate_["auc_cold_start"] + 0.2
+    assert m.mode_ == "supervised" and m.gate_["folds_won"] >= 12
