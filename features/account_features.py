@@ -63,9 +63,15 @@ FEATURES: tuple[str, ...] = (
 # The cold-start detector's tests, per pattern: (count, exposure). A test's tail is the chance that an ordinary
 # account of this platform with that exposure reaches the count (a beta-binomial fitted on the platform's accounts,
 # so both the rate and the number of events count: 3 returns of 3 lines is weaker evidence than 30 of 60).
+# Serial returning is sending back what was neither faulty nor mis-sized: besides the return count and rate, the
+# change-of-mind returns against the lines and against the account's own returns (a heavy but honest returner's
+# returns are mostly size and defect; seeds 600-607, 700-711, 800-811: K-precision median 0.763 -> 0.791 with the
+# wardrobing test below). Wardrobing: the weighted post-event returns against the pre-event lines and against all
+# of the account's returns (what share of its returning is that pattern).
 PATTERN_TESTS: dict[str, tuple[tuple[str, str], ...]] = {
-    "serial": (("returns_365d", "lines_365d"), ("returns_365d", "")),
-    "wardrobing": (("wardrobe_returns_365d", "event_lines_365d"),),
+    "serial": (("returns_365d", "lines_365d"), ("returns_365d", ""), ("changed_mind_365d", "lines_365d"),
+               ("changed_mind_365d", "returns_365d")),
+    "wardrobing": (("wardrobe_returns_365d", "event_lines_365d"), ("wardrobe_returns_365d", "returns_365d")),
     "refund_without_return": (("no_item_on_delivered_365d", "lines_delivered_365d"),
                               ("claims_on_delivered_365d", "lines_delivered_365d")),
     "ring": (("ring_returns_365d", "ring_lines_365d"), ("ring_no_item_365d", "ring_lines_365d"),

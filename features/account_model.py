@@ -257,7 +257,8 @@ class SerialReturnerModel:
         return C
 
     def explain(self, X: AccountFrame, top: int = 3) -> pd.DataFrame:
-        """Top reasons (sentences with the account's numbers), the top reason alone and the likely pattern.
+        """Top reasons (sentences with the account's numbers), the top reason alone, the likely pattern and its
+        evidence (``pattern_evidence``: -log10 of the chance that an ordinary account of the platform shows as much).
 
         The likely pattern is the one whose detector is furthest out in the platform's tail; each reason names a
         pattern, its evidence and how rare that is for an ordinary account of this platform.
@@ -280,7 +281,8 @@ class SerialReturnerModel:
                      if vals[i, j] >= 1.0 or j == order[i][0]]
             reasons.append("; ".join(texts))
             tops.append(texts[0] if texts else "")
-        return pd.DataFrame({"reasons": reasons, "top_reason": tops, "likely_pattern": patterns}, index=X.index)
+        return pd.DataFrame({"reasons": reasons, "top_reason": tops, "likely_pattern": patterns,
+                             "pattern_evidence": vals.max(axis=1, initial=0.0)}, index=X.index)
 
 
 def _platt(raw: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -94,14 +94,18 @@ def _rarity(tail: float) -> str:
 def pattern_text(pattern: str, r: dict, tail: float, rates: dict, typical: pd.Series) -> str:
     """The evidence of one pattern for an account (``r``: its features), with the platform's rates (``rates``: the
     detector's null rate per (count, exposure) test) and how rare this is (``tail``: -log10 probability)."""
-    rate = {count: v for (count, _), v in rates.items()}
+    rate: dict[str, float] = {}
+    for (count, exposure), v in rates.items():  # the rate per order line (a test's first exposure), not a count
+        if exposure and count not in rate:
+            rate[count] = v
     if pattern == "serial":
         lines = max(r["lines_365d"], r["returns_365d"])
         t30 = float(typical.get("returns_30d", 0.0))
         text = (f"serial returning: {_n(r['returns_365d'])} returns of {_n(lines)} order lines in 365 days "
                 f"({r['returns_365d'] / max(lines, 1):.0%}; platform {rate['returns_365d']:.0%}), "
                 f"{_n(r['returns_90d'])} in 90 days, {_n(r['returns_30d'])} returns in 30 days"
-                f"{_times(r['returns_30d'], t30)}")
+                f"{_times(r['returns_30d'], t30)}; {_n(r['changed_mind_365d'])} of the returns for a change of mind "
+                f"(platform {rate['changed_mind_365d']:.0%} of order lines)")
     elif pattern == "refund_without_return":
         text = (f"refund without return: {_n(r['no_item_on_delivered_365d'])} refunds without the item coming back "
                 f"on parcels the delivery record shows delivered, of {_n(r['lines_delivered_365d'])} delivered order "

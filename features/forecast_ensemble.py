@@ -132,16 +132,22 @@ class HolidayForecaster:
     windows). 32: the inner origins are few (about 20 per series, two per event instance in a window cell) and
     their errors overlap, so fitted weights are mostly noise; on the tuning worlds (seeds 100-107) 8 gave a median
     holiday WAPE of 0.244, 32 gave 0.235. ``single_instance_widen``: interval widening in event windows whose
-    evidence holds one event instance (2: one instance says nothing about the spread; the tuning world with an
-    unseen Christmas held 58% in its windows at 1.5, 62% at 2). ``noise_z``: a cell whose shrunk weights
+    evidence holds one event instance, and in windows of an event the history never held (1.5: one instance says
+    little about the spread. It was 2 while event-window weights mixed in AutoETS/MSTL; with them out of the window
+    cells the window residuals are LightGBM's own and wider, and on the tuning worlds 600-607, 700-702, 707, 709
+    and six short ones (seeds 96-689) 2 held a median 88% in the holiday windows, 1.5 held 87%, the lowest world 64%
+    either way). ``symmetric_instances``: window evidence with fewer event instances than this cannot tell the sign
+    of the next instance's error, so the window P90 lies at least as far above the forecast as its P10 lies below
+    (seed 600 held 60% without it, 80% with it). ``noise_z``: a cell whose shrunk weights
     are worse on its evidence than its best single candidate by more than this many standard errors (origins as
     the draws) takes that candidate alone: never worse than its best component by more than noise. ``inner_step``: days between inner origins.
     """
 
     def __init__(self, horizon: int = 60, market: str = "CN", summer_sale: str = "07-15", summer_sale_days: int = 3,
                  peers: bool = True, peer_series: tuple[str, ...] = (TOTAL,), use: str | None = None,
-                 inner_step: int = 8, shrink_origins: float = 32.0, single_instance_widen: float = 2.0,
-                 min_cell_rows: int = 30, noise_z: float = 2.0, num_threads: int = 1,
+                 inner_step: int = 8, shrink_origins: float = 32.0, single_instance_widen: float = 1.5,
+                 min_cell_rows: int = 30, noise_z: float = 2.0, symmetric_instances: int = 3,
+                 num_threads: int = 1,
                  lgbm_params: dict | None = None):
         self.horizon = horizon
         self.market = market
@@ -155,6 +161,7 @@ class HolidayForecaster:
         self.single_instance_widen = single_instance_widen
         self.min_cell_rows = min_cell_rows
         self.noise_z = noise_z
+        self.symmetric_instances = symmetric_instances
         self.num_threads = num_threads
         self.lgbm_params = dict(lgbm_params or {})
 
@@ -335,11 +342,12 @@ class HolidayForecaster:
 
     def _cell_weights(self, g: pd.DataFrame, parent: dict[str, float] | None, n_instances: int,
                       parent_name: str = "the series' weights over all days",
-                      eligible: Iterable[str] | None = None) -> tuple[dict[str, float], str]:
+                      eligible: Iterable[str] | None = None,
+                      only: Iterable[str] | None = None) -> tuple[dict[str, float], str]:
         """Weights of one cell: the WAPE-optimal combination on its rows, shrunk toward ``parent`` (or, at the top,
         toward the best single candidate) by n / (n + shrink_origins), n = the cell's origins (two per event
         instance in a window cell: the origins before one event share its surprises)."""
-        avail = [c for c in CANDIDATES if g[c].notna().mean() >= 0.9]
+        avail = [c for c in CANDIDATES if g[c].notna().mean() >= 0.9 and (only is None or c in only)]
         g = g.dropna(subset=avail) if avail else g
         if not avail or len(g) < self.min_cell_rows:
             return (dict(parent) if parent else {self._fallback: 1.0}), (f"{len(g)} days: too few, takes its "
@@ -388,24 +396,37 @@ class HolidayForecaster:
             return 0.0
         return float(self.noise_z * np.sqrt(len(d)) * d.std(ddof=1) / max(y.sum(), 1e-9))
 
-    def _event_aware(self, gw: pd.DataFrame) -> dict[str, float]:
+    def _event_aware(self, gw: pd.DataFrame) -> dict[str, float] | None:
         """The prior of an event-window cell: only candidates that know the calendar (LightGBM and the planners'
-        method; AutoETS, MSTL and seasonal naive cannot see an event coming, whatever they did on ordinary days),
-        half each, or their fit on the window rows (shrunk toward half each) when both have forecasts there."""
-        both = {LGBM: 0.5, PLANNERS: 0.5}  # no evidence on window days: the two calendar-aware candidates alike
+        method; AutoETS, MSTL and seasonal naive cannot see an event coming, and their window evidence comes from
+        other, mostly smaller events than the one ahead). A calendar-aware candidate without forecasts on the
+        window evidence (the planners' method before a year and four weeks of history at the inner origins) gets
+        no weight: nothing shows it would not be worse than LightGBM by more than noise. Both with evidence: their
+        fit on the window rows, shrunk toward the better of the two there (the ordinary cells' rule; with MSTL's
+        yearly season among them, tuning world 606 lost 0.197 -> 0.226 and 703 gained nothing)."""
         aware = [c for c in (LGBM, PLANNERS) if gw[c].notna().mean() >= 0.9] if len(gw) else []
         if self._fallback != LGBM:  # fitted without LightGBM: the planners' method where it runs, else nothing
             return {PLANNERS: 1.0} if PLANNERS in aware else None
         if len(aware) < 2 or len(gw) < self.min_cell_rows:
-            return both
+            return {LGBM: 1.0}
         g = gw.dropna(subset=aware)
-        w = fit_simplex_lad(g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float))
+        P, y = g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float)
+        best = aware[int(np.argmin(np.abs(y[:, None] - P).sum(axis=0)))]
+        w = fit_simplex_lad(P, y)
         lam = g["origin"].nunique() / (g["origin"].nunique() + self.shrink_origins)
-        return {c: float(lam * v + (1 - lam) * both[c]) for c, v in zip(aware, w, strict=True)}
+        return {c: float(lam * v + (1 - lam) * (c == best)) for c, v in zip(aware, w, strict=True)}
 
     def _fit_weights(self, ev: pd.DataFrame) -> tuple[dict, dict]:
         weights: dict[tuple[str, int, bool], dict[str, float]] = {}
         why: dict[tuple[str, int, bool], str] = {}
+        self.fallback_notes_: list[str] = []
+        win_rows = ev[ev["window"] != ""]
+        if self.use is None and self._fallback == LGBM and (win_rows.empty
+                                                            or win_rows[PLANNERS].notna().mean() < 0.9):
+            self.fallback_notes_.append(
+                "event windows: the planners' method has no forecasts on the evidence's window days (it needs a "
+                "year and four weeks of history before an inner origin), so it gets no weight there; LightGBM "
+                "carries the calendar")
         for s, gs in ev.groupby("series", sort=False):
             if self.use is not None:
                 for b in range(len(BAND_NAMES)):
@@ -420,13 +441,18 @@ class HolidayForecaster:
                 gw = gb[gb["window"] != ""]
                 n_inst = max(gw["window"].nunique(), 1)
                 aware = self._event_aware(gw)
-                in_win, why_w = (self._cell_weights(gw, aware, n_inst, "the calendar-aware candidates", aware)
+                in_win, why_w = (self._cell_weights(gw, aware, n_inst, "the calendar-aware candidates", aware,
+                                                    only=aware)
                                  if aware is not None else
                                  self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights"))
                 unseen, why_u = self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights")
                 weights[(s, b, ORDINARY)], why[(s, b, ORDINARY)] = ordinary, why_o
                 weights[(s, b, SEEN)], why[(s, b, SEEN)] = in_win, why_w
                 weights[(s, b, UNSEEN)], why[(s, b, UNSEEN)] = unseen, why_u
+        for (s, b, w), text in why.items():
+            if s == TOTAL and "beyond the noise margin" in text:
+                self.fallback_notes_.append(f"{TOTAL}, {BAND_NAMES[b]}, {DAY_KIND_NAMES[w]}: "
+                                            + text[text.index("worse than"):])
         return weights, why
 
     def _combine_rows(self, frame: pd.DataFrame, weights: dict) -> np.ndarray:
@@ -482,14 +508,27 @@ class HolidayForecaster:
                     lo_w, hi_w = conformal_bounds(gw_all["r"]) if len(gw_all) >= 20 else (lo_o, hi_o)
                     n_inst = gw_all["inst"].nunique()
                 widen = self.single_instance_widen if n_inst <= 1 else 1.0
+                sym = n_inst < self.symmetric_instances
+                if sym:  # one or two instances do not tell the sign of the next one's error: actuals as far
+                    hi_w = max(hi_w, -lo_w)  # above the forecast as they fell below it (the P10 keeps its own)
                 lo_w, hi_w = min(lo_w, 0.0) * widen, max(hi_w, 0.0) * widen
                 table[(s, b, ORDINARY)] = (lo_o, hi_o)
                 table[(s, b, SEEN)] = (min(lo_w, lo_o), max(hi_w, hi_o))  # never narrower than ordinary days
+                if sym:
+                    lo_s, hi_s = table[(s, b, SEEN)]
+                    table[(s, b, SEEN)] = (lo_s, max(hi_s, -lo_s))
+                    if s == TOTAL:
+                        self.fallback_notes_.append(
+                            f"{TOTAL}, {BAND_NAMES[b]}: the event-window P90 is at least as far above the forecast as "
+                            f"its P10 is below ({max(hi_s, -lo_s):.0%}): the evidence holds {n_inst} event "
+                            "instance(s), too few to tell the sign of the next one's error")
                 # An event the history never held: its window is widened as for a single instance.
                 k = self.single_instance_widen if widen == 1.0 else 1.0
                 table[(s, b, UNSEEN)] = (table[(s, b, SEEN)][0] * k, table[(s, b, SEEN)][1] * k)
                 self.interval_notes_[(s, b)] = (f"{len(go)} ordinary and {len(gw)} window days, {n_inst} event "
-                                                f"instance(s)" + (f" (widened x{widen:.2f})" if widen != 1 else ""))
+                                                f"instance(s)" + (f" (widened x{widen:.2f})" if widen != 1 else "")
+                                                + (" (window P90 raised to the P10's distance: too few instances to "
+                                                   "tell the sign of the next one's error)" if sym else ""))
         return table
 
     # -- predict -----------------------------------------------------------------------------------------------------
@@ -591,6 +630,14 @@ class HolidayForecaster:
         return list(self.series_)
 
     # -- explain -----------------------------------------------------------------------------------------------------
+    def fallback_notes(self) -> list[str]:
+        """Where thin evidence made the forecaster fall back from its fitted combination, and why: a history too
+        short for LightGBM, a calendar-aware candidate without window evidence, a cell whose weights lost to one
+        candidate beyond the noise margin, event-window intervals made symmetric (one line each)."""
+        self._check_fitted()
+        notes = [self.short_history_note_] if getattr(self, "short_history_note_", None) else []
+        return notes + list(getattr(self, "fallback_notes_", []))
+
     def weights_table(self) -> pd.DataFrame:
         """The weights per series, horizon band and window/ordinary, with why (rows: one per cell)."""
         self._check_fitted()

@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     serial_min_labels: int = Field(30, description="Review decisions needed before the supervised model replaces "
                                    "the cold-start detector.")
     serial_pattern_share: float = Field(0.1, description="Share of the review queue reserved per abuse pattern.")
-    serial_explore_share: float = Field(0.1, description="Share of the review queue drawn at random just below "
+    serial_pattern_min_evidence: float = Field(3.0, description="Evidence (-log10 of the chance for an ordinary "
+                                               "account) an account needs to fill a pattern's reserved slot.")
+    serial_explore_share: float = Field(0.05, description="Share of the review queue drawn at random just below "
                                         "the top (audit sample that teaches the next model).")
     serial_review_cooldown_days: int = Field(90, description="Days a cleared account stays out of the queue.")
     serial_eval_horizon_days: int = Field(182, description="Evaluation: days between training as-of and scoring.")

@@ -302,3 +302,44 @@ def test_detector_adds_the_patterns_evidence_up(feats, world):
     rule = (feats["returns_365d"].to_numpy() + 1) / (feats["lines_365d"].to_numpy() + 10)
     precision = abuser[np.argsort(-score, kind="stable")[:k]].mean()
     assert precision > abuser[np.argsort(-rule, kind="stable")[:k]].mean(), precision
+
+
+def test_change_of_mind_returns_weigh_more_than_size_and_defect_returns():
+    # Two accounts with the same orders and the same number of returns: one sends back what it changed its mind
+    # about, the other what did not fit or was faulty (an honest heavy returner). The serial test ranks the first
+    # higher, and its reason says how many returns were a change of mind.
+    rng = np.random.default_rng(1)
+    accounts = [f"A{i:03d}" for i in range(400)]
+    reasons = ("size_fit", "defective", "changed_mind")
+    orders, returns = [], []
+    for i, a in enumerate(accounts):
+        n_orders = 20 if a in ("A000", "A001") else int(rng.integers(3, 8))
+        for j in range(n_orders):
+            orders.append((f"O{i}-{j}", a, f"2023-05-{1 + j % 28:02d}", "apparel", 20.0, f"2023-05-{2 + j % 27:02d}"))
+        n_ret = 8 if a in ("A000", "A001") else int(rng.integers(0, 3))
+        for j in range(n_ret):
+            why = "changed_mind" if a == "A000" else (reasons[j % 2] if a == "A001" else reasons[int(rng.integers(3))])
+            returns.append((f"R{i}-{j}", f"O{i}-{j}", a, "2023-05-30", why, 20.0, True))
+    X = account_features(_orders(orders), _returns(returns), None, "2023-06-01")
+    model = SerialReturnerModel().fit(X)
+    tails = model.detector_.tails(X)
+    assert tails.loc["A000", "serial"] > tails.loc["A001", "serial"] + 1.0
+    assert model.predict(X.loc[["A000"]])[0] > model.predict(X.loc[["A001"]])[0]
+    text = model.explain(X.loc[["A000"]]).loc["A000", "reasons"]
+    assert "8 of the returns for a change of mind" in text, text
+
+
+def test_pattern_slots_go_only_to_accounts_with_strong_evidence(feats):
+    # A reserved slot is filled only by an account whose evidence of its likely pattern reaches the threshold; the
+    # slots nobody qualifies for go back to the top scores.
+    model = SerialReturnerModel().fit(feats)
+    loose = review_queue(feats, model, 40, pattern_share=0.2, pattern_min_evidence=0.0)
+    assert (loose["slot"] == "pattern coverage").any()
+    strict = review_queue(feats, model, 40, pattern_share=0.2, pattern_min_evidence=np.inf)
+    assert (strict["slot"] == "top score").all()
+    assert strict["account_id"].tolist() == review_queue(feats, model, 40, pattern_share=0.0)["account_id"].tolist()
+    why = model.explain(feats.loc[loose["account_id"][loose["slot"] == "pattern coverage"]])
+    mid = review_queue(feats, model, 40, pattern_share=0.2, pattern_min_evidence=3.0)
+    cov = mid["account_id"][mid["slot"] == "pattern coverage"]
+    assert (model.explain(feats.loc[cov])["pattern_evidence"] >= 3.0).all()
+    assert len(why) >= len(cov)

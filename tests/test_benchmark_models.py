@@ -134,3 +134,19 @@ def test_ticket_triage_reports_the_week_after_a_refresh(bench):
     assert np.allclose(measured["refresh_week_gap"],
                        measured["refresh_week_offline"] - measured["refresh_week_served"])
     assert measured[["refresh_week_served", "refresh_week_offline"]].stack().between(0.5, 1.0).all()
+
+
+def test_latent_risk_reference_scores_the_worlds_truth_on_the_same_merchants(tmp_path):
+    from training.benchmark_sections import latent_risk_reference
+
+    rng = np.random.default_rng(0)
+    ids = [f"M{i:03d}" for i in range(60)]
+    rate = rng.uniform(0, 0.1, len(ids))
+    frame = pd.DataFrame({"merchant_id": ids, "label_orders": 30, "label_rate": rate, "as_of": 0})
+    assert np.isnan(latent_risk_reference(frame, tmp_path, 20))  # no truth: no reference
+    (tmp_path / "truth").mkdir()
+    truth = pd.DataFrame({"merchant_id": ids, "complaint_risk": rate})
+    truth.to_parquet(tmp_path / "truth" / "merchants.parquet")
+    assert latent_risk_reference(frame, tmp_path, 20) == pytest.approx(1.0)  # the truth ranks the label exactly
+    truth.assign(complaint_risk=-rate).to_parquet(tmp_path / "truth" / "merchants.parquet")
+    assert latent_risk_reference(frame, tmp_path, 20) < 0.5

@@ -140,6 +140,34 @@ def test_a_history_too_short_for_lightgbm_forecasts_without_it_and_says_so(histo
         HolidayForecaster.from_params(**FAST, market="CN").fit(_last_days(history, 20))
 
 
+def test_thin_evidence_a_candidate_without_window_evidence_gets_no_weight_and_the_fallback_is_said(history):
+    """A history of 395 days: the planners' method runs at the origin (a year and four weeks before it) but not at
+    the inner origins, so the evidence cannot show it is not worse than LightGBM in event windows: it gets no
+    weight there (it had half before), the combination is LightGBM's forecast on those days, the window P90 is at
+    least as far above the forecast as its P10 is below (too few event instances to know the sign of the next one's
+    error), and the forecaster says so."""
+    short = _last_days(history, 395)
+    model = HolidayForecaster.from_params(**FAST, market="CN").fit(short)
+    ev = model.evidence_
+    assert ev.loc[ev["window"] != "", ens.PLANNERS].notna().mean() < 0.9
+    assert planners_forecast(short, len(short.days) - 1, H, model.settings()) is not None
+    wt = model.weights_table()
+    win = wt[wt["window"] == "event window"]
+    assert len(win) and (win[ens.PLANNERS] == 0).all() and (win[ens.LGBM] == 1).all()
+    notes = model.fallback_notes()
+    assert any("planners' method has no forecasts" in n for n in notes)
+    # The window P90 at least mirrors the P10 where the evidence holds under three event instances.
+    for (s, b, w), (lo, hi) in model.intervals_.items():
+        if w == ens.SEEN and ev[(ev["series"] == s) & (ev["window"] != "")]["window"].nunique() < 3:
+            assert hi >= -lo - 1e-12, (s, b, lo, hi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fc, comps = model.forecast_with_components(short, short.days[-1], H)
+    tot = comps[(comps["series"] == TOTAL)]
+    seen_days = tot.loc[(tot["method"] == ens.LGBM) & (tot["weight"] == 1), "date"]
+    assert (tot.loc[(tot["method"] == ens.PLANNERS) & tot["date"].isin(seen_days), "weight"] == 0).all()
+
+
 def test_weights_are_on_the_simplex_and_window_intervals_never_narrower(fitted):
     model, _ = fitted
     wt = model.weights_table()

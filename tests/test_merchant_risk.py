@@ -102,6 +102,19 @@ def test_backtest_beats_both_baselines_on_a_small_world(bt):
     assert bt.scored["as_of"].min() >= max(bt.train_dates) + pd.Timedelta(days=60)
 
 
+def test_the_choice_of_model_kind_follows_its_validation_figures(bt):
+    from training.merchant_evaluation import BLEND_MARGIN, DEFAULT_KIND
+
+    val = bt.validation
+    assert set(val) == set(MODELS)
+    best = max(val, key=val.get)
+    expected = best if val[best] > val[DEFAULT_KIND] + BLEND_MARGIN else DEFAULT_KIND
+    assert bt.chosen == expected
+    text = bt.choice_text()
+    assert f"The model kind {bt.chosen} was chosen" in text
+    assert all(f"{k} {v:.4f}" in text for k, v in val.items())
+
+
 def test_lift_rises_toward_the_riskiest_decile(bt, settings):
     lift = lift_table(bt.scored, [bt.chosen], settings.merchant_min_label_orders).set_index("decile")["lift"]
     assert lift.loc[10] > 1.5 and lift.loc[10] > lift.loc[1] * 2
@@ -148,6 +161,7 @@ def test_cli_train_rank_evaluate(world, cli_env, tmp_path):
         "precision at top decile": ("precision_at_decile", "baseline_rate_precision_at_decile")},
         slices=("new_merchant", "established_merchant", "holiday-heavy label window"))
     assert "guest accounts: not applicable" in card and "The ranking uses: the model" in card
+    assert "The model kind " in card and "NDCG@50: glm " in card  # which kind ranks, and the figures it won on
     printed = runner.invoke(main, ["card", "merchant-risk", "--version", "1"])
     assert printed.exit_code == 0 and printed.output == card
     missing = runner.invoke(main, ["card", "merchant-risk", "--version", "7"])

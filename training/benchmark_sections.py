@@ -194,6 +194,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
     s_model = model.predict(X2)
     queue = review_queue(X2, model, k, exclude=excluded_accounts(labels, t2, settings.serial_review_cooldown_days),
                          scores=s_model, pattern_share=settings.serial_pattern_share,
+                         pattern_min_evidence=settings.serial_pattern_min_evidence,
                          explore_share=settings.serial_explore_share)
     picks = {"model": ids.get_indexer(queue["account_id"].astype(str))}
     row_extra = {"model_top_k": float(y[top_k(s_model, ids, k)].mean())}  # the ranking without the queue's
@@ -216,6 +217,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
     # With decisions: simulated reviewers work through the top of the cold queue as of T1 (their decisions are the
     # truth as of T1), recorded in the review decision store; the model is refitted the way `train` fits it.
     q1 = review_queue(X1, model, reviewed, pattern_share=settings.serial_pattern_share,
+                      pattern_min_evidence=settings.serial_pattern_min_evidence,
                       explore_share=settings.serial_explore_share)
     t1r = truth.reindex(q1["account_id"].astype(str))
     confirmed = (t1r["is_abuser"].fillna(False).astype(bool) & (t1r["abuse_start"] <= t1)).to_numpy()
@@ -234,6 +236,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
         X2r = X2.loc[rest]
         q2 = review_queue(X2r, model2, k2, exclude=excluded_accounts(labels2, t2, settings.serial_review_cooldown_days),
                           scores=model2.predict(X2r), pattern_share=settings.serial_pattern_share,
+                          pattern_min_evidence=settings.serial_pattern_min_evidence,
                           explore_share=settings.serial_explore_share)
         pos2 = ids.get_indexer(q2["account_id"].astype(str))
         row[f"model_{reviewed}"] = float(y[pos2].mean())
@@ -242,6 +245,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
         # start's figure on every account.
         qc = review_queue(X2r, model, k2, exclude=excluded_accounts(labels2, t2, settings.serial_review_cooldown_days),
                           scores=s_model[rest], pattern_share=settings.serial_pattern_share,
+                          pattern_min_evidence=settings.serial_pattern_min_evidence,
                           explore_share=settings.serial_explore_share)
         row[f"cold_start_{reviewed}"] = float(y[ids.get_indexer(qc["account_id"].astype(str))].mean())
         rr = top_k(scores["rule_return_rate"][rest], ids[rest], k2)
@@ -288,7 +292,23 @@ def merchant_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market
         m = ranking_metrics(frame, name, settings.merchant_min_label_orders)
         row[name] = m.get("ndcg_at_50", float("nan"))
         row[f"ndcg_at_20_{name}"] = m.get("ndcg_at_20", float("nan"))
+    row["latent_risk_reference"] = latent_risk_reference(frame, full_dir, settings.merchant_min_label_orders)
     return row
+
+
+def latent_risk_reference(frame: pd.DataFrame, full_dir: Path, min_orders: int) -> float:
+    """NDCG@50 of the generator's latent complaint risk (``truth/merchants.parquet``: expected complaints per line
+    over the world's last 180 days, which hold the label window) on the same merchants: a ceiling reference for how
+    much of the next 60 days' complaint rates any ranker can get right through the label's Poisson noise. Read from
+    the world's truth for evaluation only, never a candidate; NaN when the world has no truth."""
+    from training.merchant_risk import ranking_metrics
+
+    truth = Path(full_dir) / "truth" / "merchants.parquet"
+    if not truth.exists():
+        return float("nan")
+    risk = pd.read_parquet(truth, columns=["merchant_id", "complaint_risk"]).set_index("merchant_id")["complaint_risk"]
+    part = frame.assign(_latent=frame["merchant_id"].astype(str).map(risk).astype(float))
+    return ranking_metrics(part, "_latent", min_orders).get("ndcg_at_50", float("nan"))
 
 
 def _serial_snapshot(data_dir: Path, as_of, settings: Settings) -> None:

@@ -135,6 +135,7 @@ class Evaluation:
     train_dates: list
     test_dates: list
     use: str = "model"  # what ranks: "model" (``chosen``) or the baseline that beat it on the test snapshots
+    validation: dict[str, float] | None = None  # NDCG@50 of each of MODELS on the validation snapshots (choose_kind)
 
     @property
     def served(self) -> str:
@@ -151,6 +152,17 @@ class Evaluation:
         return (f"The ranking uses: {BASELINE_TEXT[self.use]} (`{self.use}`), because on the held-out snapshots it "
                 f"scored NDCG@50 {s[self.use]:.4f} vs the model's ({self.chosen}) {s[self.chosen]:.4f}; the model "
                 "still gives expected complaints and the reasons.")
+
+    def choice_text(self) -> str:
+        """Why ``chosen``, in words: each model's NDCG@50 on the training period's latest snapshots and the rule."""
+        rule = (f"{DEFAULT_KIND} is kept unless another model beats its NDCG@50 there by more than {BLEND_MARGIN:.2f}, "
+                "since one validation period is noisy")
+        if not self.validation:
+            return (f"The model kind {self.chosen} is the default: the training period was too short to hold out "
+                    f"validation snapshots ({rule}).")
+        figures = ", ".join(f"{k} {v:.4f}" for k, v in self.validation.items())
+        return (f"The model kind {self.chosen} was chosen on the training period's latest snapshots, fitted on its "
+                f"earlier ones (NDCG@50: {figures}); {rule}.")
 
     @property
     def best_baseline(self) -> str:
@@ -251,7 +263,7 @@ def evaluate(events: MerchantEvents, settings: Settings, echo=click.echo) -> Eva
     # rows, NDCG@50), it ranks; never serve a model this evaluation says is worse.
     base = str(summary.loc[list(BASELINES), PRIMARY_METRIC].idxmax())
     use = base if summary.loc[base, PRIMARY_METRIC] > summary.loc[chosen, PRIMARY_METRIC] else "model"
-    bt = Evaluation(summary, per, scored, chosen, train_dates, test_dates, use)
+    bt = Evaluation(summary, per, scored, chosen, train_dates, test_dates, use, validation)
     echo("  " + bt.ranking_text())
     return bt
 

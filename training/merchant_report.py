@@ -58,6 +58,8 @@ def _log_evaluation(bt: Evaluation, settings: Settings) -> None:
                          "snapshot_every_days": settings.merchant_snapshot_every_days,
                          "train_snapshots": len(bt.train_dates), "test_snapshots": len(bt.test_dates),
                          "first_test_as_of": str(bt.test_dates[0].date()), "features": ",".join(FEATURES)})
+    registry.log_metrics({f"validation_ndcg_at_50_{k}": v for k, v in (bt.validation or {}).items()})
+    registry.log_text(bt.choice_text() + "\n" + bt.ranking_text(), "choice.txt")
     metrics = {f"{m}_{k}": v for m, row in bt.summary.iterrows() for k, v in row.items()}
     metrics |= {k: bt.summary.loc[bt.served, k] for k in bt.summary.columns}  # what ranks, unprefixed
     metrics |= {"ndcg_at_50_gain_over_best_baseline": bt.gain("ndcg_at_50"),
@@ -161,7 +163,8 @@ def model_card(bt: Evaluation, ds, data_dir: Path, settings: Settings, validated
         f"on the training rows and added). The one registered ({bt.chosen}) was chosen on the training period alone "
         "(fitted on its earlier snapshots, scored on its latest), not on the test snapshots, then refitted on every "
         "matured snapshot. Baselines: last period's raw complaint rate and complaint count; the better one ranks "
-        "instead of the model when it scores higher on the test snapshots (NDCG@50). " + bt.ranking_text(),
+        "instead of the model when it scores higher on the test snapshots (NDCG@50). " + bt.choice_text() + " "
+        + bt.ranking_text(),
     )
     labels = {"ndcg_at_20": "NDCG@20", "ndcg_at_50": "NDCG@50", "precision_at_decile": "precision at top decile",
               "spearman": "Spearman"}

@@ -156,6 +156,8 @@ def _log_weights(model: HolidayForecaster, choice: ProductChoice) -> None:
     registry.log_params({"product": choice.method, "product_use": choice.use or "combination"})
     registry.log_text(choice.reason, "product.txt")
     registry.log_table(table, "tables/forecaster_weights.csv")
+    registry.log_text("\n".join(model.fallback_notes()) or "none: the fitted combination throughout",
+                      "fallbacks.txt")
     tot = table[table["series"] == TOTAL]
     kind = {"ordinary": "ordinary", "event window": "window", "unseen event window": "unseen_window"}
     registry.log_metrics({f"weight.{r.band}.{kind.get(r.window, r.window)}.{c}": float(getattr(r, c))
@@ -393,6 +395,9 @@ def model_card(result: BacktestResult, ds, history: History, data_dir: Path, val
             "(split-conformal on the combination's own inner-origin errors).", wt))
     if choice is not None:
         card["metrics_note"] = f"Product: {choice.reason}. " + card["metrics_note"]
+    if final is not None and final.fallback_notes():
+        card["metrics_note"] += (" Thin evidence, where the forecaster fell back from its fitted combination: "
+                                 + "; ".join(final.fallback_notes()) + ".")
     guest = float(ds.returns["account_id"].isna().mean()) if len(ds.returns) else 0.0
     card["not_applicable"] = {
         "new merchants": "volumes are forecast per total, category, region and channel, not per merchant; a new "
@@ -490,8 +495,8 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
             fc, comps = model.forecast_with_components(history, o, horizon, plan=plan)
     except HistoryError as e:
         raise click.ClickException(str(e)) from e
-    if getattr(model, "short_history_note_", None):
-        click.echo(f"  note: {model.short_history_note_}")
+    for note in model.fallback_notes():  # where thin evidence made it fall back, and why
+        click.echo(f"  note: {note}")
     for w in caught:
         if issubclass(w.category, UserWarning) and ("no previous instance" in str(w.message)
                                                     or "order plan is not applied" in str(w.message)):
@@ -512,6 +517,8 @@ def forecast_cmd(data_dir: Path | None, origin: str | None, horizon: int, plan_f
                                  "data_dir": str(data_dir), "plan": str(plan_file) if plan_file else None})
             registry.log_artifact(out_file, "forecast")
             registry.log_table(model.weights_table(), "tables/forecaster_weights.csv")
+            registry.log_text("\n".join(model.fallback_notes()) or "none: the fitted combination throughout",
+                              "fallbacks.txt")
     except Exception as e:  # noqa: BLE001 — the forecast is written; tracking is a record, not the product
         click.echo(f"  note: not logged to MLflow ({e})")
 

@@ -115,7 +115,9 @@ def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | 
     exclude = excluded_accounts(labels, day, settings.serial_review_cooldown_days)
     scores = model.predict(X)
     queue = review_queue(X, model, capacity, exclude=exclude, scores=scores,
-                         pattern_share=settings.serial_pattern_share, explore_share=settings.serial_explore_share)
+                         pattern_share=settings.serial_pattern_share,
+                         pattern_min_evidence=settings.serial_pattern_min_evidence,
+                         explore_share=settings.serial_explore_share)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         queue.to_parquet(out, index=False)

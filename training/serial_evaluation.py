@@ -209,6 +209,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     metrics = pd.DataFrame(rows).set_index("method")
     echo("building the review queue")
     queue = review_queue(ev, model, capacity, scores=scores["model"], pattern_share=settings.serial_pattern_share,
+                         pattern_min_evidence=settings.serial_pattern_min_evidence,
                          explore_share=settings.serial_explore_share)
     qt = truth.reindex(queue["account_id"])
     queue = queue.assign(true_pattern=qt["pattern"].fillna("normal").to_numpy(),
@@ -288,7 +289,9 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
     model, rows = cold, []
     for r in range(int(np.ceil(max(checkpoints) / round_size))):
         q = review_queue(X1, model, round_size, exclude=set(reviewed) | set(exclude),
-                         pattern_share=settings.serial_pattern_share, explore_share=settings.serial_explore_share,
+                         pattern_share=settings.serial_pattern_share,
+                         pattern_min_evidence=settings.serial_pattern_min_evidence,
+                         explore_share=settings.serial_explore_share,
                          seed=r)
         reviewed += list(q["account_id"].astype(str))
         labels += list(abuser_t1.loc[q["account_id"]].astype(float))

@@ -107,7 +107,9 @@ def write_snapshots(X: AccountFrame, model: SerialReturnerModel, settings: Setti
     scores = model.predict(X)
     snap = score_snapshot(X, model, scores=scores)
     queue = review_queue(X, model, capacity or settings.review_capacity, exclude=exclude, scores=scores,
-                         pattern_share=settings.serial_pattern_share, explore_share=settings.serial_explore_share)
+                         pattern_share=settings.serial_pattern_share,
+                         pattern_min_evidence=settings.serial_pattern_min_evidence,
+                         explore_share=settings.serial_explore_share)
     paths = {}
     for name, frame in (("accounts", snap), ("account_queue", queue)):
         frame = frame.assign(as_of=X.attrs.get("as_of"), model_mode=model.mode_)

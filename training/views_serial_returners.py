@@ -66,7 +66,9 @@ def serial_returners_view(ds: Dataset, data_dir: Path | str, settings: Settings,
     exclude = sr.excluded_accounts(labels, day, settings.serial_review_cooldown_days)
     scores = model.predict(X)
     queue = review_queue(X, model, capacity, exclude=exclude, scores=scores,
-                         pattern_share=settings.serial_pattern_share, explore_share=settings.serial_explore_share)
+                         pattern_share=settings.serial_pattern_share,
+                         pattern_min_evidence=settings.serial_pattern_min_evidence,
+                         explore_share=settings.serial_explore_share)
     accounts = score_snapshot(X, model, scores=scores)
     echo(f"review queue of {len(queue)} as of {day.date()} ({_lap(t0)})")
     return SerialReturnersView(ev, fw, capacity, queue, "; ".join(lines), day, accounts, notes)
