@@ -36,13 +36,12 @@ import numpy as np
 import pandas as pd
 
 from features.pit import DAY_US, series_us, to_us
-from features.ticket_history import WINDOW_YEAR
 
 LOAD_WINDOW_DAYS = 1.0  # "tickets in the last 24 hours"
 TYPICAL_DAYS = 28  # the platform's typical day: its mean daily tickets over the 28 days before
 CONTACT_DAYS = 30  # an account's contacts in the 30 days before (prior_tickets_30d)
 HORIZON_DAYS = max(TYPICAL_DAYS, CONTACT_DAYS) + 1  # what the snapshot and the counter keep
-YEAR_DAYS = WINDOW_YEAR  # acct_tickets_365d: the account's tickets in the year before
+YEAR_DAYS = 365  # acct_tickets_365d: the account's tickets in the year before (features.ticket_history.WINDOW_YEAR)
 # The ticket field carrying the live change of acct_tickets_365d since the snapshot (added to the snapshot's value).
 YEAR_CHANGE = "acct_tickets_365d_since_snapshot"
 # Column of the recent-tickets snapshot: True for the tickets of the first HORIZON_DAYS days of the snapshot's year

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from features.contract import Dataset
+from features.live_counts import YEAR_DAYS
 from features.pit import (
     DAY_US,
     _keys,
@@ -19,8 +20,8 @@ from features.pit import (
 
 Arr = np.ndarray
 
-# Windows of the history aggregates, in days.
-WINDOW_SHORT, WINDOW_LONG, WINDOW_YEAR = 30, 90, 365
+# Windows of the history aggregates, in days (the year is the live counter's, which keeps acct_tickets_365d live).
+WINDOW_SHORT, WINDOW_LONG, WINDOW_YEAR = 30, 90, YEAR_DAYS
 
 
 def _escalations_known(tickets: pd.DataFrame) -> tuple[Arr, Arr]:
