@@ -83,8 +83,16 @@ QUEUE_COLUMNS = ("account_id", "score", "rank", "reasons", "likely_pattern")
 # platform (-log10 of the chance for an ordinary account: 3 = one in a thousand). Below it the slot goes back to the
 # top scores: a reservation is there so that a kind of abuse is not crowded out, not to fill the queue with ordinary
 # accounts when a pattern is absent. Seeds 600-607, 700-711, 800-811: whole-queue precision median
-# (reservations and a 5% audit sample) 0.737/0.771/0.766 -> see the commit.
+# (reservations and a 5% audit sample) 0.737/0.771/0.766 -> 0.766/0.778/0.783.
 PATTERN_MIN_EVIDENCE = 3.0
+
+
+def queue_settings(settings) -> dict:
+    """:func:`review_queue`'s keyword arguments from the settings (``features.settings.Settings``): the share
+    reserved per pattern, the evidence that fills a reserved slot and the audit sample, the same for every queue."""
+    return {"pattern_share": settings.serial_pattern_share,
+            "pattern_min_evidence": settings.serial_pattern_min_evidence,
+            "explore_share": settings.serial_explore_share}
 
 
 def review_queue(X: AccountFrame, model: SerialReturnerModel, capacity: int, exclude: Iterable[str] = (),

@@ -157,7 +157,7 @@ def top_k(score: np.ndarray, ids: pd.Index, k: int) -> np.ndarray:
 
 def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int = REVIEWED) -> dict:
     """Cold-start queue precision at K = abusive accounts vs the one-line rules; recall per pattern; 200 decisions."""
-    from features.accounts import PATTERNS, review_queue
+    from features.accounts import PATTERNS, queue_settings, review_queue
     from features.contract import load_dataset
     from features.reviews import import_decisions
     from training.serial_returners import (
@@ -193,9 +193,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
     counts = account_counts_as_of(ds.orders, ds.returns, t2, ids)
     s_model = model.predict(X2)
     queue = review_queue(X2, model, k, exclude=excluded_accounts(labels, t2, settings.serial_review_cooldown_days),
-                         scores=s_model, pattern_share=settings.serial_pattern_share,
-                         pattern_min_evidence=settings.serial_pattern_min_evidence,
-                         explore_share=settings.serial_explore_share)
+                         scores=s_model, **queue_settings(settings))
     picks = {"model": ids.get_indexer(queue["account_id"].astype(str))}
     row_extra = {"model_top_k": float(y[top_k(s_model, ids, k)].mean())}  # the ranking without the queue's
     # pattern slots and audit sample; and the queue's top-score part (the issue's measure: reserved pattern slots and
@@ -216,9 +214,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
             row[f"recall_{p}_{name}"] = float((y[pos] & (pattern[pos] == p)).sum() / n_p) if n_p else float("nan")
     # With decisions: simulated reviewers work through the top of the cold queue as of T1 (their decisions are the
     # truth as of T1), recorded in the review decision store; the model is refitted the way `train` fits it.
-    q1 = review_queue(X1, model, reviewed, pattern_share=settings.serial_pattern_share,
-                      pattern_min_evidence=settings.serial_pattern_min_evidence,
-                      explore_share=settings.serial_explore_share)
+    q1 = review_queue(X1, model, reviewed, **queue_settings(settings))
     t1r = truth.reindex(q1["account_id"].astype(str))
     confirmed = (t1r["is_abuser"].fillna(False).astype(bool) & (t1r["abuse_start"] <= t1)).to_numpy()
     decided_at = utc_day_end(t1) - pd.Timedelta(hours=12)
@@ -235,18 +231,14 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
     if k2:
         X2r = X2.loc[rest]
         q2 = review_queue(X2r, model2, k2, exclude=excluded_accounts(labels2, t2, settings.serial_review_cooldown_days),
-                          scores=model2.predict(X2r), pattern_share=settings.serial_pattern_share,
-                          pattern_min_evidence=settings.serial_pattern_min_evidence,
-                          explore_share=settings.serial_explore_share)
+                          scores=model2.predict(X2r), **queue_settings(settings))
         pos2 = ids.get_indexer(q2["account_id"].astype(str))
         row[f"model_{reviewed}"] = float(y[pos2].mean())
         # The cold start's queue on the same accounts (the reviewed ones left out) with the same K: the reviews took
         # the easiest abusers out of both, so the supervised queue is judged against this, not against the cold
         # start's figure on every account.
         qc = review_queue(X2r, model, k2, exclude=excluded_accounts(labels2, t2, settings.serial_review_cooldown_days),
-                          scores=s_model[rest], pattern_share=settings.serial_pattern_share,
-                          pattern_min_evidence=settings.serial_pattern_min_evidence,
-                          explore_share=settings.serial_explore_share)
+                          scores=s_model[rest], **queue_settings(settings))
         row[f"cold_start_{reviewed}"] = float(y[ids.get_indexer(qc["account_id"].astype(str))].mean())
         rr = top_k(scores["rule_return_rate"][rest], ids[rest], k2)
         row[f"rule_return_rate_{reviewed}"] = float(y[rest][rr].mean())

@@ -15,6 +15,7 @@ from features.accounts import (
     account_features,
     as_day,
     check_as_of,
+    queue_settings,
     review_queue,
 )
 from features.contract import ContractError, Dataset, load_dataset
@@ -115,9 +116,7 @@ def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | 
     exclude = excluded_accounts(labels, day, settings.serial_review_cooldown_days)
     scores = model.predict(X)
     queue = review_queue(X, model, capacity, exclude=exclude, scores=scores,
-                         pattern_share=settings.serial_pattern_share,
-                         pattern_min_evidence=settings.serial_pattern_min_evidence,
-                         explore_share=settings.serial_explore_share)
+                         **queue_settings(settings))
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
         queue.to_parquet(out, index=False)

@@ -30,6 +30,7 @@ from features.accounts import (
     blend_parts,
     check_as_of,
     counts_forest,
+    queue_settings,
     review_queue,
 )
 from features.contract import Dataset
@@ -208,9 +209,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     rows = [{"method": m, **ranking_metrics(y, s, pattern, capacity)} for m, s in scores.items()]
     metrics = pd.DataFrame(rows).set_index("method")
     echo("building the review queue")
-    queue = review_queue(ev, model, capacity, scores=scores["model"], pattern_share=settings.serial_pattern_share,
-                         pattern_min_evidence=settings.serial_pattern_min_evidence,
-                         explore_share=settings.serial_explore_share)
+    queue = review_queue(ev, model, capacity, scores=scores["model"], **queue_settings(settings))
     qt = truth.reindex(queue["account_id"])
     queue = queue.assign(true_pattern=qt["pattern"].fillna("normal").to_numpy(),
                          abuser=(qt["is_abuser"].fillna(False).astype(bool) & (qt["abuse_start"] <= t2)).to_numpy())
@@ -288,11 +287,8 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
     labels: list[float] = []
     model, rows = cold, []
     for r in range(int(np.ceil(max(checkpoints) / round_size))):
-        q = review_queue(X1, model, round_size, exclude=set(reviewed) | set(exclude),
-                         pattern_share=settings.serial_pattern_share,
-                         pattern_min_evidence=settings.serial_pattern_min_evidence,
-                         explore_share=settings.serial_explore_share,
-                         seed=r)
+        q = review_queue(X1, model, round_size, exclude=set(reviewed) | set(exclude), seed=r,
+                         **queue_settings(settings))
         reviewed += list(q["account_id"].astype(str))
         labels += list(abuser_t1.loc[q["account_id"]].astype(float))
         lab = pd.DataFrame({"account_id": reviewed, "label": labels})

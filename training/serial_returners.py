@@ -35,6 +35,7 @@ from features.accounts import (  # noqa: F401  (re-exported: the names this modu
     blend_parts,
     check_as_of,
     counts_forest,
+    queue_settings,
     review_queue,
     score_snapshot,
 )
@@ -107,9 +108,7 @@ def write_snapshots(X: AccountFrame, model: SerialReturnerModel, settings: Setti
     scores = model.predict(X)
     snap = score_snapshot(X, model, scores=scores)
     queue = review_queue(X, model, capacity or settings.review_capacity, exclude=exclude, scores=scores,
-                         pattern_share=settings.serial_pattern_share,
-                         pattern_min_evidence=settings.serial_pattern_min_evidence,
-                         explore_share=settings.serial_explore_share)
+                         **queue_settings(settings))
     paths = {}
     for name, frame in (("accounts", snap), ("account_queue", queue)):
         frame = frame.assign(as_of=X.attrs.get("as_of"), model_mode=model.mode_)

@@ -35,7 +35,7 @@ def serial_returners_view(ds: Dataset, data_dir: Path | str, settings: Settings,
     """Evaluate on later time (``evaluate_on_truth`` with the training split, or ``evaluate_forward``), then the
     review queue as of the last day: the champion when it was trained on this data up to that day (``use='auto'``),
     else a model fitted as of that day on the review decisions known then."""
-    from features.accounts import review_queue, score_snapshot
+    from features.accounts import queue_settings, review_queue, score_snapshot
     from training import serial_returners as sr
 
     data_dir = Path(data_dir)
@@ -66,9 +66,7 @@ def serial_returners_view(ds: Dataset, data_dir: Path | str, settings: Settings,
     exclude = sr.excluded_accounts(labels, day, settings.serial_review_cooldown_days)
     scores = model.predict(X)
     queue = review_queue(X, model, capacity, exclude=exclude, scores=scores,
-                         pattern_share=settings.serial_pattern_share,
-                         pattern_min_evidence=settings.serial_pattern_min_evidence,
-                         explore_share=settings.serial_explore_share)
+                         **queue_settings(settings))
     accounts = score_snapshot(X, model, scores=scores)
     echo(f"review queue of {len(queue)} as of {day.date()} ({_lap(t0)})")
     return SerialReturnersView(ev, fw, capacity, queue, "; ".join(lines), day, accounts, notes)
