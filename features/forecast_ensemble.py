@@ -509,12 +509,12 @@ class HolidayForecaster:
                     n_inst = gw_all["inst"].nunique()
                 widen = self.single_instance_widen if n_inst <= 1 else 1.0
                 sym = n_inst < self.symmetric_instances
-                if sym:  # one or two instances do not tell the sign of the next one's error: actuals as far
-                    hi_w = max(hi_w, -lo_w)  # above the forecast as they fell below it (the P10 keeps its own)
                 lo_w, hi_w = min(lo_w, 0.0) * widen, max(hi_w, 0.0) * widen
                 table[(s, b, ORDINARY)] = (lo_o, hi_o)
                 table[(s, b, SEEN)] = (min(lo_w, lo_o), max(hi_w, hi_o))  # never narrower than ordinary days
-                if sym:
+                if sym:  # one or two instances do not tell the sign of the next one's error: actuals as far above
+                    # the forecast as they fell below it (the P10 keeps its own; this bound covers the widened
+                    # window P10 and the ordinary days' alike)
                     lo_s, hi_s = table[(s, b, SEEN)]
                     table[(s, b, SEEN)] = (lo_s, max(hi_s, -lo_s))
                     if s == TOTAL:
