@@ -236,17 +236,17 @@ def counter_from_snapshot(recent: pd.DataFrame | None, as_of: Any = None) -> Rec
     if missing:
         raise ValueError(f"recent-tickets snapshot lacks columns {missing}; rewrite it with `aftersales train "
                          "ticket-triage` or `aftersales refresh-features`")
-    times = series_us(recent["created_at"]).tolist()
     edge = None
-    if as_of is not None and YEAR_EDGE_COLUMN in recent.columns:  # the snapshot time and its year edge: live change
-        edge = recent[YEAR_EDGE_COLUMN].astype("boolean").fillna(False).to_numpy(dtype=bool).tolist()
-    elif YEAR_EDGE_COLUMN in recent.columns:  # no snapshot time given: the edge tickets are not recent ones
-        keep = ~recent[YEAR_EDGE_COLUMN].astype("boolean").fillna(False).to_numpy(dtype=bool)
-        recent = recent[keep]
-        times = series_us(recent["created_at"]).tolist()
+    if YEAR_EDGE_COLUMN in recent.columns:
+        flags = recent[YEAR_EDGE_COLUMN].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        if as_of is not None:  # the snapshot time and its year edge: the live change of acct_tickets_365d
+            edge = flags.tolist()
+        else:  # no snapshot time given: the edge tickets are not recent ones
+            recent = recent[~flags]
     last = recent["created_at"].max() if as_of is None else as_of
     return RecentTickets.seeded(recent["ticket_id"].astype(object).tolist(),
-                                recent["account_id"].astype(object).tolist(), times, to_us(last), edge)
+                                recent["account_id"].astype(object).tolist(),
+                                series_us(recent["created_at"]).tolist(), to_us(last), edge)
 
 
 def fill_one(ticket: dict[str, Any], counter: RecentTickets | None) -> dict[str, Any]:
