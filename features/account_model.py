@@ -67,9 +67,10 @@ class SerialReturnerModel:
     Otherwise it learns from the decisions. ``learner='logistic'`` (default): a logistic regression (L2, strength
     ``1 / logistic_c``, standardised inputs) on the detector's evidence per pattern (:data:`LOGISTIC_COLUMNS`):
     how much each pattern's evidence counts on this platform, as its reviewers decide. On the tuning worlds (seeds
-    600-607, 700-711, 800-811; 200 decisions from the top of the cold queue) it beat the boosted model below: the
-    queue on the unreviewed accounts was better than the cold start's on 10 of 15 worlds measured (boost 7), + 0.05
-    on 9 (boost 6), worse on 1 (boost 2); 200 biased decisions are few for a tree model on every feature.
+    600-607, 700-711, 800-811; 200 decisions from the top of the cold queue, ``benchmark-models``) it beat the
+    boosted model below: the queue on the unreviewed accounts was better than the cold start's on 18 of 32 worlds
+    (boost 13), worse on 1 (boost 4), + 0.05 on 12 (boost 11), mean gain + 0.084 (boost + 0.059); 200 decisions
+    from the top of a queue are few, and biased, for a tree model on every feature.
     ``learner='boost'``: starting from the detector, a logistic prior on the detector's score
     (the boosting's ``init_score``), then a small LightGBM on every feature and that score, which corrects the prior
     where decisions say so. Where the reviewed sample holds no example (a pattern never reviewed), the prior, and so
