@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from features.calendar import holiday_windows
 from features.return_volume import (
     LY,
     History,
@@ -32,6 +33,10 @@ DAY_KINDS = (ORDINARY, SEEN, UNSEEN)
 DAY_KIND_NAMES = ("ordinary", "event window", "unseen event window")
 PLANNERS_AFTER_DAYS = 28  # days after a moving event that follow its previous instance (returns trail orders)
 GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empty month last year is no signal
+# Days of the planners' growth span (ordinary days only; see planners_growth). 28 days (the planners' usual month)
+# held about five ordinary day pairs before a Nov 30 origin (Singles Day's and Black Friday's windows fill the rest)
+# and read growth below the season's own on most tuning worlds.
+GROWTH_DAYS = 91
 # Without the LightGBM component (a history shorter than its minimum): the statistical candidates need two weeks
 # before the first inner origin, and the evidence two more weeks of inner origins after it.
 SHORT_WARMUP_DAYS = 14
@@ -76,8 +81,33 @@ def planners_source(days: pd.DatetimeIndex, market: str, settings: Settings) -> 
     return src
 
 
+def planners_growth(history: History, t: int, settings: Settings, growth_days: int = GROWTH_DAYS) -> np.ndarray:
+    """Year-over-year growth per series at origin index ``t``: the last ``growth_days`` days (as far as the history
+    reaches a year back, at least 28) over the same days 52 weeks before, on the days outside every major event's
+    after-sales window in both years (an event that fell inside one year's span and outside the other's, e.g. Black
+    Friday moving by five days, or an event whose size changed, is not growth). Fewer than 28 such day pairs: the
+    plain last 28 days over the same 28 days a year before. No volume a year before: 1."""
+    v = history.y.to_numpy(dtype=float)
+    span = int(min(max(growth_days, 28), t - LY + 1))
+    idx = np.arange(t - span + 1, t + 1)
+    ok = np.ones(span, dtype=bool)
+    if span > 28:
+        days = history.days
+        hw = holiday_windows(history.market, days[0] - pd.Timedelta(days=40), days[t], settings)
+        inside = np.zeros(t + 1, dtype=bool)
+        d = days[:t + 1]
+        for w in hw.itertuples():
+            inside |= np.asarray((d >= w.window_start) & (d <= w.window_end))
+        ok = ~inside[idx] & ~inside[idx - LY]
+    if ok.sum() < 28:
+        idx, ok = np.arange(t - 27, t + 1), np.ones(28, dtype=bool)
+    now = v[idx[ok]].sum(axis=0)
+    before = v[idx[ok] - LY].sum(axis=0)
+    return np.where(before > 0, now / np.where(before > 0, before, 1.0), 1.0)
+
+
 def planners_forecast(history: History, t: int, horizon: int, settings: Settings,
-                      src: np.ndarray | None = None) -> np.ndarray | None:
+                      src: np.ndarray | None = None, growth_days: int = GROWTH_DAYS) -> np.ndarray | None:
     """The planners' method at origin index ``t`` (horizon x series; NaN where last year's day is unknown), or
     None when the history before the origin is shorter than a year and four weeks."""
     if t - LY - 27 < 0:
@@ -86,9 +116,7 @@ def planners_forecast(history: History, t: int, horizon: int, settings: Settings
         days = pd.date_range(history.days[0], history.days[t] + pd.Timedelta(days=horizon), freq="D")
         src = planners_source(days, history.market, settings)
     v = history.y.to_numpy(dtype=float)
-    now = v[t - 27:t + 1].sum(axis=0)
-    before = v[t - LY - 27:t - LY + 1].sum(axis=0)
-    growth = np.clip(np.where(before > 0, now / np.where(before > 0, before, 1.0), 1.0), *GROWTH_CLIP)
+    growth = np.clip(planners_growth(history, t, settings, growth_days), *GROWTH_CLIP)
     tgt = t + 1 + np.arange(horizon)
     s = src[tgt]
     ok = (s >= 0) & (s <= t)
@@ -138,6 +166,43 @@ def stat_forecasts(history: History, t: int, horizon: int, series: list[str], mo
                 seasons = [7, 365] if t + 1 >= 2 * 365 + 28 else [7]
                 out[MSTL][:, j] = SF_MSTL(season_length=seasons).forecast(y, h=horizon)["mean"]
     return {k: np.clip(np.nan_to_num(v, nan=0.0), 0.0, None) for k, v in out.items()}
+
+
+def event_level_spread(history: History, t: int, settings: Settings, pre_days: int = 56,
+                       min_pre_days: int = 14) -> np.ndarray:
+    """How far an event window's level can move from what its past instances say, per series (log scale): each
+    major-event window complete by origin index ``t`` gets its uplift, log(mean of the window / mean of the ordinary
+    days in the ``pre_days`` before it, at least ``min_pre_days`` of them); the spread is the root mean square of
+    the change in uplift from one instance of an event to its next (the year-over-year surprise in the event's
+    size), or, without any event seen twice, the standard deviation of the uplifts over at least three windows
+    (how much the history's peaks differ from one another); else 0 (nothing to measure it on)."""
+    days = history.days[:t + 1]
+    y = history.y.to_numpy(dtype=float)[:t + 1]
+    hw = holiday_windows(history.market, days[0], days[-1], settings)
+    hw = hw[(hw["window_start"] >= days[0]) & (hw["window_end"] <= days[-1])]
+    inside = np.zeros(len(days), dtype=bool)
+    for w in hw.itertuples():
+        inside |= np.asarray((days >= w.window_start) & (days <= w.window_end))
+    names, ups = [], []
+    for w in hw.itertuples():
+        i0, i1 = days.get_loc(w.window_start), days.get_loc(w.window_end)
+        pre = np.arange(max(i0 - pre_days, 0), i0)
+        pre = pre[~inside[pre]]
+        if len(pre) < min_pre_days:
+            continue
+        base = y[pre].mean(axis=0)
+        names.append(w.event)
+        ups.append(np.log(np.maximum(y[i0:i1 + 1].mean(axis=0), 1e-9) / np.maximum(base, 1e-9)))
+    S = y.shape[1]
+    if not ups:
+        return np.zeros(S)
+    u = np.array(ups)  # windows x series
+    names_a = np.array(names)
+    diffs = [np.diff(u[names_a == n], axis=0) for n in dict.fromkeys(names)]
+    diffs = [d for d in diffs if len(d)]
+    if diffs:
+        return np.sqrt(np.mean(np.concatenate(diffs) ** 2, axis=0))
+    return u.std(axis=0, ddof=1) if len(u) >= 3 else np.zeros(S)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Candidates (each a P50 per series and day):
 - ``lightgbm``: :class:`features.return_volume.ReturnVolumeForecaster` (order pipeline, calendar, last year);
 - ``planners``: what demand planners do: last year's same days, aligned by weekday and by each moving event
   (Black Friday, the Spring Festival; :func:`planners_source`), scaled by recent growth
-  (the last 28 days over the same 28 days a year before); needs a year and four weeks of history;
+  (:func:`planners_growth`: the ordinary days of the last 91 over the same days a year before); needs a year and
+  four weeks of history;
 - ``autoets`` and ``mstl``: statsforecast AutoETS (weekly season) and MSTL (weekly, and yearly with two years of
   history) on the ``peer_series`` (default ``total``: ~0.2 s per series and origin);
 - ``seasonal_naive``: the same weekday of the last week.
@@ -53,6 +54,7 @@ from features.forecast_candidates import (
     DAY_KIND_NAMES,
     DAY_KINDS,
     GROWTH_CLIP,
+    GROWTH_DAYS,
     LGBM,
     MSTL,
     NAIVE,
@@ -66,9 +68,11 @@ from features.forecast_candidates import (
     UNSEEN,
     band_of,
     conformal_bounds,
+    event_level_spread,
     fit_simplex_lad,
     naive_forecast,
     planners_forecast,
+    planners_growth,
     planners_source,
     stat_forecasts,
 )
@@ -103,15 +107,18 @@ __all__ = [
     "DAY_KIND_NAMES",
     "PLANNERS_AFTER_DAYS",
     "GROWTH_CLIP",
+    "GROWTH_DAYS",
     "SHORT_WARMUP_DAYS",
     "SHORT_MIN_DAYS",
     "band_of",
     "planners_source",
     "planners_forecast",
+    "planners_growth",
     "naive_forecast",
     "stat_forecasts",
     "fit_simplex_lad",
     "conformal_bounds",
+    "event_level_spread",
     "HolidayForecaster",
 ]
 
@@ -138,7 +145,11 @@ class HolidayForecaster:
     and six short ones (seeds 96-689) 2 held a median 88% in the holiday windows, 1.5 held 87%, the lowest world 64%
     either way). ``symmetric_instances``: window evidence with fewer event instances than this cannot tell the sign
     of the next instance's error, so the window P90 lies at least as far above the forecast as its P10 lies below
-    (seed 600 held 60% without it, 80% with it). ``noise_z``: a cell whose shrunk weights
+    (seed 600 held 60% without it, 80% with it). ``level_z``: in those same thin-evidence event windows the P90's
+    log distance above the forecast is combined in quadrature with ``level_z`` times the series' own event-level
+    spread (:func:`event_level_spread`: how much an event's uplift moved from one instance to the next in this
+    history): the evidence's windows are other, smaller events, and the one ahead may come in above last year's
+    size by as much as this history's events did (1.2816: the normal 90% point; 0 turns it off). ``noise_z``: a cell whose shrunk weights
     are worse on its evidence than its best single candidate by more than this many standard errors (origins as
     the draws) takes that candidate alone: never worse than its best component by more than noise. ``inner_step``: days between inner origins.
     """
@@ -147,7 +158,7 @@ class HolidayForecaster:
                  peers: bool = True, peer_series: tuple[str, ...] = (TOTAL,), use: str | None = None,
                  inner_step: int = 8, shrink_origins: float = 32.0, single_instance_widen: float = 1.5,
                  min_cell_rows: int = 30, noise_z: float = 2.0, symmetric_instances: int = 3,
-                 num_threads: int = 1,
+                 level_z: float = 1.2816, num_threads: int = 1,
                  lgbm_params: dict | None = None):
         self.horizon = horizon
         self.market = market
@@ -162,6 +173,7 @@ class HolidayForecaster:
         self.min_cell_rows = min_cell_rows
         self.noise_z = noise_z
         self.symmetric_instances = symmetric_instances
+        self.level_z = level_z
         self.num_threads = num_threads
         self.lgbm_params = dict(lgbm_params or {})
 
@@ -254,6 +266,7 @@ class HolidayForecaster:
         self.kernels_ = self.lgbm_.kernels_
         self.feature_names_ = self.lgbm_.feature_names_
         self.evidence_ = self._evidence(hist)
+        self.level_spread_ = self._level_spread(hist)
         del self.lgbm_.calibration_forecasts_  # evidence kept in self.evidence_; keeps the pickle small
         self.weights_, self.why_ = self._fit_weights(self.evidence_)
         self.intervals_ = self._fit_intervals(self.evidence_, self.weights_)
@@ -279,6 +292,7 @@ class HolidayForecaster:
         lo = max(SHORT_WARMUP_DAYS, t - self.min_calibration_days)
         origins = np.arange(t - 1, lo - 1, -max(self.inner_step, 1))[::-1]
         self.evidence_ = self._evidence(hist, origins)
+        self.level_spread_ = self._level_spread(hist)
         used = [c for c in CANDIDATES if c in self.evidence_.columns and self.evidence_[c].notna().any()]
         self.short_history_note_ = (
             f"history of {have} days up to {origin.date()} is shorter than the {need} days the LightGBM component "
@@ -288,6 +302,11 @@ class HolidayForecaster:
         self.why_ = {k: f"{self.short_history_note_}; {v}" for k, v in self.why_.items()}
         self.intervals_ = self._fit_intervals(self.evidence_, self.weights_)
         return self
+
+    def _level_spread(self, hist: History) -> dict[str, float]:
+        """Each series' event-level spread (log scale) up to the history's last day (see ``level_z``)."""
+        u = event_level_spread(hist, len(hist.days) - 1, self.settings())
+        return {s: float(u[hist.series.index(s)]) for s in self.series_}
 
     @property
     def _fallback(self) -> str:
@@ -516,12 +535,18 @@ class HolidayForecaster:
                     # the forecast as they fell below it (the P10 keeps its own; this bound covers the widened
                     # window P10 and the ordinary days' alike)
                     lo_s, hi_s = table[(s, b, SEEN)]
-                    table[(s, b, SEEN)] = (lo_s, max(hi_s, -lo_s))
+                    hi_sym = max(hi_s, -lo_s)
+                    # ... and the next instance's size may move from its last one's as this history's events did.
+                    u = self.level_z * getattr(self, "level_spread_", {}).get(s, 0.0)
+                    hi_lvl = float(np.expm1(np.hypot(np.log1p(hi_sym), u)))
+                    table[(s, b, SEEN)] = (lo_s, hi_lvl)
                     if s == TOTAL:
                         self.fallback_notes_.append(
                             f"{TOTAL}, {BAND_NAMES[b]}: the event-window P90 is at least as far above the forecast as "
-                            f"its P10 is below ({max(hi_s, -lo_s):.0%}): the evidence holds {n_inst} event "
-                            "instance(s), too few to tell the sign of the next one's error")
+                            f"its P10 is below ({hi_sym:.0%}): the evidence holds {n_inst} event "
+                            "instance(s), too few to tell the sign of the next one's error"
+                            + (f"; widened to {hi_lvl:.0%} for the event level's own spread in this history "
+                               f"({u / max(self.level_z, 1e-9):.2f} on log scale, x{self.level_z:g})" if u > 0 else ""))
                 # An event the history never held: its window is widened as for a single instance.
                 k = self.single_instance_widen if widen == 1.0 else 1.0
                 table[(s, b, UNSEEN)] = (table[(s, b, SEEN)][0] * k, table[(s, b, SEEN)][1] * k)

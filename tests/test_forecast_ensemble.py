@@ -88,6 +88,44 @@ def test_planners_method_follows_black_friday_to_its_new_date():
     assert dates2[int(np.nanargmax(fc2[:, 0]))] == pd.Timestamp("2024-11-29")
 
 
+def _series(days: pd.DatetimeIndex, y: np.ndarray, market: str) -> History:
+    return History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
+                   pd.DataFrame(columns=["order_day", "request_day", "category", "refund_amount"]), market)
+
+
+def test_planners_growth_reads_ordinary_days_not_an_event_that_changed():
+    """Growth x1.2 on ordinary days; last year's Singles Day window (in the 28 days before the origin) was three
+    times its usual size, this year's was not. The 28-day month reads the event's change as a fall in volume;
+    ens.planners_growth reads the ordinary days of the last 91 and finds the 1.2."""
+    days = pd.date_range("2022-06-01", "2023-11-30", freq="D")
+    y = np.where(days >= pd.Timestamp("2022-12-01"), 12.0, 10.0)
+    last_sd = (days >= pd.Timestamp("2022-11-08")) & (days <= pd.Timestamp("2022-11-30"))
+    y[last_sd] = 30.0
+    this_sd = (days >= pd.Timestamp("2023-11-08")) & (days <= pd.Timestamp("2023-11-30"))
+    y[this_sd] = 12.0
+    hist = _series(days, y, "US")
+    t, st = len(days) - 1, Settings(market="US")
+    assert np.isclose(ens.planners_growth(hist, t, st)[0], 1.2)
+    assert ens.planners_growth(hist, t, st, growth_days=28)[0] < 0.8  # what the planners' month reads
+    fc = planners_forecast(hist, t, 10, st)
+    assert np.isclose(np.nanmedian(fc[:, 0]), 12.0 * 1.2)  # last December's 12 a day, grown x1.2
+
+
+def test_event_level_spread_is_the_year_over_year_change_of_an_events_uplift():
+    """The mid-year sale's window was twice the ordinary level a year ago and three times this year: the spread is
+    |log 3 - log 2|; with no event seen twice, the spread of the uplifts over three or more windows; else 0."""
+    days = pd.date_range("2022-03-01", "2023-08-01", freq="D")
+    y = np.full(len(days), 10.0)
+    for start, end, v in (("2022-06-15", "2022-07-09", 20.0), ("2023-06-15", "2023-07-09", 30.0)):
+        y[(days >= pd.Timestamp(start)) & (days <= pd.Timestamp(end))] = v
+    hist = _series(days, y, "US")
+    u = ens.event_level_spread(hist, len(days) - 1, Settings(market="US"))
+    assert np.isclose(u[0], np.log(3.0) - np.log(2.0))
+    # Up to a year in: one window only, nothing to measure the spread on.
+    one = ens.event_level_spread(hist, days.get_loc(pd.Timestamp("2022-08-01")), Settings(market="US"))
+    assert one[0] == 0.0
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The fitted forecaster
 
@@ -166,6 +204,36 @@ def test_thin_evidence_a_candidate_without_window_evidence_gets_no_weight_and_th
     tot = comps[(comps["series"] == TOTAL)]
     seen_days = tot.loc[(tot["method"] == ens.LGBM) & (tot["weight"] == 1), "date"]
     assert (tot.loc[(tot["method"] == ens.PLANNERS) & tot["date"].isin(seen_days), "weight"] == 0).all()
+
+
+def test_thin_window_evidence_widens_the_p90_by_the_histories_own_event_level_spread(fitted):
+    """Where the window evidence holds under three event instances, the window P90 also carries the series' own
+    event-level spread (level_z x spread, in quadrature on log scale); ordinary days and the P10 are unchanged, and
+    the forecaster says so."""
+    model, _ = fitted
+    spread = dict(model.level_spread_)
+    assert spread[TOTAL] > 0
+    ev = model.evidence_
+    try:
+        model.level_z = 0.0
+        off = model._fit_intervals(ev, model.weights_)
+        model.level_z = 1.2816
+        model.level_spread_ = {s: 0.5 for s in spread}
+        on = model._fit_intervals(ev, model.weights_)
+        notes = list(model.fallback_notes_)
+    finally:
+        model.level_spread_ = spread
+        model.intervals_ = model._fit_intervals(ev, model.weights_)
+    thin = 0
+    for (s, b, w), (lo, hi) in on.items():
+        lo0, hi0 = off[(s, b, w)]
+        n_inst = ev[(ev["series"] == s) & (ev["window"] != "")]["window"].nunique()
+        if w == ens.SEEN and n_inst < model.symmetric_instances:
+            thin += 1
+            assert np.isclose(np.log1p(hi), np.hypot(np.log1p(hi0), 1.2816 * 0.5)) and lo == lo0
+        elif w == ens.ORDINARY:
+            assert (lo, hi) == (lo0, hi0)
+    assert thin and any("event level's own spread" in n for n in notes)
 
 
 def test_weights_are_on_the_simplex_and_window_intervals_never_narrower(fitted):
