@@ -1,9 +1,11 @@
 """Serial-return accounts: :class:`SerialReturnerModel`, the model training fits and serving loads.
 
-The detector (:mod:`features.account_detector`), plus, once enough review decisions exist, a small LightGBM on all
-features and the detector's score, boosted from a logistic prior on that score, with a background sample of the
-population as weak negatives (positive-unlabelled learning: a few dozen decisions say little on their own), and
-calibrated by Platt scaling on out-of-fold scores; used only when it beats the detector on held-out decisions.
+The detector (:mod:`features.account_detector`), plus, once enough review decisions exist, a supervised learner
+calibrated by Platt scaling on out-of-fold scores and used only when it beats the detector on held-out decisions:
+by default a logistic regression on the detector's per-pattern evidence and its combined score (which patterns the
+reviewers confirm on this platform: few weights, learnt from a few hundred decisions); or (``learner='boost'``) a
+small LightGBM on all features and the detector's score, boosted from a logistic prior on that score, with a
+background sample of the population as weak negatives (positive-unlabelled learning).
 ``explain`` turns LightGBM contributions (``pred_contrib``) or the detector's deviations into sentences a reviewer
 reads, and names the likely pattern (serial, wardrobing, refund_without_return, ring) from the reasons that dominate.
 """
@@ -23,8 +25,36 @@ from features.account_detector import (
     combined_score,
     counts_forest,
 )
-from features.account_features import ANOMALY_FEATURE, FEATURES, PATTERNS, AccountFrame
+from features.account_features import ANOMALY_FEATURE, FEATURE_PATTERN, FEATURES, PATTERNS, AccountFrame
 from features.account_reasons import pattern_text, typical_values
+
+LEARNERS = ("logistic", "boost")
+# The logistic learner's inputs: the detector's evidence per pattern and combined (-log10 of the chance for an
+# ordinary account of the platform), each on the platform's own scale.
+LOGISTIC_COLUMNS: tuple[str, ...] = (*(f"tail_{p}" for p in PATTERNS), ANOMALY_FEATURE)
+
+
+class _EvidenceLogistic:
+    """A logistic regression on standardised columns, kept as plain arrays (``coef_``, ``intercept_``,
+    ``center_``, ``scale_``) so a registered model needs no scikit-learn pipeline to score."""
+
+    def __init__(self, coef: np.ndarray, intercept: float, center: np.ndarray, scale: np.ndarray):
+        self.coef_, self.intercept_, self.center_, self.scale_ = coef, intercept, center, scale
+
+    def decision_function(self, Z: np.ndarray) -> np.ndarray:
+        return ((np.asarray(Z, dtype=float) - self.center_) / self.scale_) @ self.coef_[0] + self.intercept_
+
+
+def _fit_logistic(D: pd.DataFrame, y: np.ndarray, c: float) -> _EvidenceLogistic:
+    """L2 logistic regression (strength 1 / ``c``) of the decisions on :data:`LOGISTIC_COLUMNS`, standardised by
+    the decided accounts' own mean and spread."""
+    from sklearn.linear_model import LogisticRegression
+
+    Z = D[list(LOGISTIC_COLUMNS)].to_numpy(dtype=float)
+    center, scale = Z.mean(axis=0), Z.std(axis=0)
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    lr = LogisticRegression(C=c, max_iter=2000).fit((Z - center) / scale, np.asarray(y).astype(int))
+    return _EvidenceLogistic(lr.coef_.copy(), float(lr.intercept_[0]), center, scale)
 
 
 class SerialReturnerModel:
@@ -34,7 +64,14 @@ class SerialReturnerModel:
     labelled accounts (1 = confirmed abuse, 0 = cleared) in decision-time order. With fewer than ``min_labels``
     labels, or fewer than ``min_per_class`` of either class, it stays in cold start: the detector's score.
 
-    Otherwise it learns from the decisions, starting from the detector: a logistic prior on the detector's score
+    Otherwise it learns from the decisions. ``learner='logistic'`` (default): a logistic regression (L2, strength
+    ``1 / logistic_c``, standardised inputs) on the detector's evidence per pattern (:data:`LOGISTIC_COLUMNS`):
+    how much each pattern's evidence counts on this platform, as its reviewers decide. On the tuning worlds (seeds
+    600-607, 700-711, 800-811; 200 decisions from the top of the cold queue, ``benchmark-models``) it beat the
+    boosted model below: the queue on the unreviewed accounts was better than the cold start's on 18 of 32 worlds
+    (boost 13), worse on 1 (boost 4), + 0.05 on 12 (boost 11), mean gain + 0.084 (boost + 0.059); 200 decisions
+    from the top of a queue are few, and biased, for a tree model on every feature.
+    ``learner='boost'``: starting from the detector, a logistic prior on the detector's score
     (the boosting's ``init_score``), then a small LightGBM on every feature and that score, which corrects the prior
     where decisions say so. Where the reviewed sample holds no example (a pattern never reviewed), the prior, and so
     the detector, still ranks. ``background`` accounts drawn from the population join the decisions as weak
@@ -49,7 +86,11 @@ class SerialReturnerModel:
                  num_boost_round: int = 120, learning_rate: float = 0.05, num_leaves: int = 7,
                  background: int = 2000, background_weight: float = 1.0, num_threads: int = 1,
                  random_state: int = 0, detector_params: dict | None = None, gate: bool = True,
-                 gate_repeats: int = 3):
+                 gate_repeats: int = 3, learner: str = "logistic", logistic_c: float = 0.03):
+        if learner not in LEARNERS:
+            raise ValueError(f"unknown learner {learner!r}: choose one of {', '.join(LEARNERS)}")
+        self.learner = learner
+        self.logistic_c = logistic_c
         self.min_labels = min_labels
         self.min_per_class = min_per_class
         self.n_folds = n_folds
@@ -73,11 +114,16 @@ class SerialReturnerModel:
                 "num_threads": self.num_threads, "verbose": -1, "deterministic": True, "force_row_wise": True}
 
     def _fit_raw(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None = None):
-        """(prior, booster): the logistic prior on the detector score and the booster correcting it.
+        """(prior, fitted): for 'boost' the logistic prior on the detector score and the booster correcting it;
+        for 'logistic' (None, the fitted regression).
 
-        ``B``: background accounts from the population, weak negatives (positive-unlabelled learning): a few
-        dozen decisions say little on their own about how confirmed abusers differ from everybody else.
+        ``B`` ('boost' only): background accounts from the population, weak negatives (positive-unlabelled
+        learning): a few dozen decisions say little on their own about how confirmed abusers differ from everybody
+        else. The logistic regression learns from the decisions alone: on the tuning worlds background negatives
+        made it worse (it then learnt "unusual" again rather than which patterns the reviewers confirm).
         """
+        if getattr(self, "learner", "boost") == "logistic":
+            return None, _fit_logistic(D, y, self.logistic_c)
         from features.engine import train_booster
 
         anomaly = D[ANOMALY_FEATURE].to_numpy()
@@ -96,7 +142,9 @@ class SerialReturnerModel:
         return prior, booster
 
     @staticmethod
-    def _raw(D: pd.DataFrame, prior: tuple[float, float], booster) -> np.ndarray:
+    def _raw(D: pd.DataFrame, prior: tuple[float, float] | None, booster) -> np.ndarray:
+        if prior is None:  # the logistic learner
+            return booster.decision_function(D[list(LOGISTIC_COLUMNS)].to_numpy())
         return booster.predict(D, raw_score=True) + prior[0] * D[ANOMALY_FEATURE].to_numpy() + prior[1]
 
     def fit(self, X: AccountFrame, y: Sequence[float] | np.ndarray | None = None, client=None
@@ -133,7 +181,7 @@ class SerialReturnerModel:
         if self.mode_ == "supervised":
             D = self._design(X.loc[labelled])
             B = None
-            if self.background and (~labelled).any():
+            if self.background and (~labelled).any() and getattr(self, "learner", "boost") == "boost":
                 rng = np.random.default_rng(self.random_state)
                 pick = rng.choice(len(population), min(self.background, len(population)), replace=False)
                 B = self._design(population.iloc[np.sort(pick)])
@@ -259,19 +307,34 @@ class SerialReturnerModel:
     def contributions(self, X: AccountFrame) -> pd.DataFrame:
         """Each feature's push towards 'abuse' for each account (positive = more suspicious).
 
-        Supervised: LightGBM ``pred_contrib`` plus the prior's part, with the detector-score share spread over the
-        detector's deviations (that is what the score is made of). Cold start: the detector's deviations.
+        Supervised, 'boost': LightGBM ``pred_contrib`` plus the prior's part, with the detector-score share spread
+        over the detector's deviations (that is what the score is made of). 'logistic': each evidence column's
+        weighted departure from the decided accounts' mean, spread over the deviations of that pattern's features
+        (the combined score's over all deviations). Cold start: the detector's deviations.
         """
         self._check()
         dev = self.detector_.deviations(X)
         if self.booster_ is None:
             return dev
         D = self._design(X)
+        share = dev.div(dev.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
+        if self.prior_ is None:  # the logistic learner
+            lr = self.booster_
+            terms = lr.coef_[0] * (D[list(LOGISTIC_COLUMNS)].to_numpy() - lr.center_) / lr.scale_
+            C = pd.DataFrame(0.0, index=X.index, columns=list(FEATURES))
+            for j, col in enumerate(LOGISTIC_COLUMNS):
+                pat = col[len("tail_"):] if col.startswith("tail_") else None
+                cols = [f for f in FEATURES if FEATURE_PATTERN.get(f) == pat] if pat else list(FEATURES)
+                part = dev[cols]
+                w = part.div(part.sum(axis=1).replace(0, np.nan), axis=0)
+                # No deviation of that pattern's features: the term goes to the pattern's own features evenly.
+                w = w.fillna(1.0 / max(len(cols), 1))
+                C[cols] += w.mul(terms[:, j], axis=0).to_numpy()
+            return C
         contrib = self.booster_.predict(D, pred_contrib=True)[:, :-1]  # drop the bias column
         anomaly = contrib[:, len(FEATURES):].sum(axis=1) + self.prior_[0] * (D[ANOMALY_FEATURE].to_numpy()
                                                                             - self.anomaly_mean_)
         C = pd.DataFrame(contrib[:, :len(FEATURES)], index=X.index, columns=list(FEATURES))
-        share = dev.div(dev.sum(axis=1).replace(0, np.nan), axis=0).fillna(0.0)
         C[share.columns] += share.mul(anomaly, axis=0).to_numpy()
         return C
 

@@ -156,6 +156,22 @@ def gate_evidence(ds: Dataset, data_dir: Path, ev: Evaluation | None = None, fw:
     return Evidence("pr_auc", True, value, base, rows, compare, str(Path(data_dir).resolve()), last, t1)
 
 
+def learner_text(model: SerialReturnerModel) -> str:
+    """What the model's own score is, in words (the card says it; MLflow logs ``final_learner``)."""
+    if model.mode_ != "supervised":
+        return "the pattern detector's evidence added up (-log10 of the joint chance for an ordinary account)"
+    g = model.gate_
+    gate = (f"; chosen over the cold start on held-out decisions, ROC-AUC {g['auc_supervised']:.3f} against "
+            f"{g['auc_cold_start']:.3f}" if g.get("auc_supervised") is not None else "")
+    if getattr(model, "learner", "boost") == "logistic":
+        from features.account_model import LOGISTIC_COLUMNS
+
+        w = ", ".join(f"{c.removeprefix('tail_')} {v:+.2f}" for c, v in
+                      zip(LOGISTIC_COLUMNS, model.booster_.coef_[0], strict=True))
+        return f"a logistic regression on the detector's evidence per pattern (standardised weights: {w}){gate}"
+    return f"a LightGBM on every feature boosted from a logistic prior on the detector's score{gate}"
+
+
 def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialReturnerModel, capacity: int,
                ev: Evaluation | None = None, fw: dict | None = None, validated: bool = True) -> dict:
     """The model card's content (see :mod:`training.model_card`): figures from the evaluation as logged to MLflow."""
@@ -165,7 +181,8 @@ def model_card(ds: Dataset, data_dir: Path, settings: Settings, final: SerialRet
         "Serial returners (return abuse)",
         "An abuse score per account (higher = more abnormal returning) with reasons and the likely pattern "
         f"({', '.join(PATTERNS)}), and the review queue sized to the risk team's capacity ({capacity}). "
-        f"Mode of this version: {final.mode_} ({final.n_labels_} review decisions learnt from). The queue ranks "
+        f"Mode of this version: {final.mode_} ({final.n_labels_} review decisions learnt from): "
+        f"{learner_text(final)}. The queue ranks "
         f"by: {getattr(final, 'method_', 'model')} ({getattr(final, 'method_evidence_', '') or 'no evaluation'}).",
         "The risk team choosing which accounts to review; their decisions train the next version.",
         data_summary(ds, data_dir, validated, ["orders", "returns", "account_links", "review_decisions"]),
@@ -320,6 +337,8 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
         final.use(method, X_end, rule=_rule(settings), evidence=evidence)
         summary["queue_method"] = method
         registry.log_params({"final_mode": final.mode_, "final_labels": final.n_labels_, "as_of": str(last.date()),
+                             "final_learner": getattr(final, "learner", "boost") if final.mode_ == "supervised"
+                             else "cold_start",
                              "accounts": len(X_end), "queue_method": method})
         card = model_card(ds, Path(data_dir), settings, final, capacity, ev=ev if truth is not None else None,
                           fw=fw if truth is None else None, validated=validated)
