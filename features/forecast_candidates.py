@@ -5,6 +5,7 @@ weights and intervals are kept by, the simplex LAD weights and the finite-sample
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterable
@@ -81,6 +82,21 @@ def planners_source(days: pd.DatetimeIndex, market: str, settings: Settings) -> 
     return src
 
 
+@functools.lru_cache(maxsize=16)
+def _window_mask(market: str, first: pd.Timestamp, last: pd.Timestamp, summer_sale: str,
+                 summer_sale_days: int) -> np.ndarray:
+    """Per day from ``first`` to ``last``: inside a major event's after-sales window (one calendar look-up per history
+    instead of one per origin: a day's membership does not depend on where the history ends)."""
+    days = pd.date_range(first, last, freq="D")
+    hw = holiday_windows(market, first - pd.Timedelta(days=40), last,
+                         Settings(market=market, summer_sale=summer_sale, summer_sale_days=summer_sale_days))
+    inside = np.zeros(len(days), dtype=bool)
+    for w in hw.itertuples():
+        inside |= np.asarray((days >= w.window_start) & (days <= w.window_end))
+    inside.flags.writeable = False
+    return inside
+
+
 def planners_growth(history: History, t: int, settings: Settings, growth_days: int = GROWTH_DAYS) -> np.ndarray:
     """Year-over-year growth per series at origin index ``t``: the last ``growth_days`` days (as far as the history
     reaches a year back, at least 28) over the same days 52 weeks before, on the days outside every major event's
@@ -93,11 +109,7 @@ def planners_growth(history: History, t: int, settings: Settings, growth_days: i
     ok = np.ones(span, dtype=bool)
     if span > 28:
         days = history.days
-        hw = holiday_windows(history.market, days[0] - pd.Timedelta(days=40), days[t], settings)
-        inside = np.zeros(t + 1, dtype=bool)
-        d = days[:t + 1]
-        for w in hw.itertuples():
-            inside |= np.asarray((d >= w.window_start) & (d <= w.window_end))
+        inside = _window_mask(history.market, days[0], days[-1], settings.summer_sale, int(settings.summer_sale_days))
         ok = ~inside[idx] & ~inside[idx - LY]
     if ok.sum() < 28:
         idx, ok = np.arange(t - 27, t + 1), np.ones(28, dtype=bool)
