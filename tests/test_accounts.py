@@ -405,3 +405,24 @@ def test_supervised_model_learns_which_patterns_the_reviewers_confirm(feats):
     assert "added up" in learner_text(cold)
     with pytest.raises(ValueError, match="unknown learner"):
         SerialReturnerModel(learner="forest")
+
+
+def test_cold_start_scored_later_weighs_evidence_against_that_days_accounts(feats):
+    # A cold start fitted on an earlier population (here: a tenth of the accounts, whose null differs) and scored
+    # on a later day's accounts: on_population refits the null on those accounts, so its scores are those of a
+    # cold start fitted on them; the fitted model is left as it was, and a supervised model is kept as it is.
+    early = feats.iloc[::10]
+    m = SerialReturnerModel().fit(early)
+    before = m.predict(feats)
+    later = m.on_population(feats)
+    assert later is not m and later.mode_ == "cold_start"
+    assert np.allclose(later.predict(feats), SerialReturnerModel().fit(feats).predict(feats))
+    assert not np.allclose(later.predict(feats), before)
+    assert np.allclose(m.predict(feats), before)
+    cold = SerialReturnerModel().fit(feats)
+    top = np.argsort(-cold.predict(feats), kind="stable")[:120]
+    rng = np.random.default_rng(0)
+    y = rng.random(120) < 0.6
+    sup = SerialReturnerModel(gate=False).fit(pd.concat([feats, feats.iloc[top]]),
+                                              np.r_[np.full(len(feats), np.nan), y.astype(float)])
+    assert sup.mode_ == "supervised" and sup.on_population(early) is sup

@@ -182,7 +182,9 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
     X1 = features_as_of(ds, t1, settings, market)
     X2 = features_as_of(ds, t2, settings, market)
     labels = load_labels(ds, settings, t1)
-    model = fit_model(X1, labels, settings, t1, source=str(data_dir))
+    fitted_t1 = fit_model(X1, labels, settings, t1, source=str(data_dir))
+    # flag-accounts as of T2 with the model fitted at T1: a cold start's null is refitted on that day's accounts.
+    model = fitted_t1.on_population(X2)
     tr = truth.reindex(X2.index.astype(str))
     y = (tr["is_abuser"].fillna(False).astype(bool) & (tr["abuse_start"] <= t2)).to_numpy()
     pattern = tr["pattern"].fillna("normal").astype(str).to_numpy()
@@ -214,7 +216,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
             row[f"recall_{p}_{name}"] = float((y[pos] & (pattern[pos] == p)).sum() / n_p) if n_p else float("nan")
     # With decisions: simulated reviewers work through the top of the cold queue as of T1 (their decisions are the
     # truth as of T1), recorded in the review decision store; the model is refitted the way `train` fits it.
-    q1 = review_queue(X1, model, reviewed, **queue_settings(settings))
+    q1 = review_queue(X1, fitted_t1, reviewed, **queue_settings(settings))
     t1r = truth.reindex(q1["account_id"].astype(str))
     confirmed = (t1r["is_abuser"].fillna(False).astype(bool) & (t1r["abuse_start"] <= t1)).to_numpy()
     decided_at = utc_day_end(t1) - pd.Timedelta(hours=12)
@@ -223,7 +225,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
                               "decided_at": decided_at, "reviewer": "benchmark.reviewer", "note": None})
     import_decisions(decisions, known_accounts=set(X1.index.astype(str)), source="benchmark", settings=settings)
     labels2 = load_labels(ds, settings, t1)
-    model2 = fit_model(X1, labels2, settings, t1, source=str(data_dir))
+    model2 = fit_model(X1, labels2, settings, t1, source=str(data_dir)).on_population(X2)
     seen = set(decisions["account_id"])
     rest = ~ids.isin(list(seen))
     k2 = int(y[rest].sum())

@@ -205,11 +205,13 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     tr = truth.reindex(ev.index)
     y = (tr["is_abuser"].fillna(False).astype(bool) & (tr["abuse_start"] <= t2)).to_numpy()
     pattern = tr["pattern"].fillna("normal").astype(str).to_numpy()
-    scores = {"model": model.predict(ev), "cold_start": cold.predict(ev), **baseline_scores(ev, forest, settings)}
+    # Scored as flag-accounts scores on a later day: a cold start's null is refitted on that day's accounts.
+    model_t2, cold_t2 = model.on_population(X2), cold.on_population(X2)
+    scores = {"model": model_t2.predict(ev), "cold_start": cold_t2.predict(ev), **baseline_scores(ev, forest, settings)}
     rows = [{"method": m, **ranking_metrics(y, s, pattern, capacity)} for m, s in scores.items()]
     metrics = pd.DataFrame(rows).set_index("method")
     echo("building the review queue")
-    queue = review_queue(ev, model, capacity, scores=scores["model"], **queue_settings(settings))
+    queue = review_queue(ev, model_t2, capacity, scores=scores["model"], **queue_settings(settings))
     qt = truth.reindex(queue["account_id"])
     queue = queue.assign(true_pattern=qt["pattern"].fillna("normal").to_numpy(),
                          abuser=(qt["is_abuser"].fillna(False).astype(bool) & (qt["abuse_start"] <= t2)).to_numpy())
