@@ -403,12 +403,22 @@ def _gap_sd(y: np.ndarray, p_offline: np.ndarray, served: dict[str, np.ndarray],
             seed: int = 200) -> dict[str, float]:
     """Paired-bootstrap standard deviation of ``AUC(offline) - AUC(served)`` for each served variant: the same
     resamples of the tickets (fixed seed) for every variant; resamples with one outcome only are skipped."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y), size=(n, len(y)))
-    idx = idx[[0 < y[i].sum() < len(i) for i in idx]]
-    off = np.array([_auc(y[i], p_offline[i]) for i in idx])
-    return {name: float(np.std(off - np.array([_auc(y[i], p[i]) for i in idx]), ddof=1)) if len(idx) > 1
-            else float("nan") for name, p in served.items()}
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, dtype=bool)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n, len(y)))
+    yb = y[idx]
+    pos = yb.sum(axis=1)
+    idx, yb, pos = idx[(pos > 0) & (pos < len(y))], yb[(pos > 0) & (pos < len(y))], pos[(pos > 0) & (pos < len(y))]
+    if len(idx) < 2:
+        return {name: float("nan") for name in served}
+
+    def auc(p: np.ndarray) -> np.ndarray:  # Mann-Whitney per resample, ties counted half (as roc_auc_score)
+        r = rankdata(np.asarray(p, dtype=np.float64)[idx], axis=1)
+        return ((r * yb).sum(axis=1) - pos * (pos + 1) / 2) / (pos * (len(y) - pos))
+
+    off = auc(p_offline)
+    return {name: float(np.std(off - auc(p), ddof=1)) for name, p in served.items()}
 
 
 def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: str, models_dir: Path,
