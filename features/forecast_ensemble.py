@@ -149,7 +149,9 @@ class HolidayForecaster:
     log distance above the forecast is combined in quadrature with ``level_z`` times the series' own event-level
     spread (:func:`event_level_spread`: how much an event's uplift moved from one instance to the next in this
     history): the evidence's windows are other, smaller events, and the one ahead may come in above last year's
-    size by as much as this history's events did (1.2816: the normal 90% point; 0 turns it off). ``noise_z``: a cell whose shrunk weights
+    size by as much as this history's events did (0 turns it off). On the 32 tuning worlds (seeds 600-607,
+    700-711, 800-811) the holiday-window coverage median was 0.84 without it, 0.86 with 1.0 and 0.88 (the top of
+    the range asked) with 1.2816, the normal 90% point; the lowest world 0.64 either way. ``noise_z``: a cell whose shrunk weights
     are worse on its evidence than its best single candidate by more than this many standard errors (origins as
     the draws) takes that candidate alone: never worse than its best component by more than noise. ``inner_step``: days between inner origins.
     """
@@ -158,7 +160,7 @@ class HolidayForecaster:
                  peers: bool = True, peer_series: tuple[str, ...] = (TOTAL,), use: str | None = None,
                  inner_step: int = 8, shrink_origins: float = 32.0, single_instance_widen: float = 1.5,
                  min_cell_rows: int = 30, noise_z: float = 2.0, symmetric_instances: int = 3,
-                 level_z: float = 1.2816, num_threads: int = 1,
+                 level_z: float = 1.0, num_threads: int = 1,
                  lgbm_params: dict | None = None):
         self.horizon = horizon
         self.market = market
