@@ -136,6 +136,37 @@ def test_ticket_triage_reports_the_week_after_a_refresh(bench):
     assert measured[["refresh_week_served", "refresh_week_offline"]].stack().between(0.5, 1.0).all()
 
 
+def test_ticket_triage_reports_the_daily_refresh_cadence_and_the_gaps_noise(bench):
+    """The default cadence also scores the same week with `refresh-features` each morning (the Runtime swapping to
+    each day's generation): its gap is against the same offline figure, and both gaps carry a bootstrap SD."""
+    out, _ = bench
+    rows = _world_rows(pd.read_csv(out / "ticket_triage.csv"))
+    for col in ("refresh_daily_served", "refresh_daily_gap", "refresh_week_gap_sd", "refresh_daily_gap_sd",
+                "refresh_week_seconds", "refresh_daily_seconds"):
+        assert col in rows.columns, col
+    assert ((rows["refresh_week_seconds"] > 0) & (rows["refresh_daily_seconds"] > 0)).all()
+    measured = rows.dropna(subset=["refresh_daily_served", "refresh_week_offline"])
+    assert len(measured) >= 1
+    assert np.allclose(measured["refresh_daily_gap"],
+                       measured["refresh_week_offline"] - measured["refresh_daily_served"])
+    assert measured["refresh_daily_served"].between(0.5, 1.0).all()
+    sds = measured[["refresh_week_gap_sd", "refresh_daily_gap_sd"]]
+    assert sds.notna().all().all() and (sds >= 0).all().all() and (sds < 0.2).all().all()
+
+
+def test_gap_sd_is_a_paired_bootstrap_of_the_auc_difference():
+    """Identical scores: every resample's gap is 0; scores that differ: a positive SD, the same for the same seed."""
+    from training.benchmark_sections import _gap_sd
+
+    rng = np.random.default_rng(1)
+    y = rng.random(150) < 0.3
+    off = y + rng.normal(0, 0.8, len(y))
+    noisy = off + rng.normal(0, 0.8, len(y))
+    sd = _gap_sd(y, off, {"same": off.copy(), "noisy": noisy})
+    assert sd["same"] == 0.0
+    assert 0 < sd["noisy"] < 0.2 and _gap_sd(y, off, {"noisy": noisy})["noisy"] == sd["noisy"]
+
+
 def test_latent_risk_reference_scores_the_worlds_truth_on_the_same_merchants(tmp_path):
     from training.benchmark_sections import latent_risk_reference
 

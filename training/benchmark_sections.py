@@ -4,6 +4,7 @@ through the project's own functions and commands and scores later time against e
 from __future__ import annotations
 
 import os
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -334,6 +335,12 @@ REFRESH_AFTER_DAYS = 30  # `refresh-features` this many days after training; the
 REFRESH_WEEK_DAYS = 7
 
 
+REFRESH_CADENCES = ("both", "once", "daily")  # `--refresh-cadence`: which refresh weeks the triage section scores
+
+
+GAP_BOOTSTRAP = 200  # paired resamples of the refresh week's labelled tickets for the gaps' standard deviations
+
+
 def _serve(rt, tickets: pd.DataFrame, batch: int) -> np.ndarray:
     """Send ``tickets`` (time-ordered) to the Runtime in batches, as the ticket system would; their probabilities."""
     from serving.schemas import TicketIn
@@ -367,8 +374,57 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
 
 
+def _refreshed_week(rt, later: pd.DataFrame, week: np.ndarray, r_end: pd.Timestamp, steps: list[int],
+                    refresh_to, batch: int, seen: list | None = None) -> np.ndarray:
+    """Score the refresh week's tickets on the running ``rt``: at each of ``steps`` (days after the refresh day)
+    ``refresh_to(step)`` writes the generation as of that day's start, the Runtime swaps to it and scores the tickets
+    until the next step (the last until the week's end). ``[0]``: one refresh for the week; ``0..6``: a daily cron.
+    ``seen``: a list to extend with the feature matrices the served model assembled."""
+    from training.ticket_triage import MODEL_NAME as TRIAGE
+
+    tickets = later[week]
+    created = tickets["created_at"]
+    probs = np.full(len(tickets), np.nan)
+    bounds = [r_end + pd.Timedelta(days=k) for k in steps] + [r_end + pd.Timedelta(days=REFRESH_WEEK_DAYS)]
+    for k, lo, hi in zip(steps, bounds[:-1], bounds[1:], strict=True):
+        refresh_to(k)
+        if not rt.refresh():
+            raise RuntimeError(f"the Runtime did not swap to the refreshed generation: {rt.generation_problem}")
+        day = ((created >= lo) & (created < hi)).to_numpy()
+        if day.any():
+            model = rt.model(TRIAGE)
+            got = _capturing_features(model) if seen is not None else None
+            probs[day] = _serve(rt, tickets[day], batch)
+            if got is not None:
+                seen += got
+                del model.features_batch  # the instance attribute: the class's method again
+    return probs
+
+
+def _gap_sd(y: np.ndarray, p_offline: np.ndarray, served: dict[str, np.ndarray], n: int = GAP_BOOTSTRAP,
+            seed: int = 200) -> dict[str, float]:
+    """Paired-bootstrap standard deviation of ``AUC(offline) - AUC(served)`` for each served variant: the same
+    resamples of the tickets (fixed seed) for every variant; resamples with one outcome only are skipped."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y, dtype=bool)
+    idx = np.random.default_rng(seed).integers(0, len(y), size=(n, len(y)))
+    yb = y[idx]
+    pos = yb.sum(axis=1)
+    idx, yb, pos = idx[(pos > 0) & (pos < len(y))], yb[(pos > 0) & (pos < len(y))], pos[(pos > 0) & (pos < len(y))]
+    if len(idx) < 2:
+        return {name: float("nan") for name in served}
+
+    def auc(p: np.ndarray) -> np.ndarray:  # Mann-Whitney per resample, ties counted half (as roc_auc_score)
+        r = rankdata(np.asarray(p, dtype=np.float64)[idx], axis=1)
+        return ((r * yb).sum(axis=1) - pos * (pos + 1) / 2) / (pos * (len(y) - pos))
+
+    off = auc(p_offline)
+    return {name: float(np.std(off - auc(p), ddof=1)) for name, p in served.items()}
+
+
 def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: str, models_dir: Path,
-                   batch: int = 2000, week_features: dict | None = None) -> dict:
+                   batch: int = 2000, week_features: dict | None = None, cadence: str = "both") -> dict:
     """`train ticket-triage` on the earlier data; the serving Runtime scores every later ticket in the order they were
     created (as the ticket system sends them: only their own fields); ROC-AUC vs case type on the labelled ones.
 
@@ -377,10 +433,20 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
     ``refresh_week_offline``, the same model on the point-in-time training features of the same tickets
     (``refresh_week_stale``: those tickets as first served, from the snapshots of the training day).
 
+    ``cadence``: ``once`` is that protocol; ``daily`` runs `refresh-features` again at the start of each later day of
+    the week (as a daily cron would; its own Runtime swaps each morning) and scores each day's tickets with that
+    morning's generation: ``refresh_daily_served``, ``refresh_daily_gap`` against the same offline figure;
+    ``both`` (default) runs the two side by side. ``refresh_week_gap_sd`` / ``refresh_daily_gap_sd``: paired-bootstrap
+    standard deviations of the gaps (:data:`GAP_BOOTSTRAP` resamples of the week's labelled tickets, fixed seed);
+    ``refresh_week_seconds`` / ``refresh_daily_seconds``: what each variant's refreshes and scoring took.
+
     ``week_features``: a dict to fill with the refresh week's feature matrices, served (``served``: what the
     refreshed Runtime assembled) and offline (``offline``), and ``tickets``, ``y``, ``labelled``, ``p_served``,
-    ``p_offline`` (for ``benchmarks/diag_triage_refresh.py``; the figures are the same either way).
+    ``p_offline`` (for ``benchmarks/diag_triage_refresh.py``; the figures are the same either way; of the
+    ``once`` variant when it runs).
     """
+    if cadence not in REFRESH_CADENCES:
+        raise ValueError(f"cadence: {cadence!r} is not one of {', '.join(REFRESH_CADENCES)}")
     from features.contract import load_dataset
     from features.tickets import CalendarTable, build_training_features
     from serving.app import Runtime
@@ -413,43 +479,65 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
             ).to_numpy()
     row_refresh: dict = {}
     if week.any():
-        # A second service, run as a deployment would: it serves the training generation until the refresh (seeing
-        # every ticket up to then), swaps to the refreshed generation while running, then scores the week after.
-        rt = Runtime.load(settings)
+        # Services run as a deployment would: each serves the training generation until the refresh (seeing every
+        # ticket up to then), swaps to refreshed generations while running, then scores the week after: `once`
+        # refreshes on the refresh day only, `daily` also at the start of each later day of the week (a daily cron).
+        cadences = ("once", "daily") if cadence == "both" else (cadence,)
+        rts = {c: Runtime.load(settings) for c in cadences}
+        written: dict[int, Path] = {}
+
+        def refresh_to(k: int) -> None:  # `refresh-features` on the data as of the refresh day + k (each day once)
+            if k not in written:
+                name = "data_refresh" if k == 0 else "data_refresh_daily"
+                written[k] = data_as_of(full_dir, Path(asof_dir).parent / name,
+                                        refresh_day + pd.Timedelta(days=k))
+                _train_quietly(refresh_features, written[k], settings, echo=_quiet)
+
+        p_served: dict[str, np.ndarray] = {}
+        seconds: dict[str, float] = {}
+        seen: list = []
         try:
-            _serve(rt, later[(later["created_at"] < r_end).to_numpy()], batch)
-            rdir = data_as_of(full_dir, Path(asof_dir).parent / "data_refresh", refresh_day)
-            _train_quietly(refresh_features, rdir, settings, echo=_quiet)
-            if not rt.refresh():
-                raise RuntimeError(f"the Runtime did not swap to the refreshed generation: {rt.generation_problem}")
+            for rt in rts.values():
+                _serve(rt, later[(later["created_at"] < r_end).to_numpy()], batch)
+            for c, rt in rts.items():
+                t0 = time.perf_counter()
+                p_served[c] = _refreshed_week(rt, later, week, r_end, [0] if c == "once" else
+                                              list(range(REFRESH_WEEK_DAYS)), refresh_to, batch,
+                                              seen if c == cadences[0] else None)
+                seconds[c] = time.perf_counter() - t0
             model = rt.model(TRIAGE)
-            if week_features is not None:
-                week_features["served"] = _capturing_features(model)
-            p_week = _serve(rt, later[week], batch)
-            if week_features is not None:
-                del model.features_batch  # the instance attribute: the class's method again
         finally:
-            rt.close()
+            for rt in rts.values():
+                rt.close()
         cal = CalendarTable(market, settings.summer_sale, settings.summer_sale_days)
         feats = build_training_features(load_dataset(full_dir), cal)
         pos = pd.Series(np.arange(len(feats.meta)), index=feats.meta["ticket_id"].to_numpy())
         p_off = model.predict(feats.X.iloc[pos.loc[later.loc[week, "ticket_id"]].to_numpy()])
         lw = labelled[week]
         yw = y[week][lw]
-        row_refresh = {"refresh_as_of": str(refresh_day.date()), "refresh_week_tickets": int(lw.sum()),
-                       "refresh_week_served": _auc(yw, p_week[lw]),
-                       "refresh_week_offline": _auc(yw, p_off[lw]),
-                       "refresh_week_stale": _auc(yw, probs[week][lw])}
-        row_refresh["refresh_week_gap"] = row_refresh["refresh_week_offline"] - row_refresh["refresh_week_served"]
+        offline = _auc(yw, p_off[lw])
+        row_refresh = {"refresh_as_of": str(refresh_day.date()), "refresh_week_tickets": int(lw.sum())}
+        if "once" in p_served:
+            row_refresh["refresh_week_served"] = _auc(yw, p_served["once"][lw])
+        row_refresh.update(refresh_week_offline=offline, refresh_week_stale=_auc(yw, probs[week][lw]))
+        names = {"once": "refresh_week", "daily": "refresh_daily"}
+        if "daily" in p_served:
+            row_refresh["refresh_daily_served"] = _auc(yw, p_served["daily"][lw])
+        for c in p_served:
+            row_refresh[f"{names[c]}_gap"] = offline - row_refresh[f"{names[c]}_served"]
+        for c, sd in _gap_sd(yw, p_off[lw], {c: p_c[lw] for c, p_c in p_served.items()}).items():
+            row_refresh[f"{names[c]}_gap_sd"] = sd
+        for c, sec in seconds.items():
+            row_refresh[f"{names[c]}_seconds"] = sec  # refreshes + swaps + scoring the week
         if week_features is not None:
             from features.tickets import FEATURES
 
             off = feats.X.iloc[pos.loc[later.loc[week, "ticket_id"]].to_numpy()]
             Xo = off[list(FEATURES)].to_numpy(dtype=np.float64, copy=True)
             Xo[:, FEATURES.index("text_score")] = model.text_scorer_.score(off["text"])  # as predict() does
-            week_features.update(served=np.vstack(week_features["served"]), offline=Xo,
-                                 tickets=later[week].reset_index(drop=True), y=y[week], labelled=lw,
-                                 p_served=p_week, p_offline=p_off, model=model)
+            week_features.update(served=np.vstack(seen), offline=Xo, tickets=later[week].reset_index(drop=True),
+                                 y=y[week], labelled=lw, p_served=p_served[cadences[0]], p_offline=p_off,
+                                 model=model)
     base = CaseTypeBaseline().fit(known["case_type"], known["escalated"].astype(float).to_numpy())
     return {"as_of": str(pd.Timestamp(as_of).date()), "tickets": int(labelled.sum()),
             "tickets_sent": len(later), "escalation_rate": float(y[labelled].mean()),
