@@ -215,6 +215,16 @@ class SerialReturnerModel:
         out.anomaly_mean_ = float(np.mean(out.detector_.score(X)))
         return out
 
+    def for_day(self, X: AccountFrame) -> SerialReturnerModel:
+        """The model to score ``X`` with: :meth:`on_population` when ``X`` is as of a later day than the one the
+        model was fitted on (``as_of_``, set by training), else the model itself. ``flag-accounts`` and the served
+        snapshots (``train``, ``refresh-features``) both score through this, so the served queue and the command's
+        queue of the same day agree."""
+        fitted, day = getattr(self, "as_of_", None), X.attrs.get("as_of")
+        if fitted is None or day is None or pd.Timestamp(day) <= pd.Timestamp(fitted):
+            return self
+        return self.on_population(X)
+
     def _gate(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None = None) -> dict:
         """Whether the supervised model beats the cold start on held-out decisions.
 

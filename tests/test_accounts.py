@@ -426,3 +426,23 @@ def test_cold_start_scored_later_weighs_evidence_against_that_days_accounts(feat
     sup = SerialReturnerModel(gate=False).fit(pd.concat([feats, feats.iloc[top]]),
                                               np.r_[np.full(len(feats), np.nan), y.astype(float)])
     assert sup.mode_ == "supervised" and sup.on_population(early) is sup
+
+
+def test_served_snapshot_scores_a_later_day_as_flag_accounts_does(feats, tmp_path):
+    # refresh-features writes the served accounts snapshot with a champion fitted on an earlier day: the snapshot
+    # must score the day's accounts as `flag-accounts` does (the null refitted on that day's accounts, for_day), or
+    # the served queue and the command's queue of the same day would disagree.
+    from features.settings import Settings
+    from training.serial_returners import write_snapshots
+
+    m = SerialReturnerModel().fit(feats.iloc[::10])
+    m.as_of_ = "2023-03-31"  # fitted half a year before feats' day
+    assert m.for_day(feats) is not m
+    expected = m.on_population(feats).predict(feats)
+    write_snapshots(feats, m, Settings(), out=tmp_path)
+    snap = pd.read_parquet(tmp_path / "accounts.parquet").set_index("account_id")
+    got = snap.loc[feats.index.astype("string"), "abuse_score"].to_numpy()
+    assert np.allclose(got, np.round(expected, 6), atol=1e-6)
+    assert not np.allclose(got, np.round(m.predict(feats), 6), atol=1e-6)
+    m.as_of_ = feats.attrs["as_of"]  # fitted on the day itself (training's own snapshots): scored as it is
+    assert m.for_day(feats) is m

@@ -112,9 +112,7 @@ def flag_accounts_cmd(data_dir: Path | None, as_of: str | None, capacity: int | 
     with engine_for_command(engine, scheduler) as eng:
         X = account_features(ds.orders, ds.returns, ds.account_links, day, market, settings, engine=eng)
         model = _choose_model(ds, X, day, data_dir, settings, use, click.echo, client=eng.client)
-    if as_day(getattr(model, "as_of_", None) or day) < day:
-        # A cold-start champion fitted on an earlier day: its null is refitted on this day's accounts.
-        model = model.on_population(X)
+    model = model.for_day(X)  # a cold-start champion fitted earlier: its null refitted on this day's accounts
     labels = load_labels(ds, settings, day)
     exclude = excluded_accounts(labels, day, settings.serial_review_cooldown_days)
     scores = model.predict(X)

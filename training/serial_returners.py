@@ -105,6 +105,7 @@ def write_snapshots(X: AccountFrame, model: SerialReturnerModel, settings: Setti
     ``snapshots_dir``); files are replaced atomically so a reader never sees half a file."""
     out = Path(out or settings.snapshots_dir)
     out.mkdir(parents=True, exist_ok=True)
+    model = model.for_day(X)  # refresh-features with a champion fitted earlier: scored as flag-accounts scores it
     scores = model.predict(X)
     snap = score_snapshot(X, model, scores=scores)
     queue = review_queue(X, model, capacity or settings.review_capacity, exclude=exclude, scores=scores,
