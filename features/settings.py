@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,10 @@ class Settings(BaseSettings):
     serial_num_threads: int = Field(1, description="LightGBM threads for the serial-returner model.")
     serial_supervised_gate: bool = Field(True, description="Use the supervised serial-returner model only when it "
                                          "beats the cold start on held-out decisions (false: whenever labels allow).")
+    serial_learner: Literal["logistic", "boost"] = Field(
+        "logistic", description="What the supervised serial-returner model learns from the review decisions: "
+        "'logistic', the weight of each pattern's evidence; 'boost', a small LightGBM on every feature (trained with "
+        "lightgbm.dask under --engine dask).")
 
     # Dask engine (features/engine.py; `--engine dask` without `--scheduler` starts a LocalCluster with these)
     dask_workers: int = Field(2, description="Worker processes of the LocalCluster that --engine dask starts.")

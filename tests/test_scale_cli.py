@@ -108,7 +108,8 @@ def test_lightgbm_dask_models_score_like_the_pandas_ones(world, engine, monkeypa
     # Serial returners: the supervised model (60 decisions drawn from the truth as of t1), scored at t2.
     from sklearn.metrics import average_precision_score
 
-    settings = Settings(serial_supervised_gate=False)  # the Dask-trained booster is what this test compares
+    # the Dask-trained booster is what this test compares: the 'boost' learner, used whatever the decisions say
+    settings = Settings(serial_supervised_gate=False, serial_learner="boost")
     t1, t2 = pd.Timestamp("2024-01-31", tz="UTC"), pd.Timestamp("2024-06-30", tz="UTC")
     X1, X2 = (sr.features_as_of(ds, t, settings, engine=engine) for t in (t1, t2))
     truth = sr._truth(world).reindex(X1.index)

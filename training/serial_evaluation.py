@@ -81,7 +81,7 @@ def fit_model(X: AccountFrame, labels: pd.DataFrame, settings: Settings, as_of=N
     lab = labels[labels["account_id"].isin(X.index)]
     Xl = X.loc[lab["account_id"].to_numpy()]
     model = SerialReturnerModel(min_labels=settings.serial_min_labels, num_threads=settings.serial_num_threads,
-                                gate=settings.serial_supervised_gate)
+                                gate=settings.serial_supervised_gate, learner=settings.serial_learner)
     model.fit(pd.concat([X, Xl]), np.r_[np.full(len(X), np.nan), lab["label"].to_numpy(dtype=float)], client=client)
     model.as_of_ = str(as_day(as_of).date()) if as_of is not None else X.attrs.get("as_of")
     model.data_source_ = source
