@@ -82,6 +82,9 @@ class SerialReturnerModel:
     for accounts like those reviewed.
     """
 
+    # Models pickled before the logistic learner existed were all boosted; a new instance sets its own.
+    learner: str = "boost"
+
     def __init__(self, min_labels: int = 30, min_per_class: int = 3, n_folds: int = 5,
                  num_boost_round: int = 120, learning_rate: float = 0.05, num_leaves: int = 7,
                  background: int = 2000, background_weight: float = 1.0, num_threads: int = 1,
@@ -122,7 +125,7 @@ class SerialReturnerModel:
         else. The logistic regression learns from the decisions alone: on the tuning worlds background negatives
         made it worse (it then learnt "unusual" again rather than which patterns the reviewers confirm).
         """
-        if getattr(self, "learner", "boost") == "logistic":
+        if self.learner == "logistic":
             return None, _fit_logistic(D, y, self.logistic_c)
         from features.engine import train_booster
 
@@ -181,7 +184,7 @@ class SerialReturnerModel:
         if self.mode_ == "supervised":
             D = self._design(X.loc[labelled])
             B = None
-            if self.background and (~labelled).any() and getattr(self, "learner", "boost") == "boost":
+            if self.background and (~labelled).any() and self.learner == "boost":
                 rng = np.random.default_rng(self.random_state)
                 pick = rng.choice(len(population), min(self.background, len(population)), replace=False)
                 B = self._design(population.iloc[np.sort(pick)])

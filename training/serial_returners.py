@@ -164,7 +164,7 @@ def learner_text(model: SerialReturnerModel) -> str:
     g = model.gate_
     gate = (f"; chosen over the cold start on held-out decisions, ROC-AUC {g['auc_supervised']:.3f} against "
             f"{g['auc_cold_start']:.3f}" if g.get("auc_supervised") is not None else "")
-    if getattr(model, "learner", "boost") == "logistic":
+    if model.learner == "logistic":
         from features.account_model import LOGISTIC_COLUMNS
 
         w = ", ".join(f"{c.removeprefix('tail_')} {v:+.2f}" for c, v in
@@ -338,7 +338,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
         final.use(method, X_end, rule=_rule(settings), evidence=evidence)
         summary["queue_method"] = method
         registry.log_params({"final_mode": final.mode_, "final_labels": final.n_labels_, "as_of": str(last.date()),
-                             "final_learner": getattr(final, "learner", "boost") if final.mode_ == "supervised"
+                             "final_learner": final.learner if final.mode_ == "supervised"
                              else "cold_start",
                              "accounts": len(X_end), "queue_method": method})
         card = model_card(ds, Path(data_dir), settings, final, capacity, ev=ev if truth is not None else None,
