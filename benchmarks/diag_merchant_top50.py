@@ -44,21 +44,13 @@ def world_frame(wdir: Path):
     """The merchant section's frame of one kept world: features as of the cut-off, label, model score, latent."""
     import pandas as pd
 
-    from features.contract import load_dataset
-    from features.merchants import build_features, build_labels, prepare_events
     from features.scenarios import read_dataset_meta
-    from training import registry
+    from training.benchmark_sections import merchant_frame
     from training.benchmark_worlds import LABEL_DAYS, last_day, world_settings
-    from training.merchant_risk import MODEL_NAME, rank_as_of
 
     settings = world_settings(wdir / "models_as_of", read_dataset_meta(wdir / "data").get("market", "CN"))
-    model = registry.load_champion(MODEL_NAME, settings=settings).model
-    events_t = prepare_events(load_dataset(wdir / "data_as_of"))
-    day = events_t.check_as_of(last_day(wdir / "data") - pd.Timedelta(days=LABEL_DAYS))
-    ranking = rank_as_of(model, events_t, day, settings)
-    frame = build_features(events_t, day, horizon_days=LABEL_DAYS).join(
-        build_labels(prepare_events(load_dataset(wdir / "data")), day, LABEL_DAYS), how="inner").reset_index()
-    frame["model"] = frame["merchant_id"].map(ranking.set_index("merchant_id")["score"]).astype(float)
+    frame, day = merchant_frame(wdir / "data", wdir / "data_as_of",
+                                last_day(wdir / "data") - pd.Timedelta(days=LABEL_DAYS), settings)
     truth = pd.read_parquet(wdir / "data" / "truth" / "merchants.parquet")
     truth["merchant_id"] = truth["merchant_id"].astype(str)
     truth = truth.set_index("merchant_id")

@@ -263,22 +263,12 @@ def _train_quietly(trainer, *args, **kwargs):
 
 def merchant_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: str, models_dir: Path) -> dict:
     """`train merchant-risk` on the earlier data, rank with the champion, NDCG@50 on the next 60 days."""
-    from features.contract import load_dataset
-    from features.merchants import build_features, build_labels, prepare_events
-    from training import registry
-    from training.merchant_risk import MODEL_NAME, rank_as_of, ranking_metrics
+    from training.merchant_risk import ranking_metrics
     from training.merchant_risk import train as train_merchants
 
     settings = world_settings(models_dir, market)
     _train_quietly(train_merchants, asof_dir, settings)
-    model = registry.load_champion(MODEL_NAME, settings=settings).model
-    events_t = prepare_events(load_dataset(asof_dir))
-    day = events_t.check_as_of(as_of)
-    ranking = rank_as_of(model, events_t, day, settings)
-    feats = build_features(events_t, day, horizon_days=LABEL_DAYS)
-    labels = build_labels(prepare_events(load_dataset(full_dir)), day, LABEL_DAYS)
-    frame = feats.join(labels, how="inner").reset_index()
-    frame["model"] = frame["merchant_id"].map(ranking.set_index("merchant_id")["score"]).astype(float)
+    frame, day = merchant_frame(full_dir, asof_dir, as_of, settings)
     frame["complaint_rate_60d"] = frame["baseline_rate"]
     frame["complaint_count_60d"] = frame["baseline_count"]
     row: dict = {"as_of": str(day.date()), "merchants": len(frame),
@@ -289,6 +279,27 @@ def merchant_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market
         row[f"ndcg_at_20_{name}"] = m.get("ndcg_at_20", float("nan"))
     row["latent_risk_reference"] = latent_risk_reference(frame, full_dir, settings.merchant_min_label_orders)
     return row
+
+
+def merchant_frame(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, settings: Settings
+                   ) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """(frame, day): the merchants as of ``as_of`` on the data known then (``asof_dir``), their features, the next
+    :data:`LABEL_DAYS` days' labels from the whole data (``full_dir``) and the champion's score (``model``), as the
+    merchant section ranks them (also read by ``benchmarks/diag_merchant_top50.py``)."""
+    from features.contract import load_dataset
+    from features.merchants import build_features, build_labels, prepare_events
+    from training import registry
+    from training.merchant_risk import MODEL_NAME, rank_as_of
+
+    model = registry.load_champion(MODEL_NAME, settings=settings).model
+    events_t = prepare_events(load_dataset(asof_dir))
+    day = events_t.check_as_of(as_of)
+    ranking = rank_as_of(model, events_t, day, settings)
+    feats = build_features(events_t, day, horizon_days=LABEL_DAYS)
+    labels = build_labels(prepare_events(load_dataset(full_dir)), day, LABEL_DAYS)
+    frame = feats.join(labels, how="inner").reset_index()
+    frame["model"] = frame["merchant_id"].map(ranking.set_index("merchant_id")["score"]).astype(float)
+    return frame, day
 
 
 def latent_risk_reference(frame: pd.DataFrame, full_dir: Path, min_orders: int) -> float:
