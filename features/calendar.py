@@ -232,3 +232,13 @@ def holiday_windows(market: str, start: DateLike, end: DateLike, settings: Setti
         "window_end": blocks["max"] + pd.Timedelta(days=WINDOW_AFTER_DAYS),
     })
     return out.sort_values(["event_date", "event"]).reset_index(drop=True)
+
+
+def in_windows(days, windows: pd.DataFrame) -> np.ndarray:
+    """Whether each of ``days`` (naive dates; NaT is outside) falls inside one of ``windows`` (rows of
+    :func:`holiday_windows`: ``window_start`` to ``window_end``, both days included)."""
+    d = pd.DatetimeIndex(days)
+    inside = np.zeros(len(d), dtype=bool)
+    for w in windows.itertuples():
+        inside |= np.asarray((d >= w.window_start) & (d <= w.window_end))
+    return inside

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from features.calendar import holiday_windows
+from features.calendar import holiday_windows, in_windows
 from features.return_volume import (
     LY,
     History,
@@ -87,12 +87,9 @@ def _window_mask(market: str, first: pd.Timestamp, last: pd.Timestamp, summer_sa
                  summer_sale_days: int) -> np.ndarray:
     """Per day from ``first`` to ``last``: inside a major event's after-sales window (one calendar look-up per history
     instead of one per origin: a day's membership does not depend on where the history ends)."""
-    days = pd.date_range(first, last, freq="D")
     hw = holiday_windows(market, first - pd.Timedelta(days=40), last,
                          Settings(market=market, summer_sale=summer_sale, summer_sale_days=summer_sale_days))
-    inside = np.zeros(len(days), dtype=bool)
-    for w in hw.itertuples():
-        inside |= np.asarray((days >= w.window_start) & (days <= w.window_end))
+    inside = in_windows(pd.date_range(first, last, freq="D"), hw)
     inside.flags.writeable = False
     return inside
 
@@ -192,9 +189,7 @@ def event_level_spread(history: History, t: int, settings: Settings, pre_days: i
     y = history.y.to_numpy(dtype=float)[:t + 1]
     hw = holiday_windows(history.market, days[0], days[-1], settings)
     hw = hw[(hw["window_start"] >= days[0]) & (hw["window_end"] <= days[-1])]
-    inside = np.zeros(len(days), dtype=bool)
-    for w in hw.itertuples():
-        inside |= np.asarray((days >= w.window_start) & (days <= w.window_end))
+    inside = in_windows(days, hw)
     names, ups = [], []
     for w in hw.itertuples():
         i0, i1 = days.get_loc(w.window_start), days.get_loc(w.window_end)

@@ -140,7 +140,7 @@ def decile_slices(scored: pd.DataFrame, methods: list[str], masks: dict[str, pd.
 
 def model_card(bt: Evaluation, ds, data_dir: Path, settings: Settings, validated: bool = True) -> dict:
     """The model card's content (see :mod:`training.model_card`): figures from the backtest as logged to MLflow."""
-    from features.calendar import holiday_windows
+    from features.calendar import holiday_windows, in_windows
     from training.model_card import HOLIDAY_WINDOW_TEXT, data_summary, new_card
 
     s, horizon, min_orders = bt.summary, settings.merchant_horizon_days, settings.merchant_min_label_orders
@@ -190,9 +190,7 @@ def model_card(bt: Evaluation, ds, data_dir: Path, settings: Settings, validated
     holiday_rows = []
     for d in sorted(per["as_of"].unique()):
         days = pd.date_range(pd.Timestamp(d).tz_localize(None) + pd.Timedelta(days=1), periods=horizon, freq="D")
-        inside = np.zeros(len(days), dtype=bool)
-        for w in hw.itertuples():
-            inside |= (days >= w.window_start) & (days <= w.window_end)
+        inside = in_windows(days, hw)
         holiday_rows.append({"as_of": d, "share": float(inside.mean())})
     hol = pd.DataFrame(holiday_rows)
     snap_rows = []

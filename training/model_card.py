@@ -52,14 +52,13 @@ def data_summary(ds: Dataset, data_dir: Path | str, validated: bool = True, tabl
 
 def in_holiday_windows(times: pd.Series, market: str, settings=None) -> pd.Series:
     """Whether each (UTC) timestamp falls on a day inside a holiday window of ``market`` (see HOLIDAY_WINDOW_TEXT)."""
-    from features.calendar import holiday_windows
+    from features.calendar import holiday_windows, in_windows
 
     days = pd.to_datetime(times, utc=True).dt.tz_localize(None).dt.normalize()
     inside = pd.Series(False, index=times.index)
     if days.notna().any():
         hw = holiday_windows(market, days.min() - pd.Timedelta(days=30), days.max(), settings)
-        for w in hw.itertuples():
-            inside |= (days >= w.window_start) & (days <= w.window_end)
+        inside[:] = in_windows(days, hw)
     return inside
 
 
