@@ -181,3 +181,22 @@ def test_latent_risk_reference_scores_the_worlds_truth_on_the_same_merchants(tmp
     assert latent_risk_reference(frame, tmp_path, 20) == pytest.approx(1.0)  # the truth ranks the label exactly
     truth.assign(complaint_risk=-rate).to_parquet(tmp_path / "truth" / "merchants.parquet")
     assert latent_risk_reference(frame, tmp_path, 20) < 0.5
+
+
+def test_escalation_reference_scores_the_worlds_escalation_probability_on_the_same_tickets(tmp_path):
+    from training.benchmark_sections import escalation_reference
+
+    rng = np.random.default_rng(2)
+    tickets = pd.DataFrame({"ticket_id": [f"T{i:04d}" for i in range(300)]})
+    p = rng.uniform(0.01, 0.6, len(tickets))
+    y = rng.random(len(tickets)) < p
+    assert np.isnan(escalation_reference(tmp_path, tickets, y))  # no truth: no reference
+    (tmp_path / "truth").mkdir()
+    truth = pd.DataFrame({"ticket_id": tickets["ticket_id"], "p_escalate": p}).iloc[::-1]  # joined by ID, not order
+    truth.to_parquet(tmp_path / "truth" / "tickets.parquet")
+    from sklearn.metrics import roc_auc_score
+
+    assert escalation_reference(tmp_path, tickets, y) == pytest.approx(roc_auc_score(y, p))
+    assert escalation_reference(tmp_path, tickets, p > 0.3) == pytest.approx(1.0)  # the outcome follows p exactly
+    truth.iloc[5:].to_parquet(tmp_path / "truth" / "tickets.parquet")
+    assert np.isnan(escalation_reference(tmp_path, tickets, y))  # a ticket the truth lacks: no reference

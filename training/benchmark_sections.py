@@ -317,6 +317,20 @@ def latent_risk_reference(frame: pd.DataFrame, full_dir: Path, min_orders: int) 
     return ranking_metrics(part, "_latent", min_orders).get("ndcg_at_50", float("nan"))
 
 
+def escalation_reference(full_dir: Path, tickets: pd.DataFrame, y: np.ndarray) -> float:
+    """ROC-AUC of the generator's own escalation probability (``truth/tickets.parquet``: ``p_escalate``, which holds
+    the customer's latent anger and the merchant's latent state) on the same labelled ``tickets`` (outcomes ``y``): a
+    ceiling reference for how far any scorer can rank them above the case-type rate. Read from the world's truth for
+    evaluation only, never a candidate; NaN when the world has no truth."""
+    truth = Path(full_dir) / "truth" / "tickets.parquet"
+    if not truth.exists():
+        return float("nan")
+    p = pd.read_parquet(truth, columns=["ticket_id", "p_escalate"]).set_index("ticket_id")["p_escalate"]
+    ref = tickets["ticket_id"].map(p).to_numpy(dtype=np.float64)
+    ok = ~np.isnan(ref)
+    return _auc(np.asarray(y, dtype=bool)[ok], ref[ok]) if ok.all() else float("nan")
+
+
 def _serial_snapshot(data_dir: Path, as_of, settings: Settings) -> None:
     """The account snapshot `train serial-returners` leaves for serving (abuse scores the triage policy reads),
     fitted the way it fits its final model, as of the day the data ends."""
@@ -550,7 +564,11 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
                                  y=y[week], labelled=lw, p_served=p_served[cadences[0]], p_offline=p_off,
                                  model=model)
     base = CaseTypeBaseline().fit(known["case_type"], known["escalated"].astype(float).to_numpy())
+    p_case = base.predict(later.loc[labelled, "case_type"])
     return {"as_of": str(pd.Timestamp(as_of).date()), "tickets": int(labelled.sum()),
             "tickets_sent": len(later), "escalation_rate": float(y[labelled].mean()),
             "model": _auc(y[labelled], probs[labelled]),
-            "case_type_rate": _auc(y[labelled], base.predict(later.loc[labelled, "case_type"])), **row_refresh}
+            "case_type_rate": _auc(y[labelled], p_case),
+            # paired-bootstrap SD of model - case-type rate: how much the lift moves with the tickets a world drew
+            "lift_sd": _gap_sd(y[labelled], probs[labelled], {"case": p_case}, seed=201)["case"],
+            "escalation_reference": escalation_reference(full_dir, later[labelled], y[labelled]), **row_refresh}
