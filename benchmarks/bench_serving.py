@@ -344,7 +344,7 @@ def reference_app(models_dir: Path, scorer: str = "model"):
     gen = generations.current_id(settings.snapshots_dir)  # the generation the service serves, as it reads it
     snaps = load_serving_snapshots(generations.generation_dir(settings.snapshots_dir, gen) if gen
                                    else settings.snapshots_dir)
-    booster, calendar = model.booster_, model.calendar_
+    calendar = model.calendar_
     app = FastAPI()
 
     @app.post(SCORE)
@@ -357,7 +357,7 @@ def reference_app(models_dir: Path, scorer: str = "model"):
             return JSONResponse({"ticket_id": t["ticket_id"], "escalation_probability": out["escalation_probability"],
                                  "reasons": out["reasons"]})
         v = assemble_one(t, order, account, merchant, calendar)
-        margin = float(booster.predict(np.array([v]), raw_score=True, num_threads=1)[0])
+        margin = float(model._margins(np.array([v]), 1)[0])
         if model.platt_ is not None:
             p = 1.0 / (1.0 + math.exp(-(model.platt_[0] * margin + model.platt_[1])))
         else:

@@ -287,6 +287,32 @@ def test_model_follows_the_sklearn_contract(feats, model):
         TicketTriageModel().fit(feats.X.head(500), np.full(500, np.nan))
 
 
+def test_refit_booster_learns_the_later_slice_and_is_averaged_in(feats, model):
+    """refit_all: a second booster, fitted on every row (the later slice the first one only validated on included)
+    for the rounds early stopping chose, and the score is the mean of the two margins; without it, the first
+    booster alone."""
+    meta = feats.meta
+    lab = (meta["escalated"].notna() & (meta["created_at"] < AS_OF)).to_numpy()
+    X = model._matrix(feats.X[lab])
+    full, first = model.booster_all_, model.booster_
+    assert full.num_trees() == first.num_trees() == model.best_iteration_
+    m_first = first.predict(X, raw_score=True)
+    m_full = full.predict(X, raw_score=True)
+    assert np.allclose(model.predict_margin(feats.X[lab]), 0.5 * (m_first + m_full))
+    n_cal = model.n_calibration_
+    y = meta["escalated"].astype("boolean").fillna(False).to_numpy(dtype=float)[lab]
+    from sklearn.metrics import log_loss
+
+    # the all-rows booster has learnt the later slice (lower loss there than the booster that only validated on it)
+    sig = lambda m: 1 / (1 + np.exp(-m))  # noqa: E731
+    assert log_loss(y[-n_cal:], sig(m_full[-n_cal:])) < log_loss(y[-n_cal:], sig(m_first[-n_cal:]))
+    alone = TicketTriageModel(num_threads=1, num_boost_round=200, refit_all=False).fit(feats.X[lab], y)
+    assert alone.booster_all_ is None
+    assert np.allclose(alone.predict_margin(feats.X[lab]), alone.booster_.predict(X, raw_score=True))
+    del alone.booster_all_  # a model pickled before refit_all existed: the first booster alone
+    assert np.allclose(alone.predict_margin(feats.X[lab]), alone.booster_.predict(X, raw_score=True))
+
+
 def _requests(ds, n: int = 400) -> pd.DataFrame:
     """Tickets after the snapshot, as the ticket system sends them, with guests and unknown IDs mixed in."""
     t = ds.tickets[ds.tickets["created_at"] >= AS_OF].drop(columns=["escalated", "resolved_at"])
