@@ -261,6 +261,43 @@ def test_thin_window_evidence_widens_the_p90_by_the_histories_own_event_level_sp
     assert thin and any("event level's own spread" in n for n in notes)
 
 
+def test_one_past_instance_without_a_level_measure_widens_that_events_window(fitted):
+    """The window of an event the history holds once is widened x single_instance_widen when nothing else stands
+    in for that: its cell's evidence (other events) held more than one instance, and the history gives no measure
+    of how much an event's level moves (level spread 0). A second past instance, a measured level spread, a cell
+    already widened for one instance, or an ordinary day: no widening. The note says so."""
+    import copy
+
+    from features.calendar import holiday_windows
+
+    model, _ = fitted
+    m = copy.deepcopy(model)
+    hw = holiday_windows("CN", pd.Timestamp("2024-10-01"), pd.Timestamp("2024-12-31"), m.settings())
+    sd = hw[hw["event"] == "singles_day"].iloc[0]
+    win = pd.date_range(sd["window_start"], sd["window_end"], freq="D")
+    ordinary = pd.date_range(sd["window_start"] - pd.Timedelta(days=20), periods=3, freq="D")
+    dates = win.append(ordinary)
+    kind = np.r_[np.full(len(win), ens.SEEN), np.full(len(ordinary), ens.ORDINARY)]
+    series, band = np.full(len(dates), TOTAL), np.full(len(dates), 1)
+    m.interval_widened_ = {k: False for k in m.interval_widened_}
+    m.level_spread_ = {s: 0.0 for s in m.series_}
+    m.event_instances_ = {"singles_day": 1}
+    f = m._one_instance_widen(series, band, kind, dates)
+    assert (f[:len(win)] == m.single_instance_widen).all() and (f[len(win):] == 1.0).all()
+    m.event_instances_ = {"singles_day": 2}
+    assert (m._one_instance_widen(series, band, kind, dates) == 1.0).all()
+    m.event_instances_ = {"singles_day": 1}
+    m.interval_widened_[(TOTAL, 1)] = True
+    assert (m._one_instance_widen(series, band, kind, dates) == 1.0).all()
+    m.interval_widened_[(TOTAL, 1)] = False
+    m.level_spread_ = {s: 0.2 for s in m.series_}
+    assert (m._one_instance_widen(series, band, kind, dates) == 1.0).all()
+    m.level_spread_ = {s: 0.0 for s in m.series_}
+    m.fallback_notes_ = []
+    m._fit_intervals(m.evidence_, m.weights_)
+    assert any("one past instance of singles_day" in n for n in m.fallback_notes_)
+
+
 def test_weights_are_on_the_simplex_and_window_intervals_never_narrower(fitted):
     model, _ = fitted
     wt = model.weights_table()
