@@ -75,17 +75,20 @@ def load_labels(ds: Dataset, settings: Settings, as_of=None) -> pd.DataFrame:
 
 
 def fit_model(X: AccountFrame, labels: pd.DataFrame, settings: Settings, as_of=None,
-              source: str = "", client=None) -> SerialReturnerModel:
+              source: str = "", client=None, links: pd.DataFrame | None = None) -> SerialReturnerModel:
     """Fit the serial-return model on the population ``X``; supervised when ``labels`` are enough, else cold start.
 
     The decided accounts' features are those of ``X`` (as of the training day): a confirmed abuser's later
-    behaviour is still the abuser's, and nothing after the training day is read.
+    behaviour is still the abuser's, and nothing after the training day is read. ``links``: the dataset's
+    ``account_links``; with them the decisions also speak for the decided accounts' linked accounts
+    (``SerialReturnerModel.fit``).
     """
     lab = labels[labels["account_id"].isin(X.index)]
     Xl = X.loc[lab["account_id"].to_numpy()]
     model = SerialReturnerModel(min_labels=settings.serial_min_labels, num_threads=settings.serial_num_threads,
                                 gate=settings.serial_supervised_gate, learner=settings.serial_learner)
-    model.fit(pd.concat([X, Xl]), np.r_[np.full(len(X), np.nan), lab["label"].to_numpy(dtype=float)], client=client)
+    model.fit(pd.concat([X, Xl]), np.r_[np.full(len(X), np.nan), lab["label"].to_numpy(dtype=float)], client=client,
+              links=links)
     model.as_of_ = str(as_day(as_of).date()) if as_of is not None else X.attrs.get("as_of")
     model.data_source_ = source
     return model
@@ -200,7 +203,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     X2 = features_as_of(ds, t2, settings, market, engine)
     labels = load_labels(ds, settings, t1)
     echo(f"fitting on {len(X1):,} accounts with {len(labels)} review decisions up to {t1.date()}")
-    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None))
+    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None), links=ds.account_links)
     cold = model if model.mode_ == "cold_start" else fit_model(X1, labels.iloc[:0], settings, t1)
     forest = counts_forest(X1)
     learnt = set(labels["account_id"].astype(str))
@@ -230,7 +233,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     fb = None
     if feedback:
         echo("feedback simulation: reviews from the truth on the model's own queue")
-        fb = feedback_simulation(X1, X2, truth, t1, t2, settings, exclude=learnt, cold=cold)
+        fb = feedback_simulation(X1, X2, truth, t1, t2, settings, exclude=learnt, cold=cold, links=ds.account_links)
     params = {"t1": str(t1.date()), "t2": str(t2.date()), "capacity": capacity, "mode": model.mode_,
               "n_labels": model.n_labels_, "n_eval_accounts": len(ev), "n_eval_positives": int(y.sum()),
               "market": market or settings.market}
@@ -276,7 +279,8 @@ def slice_table(masks: dict[str, np.ndarray], y: np.ndarray, scores: dict[str, n
 
 def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame, t1, t2, settings: Settings,
                         exclude: set[str] = frozenset(), cold: SerialReturnerModel | None = None,
-                        checkpoints: tuple[int, ...] = FEEDBACK_CHECKPOINTS, round_size: int = 50) -> pd.DataFrame:
+                        checkpoints: tuple[int, ...] = FEEDBACK_CHECKPOINTS, round_size: int = 50,
+                        links: pd.DataFrame | None = None) -> pd.DataFrame:
     """Start cold, review the model's own queue in rounds (decisions from the truth as of ``t1``), refit each round.
 
     At each checkpoint (number of reviewed accounts) the refitted model and the cold start are scored as of ``t2``
@@ -299,7 +303,7 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
         labels += list(abuser_t1.loc[q["account_id"]].astype(float))
         audit += list(q["slot"].eq("exploration"))
         lab = pd.DataFrame({"account_id": reviewed, "label": labels})
-        model = fit_model(X1, lab, settings, t1)
+        model = fit_model(X1, lab, settings, t1, links=links)
         if len(reviewed) in checkpoints:
             ev = X2.loc[~X2.index.isin(reviewed + list(exclude))]
             te = truth.reindex(ev.index)
@@ -356,7 +360,7 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
         echo(f"note: the data ends on {ds.time_span()[1].date()}, before the {horizon_days}-day window closes")
     X1 = features_as_of(ds, t1, settings, market, engine)
     labels = load_labels(ds, settings, t1)
-    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None))
+    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None), links=ds.account_links)
     future, threshold = _future_returns(ds, X1, t1, horizon_days)
     heavy = future >= threshold
     before = X1["returns_90d"].to_numpy() >= threshold
@@ -425,7 +429,7 @@ def choose_by_forward_checks(ds: Dataset, t1, settings: Settings, top: int, mark
         if t0 < first + pd.Timedelta(days=window_days):
             break
         X = features_as_of(ds, t0, settings, market, engine)
-        model = fit_model(X, load_labels(ds, settings, t0), settings, t0)
+        model = fit_model(X, load_labels(ds, settings, t0), settings, t0, links=ds.account_links)
         future, threshold = _future_returns(ds, X, t0, window_days)
         heavy = future >= threshold
         scores = {"model": model.predict(X), **baseline_scores(X, counts_forest(X), settings)}
