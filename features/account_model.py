@@ -422,6 +422,16 @@ class SerialReturnerModel:
         C[share.columns] += share.mul(anomaly, axis=0).to_numpy()
         return C
 
+    def _linked_confirmed(self, X: AccountFrame) -> np.ndarray:
+        """Per account of ``X``: its linked accounts the reviewers confirmed, where the supervised score counts them
+        as suspicious (a positive weight); else zeros."""
+        if self.decision_links_ is None or self.booster_ is None or self.prior_ is not None:
+            return np.zeros(len(X))
+        weight = dict(zip(self.logistic_columns_, self.booster_.coef_[0], strict=True)).get("linked_confirmed", 0.0)
+        if weight <= 0:
+            return np.zeros(len(X))
+        return self.decision_links_["linked_confirmed"].reindex(X.index.astype(str)).fillna(0.0).to_numpy()
+
     def explain(self, X: AccountFrame, top: int = 3) -> pd.DataFrame:
         """Top reasons (sentences with the account's numbers), the top reason alone, the likely pattern and its
         evidence (``pattern_evidence``: -log10 of the chance that an ordinary account of the platform shows as much).
@@ -440,11 +450,16 @@ class SerialReturnerModel:
         typ = self.typical_
         feats = X.to_numpy(dtype=float, na_value=np.nan)
         cols = list(X.columns)
+        linked = self._linked_confirmed(X)
         reasons, tops = [], []
         for i in range(len(X)):
             row = dict(zip(cols, feats[i], strict=True))
             texts = [pattern_text(pats[j], row, vals[i, j], rates[pats[j]], typ) for j in order[i]
                      if vals[i, j] >= 1.0 or j == order[i][0]]
+            if linked[i] > 0:
+                n = int(linked[i])
+                texts.insert(0, f"ring: shares an address, device or payment with {n} account{'s' if n > 1 else ''} "
+                                "the reviewers confirmed as abusive")
             reasons.append("; ".join(texts))
             tops.append(texts[0] if texts else "")
         return pd.DataFrame({"reasons": reasons, "top_reason": tops, "likely_pattern": patterns,

@@ -491,3 +491,7 @@ def test_decisions_speak_for_the_decided_accounts_linked_accounts(feats):
     raw = linked._raw(D, linked.prior_, linked.booster_)
     assert np.allclose(contrib.sum(axis=1).to_numpy(), raw - linked.booster_.intercept_)
     assert "linked_confirmed" in learner_text(linked)
+    # The reviewer reads why: the confirmed linked account is the first reason.
+    why = linked.explain(feats.iloc[quiet])
+    assert why["top_reason"].str.contains("1 account the reviewers confirmed").all()
+    assert not plain.explain(feats.iloc[quiet])["reasons"].str.contains("reviewers confirmed").any()
