@@ -74,6 +74,7 @@ from features.forecast_candidates import (
     planners_forecast,
     planners_growth,
     planners_source,
+    ramp_days,
     stat_forecasts,
 )
 from features.return_volume import (
@@ -114,6 +115,7 @@ __all__ = [
     "planners_source",
     "planners_forecast",
     "planners_growth",
+    "ramp_days",
     "naive_forecast",
     "stat_forecasts",
     "fit_simplex_lad",

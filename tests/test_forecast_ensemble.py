@@ -111,6 +111,31 @@ def test_planners_growth_reads_ordinary_days_not_an_event_that_changed():
     assert np.isclose(np.nanmedian(fc[:, 0]), 12.0 * 1.2)  # last December's 12 a day, grown x1.2
 
 
+def test_planners_growth_skips_the_historys_ramp_up():
+    """Flat returns of 10 a day, except the history's first three weeks, which lack the returns of orders placed
+    before the data began (they climb from 0 to 10). Returns come 0-29 days after their order, so
+    ens.ramp_days reads a ramp-up of about four weeks; the growth leaves those days out and reads the flat 1.0 where
+    the same ratio over them reads growth that is not there."""
+    days = pd.date_range("2022-10-01", "2023-11-30", freq="D")
+    y = np.full(len(days), 10.0)
+    y[:21] = np.linspace(0.0, 10.0, 21)
+    rng = np.random.default_rng(0)
+    order_day = rng.integers(0, len(days) - 30, 2000)
+    linked = pd.DataFrame({"order_day": order_day, "request_day": order_day + rng.integers(0, 30, 2000),
+                           "category": "a", "refund_amount": 1.0})
+    hist = History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
+                   linked, "US")
+    t, st = len(days) - 1, Settings(market="US")
+    assert 25 <= ens.ramp_days(hist, t) <= 29
+    assert np.isclose(ens.planners_growth(hist, t, st)[0], 1.0)
+    no_links = _series(days, y, "US")  # nothing to measure the delay on: no ramp-up is assumed
+    assert ens.ramp_days(no_links, t) == 0
+    assert ens.planners_growth(no_links, t, st)[0] > 1.05
+    # Last year's day inside the ramp-up is no source for the forecast either.
+    fc = planners_forecast(hist, t, 30, st)
+    assert np.nanmax(np.abs(fc[:, 0] - 10.0)) < 1e-9
+
+
 def test_event_level_spread_is_the_year_over_year_change_of_an_events_uplift():
     """The mid-year sale's window was twice the ordinary level a year ago and three times this year: the spread is
     |log 3 - log 2|; with no event seen twice, the spread of the uplifts over three or more windows; else 0."""
