@@ -128,7 +128,7 @@ def main() -> None:
     else:
         y = (X["returns_365d"].to_numpy()[idx] > np.quantile(X["returns_365d"], 0.95)).astype(float)
     t, c = time.perf_counter(), time.process_time()
-    model = SerialReturnerModel().fit(pd.concat([X, X.iloc[idx]]), np.r_[np.full(len(X), np.nan), y])
+    model = SerialReturnerModel().fit(pd.concat([X, X.iloc[idx]]), np.r_[np.full(len(X), np.nan), y], links=links)
     timings["fit"], cpu["fit"] = time.perf_counter() - t, time.process_time() - c
 
     t, c = time.perf_counter(), time.process_time()

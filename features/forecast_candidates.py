@@ -38,6 +38,7 @@ GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empt
 # held about five ordinary day pairs before a Nov 30 origin (Singles Day's and Black Friday's windows fill the rest)
 # and read growth below the season's own on most tuning worlds.
 GROWTH_DAYS = 91
+RAMP_QUANTILE = 0.9  # the start-of-history ramp-up: this quantile of the order-to-return delay (see ramp_days)
 # Without the LightGBM component (a history shorter than its minimum): the statistical candidates need two weeks
 # before the first inner origin, and the evidence two more weeks of inner origins after it.
 SHORT_WARMUP_DAYS = 14
@@ -94,22 +95,46 @@ def _window_mask(market: str, first: pd.Timestamp, last: pd.Timestamp, summer_sa
     return inside
 
 
+def ramp_days(history: History, t: int, q: float = RAMP_QUANTILE, min_links: int = 50) -> int:
+    """Days at the start of the history whose returns still lack part of those of orders placed before it began:
+    the ``q`` quantile of the order-to-request delay of the returns linked to their order up to origin index ``t``.
+    Returns trail orders by weeks, and data that starts on a day holds no returns of earlier orders, so its first
+    weeks read low (on the tuning worlds the first two to four weeks are a fraction of the level that follows); a
+    year-over-year ratio that reads them as last year's level calls that growth. 0 with fewer than ``min_links``
+    linked returns (nothing to measure the delay on)."""
+    lk = history.linked
+    if lk is None or len(lk) == 0:
+        return 0
+    req = lk["request_day"].to_numpy()
+    lag = (req - lk["order_day"].to_numpy())[(req <= t)]
+    lag = lag[lag >= 0]
+    if len(lag) < min_links:
+        return 0
+    return int(np.ceil(np.quantile(lag, q)))
+
+
 def planners_growth(history: History, t: int, settings: Settings, growth_days: int = GROWTH_DAYS) -> np.ndarray:
     """Year-over-year growth per series at origin index ``t``: the last ``growth_days`` days (as far as the history
     reaches a year back, at least 28) over the same days 52 weeks before, on the days outside every major event's
     after-sales window in both years (an event that fell inside one year's span and outside the other's, e.g. Black
-    Friday moving by five days, or an event whose size changed, is not growth). Fewer than 28 such day pairs: the
-    plain last 28 days over the same 28 days a year before. No volume a year before: 1."""
+    Friday moving by five days, or an event whose size changed, is not growth), and whose day a year before lies
+    after the history's ramp-up (:func:`ramp_days`: its first weeks lack the returns of orders placed before it).
+    Fewer than 28 such day pairs: the last 28 days (those of them whose day a year before lies after the ramp-up,
+    all 28 when that leaves under 14) over the same days a year before. No volume a year before: 1."""
     v = history.y.to_numpy(dtype=float)
+    ramp = ramp_days(history, t)
     span = int(min(max(growth_days, 28), t - LY + 1))
     idx = np.arange(t - span + 1, t + 1)
-    ok = np.ones(span, dtype=bool)
+    ok = idx - LY >= ramp
     if span > 28:
         days = history.days
         inside = _window_mask(history.market, days[0], days[-1], settings.summer_sale, int(settings.summer_sale_days))
-        ok = ~inside[idx] & ~inside[idx - LY]
+        ok &= ~inside[idx] & ~inside[idx - LY]
     if ok.sum() < 28:
-        idx, ok = np.arange(t - 27, t + 1), np.ones(28, dtype=bool)
+        idx = np.arange(t - 27, t + 1)
+        ok = idx - LY >= ramp
+        if ok.sum() < 14:
+            ok = np.ones(28, dtype=bool)
     now = v[idx[ok]].sum(axis=0)
     before = v[idx[ok] - LY].sum(axis=0)
     return np.where(before > 0, now / np.where(before > 0, before, 1.0), 1.0)
@@ -117,8 +142,8 @@ def planners_growth(history: History, t: int, settings: Settings, growth_days: i
 
 def planners_forecast(history: History, t: int, horizon: int, settings: Settings,
                       src: np.ndarray | None = None, growth_days: int = GROWTH_DAYS) -> np.ndarray | None:
-    """The planners' method at origin index ``t`` (horizon x series; NaN where last year's day is unknown), or
-    None when the history before the origin is shorter than a year and four weeks."""
+    """The planners' method at origin index ``t`` (horizon x series; NaN where last year's day is unknown or lies
+    in the history's ramp-up, :func:`ramp_days`), or None when the history before the origin is shorter than a year and four weeks."""
     if t - LY - 27 < 0:
         return None
     if src is None:
@@ -128,7 +153,7 @@ def planners_forecast(history: History, t: int, horizon: int, settings: Settings
     growth = np.clip(planners_growth(history, t, settings, growth_days), *GROWTH_CLIP)
     tgt = t + 1 + np.arange(horizon)
     s = src[tgt]
-    ok = (s >= 0) & (s <= t)
+    ok = (s >= ramp_days(history, t)) & (s >= 0) & (s <= t)  # a source day in the ramp-up reads low: none
     out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :], np.nan)
     return out
 

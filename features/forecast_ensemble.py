@@ -74,6 +74,7 @@ from features.forecast_candidates import (
     planners_forecast,
     planners_growth,
     planners_source,
+    ramp_days,
     stat_forecasts,
 )
 from features.return_volume import (
@@ -114,6 +115,7 @@ __all__ = [
     "planners_source",
     "planners_forecast",
     "planners_growth",
+    "ramp_days",
     "naive_forecast",
     "stat_forecasts",
     "fit_simplex_lad",
@@ -269,6 +271,7 @@ class HolidayForecaster:
         self.feature_names_ = self.lgbm_.feature_names_
         self.evidence_ = self._evidence(hist)
         self.level_spread_ = self._level_spread(hist)
+        self.event_instances_ = self._event_instances(hist)
         del self.lgbm_.calibration_forecasts_  # evidence kept in self.evidence_; keeps the pickle small
         self.weights_, self.why_ = self._fit_weights(self.evidence_)
         self.intervals_ = self._fit_intervals(self.evidence_, self.weights_)
@@ -295,6 +298,7 @@ class HolidayForecaster:
         origins = np.arange(t - 1, lo - 1, -max(self.inner_step, 1))[::-1]
         self.evidence_ = self._evidence(hist, origins)
         self.level_spread_ = self._level_spread(hist)
+        self.event_instances_ = self._event_instances(hist)
         used = [c for c in CANDIDATES if c in self.evidence_.columns and self.evidence_[c].notna().any()]
         self.short_history_note_ = (
             f"history of {have} days up to {origin.date()} is shorter than the {need} days the LightGBM component "
@@ -309,6 +313,30 @@ class HolidayForecaster:
         """Each series' event-level spread (log scale) up to the history's last day (see ``level_z``)."""
         u = event_level_spread(hist, len(hist.days) - 1, self.settings())
         return {s: float(u[hist.series.index(s)]) for s in self.series_}
+
+    def _event_instances(self, hist: History) -> dict[str, int]:
+        """How many complete after-sales windows of each major event the history holds."""
+        past = holiday_windows(self.market, hist.days[0], hist.days[-1], self.settings())
+        past = past[(past["window_start"] >= hist.days[0]) & (past["window_end"] <= hist.days[-1])]
+        return {str(k): int(v) for k, v in past["event"].value_counts().items()}
+
+    def _one_instance_widen(self, series: np.ndarray, band: np.ndarray, kind: np.ndarray,
+                            dates: pd.DatetimeIndex) -> np.ndarray:
+        """Per forecast row, the factor the interval is widened by in the window of an event the history holds
+        only one past instance of, where nothing else already stands in for it: the window cell's own evidence held
+        more than one instance (of other events: it was not widened) and the history gives no measure of how much an
+        event's level moves (``level_spread_`` 0: no event seen twice, fewer than three windows); else 1."""
+        counts = getattr(self, "event_instances_", None)
+        if counts is None:  # fitted before this rule
+            return np.ones(len(series))
+        event = self._windows(pd.DatetimeIndex(dates).unique()).str.split("@").str[0]
+        one = {d: (e != "" and counts.get(e, 0) <= 1) for d, e in event.items()}
+        widened = getattr(self, "interval_widened_", {})
+        spread = getattr(self, "level_spread_", {})
+        return np.array([self.single_instance_widen
+                         if k == SEEN and one[pd.Timestamp(d)] and not widened.get((s, int(b)), False)
+                         and spread.get(s, 0.0) <= 0 else 1.0
+                         for s, b, k, d in zip(series, band, kind, dates, strict=True)])
 
     @property
     def _fallback(self) -> str:
@@ -513,6 +541,7 @@ class HolidayForecaster:
                           "inst": ev["window"], "r": r})[ok]
         table: dict[tuple[str, int, bool], tuple[float, float]] = {}
         self.interval_notes_ = {}
+        self.interval_widened_: dict[tuple[str, int], bool] = {}
         for s, gs in f.groupby("series", sort=False):
             all_lo, all_hi = conformal_bounds(gs.loc[~gs["win"], "r"] if (~gs["win"]).sum() >= 20 else gs["r"])
             for b in range(len(BAND_NAMES)):
@@ -529,6 +558,7 @@ class HolidayForecaster:
                     lo_w, hi_w = conformal_bounds(gw_all["r"]) if len(gw_all) >= 20 else (lo_o, hi_o)
                     n_inst = gw_all["inst"].nunique()
                 widen = self.single_instance_widen if n_inst <= 1 else 1.0
+                self.interval_widened_[(s, b)] = widen != 1.0
                 sym = n_inst < self.symmetric_instances
                 lo_w, hi_w = min(lo_w, 0.0) * widen, max(hi_w, 0.0) * widen
                 table[(s, b, ORDINARY)] = (lo_o, hi_o)
@@ -556,6 +586,12 @@ class HolidayForecaster:
                                                 f"instance(s)" + (f" (widened x{widen:.2f})" if widen != 1 else "")
                                                 + (" (window P90 raised to the P10's distance: too few instances to "
                                                    "tell the sign of the next one's error)" if sym else ""))
+        ones = sorted(e for e, n in getattr(self, "event_instances_", {}).items() if n <= 1)
+        if ones and getattr(self, "level_spread_", {}).get(TOTAL, 1.0) <= 0:
+            self.fallback_notes_.append(
+                f"{TOTAL}: the history holds one past instance of {', '.join(ones)} and no measure of how much an "
+                f"event's level moves from one instance to the next: their windows' intervals are widened "
+                f"x{self.single_instance_widen:g} (where the window evidence, of other events, was not)")
         return table
 
     # -- predict -----------------------------------------------------------------------------------------------------
@@ -615,6 +651,9 @@ class HolidayForecaster:
         _, d = self._rel_residual(np.zeros(len(frame)), p50, np.repeat(level, H))
         q = np.array([self.intervals_.get((s, int(b), int(w)), (0.0, 0.0))
                       for s, b, w in zip(frame["series"], frame["band"], frame["in_window"], strict=True)])
+        # The window of an event with one past instance, where nothing else widened the interval for it.
+        q = q * self._one_instance_widen(frame["series"].to_numpy(), frame["band"].to_numpy(),
+                                         frame["in_window"].to_numpy(), pd.DatetimeIndex(frame["date"]))[:, None]
         # lg is sorted by series (model order) then date, as frame is.
         p50 = np.maximum(p50 + delta, 0.0)
         out = pd.DataFrame({"date": frame["date"].to_numpy(), "series": frame["series"].to_numpy(),

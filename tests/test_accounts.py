@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from features.account_model import DECISION_LINK_COLUMNS, LOGISTIC_COLUMNS
 from features.accounts import (
     FEATURES,
     AsOfError,
@@ -18,6 +19,7 @@ from features.accounts import (
     score_snapshot,
 )
 from features.contract import load_dataset
+from training.serial_returners import learner_text
 
 AS_OF = pd.Timestamp("2023-09-30", tz="UTC")
 
@@ -446,3 +448,50 @@ def test_served_snapshot_scores_a_later_day_as_flag_accounts_does(feats, tmp_pat
     assert not np.allclose(got, np.round(m.predict(feats), 6), atol=1e-6)
     m.as_of_ = feats.attrs["as_of"]  # fitted on the day itself (training's own snapshots): scored as it is
     assert m.for_day(feats) is m
+
+
+def test_decisions_speak_for_the_decided_accounts_linked_accounts(feats):
+    # Reviewers confirm rings: accounts that share a device with other confirmed accounts. Given the account links,
+    # the logistic learner counts each account's confirmed and cleared linked accounts (never its own decision),
+    # learns from the decisions how much a confirmed link counts, and ranks the unreviewed accounts linked to a
+    # confirmed one higher than the same model without the links does.
+    cold = SerialReturnerModel().fit(feats)
+    order = np.argsort(-cold.predict(feats), kind="stable")
+    ids = feats.index.astype(str)
+    top = order[:120]
+    rng = np.random.default_rng(0)
+    y = (rng.random(120) < 0.5).astype(float)
+    conf, clr = top[y == 1], top[y == 0]
+    # Confirmed accounts share devices in pairs; each cleared one shares an address with one ordinary account; ten
+    # unreviewed accounts low in the cold ranking share a device with a confirmed account.
+    quiet = order[-10:]
+    rows = [(ids[conf[i]], "device", f"dev{i // 2}") for i in range(len(conf) - len(conf) % 2)]
+    rows += [(ids[a], "address", f"adr{i}") for i, a in enumerate(clr)]
+    rows += [(ids[a], "address", f"adr{i}") for i, a in enumerate(order[200:200 + len(clr)])]
+    rows += [(ids[a], "device", f"q{i}") for i, a in enumerate(quiet)]
+    rows += [(ids[conf[i]], "device", f"q{i}") for i in range(10)]
+    links = pd.DataFrame(rows, columns=["account_id", "link_type", "link_value"])
+    X = pd.concat([feats, feats.iloc[top]])
+    labels = np.r_[np.full(len(feats), np.nan), y]
+    plain = SerialReturnerModel(gate=False).fit(X, labels)
+    linked = SerialReturnerModel(gate=False).fit(X, labels, links=links)
+    assert plain.decision_links_ is None and plain.logistic_columns_ == LOGISTIC_COLUMNS
+    assert linked.logistic_columns_[-2:] == DECISION_LINK_COLUMNS
+    counts = linked.decision_links_.reindex(ids, fill_value=0.0)
+    assert counts.loc[ids[quiet[0]], "linked_confirmed"] == 1 and counts.loc[ids[quiet[0]], "linked_cleared"] == 0
+    assert counts.loc[ids[clr[0]], "linked_confirmed"] == 0 and counts.loc[ids[clr[0]], "linked_cleared"] == 0
+    coef = dict(zip(linked.logistic_columns_, linked.booster_.coef_[0], strict=True))
+    assert coef["linked_confirmed"] > 0
+    rank = pd.Series(linked.predict(feats)).rank(ascending=False).to_numpy()
+    rank_plain = pd.Series(plain.predict(feats)).rank(ascending=False).to_numpy()
+    assert (rank[quiet] < rank_plain[quiet]).all()
+    # Reasons: the decision-link terms go to the ring's features and still add up to the logit.
+    D = linked._design(feats.iloc[quiet])
+    contrib = linked.contributions(feats.iloc[quiet])
+    raw = linked._raw(D, linked.prior_, linked.booster_)
+    assert np.allclose(contrib.sum(axis=1).to_numpy(), raw - linked.booster_.intercept_)
+    assert "linked_confirmed" in learner_text(linked)
+    # The reviewer reads why: the confirmed linked account is the first reason.
+    why = linked.explain(feats.iloc[quiet])
+    assert why["top_reason"].str.contains("1 account the reviewers confirmed").all()
+    assert not plain.explain(feats.iloc[quiet])["reasons"].str.contains("reviewers confirmed").any()

@@ -111,6 +111,31 @@ def test_planners_growth_reads_ordinary_days_not_an_event_that_changed():
     assert np.isclose(np.nanmedian(fc[:, 0]), 12.0 * 1.2)  # last December's 12 a day, grown x1.2
 
 
+def test_planners_growth_skips_the_historys_ramp_up():
+    """Flat returns of 10 a day, except the history's first three weeks, which lack the returns of orders placed
+    before the data began (they climb from 0 to 10). Returns come 0-29 days after their order, so
+    ens.ramp_days reads a ramp-up of about four weeks; the growth leaves those days out and reads the flat 1.0 where
+    the same ratio over them reads growth that is not there."""
+    days = pd.date_range("2022-10-01", "2023-11-30", freq="D")
+    y = np.full(len(days), 10.0)
+    y[:21] = np.linspace(0.0, 10.0, 21)
+    rng = np.random.default_rng(0)
+    order_day = rng.integers(0, len(days) - 30, 2000)
+    linked = pd.DataFrame({"order_day": order_day, "request_day": order_day + rng.integers(0, 30, 2000),
+                           "category": "a", "refund_amount": 1.0})
+    hist = History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
+                   linked, "US")
+    t, st = len(days) - 1, Settings(market="US")
+    assert 25 <= ens.ramp_days(hist, t) <= 29
+    assert np.isclose(ens.planners_growth(hist, t, st)[0], 1.0)
+    no_links = _series(days, y, "US")  # nothing to measure the delay on: no ramp-up is assumed
+    assert ens.ramp_days(no_links, t) == 0
+    assert ens.planners_growth(no_links, t, st)[0] > 1.05
+    # Last year's day inside the ramp-up is no source for the forecast either.
+    fc = planners_forecast(hist, t, 30, st)
+    assert np.nanmax(np.abs(fc[:, 0] - 10.0)) < 1e-9
+
+
 def test_event_level_spread_is_the_year_over_year_change_of_an_events_uplift():
     """The mid-year sale's window was twice the ordinary level a year ago and three times this year: the spread is
     |log 3 - log 2|; with no event seen twice, the spread of the uplifts over three or more windows; else 0."""
@@ -234,6 +259,43 @@ def test_thin_window_evidence_widens_the_p90_by_the_histories_own_event_level_sp
         elif w == ens.ORDINARY:
             assert (lo, hi) == (lo0, hi0)
     assert thin and any("event level's own spread" in n for n in notes)
+
+
+def test_one_past_instance_without_a_level_measure_widens_that_events_window(fitted):
+    """The window of an event the history holds once is widened x single_instance_widen when nothing else stands
+    in for that: its cell's evidence (other events) held more than one instance, and the history gives no measure
+    of how much an event's level moves (level spread 0). A second past instance, a measured level spread, a cell
+    already widened for one instance, or an ordinary day: no widening. The note says so."""
+    import copy
+
+    from features.calendar import holiday_windows
+
+    model, _ = fitted
+    m = copy.deepcopy(model)
+    hw = holiday_windows("CN", pd.Timestamp("2024-10-01"), pd.Timestamp("2024-12-31"), m.settings())
+    sd = hw[hw["event"] == "singles_day"].iloc[0]
+    win = pd.date_range(sd["window_start"], sd["window_end"], freq="D")
+    ordinary = pd.date_range(sd["window_start"] - pd.Timedelta(days=20), periods=3, freq="D")
+    dates = win.append(ordinary)
+    kind = np.r_[np.full(len(win), ens.SEEN), np.full(len(ordinary), ens.ORDINARY)]
+    series, band = np.full(len(dates), TOTAL), np.full(len(dates), 1)
+    m.interval_widened_ = {k: False for k in m.interval_widened_}
+    m.level_spread_ = {s: 0.0 for s in m.series_}
+    m.event_instances_ = {"singles_day": 1}
+    f = m._one_instance_widen(series, band, kind, dates)
+    assert (f[:len(win)] == m.single_instance_widen).all() and (f[len(win):] == 1.0).all()
+    m.event_instances_ = {"singles_day": 2}
+    assert (m._one_instance_widen(series, band, kind, dates) == 1.0).all()
+    m.event_instances_ = {"singles_day": 1}
+    m.interval_widened_[(TOTAL, 1)] = True
+    assert (m._one_instance_widen(series, band, kind, dates) == 1.0).all()
+    m.interval_widened_[(TOTAL, 1)] = False
+    m.level_spread_ = {s: 0.2 for s in m.series_}
+    assert (m._one_instance_widen(series, band, kind, dates) == 1.0).all()
+    m.level_spread_ = {s: 0.0 for s in m.series_}
+    m.fallback_notes_ = []
+    m._fit_intervals(m.evidence_, m.weights_)
+    assert any("one past instance of singles_day" in n for n in m.fallback_notes_)
 
 
 def test_weights_are_on_the_simplex_and_window_intervals_never_narrower(fitted):

@@ -129,6 +129,47 @@ def test_supervised_beats_cold_start_after_feedback(world, ds, tmp_path):
     last = fb.iloc[-1]
     assert last["mode"] == "supervised" and last["gain"] > 0 and last["precision_gain"] >= 0, fb
     assert (fb.loc[fb["mode"] == "cold_start", "gain"] == 0).all(), fb
+    # The simulated reviews are the queue as a team reviews it: its audit sample included, whose decisions are the
+    # cleared accounts the top of the queue rarely holds.
+    assert (fb["audit_reviewed"] > 0).all() and (fb["cleared"] == fb["reviewed"] - fb["positives"]).all(), fb
+    assert fb["audit_cleared"].iloc[-1] > 0, fb
+    for row in fb.to_dict("records"):
+        line = sr.feedback_line(row)
+        if row["mode"] == "cold_start":  # the same ranking twice: nothing to pass or fail
+            assert "keeps the cold start" in line and not line.endswith(("PASS", "FAIL")), line
+        else:
+            assert line.endswith("PASS" if row["gain"] > 0 else "FAIL"), line
+
+
+def _feedback_row(positives: int, cleared: int, status: str, **kw) -> dict:
+    row = {"reviewed": positives + cleared, "positives": positives, "cleared": cleared, "audit_reviewed": 10,
+           "audit_cleared": 1, "mode": "supervised" if status == "supervised" else "cold_start", "status": status,
+           "gate_auc_supervised": float("nan"), "gate_auc_cold_start": float("nan"), "pr_auc_supervised": 0.5,
+           "pr_auc_cold_start": 0.5, "gain": 0.0}
+    return {**row, **kw}
+
+
+def test_feedback_line_says_why_the_queue_keeps_the_cold_start():
+    """A queue whose 200 decisions hold a handful of cleared accounts keeps the cold start: the line says so, why,
+    and what would help, instead of a FAIL; PASS/FAIL only where a learnt ranking was compared with the cold start."""
+    line = sr.feedback_line(_feedback_row(198, 2, "too_few_decisions"), min_labels=30, min_per_class=3)
+    assert "198 confirmed, 2 cleared" in line and "keeps the cold start" in line
+    assert "only 2 cleared accounts, too few to learn from" in line and "audit sample" in line
+    assert "PASS" not in line and "FAIL" not in line
+    line = sr.feedback_line(_feedback_row(20, 0, "too_few_decisions"), min_labels=30)
+    assert "too few decisions to learn from (20 < 30)" in line
+    line = sr.feedback_line(_feedback_row(196, 4, "held_out_kept_cold_start", gate_auc_supervised=0.61,
+                                          gate_auc_cold_start=0.70))
+    assert "ROC-AUC learnt 0.610 vs cold start 0.700" in line and "rests on only 4 cleared accounts" in line
+    assert "audit sample" in line and "PASS" not in line and "FAIL" not in line
+    line = sr.feedback_line(_feedback_row(5, 195, "held_out_kept_cold_start", gate_auc_supervised=0.6,
+                                          gate_auc_cold_start=0.7))
+    assert "only 5 confirmed" in line and "top of the queue" in line
+    line = sr.feedback_line(_feedback_row(120, 80, "held_out_kept_cold_start", gate_auc_supervised=0.6,
+                                          gate_auc_cold_start=0.7))
+    assert "rests on only" not in line and "more decisions" in line
+    assert sr.feedback_line(_feedback_row(150, 50, "supervised", gain=0.03)).endswith("(+0.030) PASS")
+    assert sr.feedback_line(_feedback_row(150, 50, "supervised", gain=-0.02)).endswith("(-0.020) FAIL")
 
 
 def test_decisions_in_the_store_feed_training(ds, tmp_path):

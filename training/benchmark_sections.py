@@ -226,7 +226,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
                               "decided_at": decided_at, "reviewer": "benchmark.reviewer", "note": None})
     import_decisions(decisions, known_accounts=set(X1.index.astype(str)), source="benchmark", settings=settings)
     labels2 = load_labels(ds, settings, t1)
-    model2 = fit_model(X1, labels2, settings, t1, source=str(data_dir)).on_population(X2)
+    model2 = fit_model(X1, labels2, settings, t1, source=str(data_dir), links=ds.account_links).on_population(X2)
     seen = set(decisions["account_id"])
     rest = ~ids.isin(list(seen))
     k2 = int(y[rest].sum())

@@ -71,7 +71,8 @@ def _choose_model(ds: Dataset, X: AccountFrame, day: pd.Timestamp, data_dir: Pat
                 raise click.ClickException(f"no champion for {MODEL_NAME}: run `aftersales train serial-returners "
                                            "--data DIR` first, or use --model fit") from None
     labels = load_labels(ds, settings, day)
-    model = fit_model(X, labels, settings, day, source=str(data_dir.resolve()), client=client)
+    model = fit_model(X, labels, settings, day, source=str(data_dir.resolve()), client=client,
+                      links=ds.account_links)
     echo(f"fitted as of {day.date()}: {model.mode_} ({model.n_labels_} review decisions up to that day)")
     return model
 

@@ -43,6 +43,9 @@ METHODS = ("model", "cold_start", *BASELINES)
 CANDIDATES = ("model", *BASELINES)  # what the queue may rank by: the model or a baseline that beats it
 PR_AUC_MARGIN_TARGET = 0.15  # the model's PR-AUC must beat IsolationForest-on-counts by this much
 FEEDBACK_CHECKPOINTS = (50, 200)
+# Fewer decisions of a class than this (cleared accounts, typically, in a queue reviewed from the top): a held-out
+# comparison of rankings rests on a handful of accounts, and the feedback line says so.
+FEEDBACK_FEW_PER_CLASS = 10
 FORWARD_HORIZON_DAYS = 91  # "the next quarter" of the forward check on data without ground truth
 CHECK_WINDOW_DAYS, CHECK_CUTOFFS = 61, 3  # the checks the queue's method is chosen on (data without ground truth)
 Echo = Callable[[str], None]
@@ -72,17 +75,20 @@ def load_labels(ds: Dataset, settings: Settings, as_of=None) -> pd.DataFrame:
 
 
 def fit_model(X: AccountFrame, labels: pd.DataFrame, settings: Settings, as_of=None,
-              source: str = "", client=None) -> SerialReturnerModel:
+              source: str = "", client=None, links: pd.DataFrame | None = None) -> SerialReturnerModel:
     """Fit the serial-return model on the population ``X``; supervised when ``labels`` are enough, else cold start.
 
     The decided accounts' features are those of ``X`` (as of the training day): a confirmed abuser's later
-    behaviour is still the abuser's, and nothing after the training day is read.
+    behaviour is still the abuser's, and nothing after the training day is read. ``links``: the dataset's
+    ``account_links``; with them the decisions also speak for the decided accounts' linked accounts
+    (``SerialReturnerModel.fit``).
     """
     lab = labels[labels["account_id"].isin(X.index)]
     Xl = X.loc[lab["account_id"].to_numpy()]
     model = SerialReturnerModel(min_labels=settings.serial_min_labels, num_threads=settings.serial_num_threads,
                                 gate=settings.serial_supervised_gate, learner=settings.serial_learner)
-    model.fit(pd.concat([X, Xl]), np.r_[np.full(len(X), np.nan), lab["label"].to_numpy(dtype=float)], client=client)
+    model.fit(pd.concat([X, Xl]), np.r_[np.full(len(X), np.nan), lab["label"].to_numpy(dtype=float)], client=client,
+              links=links)
     model.as_of_ = str(as_day(as_of).date()) if as_of is not None else X.attrs.get("as_of")
     model.data_source_ = source
     return model
@@ -197,7 +203,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     X2 = features_as_of(ds, t2, settings, market, engine)
     labels = load_labels(ds, settings, t1)
     echo(f"fitting on {len(X1):,} accounts with {len(labels)} review decisions up to {t1.date()}")
-    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None))
+    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None), links=ds.account_links)
     cold = model if model.mode_ == "cold_start" else fit_model(X1, labels.iloc[:0], settings, t1)
     forest = counts_forest(X1)
     learnt = set(labels["account_id"].astype(str))
@@ -227,7 +233,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     fb = None
     if feedback:
         echo("feedback simulation: reviews from the truth on the model's own queue")
-        fb = feedback_simulation(X1, X2, truth, t1, t2, settings, exclude=learnt, cold=cold)
+        fb = feedback_simulation(X1, X2, truth, t1, t2, settings, exclude=learnt, cold=cold, links=ds.account_links)
     params = {"t1": str(t1.date()), "t2": str(t2.date()), "capacity": capacity, "mode": model.mode_,
               "n_labels": model.n_labels_, "n_eval_accounts": len(ev), "n_eval_positives": int(y.sum()),
               "market": market or settings.market}
@@ -273,7 +279,8 @@ def slice_table(masks: dict[str, np.ndarray], y: np.ndarray, scores: dict[str, n
 
 def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame, t1, t2, settings: Settings,
                         exclude: set[str] = frozenset(), cold: SerialReturnerModel | None = None,
-                        checkpoints: tuple[int, ...] = FEEDBACK_CHECKPOINTS, round_size: int = 50) -> pd.DataFrame:
+                        checkpoints: tuple[int, ...] = FEEDBACK_CHECKPOINTS, round_size: int = 50,
+                        links: pd.DataFrame | None = None) -> pd.DataFrame:
     """Start cold, review the model's own queue in rounds (decisions from the truth as of ``t1``), refit each round.
 
     At each checkpoint (number of reviewed accounts) the refitted model and the cold start are scored as of ``t2``
@@ -287,14 +294,16 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
     abuser_t1 = (tr1["is_abuser"].fillna(False).astype(bool) & (tr1["abuse_start"] <= t1))
     reviewed: list[str] = []
     labels: list[float] = []
+    audit: list[bool] = []  # the decision was on the queue's audit sample (slot 'exploration')
     model, rows = cold, []
     for r in range(int(np.ceil(max(checkpoints) / round_size))):
         q = review_queue(X1, model, round_size, exclude=set(reviewed) | set(exclude), seed=r,
                          **queue_settings(settings))
         reviewed += list(q["account_id"].astype(str))
         labels += list(abuser_t1.loc[q["account_id"]].astype(float))
+        audit += list(q["slot"].eq("exploration"))
         lab = pd.DataFrame({"account_id": reviewed, "label": labels})
-        model = fit_model(X1, lab, settings, t1)
+        model = fit_model(X1, lab, settings, t1, links=links)
         if len(reviewed) in checkpoints:
             ev = X2.loc[~X2.index.isin(reviewed + list(exclude))]
             te = truth.reindex(ev.index)
@@ -304,11 +313,34 @@ def feedback_simulation(X1: AccountFrame, X2: AccountFrame, truth: pd.DataFrame,
             k = max(int(y.sum()), 1)  # a queue as long as there are abusers left to find
             prec_s = float(y[np.argsort(-ps, kind="stable")[:k]].mean())
             prec_c = float(y[np.argsort(-pc, kind="stable")[:k]].mean())
-            rows.append({"reviewed": len(reviewed), "positives": int(sum(labels)), "mode": model.mode_,
+            lab_arr, aud = np.array(labels), np.array(audit)
+            g = model.gate_
+            rows.append({"reviewed": len(reviewed), "positives": int(sum(labels)),
+                         "cleared": int(len(labels) - sum(labels)), "audit_reviewed": int(aud.sum()),
+                         "audit_cleared": int((aud & (lab_arr == 0)).sum()), "mode": model.mode_,
+                         "status": feedback_status(model),
+                         "gate_auc_supervised": _nan_if_none(g.get("auc_supervised")),
+                         "gate_auc_cold_start": _nan_if_none(g.get("auc_cold_start")),
                          "pr_auc_supervised": sup, "pr_auc_cold_start": base, "gain": sup - base,
                          "precision_at_k_supervised": prec_s, "precision_at_k_cold_start": prec_c,
                          "precision_gain": prec_s - prec_c})
     return pd.DataFrame(rows)
+
+
+def _nan_if_none(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def feedback_status(model: SerialReturnerModel) -> str:
+    """Why a model fitted on review decisions ranks as it does: 'supervised' (the learnt ranking won the held-out
+    check), 'held_out_kept_cold_start' (it was fitted and the held-out decisions preferred the cold start) or
+    'too_few_decisions' (fewer than ``min_labels`` decisions, or fewer than ``min_per_class`` of either class:
+    nothing was learnt, the queue keeps the cold start)."""
+    if model.mode_ == "supervised":
+        return "supervised"
+    if getattr(model, "gate_", {}).get("heldout_decisions"):
+        return "held_out_kept_cold_start"
+    return "too_few_decisions"
 
 
 def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon_days: int = FORWARD_HORIZON_DAYS,
@@ -328,7 +360,7 @@ def evaluate_forward(ds: Dataset, t1, settings: Settings, top: int = 50, horizon
         echo(f"note: the data ends on {ds.time_span()[1].date()}, before the {horizon_days}-day window closes")
     X1 = features_as_of(ds, t1, settings, market, engine)
     labels = load_labels(ds, settings, t1)
-    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None))
+    model = fit_model(X1, labels, settings, t1, client=getattr(engine, "client", None), links=ds.account_links)
     future, threshold = _future_returns(ds, X1, t1, horizon_days)
     heavy = future >= threshold
     before = X1["returns_90d"].to_numpy() >= threshold
@@ -397,7 +429,7 @@ def choose_by_forward_checks(ds: Dataset, t1, settings: Settings, top: int, mark
         if t0 < first + pd.Timedelta(days=window_days):
             break
         X = features_as_of(ds, t0, settings, market, engine)
-        model = fit_model(X, load_labels(ds, settings, t0), settings, t0)
+        model = fit_model(X, load_labels(ds, settings, t0), settings, t0, links=ds.account_links)
         future, threshold = _future_returns(ds, X, t0, window_days)
         heavy = future >= threshold
         scores = {"model": model.predict(X), **baseline_scores(X, counts_forest(X), settings)}
@@ -504,11 +536,51 @@ def target_lines(ev: Evaluation) -> list[str]:
     lines.append("recall per pattern at capacity (pure ranking, no reserved slots): "
                  + ", ".join(f"{p} {v:.3f}" for p, v in ranked.items()))
     if ev.feedback is not None and len(ev.feedback):
-        for row in ev.feedback.itertuples():
-            lines.append(f"feedback after {row.reviewed} reviews ({row.positives} confirmed): supervised PR-AUC "
-                         f"{row.pr_auc_supervised:.3f} vs cold start {row.pr_auc_cold_start:.3f} "
-                         f"({'+' if row.gain >= 0 else ''}{row.gain:.3f}) {'PASS' if row.gain > 0 else 'FAIL'}")
+        limits = (ev.model.min_labels, ev.model.min_per_class) if ev.model is not None else ()
+        lines += [feedback_line(row, *limits) for row in ev.feedback.to_dict("records")]
     return lines
+
+
+def feedback_line(row: dict, min_labels: int = 30, min_per_class: int = 3) -> str:
+    """One checkpoint of the feedback simulation in words, for a risk team.
+
+    PASS/FAIL only where the decisions produced a learnt ranking to compare with the cold start (against the
+    truth, on the accounts not reviewed). Where the queue kept the cold start the two rankings are the same one, so
+    the line says why (too few decisions of a class to learn from, or held-out decisions that did not favour a
+    learnt ranking, with how few of a class they rest on) and what would give the next fit more to learn from.
+    """
+    n, pos = int(row["reviewed"]), int(row["positives"])
+    neg = int(row.get("cleared", n - pos))
+    audit, audit_neg = int(row.get("audit_reviewed", 0)), int(row.get("audit_cleared", 0))
+    head = (f"feedback after {n} reviews ({pos} confirmed, {neg} cleared; {audit} from the audit sample, "
+            f"{audit_neg} of those cleared)")
+    why = row.get("status") or ("supervised" if row.get("mode") == "supervised" else "too_few_decisions")
+    if why == "supervised":
+        gain = float(row["gain"])
+        return (f"{head}: the learnt ranking is used; PR-AUC {row['pr_auc_supervised']:.3f} vs cold start "
+                f"{row['pr_auc_cold_start']:.3f} ({'+' if gain >= 0 else ''}{gain:.3f}) "
+                f"{'PASS' if gain > 0 else 'FAIL'}")
+    few = min(pos, neg)
+    scarce = "cleared" if neg <= pos else "confirmed"
+    if why == "too_few_decisions":
+        reason = (f"too few decisions to learn from ({n} < {min_labels})" if n < min_labels else
+                  f"the decisions hold only {few} {scarce} accounts, too few to learn from (at least "
+                  f"{min_per_class} of each are needed)")
+    else:
+        reason = (f"on held-out decisions the cold start ranked them at least as well (ROC-AUC learnt "
+                  f"{row['gate_auc_supervised']:.3f} vs cold start {row['gate_auc_cold_start']:.3f})")
+        if few < FEEDBACK_FEW_PER_CLASS:
+            reason += f", a check that rests on only {few} {scarce} accounts"
+    if few >= FEEDBACK_FEW_PER_CLASS:
+        helps = "more decisions; every fit repeats the held-out check and switches when the decisions support it"
+    elif scarce == "cleared":
+        helps = ("cleared accounts, which the top of the queue rarely holds: review the queue's audit sample (its "
+                 "'exploration' slots, drawn below the top; a larger serial_explore_share draws more) and record "
+                 "clearances as well as confirmations")
+    else:
+        helps = "more confirmed decisions: keep reviewing the top of the queue"
+    return (f"{head}: the queue keeps the cold start (PR-AUC {row['pr_auc_cold_start']:.3f}; no learnt ranking "
+            f"to compare, not a failure): {reason}. What would help: {helps}.")
 
 
 def _load(data_dir: Path, out_dir: Path, echo: Echo) -> Dataset:

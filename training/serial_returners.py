@@ -59,6 +59,7 @@ from training.serial_evaluation import (  # noqa: F401  (re-exported)
     CHECK_CUTOFFS,
     CHECK_WINDOW_DAYS,
     FEEDBACK_CHECKPOINTS,
+    FEEDBACK_FEW_PER_CLASS,
     FORWARD_HORIZON_DAYS,
     METHODS,
     MODEL_NAME,
@@ -84,7 +85,9 @@ from training.serial_evaluation import (  # noqa: F401  (re-exported)
     evaluation_figures,
     excluded_accounts,
     features_as_of,
+    feedback_line,
     feedback_simulation,
+    feedback_status,
     fit_model,
     load_labels,
     ranking_metrics,
@@ -165,10 +168,8 @@ def learner_text(model: SerialReturnerModel) -> str:
     gate = (f"; chosen over the cold start on held-out decisions, ROC-AUC {g['auc_supervised']:.3f} against "
             f"{g['auc_cold_start']:.3f}" if g.get("auc_supervised") is not None else "")
     if model.learner == "logistic":
-        from features.account_model import LOGISTIC_COLUMNS
-
         w = ", ".join(f"{c.removeprefix('tail_')} {v:+.2f}" for c, v in
-                      zip(LOGISTIC_COLUMNS, model.booster_.coef_[0], strict=True))
+                      zip(model.logistic_columns_, model.booster_.coef_[0], strict=True))
         return f"a logistic regression on the detector's evidence per pattern (standardised weights: {w}){gate}"
     return f"a LightGBM on every feature boosted from a logistic prior on the detector's score{gate}"
 
@@ -334,7 +335,7 @@ def train(data_dir: Path, settings: Settings, engine=None) -> dict:
         X_end = features_as_of(ds, last, settings, market, engine=engine)
         labels = load_labels(ds, settings, last)
         final = fit_model(X_end, labels, settings, last, source=str(Path(data_dir).resolve()),
-                          client=getattr(engine, "client", None))
+                          client=getattr(engine, "client", None), links=ds.account_links)
         final.use(method, X_end, rule=_rule(settings), evidence=evidence)
         summary["queue_method"] = method
         registry.log_params({"final_mode": final.mode_, "final_labels": final.n_labels_, "as_of": str(last.date()),
