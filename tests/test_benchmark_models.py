@@ -134,6 +134,10 @@ def test_ticket_triage_reports_the_week_after_a_refresh(bench):
     assert np.allclose(measured["refresh_week_gap"],
                        measured["refresh_week_offline"] - measured["refresh_week_served"])
     assert measured[["refresh_week_served", "refresh_week_offline"]].stack().between(0.5, 1.0).all()
+    # each world's ceiling (the generator's own escalation probability on the same tickets) and the lift's noise
+    assert (rows["escalation_reference"] > rows["case_type_rate"]).all()
+    assert (rows["escalation_reference"] <= 1.0).all()
+    assert ((rows["lift_sd"] > 0) & (rows["lift_sd"] < 0.2)).all()
 
 
 def test_ticket_triage_reports_the_daily_refresh_cadence_and_the_gaps_noise(bench):
