@@ -346,7 +346,7 @@ def _serial_snapshot(data_dir: Path, as_of, settings: Settings) -> None:
     ds = load_for_command(data_dir, settings.models_dir / "serial_returners", _quiet)
     X = features_as_of(ds, as_of, settings)
     labels = load_labels(ds, settings, as_of)
-    model = fit_model(X, labels, settings, as_of, source=str(Path(data_dir).resolve()))
+    model = fit_model(X, labels, settings, as_of, source=str(Path(data_dir).resolve()), links=ds.account_links)
     write_snapshots(X, model, settings, exclude=excluded_accounts(labels, as_of, settings.serial_review_cooldown_days))
 
 
