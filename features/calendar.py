@@ -234,6 +234,14 @@ def holiday_windows(market: str, start: DateLike, end: DateLike, settings: Setti
     return out.sort_values(["event_date", "event"]).reset_index(drop=True)
 
 
+def complete_windows(market: str, first: DateLike, last: DateLike, settings: Settings | None = None
+                     ) -> pd.DataFrame:
+    """The rows of :func:`holiday_windows` whose whole after-sales window lies from ``first`` to ``last`` (both
+    included): the event instances a history over that span holds completely."""
+    hw = holiday_windows(market, first, last, settings)
+    return hw[(hw["window_start"] >= pd.Timestamp(first)) & (hw["window_end"] <= pd.Timestamp(last))]
+
+
 def in_windows(days, windows: pd.DataFrame) -> np.ndarray:
     """Whether each of ``days`` (naive dates; NaT is outside) falls inside one of ``windows`` (rows of
     :func:`holiday_windows`: ``window_start`` to ``window_end``, both days included)."""

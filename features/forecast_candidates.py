@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from features.calendar import holiday_windows, in_windows
+from features.calendar import complete_windows, holiday_windows, in_windows
 from features.return_volume import (
     LY,
     History,
@@ -212,8 +212,7 @@ def event_level_spread(history: History, t: int, settings: Settings, pre_days: i
     (how much the history's peaks differ from one another); else 0 (nothing to measure it on)."""
     days = history.days[:t + 1]
     y = history.y.to_numpy(dtype=float)[:t + 1]
-    hw = holiday_windows(history.market, days[0], days[-1], settings)
-    hw = hw[(hw["window_start"] >= days[0]) & (hw["window_end"] <= days[-1])]
+    hw = complete_windows(history.market, days[0], days[-1], settings)
     inside = in_windows(days, hw)
     names, ups = [], []
     for w in hw.itertuples():

@@ -44,7 +44,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from features.calendar import holiday_windows
+from features.calendar import complete_windows, holiday_windows
 from features.forecast_candidates import (
     ALPHA,
     AUTOETS,
@@ -316,8 +316,7 @@ class HolidayForecaster:
 
     def _event_instances(self, hist: History) -> dict[str, int]:
         """How many complete after-sales windows of each major event the history holds."""
-        past = holiday_windows(self.market, hist.days[0], hist.days[-1], self.settings())
-        past = past[(past["window_start"] >= hist.days[0]) & (past["window_end"] <= hist.days[-1])]
+        past = complete_windows(self.market, hist.days[0], hist.days[-1], self.settings())
         return {str(k): int(v) for k, v in past["event"].value_counts().items()}
 
     def _one_instance_widen(self, series: np.ndarray, band: np.ndarray, kind: np.ndarray,

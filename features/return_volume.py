@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from features.calendar import holiday_windows
+from features.calendar import complete_windows
 from features.settings import Settings
 from features.volume_features import (
     CAT_FEATURES,
@@ -192,8 +192,7 @@ class ReturnVolumeForecaster:
         days = history.days
         n = len(days)
         span = self.min_calibration_days
-        hw = holiday_windows(history.market, days[0], days[-1], self.settings())
-        done = hw[(hw["window_end"] <= days[-1]) & (hw["window_start"] >= days[0])]
+        done = complete_windows(history.market, days[0], days[-1], self.settings())
         if not done.empty:
             start = done["window_start"].iloc[-1] - pd.Timedelta(days=self.horizon)
             span = max(span, int((days[-1] - start).days))

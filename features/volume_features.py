@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.calendar import calendar_features, holiday_windows, market_events
+from features.calendar import calendar_features, complete_windows, holiday_windows, market_events
 from features.settings import Settings
 from features.volume_history import (
     ALIGN_AFTER,
@@ -515,8 +515,7 @@ def check_history(history: History, origin: pd.Timestamp, horizon: int, calibrat
             f"({WARMUP_DAYS} to warm up lag features, {MIN_TRAIN_DAYS} of training origins, {horizon} for the "
             f"horizon, {calibration_days} to calibrate the intervals): data from "
             f"{(origin - pd.Timedelta(days=need - 1)).date()} on{hint}")
-    hw = holiday_windows(history.market, days[0], origin, settings)
-    seen = hw[(hw["window_start"] >= days[0]) & (hw["window_end"] <= origin)]
+    seen = complete_windows(history.market, days[0], origin, settings)
     if seen.empty:
         first = holiday_windows(history.market, days[0], days[0] + pd.Timedelta(days=400), settings)
         ex = (f"; e.g. {first['event'].iloc[0]} on {first['event_date'].iloc[0].date()} needs data from "
