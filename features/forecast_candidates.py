@@ -113,16 +113,18 @@ def ramp_days(history: History, t: int, q: float = RAMP_QUANTILE, min_links: int
     return int(np.ceil(np.quantile(lag, q)))
 
 
-def planners_growth(history: History, t: int, settings: Settings, growth_days: int = GROWTH_DAYS) -> np.ndarray:
+def planners_growth(history: History, t: int, settings: Settings, growth_days: int = GROWTH_DAYS,
+                    ramp: int | None = None) -> np.ndarray:
     """Year-over-year growth per series at origin index ``t``: the last ``growth_days`` days (as far as the history
     reaches a year back, at least 28) over the same days 52 weeks before, on the days outside every major event's
     after-sales window in both years (an event that fell inside one year's span and outside the other's, e.g. Black
     Friday moving by five days, or an event whose size changed, is not growth), and whose day a year before lies
     after the history's ramp-up (:func:`ramp_days`: its first weeks lack the returns of orders placed before it).
     Fewer than 28 such day pairs: the last 28 days (those of them whose day a year before lies after the ramp-up,
-    all 28 when that leaves under 14) over the same days a year before. No volume a year before: 1."""
+    all 28 when that leaves under 14) over the same days a year before. No volume a year before: 1. ``ramp``: the
+    ramp-up's days when the caller has them (:func:`planners_forecast`), else measured here."""
     v = history.y.to_numpy(dtype=float)
-    ramp = ramp_days(history, t)
+    ramp = ramp_days(history, t) if ramp is None else ramp
     span = int(min(max(growth_days, 28), t - LY + 1))
     idx = np.arange(t - span + 1, t + 1)
     ok = idx - LY >= ramp
@@ -150,10 +152,11 @@ def planners_forecast(history: History, t: int, horizon: int, settings: Settings
         days = pd.date_range(history.days[0], history.days[t] + pd.Timedelta(days=horizon), freq="D")
         src = planners_source(days, history.market, settings)
     v = history.y.to_numpy(dtype=float)
-    growth = np.clip(planners_growth(history, t, settings, growth_days), *GROWTH_CLIP)
+    ramp = ramp_days(history, t)
+    growth = np.clip(planners_growth(history, t, settings, growth_days, ramp), *GROWTH_CLIP)
     tgt = t + 1 + np.arange(horizon)
     s = src[tgt]
-    ok = (s >= ramp_days(history, t)) & (s >= 0) & (s <= t)  # a source day in the ramp-up reads low: none
+    ok = (s >= ramp) & (s >= 0) & (s <= t)  # a source day in the ramp-up reads low: none
     out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :], np.nan)
     return out
 
