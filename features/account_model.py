@@ -95,8 +95,7 @@ class SerialReturnerModel:
 
     # Models pickled before the logistic learner existed were all boosted; a new instance sets its own.
     learner: str = "boost"
-    # Models pickled before decision links existed: the logistic learner's inputs, and no linked decisions.
-    logistic_columns_: tuple[str, ...] = LOGISTIC_COLUMNS
+    # Models pickled before decision links existed: no linked decisions.
     decision_links_: pd.DataFrame | None = None
 
     def __init__(self, min_labels: int = 30, min_per_class: int = 3, n_folds: int = 5,
@@ -129,6 +128,17 @@ class SerialReturnerModel:
                 "min_data_in_leaf": max(3, n // 25), "min_sum_hessian_in_leaf": 1e-3, "lambda_l2": 1.0,
                 "feature_fraction": 0.8, "bagging_fraction": 0.9, "bagging_freq": 1, "seed": self.random_state,
                 "num_threads": self.num_threads, "verbose": -1, "deterministic": True, "force_row_wise": True}
+
+    @property
+    def logistic_columns_(self) -> tuple[str, ...]:
+        """The logistic learner's inputs: :data:`LOGISTIC_COLUMNS`, and :data:`DECISION_LINK_COLUMNS` when the fit
+        kept decisions on linked accounts (``decision_links_``)."""
+        return LOGISTIC_COLUMNS if self.decision_links_ is None else (*LOGISTIC_COLUMNS, *DECISION_LINK_COLUMNS)
+
+    def _link_counts(self, X: AccountFrame) -> np.ndarray:
+        """Per account of ``X``: its linked accounts the reviewers confirmed and cleared (the columns of
+        :data:`DECISION_LINK_COLUMNS`), zeros for an account with none; needs ``decision_links_``."""
+        return self.decision_links_.reindex(X.index.astype(str)).fillna(0.0).to_numpy()
 
     def _fit_raw(self, D: pd.DataFrame, y: np.ndarray, B: pd.DataFrame | None = None):
         """(prior, fitted): for 'boost' the logistic prior on the detector score and the booster correcting it;
@@ -219,13 +229,11 @@ class SerialReturnerModel:
         self.prior_, self.booster_, self.platt_, self.oof_ = None, None, None, None
         self.gate_ = {"use_supervised": False, "heldout_decisions": 0, "auc_supervised": None, "auc_cold_start": None,
                       "folds": 0, "folds_won": 0}
-        self.logistic_columns_, self.decision_links_ = LOGISTIC_COLUMNS, None
+        self.decision_links_ = None
         if self.mode_ == "supervised" and self.learner == "logistic" and links is not None:
             decided = pd.Series(yl, index=X.index[labelled].astype(str))
             self.decision_links_ = self._decision_links(population, decided[~decided.index.duplicated(keep="last")],
                                                         links)
-            if self.decision_links_ is not None:
-                self.logistic_columns_ = (*LOGISTIC_COLUMNS, *DECISION_LINK_COLUMNS)
         if self.mode_ == "supervised":
             D = self._design(X.loc[labelled])
             B = None
@@ -238,8 +246,7 @@ class SerialReturnerModel:
             if self.gate_["use_supervised"] or not self.gate:
                 self.prior_, self.booster_ = self._fit_raw(D, yl, B)  # the final model sees every decision
             else:  # held-out decisions say the detector ranks them at least as well: keep the cold start
-                self.mode_, self.platt_ = "cold_start", None
-                self.logistic_columns_, self.decision_links_ = LOGISTIC_COLUMNS, None
+                self.mode_, self.platt_, self.decision_links_ = "cold_start", None, None
         return self
 
     def on_population(self, X: AccountFrame) -> SerialReturnerModel:
@@ -330,7 +337,7 @@ class SerialReturnerModel:
             D[f"tail_{p}"] = tails[p].to_numpy()
         D[ANOMALY_FEATURE] = combined_score(tails.to_numpy())
         if self.decision_links_ is not None:
-            counts = self.decision_links_.reindex(X.index.astype(str)).fillna(0.0).to_numpy()
+            counts = self._link_counts(X)
             for j, col in enumerate(DECISION_LINK_COLUMNS):
                 D[col] = np.log1p(counts[:, j])
         return D
@@ -434,7 +441,7 @@ class SerialReturnerModel:
         weight = dict(zip(self.logistic_columns_, self.booster_.coef_[0], strict=True)).get("linked_confirmed", 0.0)
         if weight <= 0:
             return np.zeros(len(X))
-        return self.decision_links_["linked_confirmed"].reindex(X.index.astype(str)).fillna(0.0).to_numpy()
+        return self._link_counts(X)[:, DECISION_LINK_COLUMNS.index("linked_confirmed")]
 
     def explain(self, X: AccountFrame, top: int = 3) -> pd.DataFrame:
         """Top reasons (sentences with the account's numbers), the top reason alone, the likely pattern and its
