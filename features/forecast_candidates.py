@@ -206,13 +206,17 @@ def stat_forecasts(history: History, t: int, horizon: int, series: list[str], mo
 
 
 def event_level_spread(history: History, t: int, settings: Settings, pre_days: int = 56,
-                       min_pre_days: int = 14) -> np.ndarray:
+                       min_pre_days: int = 14, ramp: int | None = None) -> np.ndarray:
     """How far an event window's level can move from what its past instances say, per series (log scale): each
     major-event window complete by origin index ``t`` gets its uplift, log(mean of the window / mean of the ordinary
     days in the ``pre_days`` before it, at least ``min_pre_days`` of them); the spread is the root mean square of
     the change in uplift from one instance of an event to its next (the year-over-year surprise in the event's
     size), or, without any event seen twice, the standard deviation of the uplifts over at least three windows
-    (how much the history's peaks differ from one another); else 0 (nothing to measure it on)."""
+    (how much the history's peaks differ from one another); else 0 (nothing to measure it on). Windows and
+    ordinary days in the history's ramp-up (``ramp``, default :func:`ramp_days`: its first weeks lack the returns of
+    orders placed before it began) are left out: a window whose weeks before it read low there shows an uplift that
+    is the ramp-up, not the event."""
+    ramp = ramp_days(history, t) if ramp is None else ramp
     days = history.days[:t + 1]
     y = history.y.to_numpy(dtype=float)[:t + 1]
     hw = complete_windows(history.market, days[0], days[-1], settings)
@@ -221,8 +225,8 @@ def event_level_spread(history: History, t: int, settings: Settings, pre_days: i
     for w in hw.itertuples():
         i0, i1 = days.get_loc(w.window_start), days.get_loc(w.window_end)
         pre = np.arange(max(i0 - pre_days, 0), i0)
-        pre = pre[~inside[pre]]
-        if len(pre) < min_pre_days:
+        pre = pre[~inside[pre] & (pre >= ramp)]
+        if len(pre) < min_pre_days or i0 < ramp:
             continue
         base = y[pre].mean(axis=0)
         names.append(w.event)

@@ -151,6 +151,28 @@ def test_event_level_spread_is_the_year_over_year_change_of_an_events_uplift():
     assert one[0] == 0.0
 
 
+def test_event_level_spread_leaves_the_historys_ramp_up_out():
+    """The mid-year sale's window was twice the ordinary level in both years (no change: spread 0), but the history
+    began seven weeks before the first one and its first five weeks lack the returns of orders placed before it
+    (they climb from 0 to 10). Read as that window's ordinary weeks, the ramp-up makes its uplift look larger than
+    the next year's: a spread that is not there. Left out (ens.ramp_days), the spread is 0."""
+    days = pd.date_range("2022-04-01", "2023-08-01", freq="D")
+    y = np.full(len(days), 10.0)
+    y[:35] = np.linspace(0.0, 10.0, 35)
+    for start, end in (("2022-06-15", "2022-07-09"), ("2023-06-15", "2023-07-09")):
+        y[(days >= pd.Timestamp(start)) & (days <= pd.Timestamp(end))] = 20.0
+    rng = np.random.default_rng(0)
+    order_day = rng.integers(0, len(days) - 45, 3000)
+    linked = pd.DataFrame({"order_day": order_day, "request_day": order_day + rng.integers(0, 45, 3000),
+                           "category": "a", "refund_amount": 1.0})
+    hist = History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
+                   linked, "US")
+    t, st = len(days) - 1, Settings(market="US")
+    assert 35 <= ens.ramp_days(hist, t) <= 44
+    assert ens.event_level_spread(hist, t, st, ramp=0)[0] > 0.05  # the ramp-up read as last year's level
+    assert np.isclose(ens.event_level_spread(hist, t, st)[0], 0.0)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The fitted forecaster
 
