@@ -38,6 +38,7 @@ GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empt
 # held about five ordinary day pairs before a Nov 30 origin (Singles Day's and Black Friday's windows fill the rest)
 # and read growth below the season's own on most tuning worlds.
 GROWTH_DAYS = 91
+MOVED_PRE_DAYS = 28  # days before a moving event's span whose level (last year's) scales the days following it
 RAMP_QUANTILE = 0.9  # the start-of-history ramp-up: this quantile of the order-to-return delay (see ramp_days)
 # Without the LightGBM component (a history shorter than its minimum): the statistical candidates need two weeks
 # before the first inner origin, and the evidence two more weeks of inner origins after it.
@@ -157,7 +158,53 @@ def planners_forecast(history: History, t: int, horizon: int, settings: Settings
     tgt = t + 1 + np.arange(horizon)
     s = src[tgt]
     ok = (s >= ramp) & (s >= 0) & (s <= t)  # a source day in the ramp-up reads low: none
-    out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :], np.nan)
+    level = moved_event_level(history, t, tgt, src, settings, ramp)
+    out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :] * level, np.nan)
+    return out
+
+
+def moved_event_level(history: History, t: int, tgt: np.ndarray, src: np.ndarray, settings: Settings,
+                      ramp: int = 0, pre_days: int = MOVED_PRE_DAYS, min_days: int = 7) -> np.ndarray:
+    """Per target day (indices ``tgt``) and series, the level factor of a day that follows a moving event's previous
+    instance (``src``, :func:`planners_source` over every day, gives it a source other than 52 weeks back): last
+    year's level just before this instance's span, read 52 weeks back, over last year's level just before the
+    previous instance's span (the ``pre_days`` before each, days outside every major event's after-sales window and
+    after the ramp-up, at least ``min_days`` of them; else 1). The event's own shape comes from its previous
+    instance, the level around it from the date: a Spring Festival twelve days earlier than last year's lands in the
+    January returns of Christmas presents, which last year had ebbed before it, and its previous instance's days
+    read that ebb. Days within a week of 52 weeks back (or whose event kept its offset): 1. Clipped like the
+    growth."""
+    S = history.y.shape[1]
+    out = np.ones((len(tgt), S))
+    idx = np.arange(len(src))
+    # A move by one week (Black Friday) changes last year's surrounding level by a week of trend and noise only
+    # (the tuning worlds' planners' candidate lost on it); by weeks, the season around it can differ.
+    moved = (src >= 0) & (np.abs(idx - src - LY) > 7)
+    if not moved[tgt].any():
+        return out
+    v = history.y.to_numpy(dtype=float)
+    days = history.days
+    inside = _window_mask(history.market, days[0], days[-1], settings.summer_sale, int(settings.summer_sale_days))
+    shift = idx - src
+    factor: dict[int, np.ndarray] = {}  # span start -> factor per series
+    for i, d in enumerate(tgt):
+        if not moved[d]:
+            continue
+        a = int(d)
+        while a - 1 >= 0 and moved[a - 1] and shift[a - 1] == shift[d]:
+            a -= 1  # back to the first day of this instance's span
+        if a not in factor:
+            now = np.arange(a - pre_days, a) - LY  # this instance's pre-window, 52 weeks back
+            prev = np.arange(a - pre_days, a) - int(shift[d])  # the previous instance's pre-window
+            keep = (np.minimum(now, prev) >= max(ramp, 0)) & (np.maximum(now, prev) <= t)
+            now, prev = now[keep], prev[keep]
+            now, prev = now[~inside[now]], prev[~inside[prev]]
+            f = np.ones(S)
+            if min(len(now), len(prev)) >= min_days:
+                num, den = v[now].mean(axis=0), v[prev].mean(axis=0)
+                f = np.clip(np.where((num > 0) & (den > 0), num / np.where(den > 0, den, 1.0), 1.0), *GROWTH_CLIP)
+            factor[a] = f
+        out[i] = factor[a]
     return out
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from features import forecast_ensemble as ens
-from features.forecast_candidates import ordinary_level_spread
+from features.forecast_candidates import moved_event_level, ordinary_level_spread, planners_source
 from features.forecast_ensemble import HolidayForecaster, conformal_bounds, fit_simplex_lad, planners_forecast
 from features.market import market_warning, resolve_market
 from features.return_volume import TOTAL, History, HistoryError, build_history
@@ -87,6 +87,30 @@ def test_planners_method_follows_black_friday_to_its_new_date():
     fc2 = planners_forecast(hist2, len(days2) - 1, 30, Settings(market="US"))
     dates2 = days2[-1] + pd.to_timedelta(np.arange(1, 31), unit="D")
     assert dates2[int(np.nanargmax(fc2[:, 0]))] == pd.Timestamp("2024-11-29")
+
+
+def test_planners_method_takes_a_moved_events_level_from_the_date_and_its_shape_from_last_instance():
+    """CN: the Spring Festival came on Feb 10 2024 and comes on Jan 28 2025, 50 weeks on. Last January's returns of
+    Christmas presents held 20 a day until Jan 25 (10 otherwise), the festival's days dipped to 6. Days from a week
+    before this year's festival follow last year's instance (its shape: the dip), but their level is last year's at
+    the date, not at last year's (later) festival: x (level before this span, 52 weeks back) / (level before last
+    year's span), on days outside the major events' windows (Christmas's window ends Jan 15)."""
+    days = pd.date_range("2023-06-01", "2024-12-31", freq="D")
+    y = np.full(len(days), 10.0)
+    y[(days >= "2024-01-01") & (days <= "2024-01-25")] = 20.0
+    y[(days >= "2024-02-10") & (days <= "2024-02-16")] = 6.0
+    fc = pd.Series(planners_forecast(_series(days, y, "CN"), len(days) - 1, 30, Settings(market="CN"))[:, 0],
+                   index=pd.date_range("2025-01-01", periods=30))
+    assert np.allclose(fc[:"2025-01-20"], 20.0)  # 52 weeks back: the presents' returns, unscaled
+    # Before this year's span: Jan 16-22 2024 (all 20); before last year's: Jan 16 - Feb 5 2024 (10 days of 20, 11
+    # of 10). Without the level the moved days would read 10 and 6: last year's ebb before its later festival.
+    level = 20.0 / ((10 * 20.0 + 11 * 10.0) / 21)
+    assert np.allclose(fc["2025-01-21":"2025-01-24"], 10.0 * level)
+    assert np.allclose(fc["2025-01-25":"2025-01-29"], 6.0 * level)  # the dip's shape kept
+    # A market whose events keep within a week of 52 weeks back (Black Friday) is not rescaled.
+    level_us = moved_event_level(_series(days, y, "US"), len(days) - 1, np.arange(len(days) - 30, len(days)),
+                                 planners_source(days, "US", Settings(market="US")), Settings(market="US"))
+    assert np.allclose(level_us, 1.0)
 
 
 def _series(days: pd.DatetimeIndex, y: np.ndarray, market: str) -> History:
