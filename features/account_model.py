@@ -99,7 +99,9 @@ class SerialReturnerModel:
     labels, or fewer than ``min_per_class`` of either class, it stays in cold start: the detector's score.
 
     Otherwise it learns from the decisions. ``learner='logistic'`` (default): a logistic regression (L2, strength
-    ``1 / logistic_c``, standardised inputs) on the detector's evidence per pattern (:data:`LOGISTIC_COLUMNS`):
+    ``1 / logistic_c``, standardised inputs, each weight held to its sign: evidence never counts against an account,
+    a cleared linked account never for it, :data:`NEGATIVE_WEIGHT_COLUMNS`) on the detector's evidence per pattern
+    (:data:`LOGISTIC_COLUMNS`):
     how much each pattern's evidence counts on this platform, as its reviewers decide; given the account links
     (``fit(..., links=)``), also how many of each account's linked accounts were confirmed and cleared
     (:data:`DECISION_LINK_COLUMNS`: a confirmed ring member makes the accounts it shares identifiers with
