@@ -230,3 +230,16 @@ def test_ticket_triage_served_with_refreshes_every_n_days(bench):
     assert pd.Timestamp(meta["end"]) == (cut + pd.Timedelta(days=steps[-1])).normalize()
     assert 0.5 <= row["model_refreshed"] <= 1.0 and 0.5 <= row["model"] <= 1.0
     assert row["serve_refresh_seconds"] > 0
+    # A period shorter than N: no refresh, the training generation throughout (not the later one the runs above left
+    # current): the very probabilities, so the ROC-AUC, of the service left on the training generation.
+    from training.benchmark_sections import _auc, _served_with_refreshes
+    from training.benchmark_worlds import world_settings
+
+    later = pd.read_parquet(data / "tickets.parquet")
+    later = later[later["created_at"] >= start].sort_values(["created_at", "ticket_id"], kind="stable")
+    later = later.reset_index(drop=True)
+    probs, n = _served_with_refreshes(world_settings(wdir / "models_as_of", market), data, wdir / "data_serve_refresh",
+                                      later, cut, 1000, 2000)
+    labelled = later["escalated"].notna().to_numpy()
+    y = later["escalated"].astype("boolean").fillna(False).to_numpy(dtype=bool)
+    assert n == 0 and _auc(y[labelled], probs[labelled]) == row["model"]

@@ -452,7 +452,8 @@ def _served_with_refreshes(settings, full_dir: Path, work: Path, later: pd.DataF
                           every_days: int, batch: int) -> tuple[np.ndarray, int]:
     """Every later ticket through a fresh Runtime that runs `refresh-features` every ``every_days`` days of the later
     period (on the data as of that day's start, the day before's end) and swaps to it while running, as a cron of
-    that period would: the first ``every_days`` days use the training generation. Tickets are sent in creation
+    that period would: the first ``every_days`` days use the training generation (written again from the training
+    data first, so no later generation is current; not counted as a refresh). Tickets are sent in creation
     order, every one of them (the live counts see them all). Their probabilities and the number of refreshes."""
     from serving.app import Runtime
     from training.refresh import refresh_features
@@ -460,6 +461,9 @@ def _served_with_refreshes(settings, full_dir: Path, work: Path, later: pd.DataF
     created = later["created_at"]
     probs = np.full(len(later), np.nan)
     start = utc_day_end(as_of)
+    # The training generation again first: the refresh week's runs left a later generation current, which would hand
+    # the first days' tickets a snapshot from their future.
+    _train_quietly(refresh_features, data_as_of(full_dir, work, pd.Timestamp(as_of)), settings, echo=_quiet)
     rt = Runtime.load(settings)
     refreshes = 0
     try:
