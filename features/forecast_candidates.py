@@ -38,6 +38,7 @@ GROWTH_CLIP = (0.25, 4.0)  # the planners' growth factor is clipped: a near-empt
 # held about five ordinary day pairs before a Nov 30 origin (Singles Day's and Black Friday's windows fill the rest)
 # and read growth below the season's own on most tuning worlds.
 GROWTH_DAYS = 91
+MOVED_PRE_DAYS = 28  # days before a moving event's span whose level (last year's) scales the days following it
 RAMP_QUANTILE = 0.9  # the start-of-history ramp-up: this quantile of the order-to-return delay (see ramp_days)
 # Without the LightGBM component (a history shorter than its minimum): the statistical candidates need two weeks
 # before the first inner origin, and the evidence two more weeks of inner origins after it.
@@ -157,7 +158,53 @@ def planners_forecast(history: History, t: int, horizon: int, settings: Settings
     tgt = t + 1 + np.arange(horizon)
     s = src[tgt]
     ok = (s >= ramp) & (s >= 0) & (s <= t)  # a source day in the ramp-up reads low: none
-    out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :], np.nan)
+    level = moved_event_level(history, t, tgt, src, settings, ramp)
+    out = np.where(ok[:, None], v[np.clip(s, 0, t)] * growth[None, :] * level, np.nan)
+    return out
+
+
+def moved_event_level(history: History, t: int, tgt: np.ndarray, src: np.ndarray, settings: Settings,
+                      ramp: int = 0, pre_days: int = MOVED_PRE_DAYS, min_days: int = 7) -> np.ndarray:
+    """Per target day (indices ``tgt``) and series, the level factor of a day that follows a moving event's previous
+    instance (``src``, :func:`planners_source` over every day, gives it a source other than 52 weeks back): last
+    year's level just before this instance's span, read 52 weeks back, over last year's level just before the
+    previous instance's span (the ``pre_days`` before each, days outside every major event's after-sales window and
+    after the ramp-up, at least ``min_days`` of them; else 1). The event's own shape comes from its previous
+    instance, the level around it from the date: a Spring Festival twelve days earlier than last year's lands in the
+    January returns of Christmas presents, which last year had ebbed before it, and its previous instance's days
+    read that ebb. Days within a week of 52 weeks back (or whose event kept its offset): 1. Clipped like the
+    growth."""
+    S = history.y.shape[1]
+    out = np.ones((len(tgt), S))
+    idx = np.arange(len(src))
+    # A move by one week (Black Friday) changes last year's surrounding level by a week of trend and noise only
+    # (the tuning worlds' planners' candidate lost on it); by weeks, the season around it can differ.
+    moved = (src >= 0) & (np.abs(idx - src - LY) > 7)
+    if not moved[tgt].any():
+        return out
+    v = history.y.to_numpy(dtype=float)
+    days = history.days
+    inside = _window_mask(history.market, days[0], days[-1], settings.summer_sale, int(settings.summer_sale_days))
+    shift = idx - src
+    factor: dict[int, np.ndarray] = {}  # span start -> factor per series
+    for i, d in enumerate(tgt):
+        if not moved[d]:
+            continue
+        a = int(d)
+        while a - 1 >= 0 and moved[a - 1] and shift[a - 1] == shift[d]:
+            a -= 1  # back to the first day of this instance's span
+        if a not in factor:
+            now = np.arange(a - pre_days, a) - LY  # this instance's pre-window, 52 weeks back
+            prev = np.arange(a - pre_days, a) - int(shift[d])  # the previous instance's pre-window
+            keep = (np.minimum(now, prev) >= max(ramp, 0)) & (np.maximum(now, prev) <= t)
+            now, prev = now[keep], prev[keep]
+            now, prev = now[~inside[now]], prev[~inside[prev]]
+            f = np.ones(S)
+            if min(len(now), len(prev)) >= min_days:
+                num, den = v[now].mean(axis=0), v[prev].mean(axis=0)
+                f = np.clip(np.where((num > 0) & (den > 0), num / np.where(den > 0, den, 1.0), 1.0), *GROWTH_CLIP)
+            factor[a] = f
+        out[i] = factor[a]
     return out
 
 
@@ -206,23 +253,31 @@ def stat_forecasts(history: History, t: int, horizon: int, series: list[str], mo
 
 
 def event_level_spread(history: History, t: int, settings: Settings, pre_days: int = 56,
-                       min_pre_days: int = 14) -> np.ndarray:
+                       min_pre_days: int = 14, ramp: int | None = None) -> np.ndarray:
     """How far an event window's level can move from what its past instances say, per series (log scale): each
     major-event window complete by origin index ``t`` gets its uplift, log(mean of the window / mean of the ordinary
     days in the ``pre_days`` before it, at least ``min_pre_days`` of them); the spread is the root mean square of
     the change in uplift from one instance of an event to its next (the year-over-year surprise in the event's
     size), or, without any event seen twice, the standard deviation of the uplifts over at least three windows
-    (how much the history's peaks differ from one another); else 0 (nothing to measure it on)."""
+    (how much the history's peaks differ from one another); else 0 (nothing to measure it on). Windows and
+    ordinary days in the history's ramp-up (``ramp``, default :func:`ramp_days`: its first weeks lack the returns of
+    orders placed before it began) are left out: a window whose weeks before it read low there shows an uplift that
+    is the ramp-up, not the event. The spread's square, read from k changes (or k + 1 windows), is shrunk toward
+    the square of :func:`ordinary_level_spread` (the same measure on ordinary stretches of the windows' length),
+    weighed as one more change: (sum of the k squares + ordinary square) / (k + 1). On long histories one or two
+    changes per event are all there is, and one change alone said 0.03 on one tuning history and 0.2-0.5 on others."""
+    ramp = ramp_days(history, t) if ramp is None else ramp
     days = history.days[:t + 1]
     y = history.y.to_numpy(dtype=float)[:t + 1]
     hw = complete_windows(history.market, days[0], days[-1], settings)
     inside = in_windows(days, hw)
-    names, ups = [], []
+    names, ups, lengths = [], [], []
     for w in hw.itertuples():
         i0, i1 = days.get_loc(w.window_start), days.get_loc(w.window_end)
+        lengths.append(i1 - i0 + 1)
         pre = np.arange(max(i0 - pre_days, 0), i0)
-        pre = pre[~inside[pre]]
-        if len(pre) < min_pre_days:
+        pre = pre[~inside[pre] & (pre >= ramp)]
+        if len(pre) < min_pre_days or i0 < ramp:
             continue
         base = y[pre].mean(axis=0)
         names.append(w.event)
@@ -235,8 +290,49 @@ def event_level_spread(history: History, t: int, settings: Settings, pre_days: i
     diffs = [np.diff(u[names_a == n], axis=0) for n in dict.fromkeys(names)]
     diffs = [d for d in diffs if len(d)]
     if diffs:
-        return np.sqrt(np.mean(np.concatenate(diffs) ** 2, axis=0))
-    return u.std(axis=0, ddof=1) if len(u) >= 3 else np.zeros(S)
+        d2 = np.concatenate(diffs) ** 2
+        k = len(d2)
+    elif len(u) >= 3:
+        d2 = (u - u.mean(axis=0)) ** 2 * len(u) / (len(u) - 1)
+        k = len(u) - 1
+    else:
+        return np.zeros(S)
+    # A spread read from one or two changes is itself a guess (its square is a chi-square on k degrees of
+    # freedom): shrink its square toward the same measure on ordinary stretches of the history (how much a
+    # stretch's level moves from one year to the next without an event), weighed as one more change.
+    ref = ordinary_level_spread(history, t, settings, int(np.median(lengths)), pre_days, min_pre_days, ramp)
+    if ref is None:
+        return np.sqrt(d2.mean(axis=0))
+    return np.sqrt((d2.sum(axis=0) + ref ** 2) / (k + 1))
+
+
+def ordinary_level_spread(history: History, t: int, settings: Settings, length: int, pre_days: int = 56,
+                          min_pre_days: int = 14, ramp: int = 0, step: int = 7) -> np.ndarray | None:
+    """The ordinary days' counterpart of :func:`event_level_spread`: stretches of ``length`` days outside every
+    event window (one every ``step`` days, after the ramp-up), each with its 'uplift' over the ordinary days in the
+    ``pre_days`` before it, and the root mean square of its change from the stretch 52 weeks before (how much a
+    stretch's level moves from one year to the next with no event in it), per series; None with no such pair."""
+    days = history.days[:t + 1]
+    y = history.y.to_numpy(dtype=float)[:t + 1]
+    inside = in_windows(days, holiday_windows(history.market, days[0] - pd.Timedelta(days=60), days[-1], settings))
+    ok_day = ~inside & (np.arange(len(days)) >= ramp)
+    cs = np.vstack([np.zeros((1, y.shape[1])), np.cumsum(y * ok_day[:, None], axis=0)])
+    cn = np.r_[0, np.cumsum(ok_day)]
+    ups = {}
+    for i0 in range(ramp + min_pre_days, t + 2 - length, step):
+        i1 = i0 + length
+        if cn[i1] - cn[i0] < length:  # the stretch touches a window or the ramp-up
+            continue
+        p0 = max(i0 - pre_days, 0)
+        n_pre = cn[i0] - cn[p0]
+        if n_pre < min_pre_days:
+            continue
+        base = (cs[i0] - cs[p0]) / n_pre
+        ups[i0] = np.log(np.maximum((cs[i1] - cs[i0]) / length, 1e-9) / np.maximum(base, 1e-9))
+    d = [ups[i] - ups[i - 364] for i in ups if i - 364 in ups]
+    if not d:
+        return None
+    return np.sqrt(np.mean(np.square(d), axis=0))
 
 
 # --------------------------------------------------------------------------------------------------------------------

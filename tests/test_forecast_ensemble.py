@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from features import forecast_ensemble as ens
+from features.forecast_candidates import moved_event_level, ordinary_level_spread, planners_source
 from features.forecast_ensemble import HolidayForecaster, conformal_bounds, fit_simplex_lad, planners_forecast
 from features.market import market_warning, resolve_market
 from features.return_volume import TOTAL, History, HistoryError, build_history
@@ -88,6 +89,30 @@ def test_planners_method_follows_black_friday_to_its_new_date():
     assert dates2[int(np.nanargmax(fc2[:, 0]))] == pd.Timestamp("2024-11-29")
 
 
+def test_planners_method_takes_a_moved_events_level_from_the_date_and_its_shape_from_last_instance():
+    """CN: the Spring Festival came on Feb 10 2024 and comes on Jan 28 2025, 50 weeks on. Last January's returns of
+    Christmas presents held 20 a day until Jan 25 (10 otherwise), the festival's days dipped to 6. Days from a week
+    before this year's festival follow last year's instance (its shape: the dip), but their level is last year's at
+    the date, not at last year's (later) festival: x (level before this span, 52 weeks back) / (level before last
+    year's span), on days outside the major events' windows (Christmas's window ends Jan 15)."""
+    days = pd.date_range("2023-06-01", "2024-12-31", freq="D")
+    y = np.full(len(days), 10.0)
+    y[(days >= "2024-01-01") & (days <= "2024-01-25")] = 20.0
+    y[(days >= "2024-02-10") & (days <= "2024-02-16")] = 6.0
+    fc = pd.Series(planners_forecast(_series(days, y, "CN"), len(days) - 1, 30, Settings(market="CN"))[:, 0],
+                   index=pd.date_range("2025-01-01", periods=30))
+    assert np.allclose(fc[:"2025-01-20"], 20.0)  # 52 weeks back: the presents' returns, unscaled
+    # Before this year's span: Jan 16-22 2024 (all 20); before last year's: Jan 16 - Feb 5 2024 (10 days of 20, 11
+    # of 10). Without the level the moved days would read 10 and 6: last year's ebb before its later festival.
+    level = 20.0 / ((10 * 20.0 + 11 * 10.0) / 21)
+    assert np.allclose(fc["2025-01-21":"2025-01-24"], 10.0 * level)
+    assert np.allclose(fc["2025-01-25":"2025-01-29"], 6.0 * level)  # the dip's shape kept
+    # A market whose events keep within a week of 52 weeks back (Black Friday) is not rescaled.
+    level_us = moved_event_level(_series(days, y, "US"), len(days) - 1, np.arange(len(days) - 30, len(days)),
+                                 planners_source(days, "US", Settings(market="US")), Settings(market="US"))
+    assert np.allclose(level_us, 1.0)
+
+
 def _series(days: pd.DatetimeIndex, y: np.ndarray, market: str) -> History:
     return History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
                    pd.DataFrame(columns=["order_day", "request_day", "category", "refund_amount"]), market)
@@ -137,18 +162,54 @@ def test_planners_growth_skips_the_historys_ramp_up():
 
 
 def test_event_level_spread_is_the_year_over_year_change_of_an_events_uplift():
-    """The mid-year sale's window was twice the ordinary level a year ago and three times this year: the spread is
-    |log 3 - log 2|; with no event seen twice, the spread of the uplifts over three or more windows; else 0."""
+    """The mid-year sale's window was twice the ordinary level a year ago and three times this year: one change of
+    |log 3 - log 2|. One change is a guess at the spread: its square is shrunk toward the same measure on ordinary
+    stretches of the history, weighed as one more change. Flat ordinary days (they never move): half the square;
+    ordinary stretches that move year over year: the spread rises toward theirs. With no event seen twice and
+    under three windows: 0."""
     days = pd.date_range("2022-03-01", "2023-08-01", freq="D")
     y = np.full(len(days), 10.0)
     for start, end, v in (("2022-06-15", "2022-07-09", 20.0), ("2023-06-15", "2023-07-09", 30.0)):
         y[(days >= pd.Timestamp(start)) & (days <= pd.Timestamp(end))] = v
     hist = _series(days, y, "US")
-    u = ens.event_level_spread(hist, len(days) - 1, Settings(market="US"))
-    assert np.isclose(u[0], np.log(3.0) - np.log(2.0))
+    st, t = Settings(market="US"), len(days) - 1
+    d = np.log(3.0) - np.log(2.0)
+    assert np.isclose(ordinary_level_spread(hist, t, st, 25)[0], 0.0)
+    u = ens.event_level_spread(hist, t, st)
+    assert np.isclose(u[0], d / np.sqrt(2.0))
+    # Ordinary weeks that move: four weeks 30% up in the second year's spring, before the weeks the sale's uplift
+    # is read over (its change stays log 3/2): the spread rises toward the ordinary stretches' own.
+    y2 = y.copy()
+    y2[(days >= pd.Timestamp("2023-03-15")) & (days <= pd.Timestamp("2023-04-12"))] = 13.0
+    hist2 = _series(days, y2, "US")
+    ref = ordinary_level_spread(hist2, t, st, 25)[0]
+    assert ref > 0.05
+    assert np.isclose(ens.event_level_spread(hist2, t, st)[0], np.sqrt((d ** 2 + ref ** 2) / 2))
     # Up to a year in: one window only, nothing to measure the spread on.
     one = ens.event_level_spread(hist, days.get_loc(pd.Timestamp("2022-08-01")), Settings(market="US"))
     assert one[0] == 0.0
+
+
+def test_event_level_spread_leaves_the_historys_ramp_up_out():
+    """The mid-year sale's window was twice the ordinary level in both years (no change: spread 0), but the history
+    began seven weeks before the first one and its first five weeks lack the returns of orders placed before it
+    (they climb from 0 to 10). Read as that window's ordinary weeks, the ramp-up makes its uplift look larger than
+    the next year's: a spread that is not there. Left out (ens.ramp_days), the spread is 0."""
+    days = pd.date_range("2022-04-01", "2023-08-01", freq="D")
+    y = np.full(len(days), 10.0)
+    y[:35] = np.linspace(0.0, 10.0, 35)
+    for start, end in (("2022-06-15", "2022-07-09"), ("2023-06-15", "2023-07-09")):
+        y[(days >= pd.Timestamp(start)) & (days <= pd.Timestamp(end))] = 20.0
+    rng = np.random.default_rng(0)
+    order_day = rng.integers(0, len(days) - 45, 3000)
+    linked = pd.DataFrame({"order_day": order_day, "request_day": order_day + rng.integers(0, 45, 3000),
+                           "category": "a", "refund_amount": 1.0})
+    hist = History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
+                   linked, "US")
+    t, st = len(days) - 1, Settings(market="US")
+    assert 35 <= ens.ramp_days(hist, t) <= 44
+    assert ens.event_level_spread(hist, t, st, ramp=0)[0] > 0.03  # the ramp-up read as last year's level
+    assert np.isclose(ens.event_level_spread(hist, t, st)[0], 0.0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
