@@ -388,7 +388,9 @@ def test_supervised_model_learns_which_patterns_the_reviewers_confirm(feats):
     assert m.learner == "logistic" and m.mode_ == "supervised"
     assert m.gate_["auc_supervised"] > m.gate_["auc_cold_start"] + 0.1
     coef = dict(zip(LOGISTIC_COLUMNS, m.booster_.coef_[0], strict=True))
-    assert coef["tail_wardrobing"] > 0 and coef["tail_refund_without_return"] > 0 > coef["tail_serial"]
+    # The evidence the reviewers clear counts for nothing: a weight is held at 0, never below (more evidence of a
+    # pattern never makes an account less suspicious).
+    assert coef["tail_wardrobing"] > 0 and coef["tail_refund_without_return"] > 0 and coef["tail_serial"] == 0
     rest = order[120:600][score[order[120:600]] > 0]  # the next accounts of the cold queue, not reviewed
     assert len(rest) >= 30 and 0 < kind[rest].sum() < len(rest)
     p = m.predict(feats.iloc[rest])
@@ -495,3 +497,49 @@ def test_decisions_speak_for_the_decided_accounts_linked_accounts(feats):
     why = linked.explain(feats.iloc[quiet])
     assert why["top_reason"].str.contains("1 account the reviewers confirmed").all()
     assert not plain.explain(feats.iloc[quiet])["reasons"].str.contains("reviewers confirmed").any()
+
+
+def test_logistic_weights_keep_their_sign_whatever_a_biased_sample_says(feats):
+    # Reviewers confirm accounts that each share an address with an account they cleared (a ring whose other members
+    # had not started yet when reviewed): in the decisions, a cleared linked account goes with confirmation. An
+    # unconstrained regression learns a positive weight for it and would push every cleared account's innocent
+    # neighbours up the next queue; the learner holds that weight at or below 0, the evidence weights at or above 0.
+    from sklearn.linear_model import LogisticRegression
+
+    from features.account_model import NEGATIVE_WEIGHT_COLUMNS, _fit_logistic
+
+    cold = SerialReturnerModel().fit(feats)
+    order = np.argsort(-cold.predict(feats), kind="stable")
+    ids = feats.index.astype(str)
+    top = order[:120]
+    y = (np.arange(120) % 2 == 0).astype(float)
+    conf, clr = top[y == 1], top[y == 0]
+    neighbours = order[-len(conf):]  # unreviewed accounts at the bottom of the cold ranking
+    rows = [(ids[a], "address", f"adr{i}") for i, a in enumerate(conf)]
+    rows += [(ids[a], "address", f"adr{i}") for i, a in enumerate(clr)]
+    rows += [(ids[a], "device", f"dev{i}") for i, a in enumerate(clr)]
+    rows += [(ids[a], "device", f"dev{i}") for i, a in enumerate(neighbours)]
+    links = pd.DataFrame(rows, columns=["account_id", "link_type", "link_value"])
+    X = pd.concat([feats, feats.iloc[top]])
+    m = SerialReturnerModel(gate=False).fit(X, np.r_[np.full(len(feats), np.nan), y], links=links)
+    D = m._design(feats.iloc[top])
+    assert D["linked_cleared"].to_numpy()[y == 1].mean() > D["linked_cleared"].to_numpy()[y == 0].mean()
+    cols = list(m.logistic_columns_)
+    Z = D[cols].to_numpy()
+    free = LogisticRegression(C=m.logistic_c, max_iter=2000).fit((Z - Z.mean(0)) / Z.std(0).clip(1e-9), y)
+    assert dict(zip(cols, free.coef_[0], strict=True))["linked_cleared"] > 0  # what the sample alone says
+    coef = dict(zip(cols, m.booster_.coef_[0], strict=True))
+    assert NEGATIVE_WEIGHT_COLUMNS == ("linked_cleared",) and coef["linked_cleared"] <= 0
+    assert all(w >= 0 for c, w in coef.items() if c not in NEGATIVE_WEIGHT_COLUMNS)
+    # So a cleared account's neighbours score no higher than the same accounts without that link.
+    unlinked = SerialReturnerModel(gate=False).fit(X, np.r_[np.full(len(feats), np.nan), y],
+                                                   links=links[~links["link_value"].str.startswith("dev")])
+    assert (m.predict(feats.iloc[neighbours]) <= unlinked.predict(feats.iloc[neighbours]) + 1e-12).all()
+    # Without bounds to hold, the fit is scikit-learn's L2 logistic regression (same penalty, intercept free).
+    Zw = D[["tail_wardrobing", "anomaly_score"]].to_numpy()
+    both = ((Zw - Zw.mean(0)) / Zw.std(0)).sum(axis=1)
+    yw = ((both > np.median(both)) ^ (np.random.default_rng(0).random(len(Zw)) < 0.2)).astype(float)
+    lr = _fit_logistic(D, yw, 0.1, ("tail_wardrobing", "anomaly_score"))
+    ref = LogisticRegression(C=0.1, max_iter=2000).fit((Zw - Zw.mean(0)) / Zw.std(0), yw)
+    assert (ref.coef_[0] > 0).all()  # inside the bounds: nothing to hold
+    assert np.allclose(lr.coef_[0], ref.coef_[0], atol=1e-3) and abs(lr.intercept_ - ref.intercept_[0]) < 1e-3

@@ -204,3 +204,29 @@ def test_escalation_reference_scores_the_worlds_escalation_probability_on_the_sa
     assert escalation_reference(tmp_path, tickets, p > 0.3) == pytest.approx(1.0)  # the outcome follows p exactly
     truth.iloc[5:].to_parquet(tmp_path / "truth" / "tickets.parquet")
     assert np.isnan(escalation_reference(tmp_path, tickets, y))  # a ticket the truth lacks: no reference
+
+
+def test_ticket_triage_served_with_refreshes_every_n_days(bench):
+    """``serve_refresh_days``: the later tickets also go through a Runtime that runs `refresh-features` every N days
+    of the later period and swaps to it: one refresh per N-day step that still has tickets, the last on the data as of
+    that step's start, and the ROC-AUC of what it served next to the service left on the training generation."""
+    import json
+
+    from training.benchmark_sections import triage_section
+    from training.benchmark_worlds import LABEL_DAYS, last_day, utc_day_end
+
+    out, _ = bench
+    wdir = out / "worlds" / f"seed_{SEEDS[0]}"
+    data = wdir / "data"
+    cut = last_day(data) - pd.Timedelta(days=LABEL_DAYS)
+    market = json.loads((data / "dataset.json").read_text())["market"]
+    row = triage_section(data, wdir / "data_as_of", cut, market, wdir / "models_as_of", cadence="once",
+                         serve_refresh_days=20)
+    created = pd.read_parquet(data / "tickets.parquet")["created_at"]
+    start = utc_day_end(cut)
+    steps = [k for k in (20, 40, 60, 80) if (created >= start + pd.Timedelta(days=k)).any()]
+    assert row["serve_refresh_days"] == 20 and row["serve_refreshes"] == len(steps) >= 1
+    meta = json.loads((wdir / "data_serve_refresh" / "dataset.json").read_text())
+    assert pd.Timestamp(meta["end"]) == (cut + pd.Timedelta(days=steps[-1])).normalize()
+    assert 0.5 <= row["model_refreshed"] <= 1.0 and 0.5 <= row["model"] <= 1.0
+    assert row["serve_refresh_seconds"] > 0

@@ -455,6 +455,25 @@ def test_the_noise_guard_picks_the_best_candidate_when_the_weights_lose(fitted):
     assert w == {min(errs, key=errs.get): 1.0} and "noise margin" in why
 
 
+def test_event_window_prior_follows_the_calendar_aware_fit_on_the_window_evidence():
+    """Window evidence (12 origins, two event instances) where LightGBM tracks the actuals and the planners' method
+    misses by +-40%: the window cell's prior is their fit on those rows, LightGBM alone, not the half each that
+    shrinking the fit toward equal weights by 32 origins (the old prior) keeps."""
+    rng = np.random.default_rng(3)
+    n_o, h = 12, 10
+    y = rng.gamma(20.0, 5.0, n_o * h)
+    gw = pd.DataFrame({"series": TOTAL, "origin": np.repeat(np.arange(n_o) * 8, h), "y": y,
+                       ens.LGBM: y * rng.uniform(0.95, 1.05, len(y)),
+                       ens.PLANNERS: y * np.where(rng.random(len(y)) < 0.5, 0.6, 1.4),
+                       "window": np.repeat(["singles_day@2024", "mid_year_618@2024"], n_o * h // 2)})
+    for c in (ens.AUTOETS, ens.MSTL, ens.NAIVE):
+        gw[c] = np.nan
+    prior = HolidayForecaster(horizon=H)._event_aware(gw)
+    assert prior[ens.LGBM] == pytest.approx(1.0) and prior[ens.PLANNERS] == pytest.approx(0.0)
+    old = HolidayForecaster(horizon=H, aware_shrink_origins=32.0)._event_aware(gw)
+    assert old[ens.LGBM] == pytest.approx(0.5 + 0.5 * n_o / (n_o + 32.0))
+
+
 def test_evidence_is_out_of_sample(fitted):
     model, origin = fitted
     ev = model.evidence_

@@ -81,7 +81,8 @@ def _isolated(fn, *args, **kwargs) -> dict:
 
 
 def run_world(seed: int, root: Path, accounts: int, merchants: int, sections: tuple[str, ...], echo: Echo,
-              tick: Callable[[], None] = lambda: None, refresh_cadence: str = "both") -> WorldResult:
+              tick: Callable[[], None] = lambda: None, refresh_cadence: str = "both",
+              serve_refresh_days: int = 0) -> WorldResult:
     """Generate the world of ``seed`` (random scenario) and run every section on it."""
     from features.scenarios import make_scenario
     from features.synthetic import generate_world
@@ -113,7 +114,7 @@ def run_world(seed: int, root: Path, accounts: int, merchants: int, sections: tu
                 res.rows[key] = _isolated(merchant_section, data, asof, cut, sc.market, wdir / "models_as_of")
             else:
                 res.rows[key] = _isolated(triage_section, data, asof, cut, sc.market, wdir / "models_as_of",
-                                          cadence=refresh_cadence)
+                                          cadence=refresh_cadence, serve_refresh_days=serve_refresh_days)
         res.seconds[key] = time.perf_counter() - t
         tick()
     res.seconds["total"] = time.perf_counter() - t0
@@ -270,9 +271,11 @@ def write_html(out: Path, tables: dict[str, pd.DataFrame], real: pd.DataFrame | 
 
 def run_benchmark(worlds: int, seed_base: int, out: Path, accounts: int = 3000, merchants: int = 120,
                   real: Path | None = None, sections: tuple[str, ...] = tuple(SECTIONS), echo: Echo = click.echo,
-                  progress: bool = True, keep_worlds: bool = True, refresh_cadence: str = "both") -> dict:
+                  progress: bool = True, keep_worlds: bool = True, refresh_cadence: str = "both",
+                  serve_refresh_days: int = 0) -> dict:
     """Run every section on ``worlds`` random worlds (and the real checks); write the CSVs and index.html.
-    ``refresh_cadence``: the triage section's refresh week(s) (:func:`training.benchmark_sections.triage_section`)."""
+    ``refresh_cadence``: the triage section's refresh week(s); ``serve_refresh_days``: N > 0 also serves the later
+    tickets with `refresh-features` every N days (:func:`training.benchmark_sections.triage_section`)."""
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -287,7 +290,7 @@ def run_benchmark(worlds: int, seed_base: int, out: Path, accounts: int = 3000, 
                            hidden=not progress, file=None) as bar:
         for seed in seeds:
             results.append(run_world(seed, root, accounts, merchants, sections, echo, tick=lambda: bar.update(1),
-                                     refresh_cadence=refresh_cadence))
+                                     refresh_cadence=refresh_cadence, serve_refresh_days=serve_refresh_days))
             if not keep_worlds:
                 shutil.rmtree(root / f"seed_{seed}", ignore_errors=True)
     tables = {}
@@ -307,6 +310,7 @@ def run_benchmark(worlds: int, seed_base: int, out: Path, accounts: int = 3000, 
     html = write_html(out, tables, real_table, meta)
     (out / "benchmark.json").write_text(json.dumps({**meta, "sections": list(sections),
                                                     "refresh_cadence": refresh_cadence,
+                                                    "serve_refresh_days": serve_refresh_days,
                                                     "real": str(real) if real else None}, indent=1))
     return {"tables": tables, "real": real_table, "html": html, "seconds": seconds, "timings": timings}
 
@@ -331,8 +335,11 @@ def run_benchmark(worlds: int, seed_base: int, out: Path, accounts: int = 3000, 
                    "the week with that snapshot (refresh_week_*); 'daily' refreshes at the start of each day of the "
                    "week, the running service swapping each time, as a daily cron would (refresh_daily_*; six more "
                    "refreshes per world); 'both' reports the two on the same tickets.")
+@click.option("--serve-refresh-days", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Ticket triage: also serve the later tickets through a Runtime that runs `refresh-features` every N "
+                   "days of the later period and swaps to it while running (column model_refreshed; 0: off).")
 def benchmark_models_cmd(n_worlds: int, seed_base: int, real: Path | None, out: Path, accounts: int, merchants: int,
-                         only: str, keep_worlds: bool, refresh_cadence: str) -> None:
+                         only: str, keep_worlds: bool, refresh_cadence: str, serve_refresh_days: int) -> None:
     """Every model against every baseline on K fresh worlds (and, with --real, on Online Retail).
 
     Writes OUT/<model>.csv (rows: worlds; columns: model and baselines on the model's metric, details; last rows:
@@ -346,7 +353,7 @@ def benchmark_models_cmd(n_worlds: int, seed_base: int, real: Path | None, out: 
     if seed_base >= 1000:
         click.echo("note: seeds >= 1000 are the report seeds: run them once, after the models are fixed")
     res = run_benchmark(n_worlds, seed_base, out, accounts, merchants, real, sections, keep_worlds=keep_worlds,
-                        refresh_cadence=refresh_cadence)
+                        refresh_cadence=refresh_cadence, serve_refresh_days=serve_refresh_days)
     for key, table in res["tables"].items():
         s = SECTIONS[key]
         summary = table[table["seed"].isna()].set_index("world")[["model", *s.baselines]]

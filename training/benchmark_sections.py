@@ -448,8 +448,44 @@ def _gap_sd(y: np.ndarray, p_offline: np.ndarray, served: dict[str, np.ndarray],
     return {name: float(np.std(off - auc(p), ddof=1)) for name, p in served.items()}
 
 
+def _served_with_refreshes(settings, full_dir: Path, work: Path, later: pd.DataFrame, as_of: pd.Timestamp,
+                          every_days: int, batch: int) -> tuple[np.ndarray, int]:
+    """Every later ticket through a fresh Runtime that runs `refresh-features` every ``every_days`` days of the later
+    period (on the data as of that day's start, the day before's end) and swaps to it while running, as a cron of
+    that period would: the first ``every_days`` days use the training generation. Tickets are sent in creation
+    order, every one of them (the live counts see them all). Their probabilities and the number of refreshes."""
+    from serving.app import Runtime
+    from training.refresh import refresh_features
+
+    created = later["created_at"]
+    probs = np.full(len(later), np.nan)
+    start = utc_day_end(as_of)
+    rt = Runtime.load(settings)
+    refreshes = 0
+    try:
+        k = 0
+        while True:
+            lo, hi = start + pd.Timedelta(days=k), start + pd.Timedelta(days=k + every_days)
+            if k > 0:
+                data = data_as_of(full_dir, work, pd.Timestamp(as_of) + pd.Timedelta(days=k))
+                _train_quietly(refresh_features, data, settings, echo=_quiet)
+                if not rt.refresh():
+                    raise RuntimeError(f"the Runtime did not swap to the refreshed generation: {rt.generation_problem}")
+                refreshes += 1
+            part = ((created >= lo) & (created < hi)).to_numpy()
+            if part.any():
+                probs[part] = _serve(rt, later[part], batch)
+            if not (created >= hi).any():
+                break
+            k += every_days
+    finally:
+        rt.close()
+    return probs, refreshes
+
+
 def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: str, models_dir: Path,
-                   batch: int = 2000, week_features: dict | None = None, cadence: str = "both") -> dict:
+                   batch: int = 2000, week_features: dict | None = None, cadence: str = "both",
+                   serve_refresh_days: int = 0) -> dict:
     """`train ticket-triage` on the earlier data; the serving Runtime scores every later ticket in the order they were
     created (as the ticket system sends them: only their own fields); ROC-AUC vs case type on the labelled ones.
 
@@ -464,6 +500,11 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
     ``both`` (default) runs the two side by side. ``refresh_week_gap_sd`` / ``refresh_daily_gap_sd``: paired-bootstrap
     standard deviations of the gaps (:data:`GAP_BOOTSTRAP` resamples of the week's labelled tickets, fixed seed);
     ``refresh_week_seconds`` / ``refresh_daily_seconds``: what each variant's refreshes and scoring took.
+
+    ``serve_refresh_days`` (N > 0): also ``model_refreshed``, the ROC-AUC of the same later tickets served by a
+    Runtime that runs `refresh-features` every N days of the later period and swaps to it while running (what the
+    README's cron gives; ``model`` is the service left on the training generation for the whole period), with
+    ``serve_refreshes`` and ``serve_refresh_seconds``.
 
     ``week_features``: a dict to fill with the refresh week's feature matrices, served (``served``: what the
     refreshed Runtime assembled) and offline (``offline``), and ``tickets``, ``y``, ``labelled``, ``p_served``,
@@ -563,6 +604,12 @@ def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: 
             week_features.update(served=np.vstack(seen), offline=Xo, tickets=later[week].reset_index(drop=True),
                                  y=y[week], labelled=lw, p_served=p_served[cadences[0]], p_offline=p_off,
                                  model=model)
+    if serve_refresh_days > 0:
+        t0 = time.perf_counter()
+        p_ref, n_ref = _served_with_refreshes(settings, full_dir, Path(asof_dir).parent / "data_serve_refresh", later,
+                                              as_of, serve_refresh_days, batch)
+        row_refresh.update(model_refreshed=_auc(y[labelled], p_ref[labelled]), serve_refresh_days=serve_refresh_days,
+                           serve_refreshes=n_ref, serve_refresh_seconds=time.perf_counter() - t0)
     base = CaseTypeBaseline().fit(known["case_type"], known["escalated"].astype(float).to_numpy())
     p_case = base.predict(later.loc[labelled, "case_type"])
     return {"as_of": str(pd.Timestamp(as_of).date()), "tickets": int(labelled.sum()),

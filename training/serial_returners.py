@@ -170,7 +170,8 @@ def learner_text(model: SerialReturnerModel) -> str:
     if model.learner == "logistic":
         w = ", ".join(f"{c.removeprefix('tail_')} {v:+.2f}" for c, v in
                       zip(model.logistic_columns_, model.booster_.coef_[0], strict=True))
-        return f"a logistic regression on the detector's evidence per pattern (standardised weights: {w}){gate}"
+        return (f"a logistic regression on the detector's evidence per pattern (standardised weights; no evidence "
+                f"counted against an account: {w}){gate}")
     return f"a LightGBM on every feature boosted from a logistic prior on the detector's score{gate}"
 
 
