@@ -258,8 +258,8 @@ def event_level_spread(history: History, t: int, settings: Settings, pre_days: i
     major-event window complete by origin index ``t`` gets its uplift, log(mean of the window / mean of the ordinary
     days in the ``pre_days`` before it, at least ``min_pre_days`` of them); the spread is the root mean square of
     the change in uplift from one instance of an event to its next (the year-over-year surprise in the event's
-    size), or, without any event seen twice, the standard deviation of the uplifts over at least three windows
-    (how much the history's peaks differ from one another); else 0 (nothing to measure it on). Windows and
+    size), or, without any event seen twice, :func:`ordinary_level_spread` alone (the uplifts of different events
+    say how events differ in size, not how one event's size moves); else 0 (nothing to measure it on). Windows and
     ordinary days in the history's ramp-up (``ramp``, default :func:`ramp_days`: its first weeks lack the returns of
     orders placed before it began) are left out: a window whose weeks before it read low there shows an uplift that
     is the ramp-up, not the event. The spread's square, read from k changes (or k + 1 windows), is shrunk toward
@@ -289,18 +289,18 @@ def event_level_spread(history: History, t: int, settings: Settings, pre_days: i
     names_a = np.array(names)
     diffs = [np.diff(u[names_a == n], axis=0) for n in dict.fromkeys(names)]
     diffs = [d for d in diffs if len(d)]
-    if diffs:
-        d2 = np.concatenate(diffs) ** 2
-        k = len(d2)
-    elif len(u) >= 3:
-        d2 = (u - u.mean(axis=0)) ** 2 * len(u) / (len(u) - 1)
-        k = len(u) - 1
-    else:
-        return np.zeros(S)
     # A spread read from one or two changes is itself a guess (its square is a chi-square on k degrees of
     # freedom): shrink its square toward the same measure on ordinary stretches of the history (how much a
     # stretch's level moves from one year to the next without an event), weighed as one more change.
     ref = ordinary_level_spread(history, t, settings, int(np.median(lengths)), pre_days, min_pre_days, ramp)
+    if not diffs:
+        # No event seen twice: no year-over-year change of an event to read. The spread of the uplifts of
+        # different events (Christmas against the mid-year sale) is how events differ in size, which a forecaster
+        # that saw each of them already knows; on short tuning histories it widened the windows of events seen
+        # once to 92-98% coverage. The ordinary stretches' year-over-year change stands in, else nothing.
+        return np.zeros(S) if ref is None else ref
+    d2 = np.concatenate(diffs) ** 2
+    k = len(d2)
     if ref is None:
         return np.sqrt(d2.mean(axis=0))
     return np.sqrt((d2.sum(axis=0) + ref ** 2) / (k + 1))

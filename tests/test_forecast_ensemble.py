@@ -190,6 +190,23 @@ def test_event_level_spread_is_the_year_over_year_change_of_an_events_uplift():
     assert one[0] == 0.0
 
 
+def test_event_level_spread_is_not_the_spread_of_different_events():
+    """Under a year of history: every event's window seen once, each with its own uplift (x1.5 to x4). How the
+    events differ in size is no measure of how one event's size moves from one year to the next (the forecaster saw
+    each once): without an event seen twice and without ordinary stretches a year apart, the spread is 0."""
+    from features.calendar import complete_windows
+
+    days = pd.date_range("2022-03-01", "2023-02-15", freq="D")
+    y = np.full(len(days), 10.0)
+    st = Settings(market="US")
+    hw = complete_windows("US", days[0], days[-1], st)
+    assert hw["event"].nunique() == len(hw) >= 3
+    for w, v in zip(hw.itertuples(), np.linspace(15.0, 40.0, len(hw)), strict=True):
+        y[(days >= w.window_start) & (days <= w.window_end)] = v
+    hist = _series(days, y, "US")
+    assert ens.event_level_spread(hist, len(days) - 1, st)[0] == 0.0
+
+
 def test_event_level_spread_leaves_the_historys_ramp_up_out():
     """The mid-year sale's window was twice the ordinary level in both years (no change: spread 0), but the history
     began seven weeks before the first one and its first five weeks lack the returns of orders placed before it
@@ -298,7 +315,6 @@ def test_thin_window_evidence_widens_the_p90_by_the_histories_own_event_level_sp
     the forecaster says so."""
     model, _ = fitted
     spread = dict(model.level_spread_)
-    assert spread[TOTAL] > 0
     ev = model.evidence_
     try:
         model.level_z = 0.0
@@ -322,11 +338,13 @@ def test_thin_window_evidence_widens_the_p90_by_the_histories_own_event_level_sp
     assert thin and any("event level's own spread" in n for n in notes)
 
 
-def test_one_past_instance_without_a_level_measure_widens_that_events_window(fitted):
-    """The window of an event the history holds once is widened x single_instance_widen when nothing else stands
-    in for that: its cell's evidence (other events) held more than one instance, and the history gives no measure
-    of how much an event's level moves (level spread 0). A second past instance, a measured level spread, a cell
-    already widened for one instance, or an ordinary day: no widening. The note says so."""
+def test_an_event_unseen_after_the_ramp_up_without_a_level_measure_widens_that_events_window(fitted):
+    """The window of an event whose size the history never showed (no complete window of it after the ramp-up) is
+    widened x single_instance_widen when nothing else stands in for that: its cell's evidence (other events) held
+    more than one instance, and the history gives no measure of how much an event's level moves (level spread 0).
+    One complete window after the ramp-up (the forecaster saw its size), a measured level spread, a cell already
+    widened for one instance, or an ordinary day: no widening. The note names the events held only in the
+    ramp-up."""
     import copy
 
     from features.calendar import holiday_windows
@@ -342,12 +360,12 @@ def test_one_past_instance_without_a_level_measure_widens_that_events_window(fit
     series, band = np.full(len(dates), TOTAL), np.full(len(dates), 1)
     m.interval_widened_ = {k: False for k in m.interval_widened_}
     m.level_spread_ = {s: 0.0 for s in m.series_}
-    m.event_instances_ = {"singles_day": 1}
+    m.event_instances_, m.ramp_only_events_ = {}, ["singles_day"]
     f = m._one_instance_widen(series, band, kind, dates)
     assert (f[:len(win)] == m.single_instance_widen).all() and (f[len(win):] == 1.0).all()
-    m.event_instances_ = {"singles_day": 2}
-    assert (m._one_instance_widen(series, band, kind, dates) == 1.0).all()
     m.event_instances_ = {"singles_day": 1}
+    assert (m._one_instance_widen(series, band, kind, dates) == 1.0).all()
+    m.event_instances_ = {}
     m.interval_widened_[(TOTAL, 1)] = True
     assert (m._one_instance_widen(series, band, kind, dates) == 1.0).all()
     m.interval_widened_[(TOTAL, 1)] = False
@@ -356,7 +374,35 @@ def test_one_past_instance_without_a_level_measure_widens_that_events_window(fit
     m.level_spread_ = {s: 0.0 for s in m.series_}
     m.fallback_notes_ = []
     m._fit_intervals(m.evidence_, m.weights_)
-    assert any("one past instance of singles_day" in n for n in m.fallback_notes_)
+    assert any("holds singles_day only in its first weeks" in n for n in m.fallback_notes_)
+
+
+def test_event_instances_count_the_windows_after_the_ramp_up():
+    """A complete window that starts in the history's ramp-up (its days lack the returns of orders placed before
+    the data began) is not a past instance the forecaster saw: the event counts 0 and is listed as held only in the
+    ramp-up; without linked returns (no ramp-up measured) it counts 1."""
+    from features.calendar import complete_windows
+
+    days = pd.date_range("2022-06-01", "2023-05-01", freq="D")
+    y = np.full(len(days), 10.0)
+    y[:35] = np.linspace(0.0, 10.0, 35)
+    rng = np.random.default_rng(0)
+    order_day = rng.integers(0, len(days) - 45, 3000)
+    linked = pd.DataFrame({"order_day": order_day, "request_day": order_day + rng.integers(0, 45, 3000),
+                           "category": "a", "refund_amount": 1.0})
+    hist = History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
+                   linked, "US")
+    ramp = ens.ramp_days(hist, len(days) - 1)
+    m = HolidayForecaster(market="US")
+    past = complete_windows("US", days[0], days[-1], m.settings())
+    early = past[past["window_start"] < days[0] + pd.Timedelta(days=ramp)]
+    later = past[past["window_start"] >= days[0] + pd.Timedelta(days=ramp)]
+    assert len(early) and len(later) and not set(early["event"]) & set(later["event"])
+    counts = m._event_instances(hist)
+    assert m.ramp_only_events_ == sorted(set(early["event"]))
+    assert all(e not in counts for e in early["event"]) and all(counts[e] == 1 for e in later["event"])
+    m._event_instances(_series(days, y, "US"))  # no linked returns: no ramp-up measured
+    assert m.ramp_only_events_ == []
 
 
 def test_weights_are_on_the_simplex_and_window_intervals_never_narrower(fitted):
@@ -407,6 +453,25 @@ def test_the_noise_guard_picks_the_best_candidate_when_the_weights_lose(fitted):
     errs = {c: np.abs(g["y"] - g[c]).sum() / g["y"].sum() for c in avail}
     assert errs[ens.NAIVE] > min(errs.values())  # naive is not the best here, so the guard must act
     assert w == {min(errs, key=errs.get): 1.0} and "noise margin" in why
+
+
+def test_event_window_prior_follows_the_calendar_aware_fit_on_the_window_evidence():
+    """Window evidence (12 origins, two event instances) where LightGBM tracks the actuals and the planners' method
+    misses by +-40%: the window cell's prior is their fit on those rows, LightGBM alone, not the half each that
+    shrinking the fit toward equal weights by 32 origins (the old prior) keeps."""
+    rng = np.random.default_rng(3)
+    n_o, h = 12, 10
+    y = rng.gamma(20.0, 5.0, n_o * h)
+    gw = pd.DataFrame({"series": TOTAL, "origin": np.repeat(np.arange(n_o) * 8, h), "y": y,
+                       ens.LGBM: y * rng.uniform(0.95, 1.05, len(y)),
+                       ens.PLANNERS: y * np.where(rng.random(len(y)) < 0.5, 0.6, 1.4),
+                       "window": np.repeat(["singles_day@2024", "mid_year_618@2024"], n_o * h // 2)})
+    for c in (ens.AUTOETS, ens.MSTL, ens.NAIVE):
+        gw[c] = np.nan
+    prior = HolidayForecaster(horizon=H)._event_aware(gw)
+    assert prior[ens.LGBM] == pytest.approx(1.0) and prior[ens.PLANNERS] == pytest.approx(0.0)
+    old = HolidayForecaster(horizon=H, aware_shrink_origins=32.0)._event_aware(gw)
+    assert old[ens.LGBM] == pytest.approx(0.5 + 0.5 * n_o / (n_o + 32.0))
 
 
 def test_evidence_is_out_of_sample(fitted):
