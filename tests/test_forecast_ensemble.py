@@ -118,6 +118,17 @@ def _series(days: pd.DatetimeIndex, y: np.ndarray, market: str) -> History:
                    pd.DataFrame(columns=["order_day", "request_day", "category", "refund_amount"]), market)
 
 
+def _with_delays(days: pd.DatetimeIndex, y: np.ndarray, max_delay: int, n: int, market: str = "US") -> History:
+    """The series ``y`` with ``n`` order-to-return links whose delays are uniform on 0..``max_delay`` - 1 days (what
+    ens.ramp_days measures the history's ramp-up on)."""
+    rng = np.random.default_rng(0)
+    order_day = rng.integers(0, len(days) - max_delay, n)
+    linked = pd.DataFrame({"order_day": order_day, "request_day": order_day + rng.integers(0, max_delay, n),
+                           "category": "a", "refund_amount": 1.0})
+    return History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
+                   linked, market)
+
+
 def test_planners_growth_reads_ordinary_days_not_an_event_that_changed():
     """Growth x1.2 on ordinary days; last year's Singles Day window (in the 28 days before the origin) was three
     times its usual size, this year's was not. The 28-day month reads the event's change as a fall in volume;
@@ -144,12 +155,7 @@ def test_planners_growth_skips_the_historys_ramp_up():
     days = pd.date_range("2022-10-01", "2023-11-30", freq="D")
     y = np.full(len(days), 10.0)
     y[:21] = np.linspace(0.0, 10.0, 21)
-    rng = np.random.default_rng(0)
-    order_day = rng.integers(0, len(days) - 30, 2000)
-    linked = pd.DataFrame({"order_day": order_day, "request_day": order_day + rng.integers(0, 30, 2000),
-                           "category": "a", "refund_amount": 1.0})
-    hist = History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
-                   linked, "US")
+    hist = _with_delays(days, y, 30, 2000)
     t, st = len(days) - 1, Settings(market="US")
     assert 25 <= ens.ramp_days(hist, t) <= 29
     assert np.isclose(ens.planners_growth(hist, t, st)[0], 1.0)
@@ -217,12 +223,7 @@ def test_event_level_spread_leaves_the_historys_ramp_up_out():
     y[:35] = np.linspace(0.0, 10.0, 35)
     for start, end in (("2022-06-15", "2022-07-09"), ("2023-06-15", "2023-07-09")):
         y[(days >= pd.Timestamp(start)) & (days <= pd.Timestamp(end))] = 20.0
-    rng = np.random.default_rng(0)
-    order_day = rng.integers(0, len(days) - 45, 3000)
-    linked = pd.DataFrame({"order_day": order_day, "request_day": order_day + rng.integers(0, 45, 3000),
-                           "category": "a", "refund_amount": 1.0})
-    hist = History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
-                   linked, "US")
+    hist = _with_delays(days, y, 45, 3000)
     t, st = len(days) - 1, Settings(market="US")
     assert 35 <= ens.ramp_days(hist, t) <= 44
     assert ens.event_level_spread(hist, t, st, ramp=0)[0] > 0.03  # the ramp-up read as last year's level
@@ -386,12 +387,7 @@ def test_event_instances_count_the_windows_after_the_ramp_up():
     days = pd.date_range("2022-06-01", "2023-05-01", freq="D")
     y = np.full(len(days), 10.0)
     y[:35] = np.linspace(0.0, 10.0, 35)
-    rng = np.random.default_rng(0)
-    order_day = rng.integers(0, len(days) - 45, 3000)
-    linked = pd.DataFrame({"order_day": order_day, "request_day": order_day + rng.integers(0, 45, 3000),
-                           "category": "a", "refund_amount": 1.0})
-    hist = History(pd.DataFrame({TOTAL: y}, index=days), pd.DataFrame({"lines": np.ones(len(days))}, index=days),
-                   linked, "US")
+    hist = _with_delays(days, y, 45, 3000)
     ramp = ens.ramp_days(hist, len(days) - 1)
     m = HolidayForecaster(market="US")
     past = complete_windows("US", days[0], days[-1], m.settings())
