@@ -312,10 +312,11 @@ def ordinary_level_spread(history: History, t: int, settings: Settings, length: 
     event window (one every ``step`` days, after the ramp-up), each with its 'uplift' over the ordinary days in the
     ``pre_days`` before it, and the root mean square of its change from the stretch 52 weeks before (how much a
     stretch's level moves from one year to the next with no event in it), per series; None with no such pair."""
-    days = history.days[:t + 1]
+    days = history.days
     y = history.y.to_numpy(dtype=float)[:t + 1]
-    inside = in_windows(days, holiday_windows(history.market, days[0] - pd.Timedelta(days=60), days[-1], settings))
-    ok_day = ~inside & (np.arange(len(days)) >= ramp)
+    inside = _window_mask(history.market, days[0], days[-1], settings.summer_sale,
+                          int(settings.summer_sale_days))[:t + 1]
+    ok_day = ~inside & (np.arange(t + 1) >= ramp)
     cs = np.vstack([np.zeros((1, y.shape[1])), np.cumsum(y * ok_day[:, None], axis=0)])
     cn = np.r_[0, np.cumsum(ok_day)]
     ups = {}
