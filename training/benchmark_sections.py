@@ -400,17 +400,18 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def _refreshed_week(rt, later: pd.DataFrame, week: np.ndarray, r_end: pd.Timestamp, steps: list[int],
-                    refresh_to, batch: int, seen: list | None = None) -> np.ndarray:
+                    refresh_to, batch: int, seen: list | None = None, end: pd.Timestamp | None = None) -> np.ndarray:
     """Score the refresh week's tickets on the running ``rt``: at each of ``steps`` (days after the refresh day)
     ``refresh_to(step)`` writes the generation as of that day's start, the Runtime swaps to it and scores the tickets
-    until the next step (the last until the week's end). ``[0]``: one refresh for the week; ``0..6``: a daily cron.
-    ``seen``: a list to extend with the feature matrices the served model assembled."""
+    until the next step (the last until the week's end, or ``end``). ``[0]``: one refresh for the week; ``0..6``: a
+    daily cron. ``seen``: a list to extend with the feature matrices the served model assembled."""
     from training.ticket_triage import MODEL_NAME as TRIAGE
 
     tickets = later[week]
     created = tickets["created_at"]
     probs = np.full(len(tickets), np.nan)
-    bounds = [r_end + pd.Timedelta(days=k) for k in steps] + [r_end + pd.Timedelta(days=REFRESH_WEEK_DAYS)]
+    end = r_end + pd.Timedelta(days=REFRESH_WEEK_DAYS) if end is None else end
+    bounds = [r_end + pd.Timedelta(days=k) for k in steps] + [end]
     for k, lo, hi in zip(steps, bounds[:-1], bounds[1:], strict=True):
         refresh_to(k)
         if not rt.refresh():
@@ -459,32 +460,31 @@ def _served_with_refreshes(settings, full_dir: Path, work: Path, later: pd.DataF
     from training.refresh import refresh_features
 
     created = later["created_at"]
-    probs = np.full(len(later), np.nan)
     start = utc_day_end(as_of)
     # The training generation again first: the refresh week's runs left a later generation current, which would hand
     # the first days' tickets a snapshot from their future.
     _train_quietly(refresh_features, data_as_of(full_dir, work, pd.Timestamp(as_of)), settings, echo=_quiet)
+    steps = []  # the cron's runs: every `every_days` days while later tickets remain
+    while (created >= start + pd.Timedelta(days=(len(steps) + 1) * every_days)).any():
+        steps.append((len(steps) + 1) * every_days)
+
+    def refresh_to(k: int) -> None:
+        _train_quietly(refresh_features, data_as_of(full_dir, work, pd.Timestamp(as_of) + pd.Timedelta(days=k)),
+                       settings, echo=_quiet)
+
+    probs = np.full(len(later), np.nan)
+    first = ((created >= start) & (created < start + pd.Timedelta(days=every_days))).to_numpy()
+    rest = (created >= start + pd.Timedelta(days=every_days)).to_numpy()
     rt = Runtime.load(settings)
-    refreshes = 0
     try:
-        k = 0
-        while True:
-            lo, hi = start + pd.Timedelta(days=k), start + pd.Timedelta(days=k + every_days)
-            if k > 0:
-                data = data_as_of(full_dir, work, pd.Timestamp(as_of) + pd.Timedelta(days=k))
-                _train_quietly(refresh_features, data, settings, echo=_quiet)
-                if not rt.refresh():
-                    raise RuntimeError(f"the Runtime did not swap to the refreshed generation: {rt.generation_problem}")
-                refreshes += 1
-            part = ((created >= lo) & (created < hi)).to_numpy()
-            if part.any():
-                probs[part] = _serve(rt, later[part], batch)
-            if not (created >= hi).any():
-                break
-            k += every_days
+        if first.any():
+            probs[first] = _serve(rt, later[first], batch)
+        if steps:
+            probs[rest] = _refreshed_week(rt, later, rest, start, steps, refresh_to, batch,
+                                          end=created.max() + pd.Timedelta(days=1))
     finally:
         rt.close()
-    return probs, refreshes
+    return probs, len(steps)
 
 
 def triage_section(full_dir: Path, asof_dir: Path, as_of: pd.Timestamp, market: str, models_dir: Path,
