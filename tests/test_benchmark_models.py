@@ -34,8 +34,12 @@ def test_tables_have_every_world_model_and_baseline(bench):
         for col in ("model", *section.baselines):
             assert rows[col].notna().all() or col in ("planners_last_year", "mstl"), (key, col)
         summary = table[table["seed"].isna()].set_index("world")
-        assert list(summary.index) == ["min", "median", "max", "wins"]
+        assert list(summary.index) == ["min", "median", "max", "wins", *(["pooled"] if section.pooled else [])]
         vals = rows[["model", *section.baselines]].astype(float)
+        for col, weight in section.pooled:
+            # All worlds' hits over all worlds' K: precision x K summed, over K summed.
+            hits = (rows[col].astype(float) * rows[weight].astype(float)).sum()
+            assert summary.loc["pooled", col] == pytest.approx(hits / rows[weight].astype(float).sum())
         assert summary.loc["min", "model"] == pytest.approx(vals["model"].min())
         assert summary.loc["median", "model"] == pytest.approx(vals["model"].median())
         better = vals["model"] > vals[list(section.baselines)].max(axis=1) if section.higher_is_better else \

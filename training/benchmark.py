@@ -214,7 +214,22 @@ def section_table(section: Section, results: list[WorldResult]) -> pd.DataFrame:
                {"world": "wins", "model": float(win.sum()),
                 **{b: float((vals[b].notna() & ~vals["model"].isna() & ~better(vals["model"], vals[b])
                              & ~(vals["model"] == vals[b])).sum()) for b in section.baselines}}]
+    if section.pooled:
+        summary.append({"world": "pooled", **pooled_means(df, section.pooled)})
     return pd.concat([df, pd.DataFrame(summary)], ignore_index=True)
+
+
+def pooled_means(df: pd.DataFrame, pairs: tuple[tuple[str, str], ...]) -> dict[str, float]:
+    """Each column's mean over the worlds weighted by its weight column (``Section.pooled``), over the worlds where
+    both are known: for a precision in a queue of K weighted by K, all worlds' hits over all worlds' K."""
+    out = {}
+    for col, weight in pairs:
+        if col not in df.columns or weight not in df.columns:
+            continue
+        v, w = pd.to_numeric(df[col], errors="coerce"), pd.to_numeric(df[weight], errors="coerce")
+        ok = v.notna() & w.notna() & (w > 0)
+        out[col] = float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else float("nan")
+    return out
 
 
 def _plot(section: Section, table: pd.DataFrame) -> str:

@@ -27,13 +27,20 @@ Echo = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Section:
-    """One model's table: its metric, whether higher is better, and the baseline columns in order."""
+    """One model's table: its metric, whether higher is better, and the baseline columns in order.
+
+    ``pooled``: (column, weight column) pairs for the table's ``pooled`` row, the columns' mean over the worlds
+    weighted by the weight column (a precision in a queue of K weighted by K: all worlds' hits over all worlds' K).
+    Where K is a handful of accounts one account moves a world's precision by 0.1 or more; the pooled figure is the
+    less noisy one, beside the per-world columns.
+    """
 
     key: str
     title: str
     metric: str
     higher_is_better: bool
     baselines: tuple[str, ...]
+    pooled: tuple[tuple[str, str], ...] = ()
 
 
 SECTIONS: dict[str, Section] = {s.key: s for s in (
@@ -41,7 +48,9 @@ SECTIONS: dict[str, Section] = {s.key: s for s in (
             False, ("planners_last_year", "autoets", "mstl", "seasonal_naive_7")),
     Section("serial_returners", "Serial returners, cold start (flag-accounts queue)",
             "precision in a queue of K = abusive accounts (higher is better)", True,
-            ("rule_return_rate", "most_returns", "isolation_forest")),
+            ("rule_return_rate", "most_returns", "isolation_forest"),
+            pooled=(*((c, "k") for c in ("model", "rule_return_rate", "most_returns", "isolation_forest")),
+                    *((f"{c}_{REVIEWED}", "k_after_review") for c in ("model", "cold_start", "rule_return_rate")))),
     Section("merchant_risk", "Merchant risk (rank-merchants)", "NDCG@50 of the next 60 days' complaint rates", True,
             ("complaint_rate_60d", "complaint_count_60d")),
     Section("ticket_triage", "Ticket triage (service scorer)", "ROC-AUC of escalation on later tickets", True,
