@@ -102,17 +102,44 @@ def test_backtest_beats_both_baselines_on_a_small_world(bt):
     assert bt.scored["as_of"].min() >= max(bt.train_dates) + pd.Timedelta(days=60)
 
 
-def test_the_choice_of_model_kind_follows_its_validation_figures(bt):
-    from training.merchant_evaluation import BLEND_MARGIN, DEFAULT_KIND
+def test_the_glm_ranks_and_the_validation_figures_are_reported(bt):
+    from training.merchant_evaluation import DEFAULT_KIND
 
+    assert bt.chosen == DEFAULT_KIND == "glm"
     val = bt.validation
     assert set(val) == set(MODELS)
-    best = max(val, key=val.get)
-    expected = best if val[best] > val[DEFAULT_KIND] + BLEND_MARGIN else DEFAULT_KIND
-    assert bt.chosen == expected
     text = bt.choice_text()
-    assert f"The model kind {bt.chosen} was chosen" in text
+    assert "The model kind is glm" in text
     assert all(f"{k} {v:.4f}" in text for k, v in val.items())
+    # The model-or-baseline decision is on every held-out snapshot: the validation ones and the test ones.
+    assert bt.n_validation >= 1 and set(bt.held_out) == {"glm", *BASELINES}
+    assert f"({bt.n_validation} validation and {len(bt.test_dates)} test)" in bt.ranking_text()
+
+
+def _per_snapshot(figures: dict[str, list[float]], start: str) -> pd.DataFrame:
+    """evaluate_scores' per-snapshot frame for hand-picked NDCG@50 figures (one list entry per snapshot)."""
+    days = pd.date_range(start, periods=len(next(iter(figures.values()))), freq="14D", tz="UTC")
+    return pd.DataFrame([{"as_of": d, "method": m, "ndcg_at_50": v[i]} for m, v in figures.items()
+                         for i, d in enumerate(days)])
+
+
+def test_a_baseline_ranks_only_when_it_wins_over_validation_and_test_snapshots_together():
+    from training.merchant_evaluation import served_method
+
+    # Ahead by 0.025 on three test snapshots, behind by 0.06 on two validation snapshots: the model ranks.
+    test = _per_snapshot({"glm": [0.50, 0.50, 0.50], "baseline_rate": [0.49] * 3, "baseline_count": [0.525] * 3},
+                         "2024-09-01")
+    val = _per_snapshot({"glm": [0.60, 0.61], "baseline_rate": [0.48, 0.49], "baseline_count": [0.54, 0.55]},
+                        "2024-05-01")
+    use, held = served_method(test, val, "glm")
+    assert use == "model"
+    assert held["glm"] == pytest.approx((0.5 * 3 + 0.6 + 0.61) / 5)
+    assert held["baseline_count"] == pytest.approx((0.525 * 3 + 0.54 + 0.55) / 5)
+    # Ahead on both: the count ranks. Without validation snapshots the test ones decide alone.
+    val_lost = _per_snapshot({"glm": [0.50, 0.52], "baseline_rate": [0.4, 0.4], "baseline_count": [0.55, 0.56]},
+                             "2024-05-01")
+    assert served_method(test, val_lost, "glm")[0] == "baseline_count"
+    assert served_method(test, pd.DataFrame(), "glm")[0] == "baseline_count"
 
 
 def test_lift_rises_toward_the_riskiest_decile(bt, settings):

@@ -135,7 +135,9 @@ class Evaluation:
     train_dates: list
     test_dates: list
     use: str = "model"  # what ranks: "model" (``chosen``) or the baseline that beat it on the test snapshots
-    validation: dict[str, float] | None = None  # NDCG@50 of each of MODELS on the validation snapshots (choose_kind)
+    validation: dict[str, float] | None = None  # NDCG@50 of each of MODELS on the validation snapshots
+    held_out: dict[str, float] | None = None  # NDCG@50 of the model and the baselines over validation + test snapshots
+    n_validation: int = 0  # validation snapshots in held_out
 
     @property
     def served(self) -> str:
@@ -145,24 +147,27 @@ class Evaluation:
     def ranking_text(self) -> str:
         """What ranks and why, in words, with the held-out NDCG@50 of both."""
         s = self.summary[PRIMARY_METRIC]
+        held = self.held_out or {m: float(s[m]) for m in (self.chosen, *BASELINES)}
+        where = (f"the held-out snapshots ({self.n_validation} validation and {len(self.test_dates)} test)"
+                 if self.n_validation else "the held-out snapshots")
         if self.use == "model":
-            base = self.best_baseline
-            return (f"The ranking uses: the model ({self.chosen}), because on the held-out snapshots it scored "
-                    f"NDCG@50 {s[self.chosen]:.4f} vs the better baseline's ({BASELINE_TEXT[base]}) {s[base]:.4f}.")
-        return (f"The ranking uses: {BASELINE_TEXT[self.use]} (`{self.use}`), because on the held-out snapshots it "
-                f"scored NDCG@50 {s[self.use]:.4f} vs the model's ({self.chosen}) {s[self.chosen]:.4f}; the model "
+            base = max(BASELINES, key=lambda b: held.get(b, float("-inf")))
+            return (f"The ranking uses: the model ({self.chosen}), because on {where} it scored "
+                    f"NDCG@50 {held[self.chosen]:.4f} vs the better baseline's ({BASELINE_TEXT[base]}) {held[base]:.4f}.")
+        return (f"The ranking uses: {BASELINE_TEXT[self.use]} (`{self.use}`), because on {where} it "
+                f"scored NDCG@50 {held[self.use]:.4f} vs the model's ({self.chosen}) {held[self.chosen]:.4f}; the model "
                 "still gives expected complaints and the reasons.")
 
     def choice_text(self) -> str:
-        """Why ``chosen``, in words: each model's NDCG@50 on the training period's latest snapshots and the rule."""
-        rule = (f"{DEFAULT_KIND} is kept unless another model beats its NDCG@50 there by more than {BLEND_MARGIN:.2f}, "
-                "since one validation period is noisy")
+        """Which model ranks and what the others scored on the training period's latest snapshots, in words."""
+        rule = (f"{DEFAULT_KIND} ranks whatever they say: one validation period of this size is too noisy to pick a "
+                "model kind on")
         if not self.validation:
-            return (f"The model kind {self.chosen} is the default: the training period was too short to hold out "
+            return (f"The model kind {self.chosen} is the default; the training period was too short to hold out "
                     f"validation snapshots ({rule}).")
         figures = ", ".join(f"{k} {v:.4f}" for k, v in self.validation.items())
-        return (f"The model kind {self.chosen} was chosen on the training period's latest snapshots, fitted on its "
-                f"earlier ones (NDCG@50: {figures}); {rule}.")
+        return (f"The model kind is {self.chosen}; fitted on the training period's earlier snapshots and scored on its "
+                f"latest ones the models had NDCG@50: {figures} ({rule}).")
 
     @property
     def best_baseline(self) -> str:
@@ -191,41 +196,68 @@ def model_params(settings: Settings) -> dict:
 
 
 MODELS = ("glm", "blend", "poisson", "lambdarank")
-# The model kept unless another beats it clearly on the validation snapshots: the log-linear Poisson model. On 8 worlds
-# of 120 merchants (seeds 100-107, as-of 60 and 120 days before the end) its NDCG@50 gain over the last-60-day rate had
-# median +0.108 (11 of 16 at +0.08 or more) against +0.077 (7 of 16) for the tree blend.
+# The model that ranks: the log-linear Poisson model. On 8 worlds of 120 merchants (seeds 100-107, as-of 60 and 120
+# days before the end) its NDCG@50 gain over the last-60-day rate had median +0.108 (11 of 16 at +0.08 or more)
+# against +0.077 (7 of 16) for the tree blend. The tree models are still fitted and reported beside it, but no longer
+# chosen on the training period's latest snapshots: on 24 tuning worlds (seeds 700-711, 800-811) that choice (another
+# model beating the GLM there by 0.02) served a tree model on 5 worlds and lost NDCG@50 on the next 60 days on 4 of
+# them (-0.007, -0.047, -0.143, -0.251; +0.037 on the fifth): one validation period of a hundred merchants is noise.
 DEFAULT_KIND = "glm"
-# NDCG@50 on the validation snapshots another model needs over the default to be chosen (one period is noisy).
+# Kept for callers of the earlier rule (the margin another model needed over the default on the validation snapshots).
 BLEND_MARGIN = 0.02
 
 
-def choose_kind(train: pd.DataFrame, train_dates: list, settings: Settings) -> tuple[str, dict[str, float]]:
-    """Which of :data:`MODELS` to use, decided on the training period alone: fit on its earlier snapshots, score its
-    latest ones (whose labels close before the test period), keep :data:`DEFAULT_KIND` unless another model's NDCG@50
-    beats it by :data:`BLEND_MARGIN`. The test snapshots play no part, so the chosen model's test figures are not
-    flattered by the choice. Too short a training period: the default."""
+def validation_scores(train: pd.DataFrame, train_dates: list, settings: Settings) -> pd.DataFrame:
+    """NDCG@50 etc. of every method (:data:`METHODS`) per validation snapshot: fitted on the training period's earlier
+    snapshots, scored on its latest ones (whose labels close before the test period). Empty when the training
+    period is too short to hold any out."""
     try:
         inner_train, inner_val = split_dates(train_dates, settings)
     except ValueError:
-        return DEFAULT_KIND, {}
+        return pd.DataFrame()
     fit = train[train["as_of"].isin(inner_train)]
     val = train[train["as_of"].isin(inner_val)].copy()
     try:
         model = MerchantRiskModel(kind="blend", **model_params(settings)).fit(fit)
     except ValueError:
-        return DEFAULT_KIND, {}
+        return pd.DataFrame()
     score_methods(model, val)
+    for name, col in BASELINES.items():
+        val[name] = val[col]
     try:
-        summary, _ = evaluate_scores(val, list(MODELS), settings.merchant_min_label_orders)
+        _, per = evaluate_scores(val, list(METHODS), settings.merchant_min_label_orders)
     except ValueError:
-        return DEFAULT_KIND, {}
-    ndcg = summary["ndcg_at_50"].fillna(-1.0)
-    if np.ptp(ndcg.to_numpy()) < 1e-9:
-        # The validation period cannot tell them apart (a handful of merchants): the default.
-        return DEFAULT_KIND, {k: float(v) for k, v in ndcg.items()}
-    best = str(ndcg.idxmax())
-    chosen = best if ndcg[best] > ndcg[DEFAULT_KIND] + BLEND_MARGIN else DEFAULT_KIND
-    return chosen, {k: float(v) for k, v in ndcg.items()}
+        return pd.DataFrame()
+    return per
+
+
+def choose_kind(train: pd.DataFrame, train_dates: list, settings: Settings) -> tuple[str, dict[str, float]]:
+    """(:data:`DEFAULT_KIND`, each of :data:`MODELS`' NDCG@50 on the validation snapshots of
+    :func:`validation_scores`; empty when the training period is too short). The figures are reported; the kind
+    is the GLM whatever they say (see :data:`DEFAULT_KIND`)."""
+    per = validation_scores(train, train_dates, settings)
+    return DEFAULT_KIND, _mean_ndcg(per, MODELS)
+
+
+def _mean_ndcg(per: pd.DataFrame, methods) -> dict[str, float]:
+    if per.empty:
+        return {}
+    mean = per.groupby("method")[PRIMARY_METRIC].mean()
+    return {m: float(mean[m]) for m in methods if m in mean.index}
+
+
+def served_method(per_test: pd.DataFrame, per_validation: pd.DataFrame, chosen: str) -> tuple[str, dict[str, float]]:
+    """("model" or the baseline that ranks instead, NDCG@50 of ``chosen`` and the baselines averaged over every
+    held-out snapshot): the validation snapshots of the training period and the test snapshots.
+
+    A baseline ranks when it beats the model on those snapshots together. The test snapshots alone (a few
+    overlapping 60-day windows) are too few: on 24 tuning worlds the test-only rule served the last-60-day count on
+    one world (seed 709: count ahead by 0.025 on the test snapshots, 0.062 behind on the validation ones) where the
+    GLM ranked the next 60 days 0.216 better."""
+    held = pd.concat([per_validation, per_test], ignore_index=True)
+    mean = _mean_ndcg(held, (chosen, *BASELINES))
+    base = max(BASELINES, key=lambda b: mean.get(b, float("-inf")))
+    return (base if mean.get(base, float("-inf")) > mean[chosen] else "model"), mean
 
 
 def score_methods(model: MerchantRiskModel, frame: pd.DataFrame) -> None:
@@ -248,9 +280,10 @@ def evaluate(events: MerchantEvents, settings: Settings, echo=click.echo) -> Eva
     train = build_snapshots(events, train_dates, settings.merchant_horizon_days)
     test = build_snapshots(events, test_dates, settings.merchant_horizon_days)
     echo(f"  features: {len(train):,} train and {len(test):,} test merchant-snapshots ({time.perf_counter() - t0:.1f}s)")
-    chosen, validation = choose_kind(train, train_dates, settings)
+    per_val = validation_scores(train, train_dates, settings)
+    chosen, validation = DEFAULT_KIND, _mean_ndcg(per_val, MODELS)
     echo("  validation on the latest training snapshots (NDCG@50): "
-         + ", ".join(f"{k} {v:.4f}" for k, v in validation.items()) + f" -> {chosen}")
+         + ", ".join(f"{k} {v:.4f}" for k, v in _mean_ndcg(per_val, METHODS).items()) + f"; ranking model {chosen}")
     scored = test.copy()
     t0 = time.perf_counter()
     model = MerchantRiskModel(kind="blend", **model_params(settings)).fit(train)
@@ -259,11 +292,11 @@ def evaluate(events: MerchantEvents, settings: Settings, echo=click.echo) -> Eva
     for name, col in BASELINES.items():
         scored[name] = scored[col]
     summary, per = evaluate_scores(scored, list(METHODS), settings.merchant_min_label_orders)
-    # A baseline is a candidate too: when the better one beats the chosen model on the held-out snapshots (the same
-    # rows, NDCG@50), it ranks; never serve a model this evaluation says is worse.
-    base = str(summary.loc[list(BASELINES), PRIMARY_METRIC].idxmax())
-    use = base if summary.loc[base, PRIMARY_METRIC] > summary.loc[chosen, PRIMARY_METRIC] else "model"
-    bt = Evaluation(summary, per, scored, chosen, train_dates, test_dates, use, validation)
+    # A baseline is a candidate too: when the better one beats the model on the held-out snapshots (validation and
+    # test together, NDCG@50), it ranks; never serve a model this evaluation says is worse.
+    use, held_out = served_method(per, per_val, chosen)
+    bt = Evaluation(summary, per, scored, chosen, train_dates, test_dates, use, validation, held_out,
+                    int(per_val["as_of"].nunique()) if not per_val.empty else 0)
     echo("  " + bt.ranking_text())
     return bt
 
