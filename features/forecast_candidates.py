@@ -44,6 +44,10 @@ RAMP_QUANTILE = 0.9  # the start-of-history ramp-up: this quantile of the order-
 # before the first inner origin, and the evidence two more weeks of inner origins after it.
 SHORT_WARMUP_DAYS = 14
 SHORT_MIN_DAYS = 28
+# Days of history up to an origin from which the MSTL candidate carries a yearly season besides the weekly one (two
+# full years and a week: what statsforecast's MSTL needs to read a yearly cycle twice; the benchmark's MSTL uses the
+# same). With it MSTL sees last years' same dates: it knows the calendar of the fixed-date events.
+YEARLY_MIN_DAYS = 2 * 365 + 7
 
 
 def band_of(h: np.ndarray) -> np.ndarray:
@@ -247,7 +251,7 @@ def stat_forecasts(history: History, t: int, horizon: int, series: list[str], mo
                 else:
                     out[AUTOETS][:, j] = AutoETS(season_length=7, model=spec).forecast(y, h=horizon)["mean"]
             if MSTL in models:
-                seasons = [7, 365] if t + 1 >= 2 * 365 + 28 else [7]
+                seasons = [7, 365] if t + 1 >= YEARLY_MIN_DAYS else [7]
                 out[MSTL][:, j] = SF_MSTL(season_length=seasons).forecast(y, h=horizon)["mean"]
     return {k: np.clip(np.nan_to_num(v, nan=0.0), 0.0, None) for k, v in out.items()}
 

@@ -19,7 +19,10 @@ days from the same origins. The errors are split into cells by horizon band (1-7
 the day lies in a major event's after-sales window. Per series and cell, the weights minimise the absolute error
 (WAPE) of the combination on the simplex (a linear programme), then shrink toward the best single candidate of
 the cell in proportion to how thin the evidence is (few origins, one event instance); a window cell without
-evidence takes the band's ordinary-day weights. ``use`` pins the forecaster to one candidate (what training does
+evidence takes the band's ordinary-day weights. In an event window only the candidates that see the event coming
+count: LightGBM and the planners' method, and MSTL once the history holds two years and a week (its yearly season
+reads last years' same dates), weighed on the window rows from origins where it already had that season, equal
+thirds as the prior. ``use`` pins the forecaster to one candidate (what training does
 when a candidate beats the combination on the held-out backtest).
 
 A history shorter than the LightGBM component's minimum (``required_days``; e.g. 13 months of data and an origin
@@ -66,6 +69,7 @@ from features.forecast_candidates import (
     SHORT_WARMUP_DAYS,
     STAT_PEERS,
     UNSEEN,
+    YEARLY_MIN_DAYS,
     band_of,
     conformal_bounds,
     event_level_spread,
@@ -111,6 +115,7 @@ __all__ = [
     "GROWTH_DAYS",
     "SHORT_WARMUP_DAYS",
     "SHORT_MIN_DAYS",
+    "YEARLY_MIN_DAYS",
     "band_of",
     "planners_source",
     "planners_forecast",
@@ -276,6 +281,7 @@ class HolidayForecaster:
         self.trained_until_ = self.lgbm_.trained_until_
         self.kernels_ = self.lgbm_.kernels_
         self.feature_names_ = self.lgbm_.feature_names_
+        self.yearly_mstl_ = bool(self._peer_names(self.series_)) and len(hist.days) >= YEARLY_MIN_DAYS
         self.evidence_ = self._evidence(hist)
         self.level_spread_ = self._level_spread(hist)
         self.event_instances_ = self._event_instances(hist)
@@ -303,6 +309,7 @@ class HolidayForecaster:
         self.feature_names_ = []
         lo = max(SHORT_WARMUP_DAYS, t - self.min_calibration_days)
         origins = np.arange(t - 1, lo - 1, -max(self.inner_step, 1))[::-1]
+        self.yearly_mstl_ = False  # (the fallback's window prior is the planners' method alone)
         self.evidence_ = self._evidence(hist, origins)
         self.level_spread_ = self._level_spread(hist)
         self.event_instances_ = self._event_instances(hist)
@@ -462,6 +469,26 @@ class HolidayForecaster:
             return 0.0
         return float(self.noise_z * np.sqrt(len(d)) * d.std(ddof=1) / max(y.sum(), 1e-9))
 
+    def _calendar_aware(self) -> tuple[str, ...]:
+        """The candidates that see an event coming: LightGBM and the planners' method, and MSTL where the history
+        up to the origin is long enough for its yearly season (``yearly_mstl_``: it then reads last years' same
+        dates, as the planners' method does, smoothed over two years)."""
+        return (LGBM, PLANNERS) + ((MSTL,) if getattr(self, "yearly_mstl_", False) else ())
+
+    def _aware_rows(self, gw: pd.DataFrame) -> tuple[pd.DataFrame, tuple[str, ...]]:
+        """The event-window rows the calendar-aware candidates are weighed on, and those candidates. MSTL counts
+        only on evidence of the MSTL the forecast uses: the rows from inner origins whose history already held its
+        yearly season (``YEARLY_MIN_DAYS``; from earlier origins it was the weekly MSTL, which cannot see an event
+        coming); with too few such rows (``min_cell_rows``) it gets no weight in the window, as a calendar-aware
+        candidate without window evidence does."""
+        names = self._calendar_aware()
+        if MSTL not in names or not len(gw):
+            return gw, tuple(c for c in names if c != MSTL)
+        yearly = gw[gw["origin"].to_numpy() + 1 >= YEARLY_MIN_DAYS]
+        if len(yearly) < self.min_cell_rows or yearly[MSTL].notna().mean() < 0.9:
+            return gw, tuple(c for c in names if c != MSTL)
+        return yearly, names
+
     def _event_aware(self, gw: pd.DataFrame) -> dict[str, float] | None:
         """The prior of an event-window cell: only candidates that know the calendar (LightGBM and the planners'
         method; AutoETS, MSTL and seasonal naive cannot see an event coming, and their window evidence comes from
@@ -481,11 +508,20 @@ class HolidayForecaster:
         # baseline 27 -> 28, median holiday WAPE 0.251 -> 0.242 (CN 0.251 -> 0.243), mean 0.2532 -> 0.2525, but the
         # per-world median 10.2% -> 9.2% below the best baseline: 0.01-0.03 worse where the planners' method carried
         # the windows (600, 601, 606, 711, 652, 670).
-        aware = [c for c in (LGBM, PLANNERS) if gw[c].notna().mean() >= 0.9] if len(gw) else []
+        gw, names = self._aware_rows(gw)
+        aware = [c for c in names if gw[c].notna().mean() >= 0.9] if len(gw) else []
         if self._fallback != LGBM:  # fitted without LightGBM: the planners' method where it runs, else nothing
             return {PLANNERS: 1.0} if PLANNERS in aware else None
         if len(aware) < 2 or len(gw) < self.min_cell_rows:
             return {LGBM: 1.0}
+        if MSTL in aware:
+            # Three calendar-aware candidates on the window rows where MSTL had its yearly season (origins of the
+            # last weeks only; their windows are one or two other, smaller events): too few to fit three weights,
+            # and each reads the event's past instances its own way (order projections, last year's days, two years'
+            # yearly cycle): equal weights (the cell's own fit and the noise guard still act on them). On the 12
+            # long tuning worlds (737+ days; seeds 600-611, 700-711, 800-811) the fit on those rows lost 600 and
+            # 602 by 0.01-0.06 where MSTL had won Singles Day and missed Christmas; equal thirds won 11 of 12.
+            return {c: 1.0 / len(aware) for c in aware}
         g = gw.dropna(subset=aware)
         w = fit_simplex_lad(g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float))
         k = float(getattr(self, "aware_shrink_origins", 32.0))  # fitted before it existed: the old shrinkage
@@ -517,8 +553,9 @@ class HolidayForecaster:
                 gw = gb[gb["window"] != ""]
                 n_inst = max(gw["window"].nunique(), 1)
                 aware = self._event_aware(gw)
-                in_win, why_w = (self._cell_weights(gw, aware, n_inst, "the calendar-aware candidates", aware,
-                                                    only=aware)
+                gwa = self._aware_rows(gw)[0]  # with MSTL among them: the rows where it had its yearly season
+                in_win, why_w = (self._cell_weights(gwa, aware, max(gwa["window"].nunique(), 1),
+                                                    "the calendar-aware candidates", aware, only=aware)
                                  if aware is not None else
                                  self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights"))
                 unseen, why_u = self._cell_weights(gw, ordinary, n_inst, "the band's ordinary-day weights")

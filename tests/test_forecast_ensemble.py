@@ -470,6 +470,41 @@ def test_event_window_prior_follows_the_calendar_aware_fit_on_the_window_evidenc
     assert old[ens.LGBM] == pytest.approx(0.5 + 0.5 * n_o / (n_o + 32.0))
 
 
+def test_mstl_with_a_yearly_season_is_calendar_aware_in_event_windows(fitted):
+    """Window evidence where MSTL tracks the actuals and LightGBM and the planners' method miss by +-30%: with two
+    years of history (MSTL carries a yearly season, it reads last years' same dates) MSTL joins LightGBM and the
+    planners' method in the window cell (equal thirds as the prior, the cell's fit moves weight to MSTL);
+    with less (weekly season only: it cannot see an event coming), or where the evidence's MSTL forecasts came from
+    origins before the history held two years, MSTL gets no weight there. The test world's 500 days are too few for
+    the yearly season."""
+    rng = np.random.default_rng(5)
+    n_o, h = 12, 10
+    y = rng.gamma(20.0, 5.0, n_o * h)
+    gw = pd.DataFrame({"series": TOTAL, "origin": np.repeat(ens.YEARLY_MIN_DAYS + np.arange(n_o) * 8, h), "y": y,
+                       ens.LGBM: y * np.where(rng.random(len(y)) < 0.5, 0.7, 1.3),
+                       ens.PLANNERS: y * np.where(rng.random(len(y)) < 0.5, 0.7, 1.3),
+                       ens.MSTL: y * rng.uniform(0.97, 1.03, len(y)),
+                       "window": np.repeat(["christmas@2023", "mid_year@2024"], n_o * h // 2)})
+    for c in (ens.AUTOETS, ens.NAIVE):
+        gw[c] = np.nan
+    yearly = HolidayForecaster(horizon=H)
+    yearly.yearly_mstl_ = True
+    prior = yearly._event_aware(gw)  # three calendar-aware candidates on thin evidence: equal weights
+    assert prior == pytest.approx({ens.LGBM: 1 / 3, ens.PLANNERS: 1 / 3, ens.MSTL: 1 / 3})
+    w, why = yearly._cell_weights(yearly._aware_rows(gw)[0], prior, 2, "the calendar-aware candidates",
+                                  prior, only=prior)
+    assert w[ens.MSTL] > max(w.get(ens.LGBM, 0.0), w.get(ens.PLANNERS, 0.0)) and sum(w.values()) == pytest.approx(1.0)
+    weekly = HolidayForecaster(horizon=H)
+    weekly.yearly_mstl_ = False
+    assert ens.MSTL not in weekly._event_aware(gw)
+    # Evidence from origins before the history held two years: that was the weekly MSTL, not the one forecasting.
+    early = gw.assign(origin=gw["origin"] - ens.YEARLY_MIN_DAYS)
+    assert ens.MSTL not in yearly._event_aware(early)
+    model, origin = fitted
+    assert model.yearly_mstl_ is False and ens.MSTL not in model._calendar_aware()
+    assert len(model.evidence_["origin"].unique()) and ens.YEARLY_MIN_DAYS > 500
+
+
 def test_evidence_is_out_of_sample(fitted):
     model, origin = fitted
     ev = model.evidence_

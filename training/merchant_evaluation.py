@@ -3,9 +3,11 @@
 The backtest builds merchant snapshots every ``merchant_snapshot_every_days`` days (features as of the day, label =
 complaints per order in the next ``merchant_horizon_days`` days). The latest matured snapshots are the test set; the
 models train only on snapshots whose label window closed before the first test as-of date (what a model trained on
-that day could have known). Both models (LambdaRank and Poisson) and both baselines (last period's complaint rate
-and count) are scored on the same test snapshots; the better model on NDCG@50 is refitted on every matured snapshot,
-registered, and promoted by the gate on NDCG@50.
+that day could have known). The log-linear model (GLM), the tree models (Poisson, LambdaRank, their blend) and both
+baselines (last period's complaint rate and count) are scored on the same test snapshots, and on validation snapshots
+(the training period's latest, scored by models fitted on its earlier ones). The GLM ranks; the better baseline ranks
+instead when it beats the GLM over the validation and test snapshots together. What ranks is refitted on every
+matured snapshot, registered, and promoted by the gate on NDCG@50.
 
 Metrics per test snapshot, averaged, among merchants with at least ``merchant_min_label_orders`` orders in the label
 window (a rate over fewer orders is noise): NDCG@20 and @50 with graded relevance (quantile bins of the label rate:
