@@ -107,8 +107,13 @@ def test_return_rate_rule_precision_recomputed_from_the_world(bench):
         assert 0 <= row["model_200"] <= 1 and row["mode_after_review"] in ("supervised", "cold_start")
         # ... and is judged against the cold start's queue on the same (unreviewed) accounts: kept cold, the same.
         assert 0 <= row["cold_start_200"] <= 1
+        # The top-score part (reserved pattern slots and the audit sample left out) is a part of each queue.
+        for name in ("model_200", "cold_start_200"):
+            assert 0 <= row[f"{name}_top_score_n"] <= row["k_after_review"]
+            assert 0 <= row[f"{name}_top_score_part"] <= 1 or row[f"{name}_top_score_n"] == 0
         if row["mode_after_review"] == "cold_start":
             assert row["model_200"] == row["cold_start_200"]
+            assert row["model_200_top_score_part"] == row["cold_start_200_top_score_part"]
 
 
 def test_a_failing_section_is_recorded_and_the_rest_runs(tmp_path, monkeypatch):

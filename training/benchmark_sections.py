@@ -237,16 +237,28 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
                           scores=model2.predict(X2r), **queue_settings(settings))
         pos2 = ids.get_indexer(q2["account_id"].astype(str))
         row[f"model_{reviewed}"] = float(y[pos2].mean())
+        row.update(_top_score_part(q2, y[pos2], f"model_{reviewed}"))
         # The cold start's queue on the same accounts (the reviewed ones left out) with the same K: the reviews took
         # the easiest abusers out of both, so the supervised queue is judged against this, not against the cold
         # start's figure on every account.
         qc = review_queue(X2r, model, k2, exclude=excluded_accounts(labels2, t2, settings.serial_review_cooldown_days),
                           scores=s_model[rest], **queue_settings(settings))
-        row[f"cold_start_{reviewed}"] = float(y[ids.get_indexer(qc["account_id"].astype(str))].mean())
+        yc = y[ids.get_indexer(qc["account_id"].astype(str))]
+        row[f"cold_start_{reviewed}"] = float(yc.mean())
+        row.update(_top_score_part(qc, yc, f"cold_start_{reviewed}"))
         rr = top_k(scores["rule_return_rate"][rest], ids[rest], k2)
         row[f"rule_return_rate_{reviewed}"] = float(y[rest][rr].mean())
     row.update({"k_after_review": k2, "decisions_confirmed": int(confirmed.sum()), "mode_after_review": model2.mode_})
     return row
+
+
+def _top_score_part(queue: pd.DataFrame, hit: np.ndarray, name: str) -> dict:
+    """``{name}_top_score_part``: precision on the queue's top-score part (the issue's measure: reserved pattern
+    slots and the audit sample are there to learn and to check), and ``{name}_top_score_n``: how many accounts
+    that part holds (the pooled row's weight)."""
+    part = queue["slot"].eq("top score").to_numpy()
+    return {f"{name}_top_score_part": float(hit[part].mean()) if part.any() else float("nan"),
+            f"{name}_top_score_n": int(part.sum())}
 
 
 def _quiet(_: str) -> None:
