@@ -115,7 +115,7 @@ def test_every_pattern_is_found_in_the_queue(evaluation):
     assert lines[0].startswith("PR-AUC model") and lines[0].endswith("PASS")
 
 
-def test_supervised_beats_cold_start_after_feedback(world, ds, tmp_path):
+def test_feedback_never_worsens_the_ranking_and_the_gate_follows_held_out_decisions(world, ds, tmp_path):
     settings = Settings(models_dir=tmp_path / "models")
     t1, t2 = sr.default_split(ds, settings)
     X1, X2 = sr.features_as_of(ds, t1, settings), sr.features_as_of(ds, t2, settings)
