@@ -21,8 +21,8 @@ the day lies in a major event's after-sales window. Per series and cell, the wei
 the cell in proportion to how thin the evidence is (few origins, one event instance); a window cell without
 evidence takes the band's ordinary-day weights. In an event window only the candidates that see the event coming
 count: LightGBM and the planners' method, and MSTL once the history holds two years and a week (its yearly season
-reads last years' same dates), weighed on the window rows from origins where it already had that season, equal
-thirds as the prior. ``use`` pins the forecaster to one candidate (what training does
+reads last years' same dates), weighed on the window rows from origins where it already had that season, its fit
+shrunk toward equal thirds. ``use`` pins the forecaster to one candidate (what training does
 when a candidate beats the combination on the held-out backtest).
 
 A history shorter than the LightGBM component's minimum (``required_days``; e.g. 13 months of data and an origin
@@ -167,6 +167,14 @@ class HolidayForecaster:
     the draws) takes that candidate alone: never worse than its best component by more than noise. ``inner_step``: days between inner origins.
     ``aware_shrink_origins``: origins at which the calendar-aware candidates' fit on an event-window cell's evidence
     counts half against equal weights (0: the fit itself is the window cell's prior; see :meth:`_event_aware`).
+    ``yearly_shrink_origins``: the same where MSTL with its yearly season is the third calendar-aware candidate
+    (histories of ``YEARLY_MIN_DAYS`` and more; its window evidence is the rows from origins where it had that
+    season, 5-7 origins and one event instance on the tuning worlds). On the 12 tuning worlds of 737+ days among
+    600-611, 700-711 and 800-811, at or below the best baseline / median holiday WAPE / per-world gap median: MSTL
+    out of the windows (before) 7 of 12 / 0.245; equal thirds (inf) 9 / 0.229; 32: 8 / 0.230; 8: 9 / 0.226; 3:
+    9 / 0.226. Over all 36 worlds: 26 -> 28 wins, median 0.2527 -> 0.2440, per-world gap median 13.4% -> 12.9%
+    (inf: 11.2%, 3: 13.2%); 8 loses 600 (0.307 -> 0.336, where MSTL won the evidence's Singles Day and missed
+    Christmas) and keeps 609 and 711 lost (0.238 vs 0.233; 0.234 vs 0.222).
     """
 
     def __init__(self, horizon: int = 60, market: str = "CN", summer_sale: str = "07-15", summer_sale_days: int = 3,
@@ -174,7 +182,7 @@ class HolidayForecaster:
                  inner_step: int = 8, shrink_origins: float = 32.0, single_instance_widen: float = 1.5,
                  min_cell_rows: int = 30, noise_z: float = 2.0, symmetric_instances: int = 3,
                  level_z: float = 1.0, num_threads: int = 1, aware_shrink_origins: float = 0.0,
-                 lgbm_params: dict | None = None):
+                 yearly_shrink_origins: float = 8.0, lgbm_params: dict | None = None):
         self.horizon = horizon
         self.market = market
         self.summer_sale = summer_sale
@@ -191,6 +199,7 @@ class HolidayForecaster:
         self.level_z = level_z
         self.num_threads = num_threads
         self.aware_shrink_origins = aware_shrink_origins
+        self.yearly_shrink_origins = yearly_shrink_origins
         self.lgbm_params = dict(lgbm_params or {})
 
     @classmethod
@@ -514,16 +523,17 @@ class HolidayForecaster:
             return {PLANNERS: 1.0} if PLANNERS in aware else None
         if len(aware) < 2 or len(gw) < self.min_cell_rows:
             return {LGBM: 1.0}
-        if MSTL in aware:
-            # Three calendar-aware candidates on the window rows where MSTL had its yearly season (origins of the
-            # last weeks only; their windows are one or two other, smaller events): too few to fit three weights,
-            # and each reads the event's past instances its own way (order projections, last year's days, two years'
-            # yearly cycle): equal weights (the cell's own fit and the noise guard still act on them). On the 12
-            # long tuning worlds (737+ days; seeds 600-611, 700-711, 800-811) the fit on those rows lost 600 and
-            # 602 by 0.01-0.06 where MSTL had won Singles Day and missed Christmas; equal thirds won 11 of 12.
-            return {c: 1.0 / len(aware) for c in aware}
         g = gw.dropna(subset=aware)
         w = fit_simplex_lad(g[aware].to_numpy(dtype=float), g["y"].to_numpy(dtype=float))
+        if MSTL in aware:
+            # Three calendar-aware candidates on the window rows where MSTL had its yearly season (origins of the
+            # last weeks only; their windows are one or two other, smaller events), each reading the event's past
+            # instances its own way (order projections, last year's days, two years' yearly cycle): their fit
+            # counts half at ``yearly_shrink_origins`` origins against equal thirds.
+            k = float(getattr(self, "yearly_shrink_origins", 8.0))
+            n = g["origin"].nunique()
+            lam = 0.0 if not np.isfinite(k) else (n / (n + k) if k > 0 else 1.0)
+            return {c: float(lam * v + (1 - lam) / len(aware)) for c, v in zip(aware, w, strict=True)}
         k = float(getattr(self, "aware_shrink_origins", 32.0))  # fitted before it existed: the old shrinkage
         lam = g["origin"].nunique() / (g["origin"].nunique() + k) if k > 0 else 1.0
         return {c: float(lam * v + (1 - lam) / len(aware)) for c, v in zip(aware, w, strict=True)}

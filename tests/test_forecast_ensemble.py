@@ -473,7 +473,8 @@ def test_event_window_prior_follows_the_calendar_aware_fit_on_the_window_evidenc
 def test_mstl_with_a_yearly_season_is_calendar_aware_in_event_windows(fitted):
     """Window evidence where MSTL tracks the actuals and LightGBM and the planners' method miss by +-30%: with two
     years of history (MSTL carries a yearly season, it reads last years' same dates) MSTL joins LightGBM and the
-    planners' method in the window cell (equal thirds as the prior, the cell's fit moves weight to MSTL);
+    planners' method in the window cell (their fit shrunk toward equal thirds as the prior; the cell's weights go
+    to MSTL);
     with less (weekly season only: it cannot see an event coming), or where the evidence's MSTL forecasts came from
     origins before the history held two years, MSTL gets no weight there. The test world's 500 days are too few for
     the yearly season."""
@@ -489,8 +490,12 @@ def test_mstl_with_a_yearly_season_is_calendar_aware_in_event_windows(fitted):
         gw[c] = np.nan
     yearly = HolidayForecaster(horizon=H)
     yearly.yearly_mstl_ = True
-    prior = yearly._event_aware(gw)  # three calendar-aware candidates on thin evidence: equal weights
-    assert prior == pytest.approx({ens.LGBM: 1 / 3, ens.PLANNERS: 1 / 3, ens.MSTL: 1 / 3})
+    prior = yearly._event_aware(gw)  # their fit (MSTL alone here) shrunk toward equal thirds by 8 origins
+    lam = n_o / (n_o + 8.0)
+    assert prior[ens.MSTL] == pytest.approx(lam + (1 - lam) / 3, abs=0.02) and sum(prior.values()) == pytest.approx(1)
+    thirds = HolidayForecaster(horizon=H, yearly_shrink_origins=float("inf"))
+    thirds.yearly_mstl_ = True
+    assert thirds._event_aware(gw) == pytest.approx({ens.LGBM: 1 / 3, ens.PLANNERS: 1 / 3, ens.MSTL: 1 / 3})
     w, why = yearly._cell_weights(yearly._aware_rows(gw)[0], prior, 2, "the calendar-aware candidates",
                                   prior, only=prior)
     assert w[ens.MSTL] > max(w.get(ens.LGBM, 0.0), w.get(ens.PLANNERS, 0.0)) and sum(w.values()) == pytest.approx(1.0)
