@@ -499,9 +499,10 @@ class HolidayForecaster:
         return yearly, names
 
     def _event_aware(self, gw: pd.DataFrame) -> dict[str, float] | None:
-        """The prior of an event-window cell: only candidates that know the calendar (LightGBM and the planners'
-        method; AutoETS, MSTL and seasonal naive cannot see an event coming, and their window evidence comes from
-        other, mostly smaller events than the one ahead). A calendar-aware candidate without forecasts on the
+        """The prior of an event-window cell: only candidates that know the calendar (:meth:`_calendar_aware`:
+        LightGBM and the planners' method, and MSTL once it carries its yearly season; AutoETS, the weekly MSTL and
+        seasonal naive cannot see an event coming, and their window evidence comes from other, mostly smaller
+        events than the one ahead). A calendar-aware candidate without forecasts on the
         window evidence (the planners' method before a year and four weeks of history at the inner origins) gets
         no weight: nothing shows it would not be worse than LightGBM by more than noise. Both with evidence: their
         fit on the window rows, shrunk toward equal weights by ``aware_shrink_origins`` (until the fifth round 32,
