@@ -206,8 +206,6 @@ MODELS = ("glm", "blend", "poisson", "lambdarank")
 # days was below the GLM's on 4 of them (-0.007, -0.047, -0.143, -0.251) and above on 2 (+0.037, +0.044): one
 # validation period of a hundred merchants is noise.
 DEFAULT_KIND = "glm"
-# Kept for callers of the earlier rule (the margin another model needed over the default on the validation snapshots).
-BLEND_MARGIN = 0.02
 
 
 def validation_scores(train: pd.DataFrame, train_dates: list, settings: Settings) -> pd.DataFrame:
@@ -232,14 +230,6 @@ def validation_scores(train: pd.DataFrame, train_dates: list, settings: Settings
     except ValueError:
         return pd.DataFrame()
     return per
-
-
-def choose_kind(train: pd.DataFrame, train_dates: list, settings: Settings) -> tuple[str, dict[str, float]]:
-    """(:data:`DEFAULT_KIND`, each of :data:`MODELS`' NDCG@50 on the validation snapshots of
-    :func:`validation_scores`; empty when the training period is too short). The figures are reported; the kind
-    is the GLM whatever they say (see :data:`DEFAULT_KIND`)."""
-    per = validation_scores(train, train_dates, settings)
-    return DEFAULT_KIND, _mean_ndcg(per, MODELS)
 
 
 def _mean_ndcg(per: pd.DataFrame, methods) -> dict[str, float]:

@@ -29,7 +29,6 @@ from training.data import data_validated, engine_for_command, engine_options, lo
 from training.merchant_evaluation import (  # noqa: F401 (re-exported: the module's public names before the split)
     BASELINE_TEXT,
     BASELINES,
-    BLEND_MARGIN,
     DEFAULT_KIND,
     METHODS,
     MODELS,
@@ -37,7 +36,6 @@ from training.merchant_evaluation import (  # noqa: F401 (re-exported: the modul
     TARGET_NDCG_GAIN,
     Evaluation,
     check_rankable,
-    choose_kind,
     evaluate,
     evaluate_scores,
     lift_table,
