@@ -15,8 +15,9 @@ commands (so whatever improves a model shows here):
   queue on the accounts not reviewed (``model_200``) is compared with the cold start's queue on the same accounts
   and the same K (``cold_start_200``): the reviews took the easiest abusers out of both. Both also on the queues'
   top-score part (``*_top_score_part``, reserved pattern slots and audit sample left out; ``*_top_score_n``
-  accounts). After review K is often a handful (median ~10 on the tuning worlds), where one account moves a world
-  by 0.1 or more: the table's ``pooled`` row gives each precision column as all worlds' hits over all worlds' K.
+  accounts). After review K is often a handful (median 13 on the 48 tuning worlds 600-611, 700-711, 800-811,
+  900-911), where one account moves a world by 0.1 or more: the table's ``pooled`` row gives each precision
+  column as all worlds' hits over all worlds' K.
 - **merchant risk**: ``train merchant-risk`` on the data as known 60 days before the end, the champion ranks the
   merchants (``rank-merchants``), NDCG@50 of the next 60 days' complaint rates against the last-60-day complaint
   rate and count.
