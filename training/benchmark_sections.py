@@ -184,8 +184,9 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
     X2 = features_as_of(ds, t2, settings, market)
     labels = load_labels(ds, settings, t1)
     fitted_t1 = fit_model(X1, labels, settings, t1, source=str(data_dir))
-    # flag-accounts as of T2 with the model fitted at T1: a cold start's null is refitted on that day's accounts.
-    model = fitted_t1.on_population(X2)
+    # flag-accounts as of T2 with the model fitted at T1, through the same for_day (a cold start's null is refitted on
+    # that day's accounts).
+    model = fitted_t1.for_day(X2)
     tr = truth.reindex(X2.index.astype(str))
     y = (tr["is_abuser"].fillna(False).astype(bool) & (tr["abuse_start"] <= t2)).to_numpy()
     pattern = tr["pattern"].fillna("normal").astype(str).to_numpy()
@@ -226,7 +227,7 @@ def serial_section(data_dir: Path, market: str, models_dir: Path, reviewed: int 
                               "decided_at": decided_at, "reviewer": "benchmark.reviewer", "note": None})
     import_decisions(decisions, known_accounts=set(X1.index.astype(str)), source="benchmark", settings=settings)
     labels2 = load_labels(ds, settings, t1)
-    model2 = fit_model(X1, labels2, settings, t1, source=str(data_dir), links=ds.account_links).on_population(X2)
+    model2 = fit_model(X1, labels2, settings, t1, source=str(data_dir), links=ds.account_links).for_day(X2)
     seen = set(decisions["account_id"])
     rest = ~ids.isin(list(seen))
     k2 = int(y[rest].sum())

@@ -212,7 +212,7 @@ def evaluate_on_truth(ds: Dataset, truth: pd.DataFrame, t1, t2, settings: Settin
     y = (tr["is_abuser"].fillna(False).astype(bool) & (tr["abuse_start"] <= t2)).to_numpy()
     pattern = tr["pattern"].fillna("normal").astype(str).to_numpy()
     # Scored as flag-accounts scores on a later day: a cold start's null is refitted on that day's accounts.
-    model_t2, cold_t2 = model.on_population(X2), cold.on_population(X2)
+    model_t2, cold_t2 = model.for_day(X2), cold.for_day(X2)
     scores = {"model": model_t2.predict(ev), "cold_start": cold_t2.predict(ev), **baseline_scores(ev, forest, settings)}
     rows = [{"method": m, **ranking_metrics(y, s, pattern, capacity)} for m, s in scores.items()]
     metrics = pd.DataFrame(rows).set_index("method")
