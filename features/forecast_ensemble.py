@@ -662,14 +662,28 @@ class HolidayForecaster:
                                                 + (" (window P90 raised to the P10's distance: too few instances to "
                                                    "tell the sign of the next one's error)" if sym else ""))
         ones = list(getattr(self, "ramp_only_events_", []))
-        if ones and getattr(self, "level_spread_", {}).get(TOTAL, 1.0) <= 0:
+        ahead = [e for e in self._unseen_ahead() if e not in ones]
+        if (ones or ahead) and getattr(self, "level_spread_", {}).get(TOTAL, 1.0) <= 0:
+            parts = ([f"the history holds {', '.join(ones)} only in its first weeks, whose days lack the returns of "
+                      "orders placed before the data began"] if ones else [])
+            parts += ([f"the forecast's {self.horizon} days reach the window of {', '.join(ahead)}, of which the "
+                       "history holds no complete window"] if ahead else [])
             self.fallback_notes_.append(
-                f"{TOTAL}: the history holds {', '.join(ones)} only in its first weeks, whose days lack the returns "
-                f"of orders placed before the data began, and no measure of how much an event's level moves from one "
+                f"{TOTAL}: " + "; ".join(parts) + ", and no measure of how much an event's level moves from one "
                 f"instance to the next: their windows' intervals are widened x{self.single_instance_widen:g} (where "
-                f"the window evidence, of other events, was not), as are those of events open at the origin that the "
-                f"history holds no complete window of")
+                f"the window evidence, of other events, was not)")
         return table
+
+    def _unseen_ahead(self) -> list[str]:
+        """The major events whose windows the forecast's ``horizon`` days after the last training day reach and of
+        which the history holds no complete window after its ramp-up (``event_instances_`` 0: what
+        :meth:`_one_instance_widen` widens, open at the origin or not yet begun), for the fit's note."""
+        counts, until = getattr(self, "event_instances_", None), getattr(self, "trained_until_", None)
+        if counts is None or until is None:
+            return []
+        dates = pd.date_range(pd.Timestamp(until) + pd.Timedelta(days=1), periods=self.horizon, freq="D")
+        events = self._windows(dates).str.split("@").str[0]
+        return sorted({str(e) for e in events if e and counts.get(str(e), 0) == 0})
 
     # -- predict -----------------------------------------------------------------------------------------------------
     def _check_fitted(self) -> None:

@@ -376,6 +376,20 @@ def test_an_event_unseen_after_the_ramp_up_without_a_level_measure_widens_that_e
     m.fallback_notes_ = []
     m._fit_intervals(m.evidence_, m.weights_)
     assert any("holds singles_day only in its first weeks" in n for n in m.fallback_notes_)
+    # An event ahead of the origin that the history holds no complete window of is named too, ramp-only or not;
+    # one the history saw after its ramp-up is not.
+    m.trained_until_ = sd["window_start"] - pd.Timedelta(days=1)  # the forecast's days open with Singles Day's window
+    ahead = m._unseen_ahead()
+    assert "singles_day" in ahead, ahead
+    m.ramp_only_events_ = []
+    m.fallback_notes_ = []
+    m._fit_intervals(m.evidence_, m.weights_)
+    note = [n for n in m.fallback_notes_ if "no complete window" in n]
+    assert len(note) == 1 and all(e in note[0] for e in ahead) and "first weeks" not in note[0], m.fallback_notes_
+    m.event_instances_ = {e: 1 for e in ahead}
+    m.fallback_notes_ = []
+    m._fit_intervals(m.evidence_, m.weights_)
+    assert m._unseen_ahead() == [] and not any("no complete window" in n for n in m.fallback_notes_)
 
 
 def test_event_instances_count_the_windows_after_the_ramp_up():
