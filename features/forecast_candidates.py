@@ -334,7 +334,7 @@ def ordinary_level_spread(history: History, t: int, settings: Settings, length: 
             continue
         base = (cs[i0] - cs[p0]) / n_pre
         ups[i0] = np.log(np.maximum((cs[i1] - cs[i0]) / length, 1e-9) / np.maximum(base, 1e-9))
-    d = [ups[i] - ups[i - 364] for i in ups if i - 364 in ups]
+    d = [ups[i] - ups[i - LY] for i in ups if i - LY in ups]  # the stretch 52 weeks before
     if not d:
         return None
     return np.sqrt(np.mean(np.square(d), axis=0))

@@ -530,13 +530,12 @@ class HolidayForecaster:
             # Three calendar-aware candidates on the window rows where MSTL had its yearly season (origins of the
             # last weeks only; their windows are one or two other, smaller events), each reading the event's past
             # instances its own way (order projections, last year's days, two years' yearly cycle): their fit
-            # counts half at ``yearly_shrink_origins`` origins against equal thirds.
+            # counts half at ``yearly_shrink_origins`` origins against equal thirds (inf: equal thirds).
             k = float(getattr(self, "yearly_shrink_origins", 8.0))
-            n = g["origin"].nunique()
-            lam = 0.0 if not np.isfinite(k) else (n / (n + k) if k > 0 else 1.0)
-            return {c: float(lam * v + (1 - lam) / len(aware)) for c, v in zip(aware, w, strict=True)}
-        k = float(getattr(self, "aware_shrink_origins", 32.0))  # fitted before it existed: the old shrinkage
-        lam = g["origin"].nunique() / (g["origin"].nunique() + k) if k > 0 else 1.0
+        else:
+            k = float(getattr(self, "aware_shrink_origins", 32.0))  # fitted before it existed: the old shrinkage
+        n = g["origin"].nunique()
+        lam = n / (n + k) if k > 0 else 1.0
         return {c: float(lam * v + (1 - lam) / len(aware)) for c, v in zip(aware, w, strict=True)}
 
     def _fit_weights(self, ev: pd.DataFrame) -> tuple[dict, dict]:
