@@ -36,20 +36,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 100,
-          "feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1, "lambda_l2": 10.0, "cat_smooth": 10,
-          "num_threads": 1, "seed": 0, "verbose": -1, "deterministic": True}  # training.ticket_triage.model_params
-
-
 def _booster(A, y, names, cats):
-    """The model's two boosters (early-stopped on the latest 20%, and refitted on every row): a margin function."""
+    """The model's two boosters (early-stopped on the latest slice, and refitted on every row), with the escalation
+    model's own parameters (``TicketTriageModel.booster_params`` as training sets it up): a margin function."""
     import lightgbm as lgb
 
-    n_cal = int(round(len(y) * 0.2))
+    from features.settings import Settings
+    from features.ticket_model import TicketTriageModel
+    from training.ticket_triage import model_params
+
+    m = TicketTriageModel(**model_params(Settings()))
+    params = m.booster_params()
+    n_cal = int(round(len(y) * m.calibration_fraction))
     fit = lgb.Dataset(A[:-n_cal], y[:-n_cal], feature_name=names, categorical_feature=cats, free_raw_data=False)
     val = lgb.Dataset(A[-n_cal:], y[-n_cal:], reference=fit)
-    first = lgb.train(PARAMS, fit, 1000, valid_sets=[val], callbacks=[lgb.early_stopping(50, verbose=False)])
-    every = lgb.train(PARAMS, lgb.Dataset(A, y, feature_name=names, categorical_feature=cats), first.best_iteration)
+    first = lgb.train(params, fit, m.num_boost_round, valid_sets=[val],
+                      callbacks=[lgb.early_stopping(m.early_stopping_rounds, verbose=False)])
+    every = lgb.train(params, lgb.Dataset(A, y, feature_name=names, categorical_feature=cats), first.best_iteration)
     return lambda X: 0.5 * (first.predict(X, num_iteration=first.best_iteration, raw_score=True)
                             + every.predict(X, raw_score=True))
 

@@ -219,13 +219,7 @@ class TicketTriageModel:
             raise ValueError(f"too few labelled tickets to fit and calibrate ({len(y)} rows, {int(y.sum())} "
                              "escalated): need a few hundred with both outcomes")
         fit_X, fit_y, cal_X, cal_y = Xm[:-n_cal], y[:-n_cal], Xm[-n_cal:], y[-n_cal:]
-        params = {
-            "objective": "binary", "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
-            "min_data_in_leaf": self.min_child_samples, "feature_fraction": self.feature_fraction,
-            "bagging_fraction": self.bagging_fraction, "bagging_freq": 1, "lambda_l2": self.lambda_l2,
-            "cat_smooth": 10, "num_threads": self.num_threads, "seed": self.seed, "verbose": -1,
-            "deterministic": True,
-        }
+        params = self.booster_params()
         cats = [_IDX[c] for c in CATEGORICAL]
         booster, self.best_iteration_ = train_booster(
             params, fit_X, fit_y, self.num_boost_round, client=client, categorical_feature=cats,
@@ -248,6 +242,16 @@ class TicketTriageModel:
         self.base_rate_ = float(fit_y.mean())
         self.n_train_, self.n_calibration_ = len(fit_y), n_cal
         return self
+
+    def booster_params(self) -> dict:
+        """The LightGBM parameters both boosters are trained with (also read by benchmarks/diag_triage_drivers.py)."""
+        return {
+            "objective": "binary", "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_child_samples, "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction, "bagging_freq": 1, "lambda_l2": self.lambda_l2,
+            "cat_smooth": 10, "num_threads": self.num_threads, "seed": self.seed, "verbose": -1,
+            "deterministic": True,
+        }
 
     def _fit_calibrator(self, margin: Arr, y: Arr) -> None:
         """Map raw margins to probabilities on the later slice; stored as plain arrays / two floats."""
