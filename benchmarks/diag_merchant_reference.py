@@ -66,14 +66,9 @@ def expected_per_line(box: dict, lo: int, hi: int):
     each line's probability plus escalations of the merchant's other cases (the truth file's formula)."""
     import numpy as np
 
-    from features.synthetic_world import C_COMPLAINT
+    from features.synthetic_truth import _expected_complaints
 
-    ln, tk, n_m = box["ln"], box["tk"], len(box["mer"]["size"])
-    lm = (ln["day"] >= lo) & (ln["day"] < hi)
-    lines = np.bincount(ln["merchant"][lm], minlength=n_m).astype(float)
-    e = np.bincount(ln["merchant"][lm], weights=tk["p_complaint_line"][lm], minlength=n_m)
-    tm = (tk["day"] >= lo) & (tk["day"] < hi) & (tk["case"] != C_COMPLAINT)
-    e += np.bincount(tk["merchant"][tm], weights=tk["p_escalate"][tm], minlength=n_m)
+    e, lines = _expected_complaints(box["mer"], box["ln"], box["tk"], lo, hi)
     return e / np.maximum(lines, 1)
 
 
@@ -81,15 +76,13 @@ def state_rate(box: dict, day: int):
     """Complaint cases per line each merchant's latent state on day index ``day`` implies (no realised outcome)."""
     import numpy as np
 
+    from features.synthetic_truth import _implied_complaint_rate
     from features.synthetic_world import _merchant_state
 
-    mer, sc = box["mer"], box["sc"]
+    mer = box["mer"]
     m = np.arange(len(mer["size"]))
     late, defect, _, ramp = _merchant_state(mer, m, np.full(len(m), day))
-    p2, p5 = np.exp(-2.0 / np.maximum(late, 1e-6)), np.exp(-5.0 / np.maximum(late, 1e-6))
-    lost = 0.004 + 0.02 * np.minimum(late, 3.0)
-    quality = np.asarray(sc.cat_quality)[mer["category"]] * defect
-    return mer["attitude"] * ramp * (0.0015 + 0.03 * p2 + 0.03 * p5 + 0.12 * quality + 0.12 * lost)
+    return ramp * _implied_complaint_rate(mer, late, defect, box["sc"])
 
 
 def world_row(wdir: Path) -> dict:

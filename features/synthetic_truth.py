@@ -24,27 +24,42 @@ from features.synthetic_world import (
 )
 
 
+def _expected_complaints(mer: dict[str, Arr], ln: dict[str, Arr], tk: dict[str, Arr], lo: int,
+                         hi: int | None = None) -> tuple[Arr, Arr]:
+    """(expected complaints, order lines) per merchant over the lines and tickets with day index in [lo, hi) (``hi``
+    None: to the world's end), from the generator's own probabilities (complaint cases per line plus escalations of
+    the merchant's other cases), not from the draws. Also read by benchmarks/diag_merchant_reference.py."""
+    n_m = len(mer["size"])
+    in_l = ln["day"] >= lo if hi is None else (ln["day"] >= lo) & (ln["day"] < hi)
+    lines = np.bincount(ln["merchant"][in_l], minlength=n_m).astype(float)
+    expected = np.bincount(ln["merchant"][in_l], weights=tk["p_complaint_line"][in_l], minlength=n_m)
+    in_t = (tk["day"] >= lo if hi is None else (tk["day"] >= lo) & (tk["day"] < hi)) & (tk["case"] != C_COMPLAINT)
+    expected += np.bincount(tk["merchant"][in_t], weights=tk["p_escalate"][in_t], minlength=n_m)
+    return expected, lines
+
+
+def _implied_complaint_rate(mer: dict[str, Arr], late: Arr, defect: Arr, sc: Scenario) -> Arr:
+    """Complaint cases per line that mean lateness ``late`` and defect rate ``defect`` imply for each merchant's
+    customers (lateness is exponential with the merchant's mean over a base that meets the promise). Also read by
+    benchmarks/diag_merchant_reference.py."""
+    p_late2, p_late5 = np.exp(-2.0 / np.maximum(late, 1e-6)), np.exp(-5.0 / np.maximum(late, 1e-6))
+    p_lost = 0.004 + 0.02 * np.minimum(late, 3.0)
+    return mer["attitude"] * (0.0015 + 0.03 * p_late2 + 0.03 * p_late5
+                              + 0.12 * np.asarray(sc.cat_quality)[mer["category"]] * defect + 0.12 * p_lost)
+
+
 def _complaint_risk(w: _World, mer: dict[str, Arr], ln: dict[str, Arr], tk: dict[str, Arr], sc: Scenario) -> Arr:
     """Latent complaint risk: expected complaints per order line over the last 180 days, from the generator's own
     probabilities (complaint cases per line plus escalations of the merchant's other cases), not from the draws.
 
     Merchants with few recent lines are pulled toward the rate their final-state lateness and defects imply.
     """
-    n_m = len(mer["size"])
-    recent_l = ln["day"] >= w.days - 180
-    lines = np.bincount(ln["merchant"][recent_l], minlength=n_m).astype(float)
-    expected = np.bincount(ln["merchant"][recent_l], weights=tk["p_complaint_line"][recent_l], minlength=n_m)
-    recent_t = (tk["day"] >= w.days - 180) & (tk["case"] != C_COMPLAINT)
-    expected += np.bincount(tk["merchant"][recent_t], weights=tk["p_escalate"][recent_t], minlength=n_m)
-    # Prior from the final-state rates (lateness is exponential with the merchant's mean over a base that meets
-    # the promise), scaled to the observed overall level.
+    expected, lines = _expected_complaints(mer, ln, tk, w.days - 180)
+    # Prior from the final-state rates, scaled to the observed overall level.
     bad_end = mer["risky"] & (mer["bad_until"] > w.days)  # recovered merchants end in their normal state
     late_end = np.where(bad_end, mer["late_bad"], mer["late_norm"])
     defect_end = np.where(bad_end, mer["defect_bad"], mer["defect_norm"])
-    p_late2, p_late5 = np.exp(-2.0 / np.maximum(late_end, 1e-6)), np.exp(-5.0 / np.maximum(late_end, 1e-6))
-    p_lost = 0.004 + 0.02 * np.minimum(late_end, 3.0)
-    prior = mer["attitude"] * (0.0015 + 0.03 * p_late2 + 0.03 * p_late5
-                               + 0.12 * np.asarray(sc.cat_quality)[mer["category"]] * defect_end + 0.12 * p_lost)
+    prior = _implied_complaint_rate(mer, late_end, defect_end, sc)
     prior *= expected.sum() / max(float((prior * lines).sum()), 1e-9)
     k = 30.0  # pseudo-lines of prior
     return (expected + k * prior) / (lines + k)
