@@ -119,8 +119,8 @@ def pattern_text(pattern: str, r: dict, tail: float, rates: dict, typical: pd.Se
                 f"{rate['wardrobe_returns_365d']:.1%})")
     else:
         text = (f"ring: one of {_n(r['link_group_size'])} accounts linked by a shared address, device or payment "
-                f"({_n(r['link_strong_group_size'])} sharing two or more); without its most suspicious member the "
-                f"group returned {_n(r['ring_returns_365d'])} of {_n(r['ring_lines_365d'])} order lines in 365 days "
+                f"({_n(r['link_strong_group_size'])} sharing two or more); the other accounts "
+                f"returned {_n(r['ring_returns_365d'])} of {_n(r['ring_lines_365d'])} order lines in 365 days "
                 f"(platform {rate['ring_returns_365d']:.0%}), {_n(r['ring_no_item_365d'])} refunds without the item "
                 f"and {_n(r['ring_claims_365d'])} 'not received' claims on delivered parcels")
     return f"{text} ({_rarity(tail)})"
