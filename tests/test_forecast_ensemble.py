@@ -521,6 +521,28 @@ def test_without_its_own_window_evidence_the_planners_method_is_weighed_on_the_w
     assert not any("planners' method has" in n for n in model.fallback_notes_)
 
 
+def test_evidence_drops_the_planners_rows_whose_growth_could_only_read_the_ramp_up(history):
+    """At the first origins a year and four weeks into the data the planners' growth has no 28 day pairs after the
+    ramp-up (it falls back to days whose year-before days read low); at the history's end it has them. The
+    evidence keeps the planners' forecasts of origins with their growth read and drops the others' (NaN), and
+    leaves every other candidate alone."""
+    from features.forecast_candidates import LY, planners_growth_read, ramp_days
+
+    settings = Settings(market="CN")
+    t_end = len(history.days) - 1
+    assert ramp_days(history, t_end) > 0
+    first = LY + 27
+    assert not planners_growth_read(history, first, settings)
+    assert not planners_growth_read(history, first - 1, settings)  # (no planners' forecast at all there)
+    assert planners_growth_read(history, t_end - 1, settings)
+    ev = pd.DataFrame({"series": TOTAL, "origin": np.repeat([first, t_end - 1], 3), "h": 1, "y": 10.0,
+                       ens.PLANNERS: 9.0, ens.LGBM: 11.0, "window": ""})
+    out = HolidayForecaster(horizon=H, market="CN")._drop_unread_growth(history, ev)
+    assert out.loc[out["origin"] == first, ens.PLANNERS].isna().all()
+    assert (out.loc[out["origin"] == t_end - 1, ens.PLANNERS] == 9.0).all()
+    assert (out[ens.LGBM] == 11.0).all() and (ev[ens.PLANNERS] == 9.0).all()  # the caller's frame untouched
+
+
 def test_event_window_prior_follows_the_calendar_aware_fit_on_the_window_evidence():
     """Window evidence (12 origins, two event instances) where LightGBM tracks the actuals and the planners' method
     misses by +-40%: the window cell's prior is their fit on those rows, LightGBM alone, not the half each that
