@@ -635,25 +635,28 @@ class HolidayForecaster:
                 weights[(s, b, SEEN)], why[(s, b, SEEN)] = in_win, why_w
                 weights[(s, b, UNSEEN)], why[(s, b, UNSEEN)] = unseen, why_u
         if no_window_evidence:
+            has = (f"the planners' method has forecasts on only {win_rows[PLANNERS].notna().mean():.0%} of the "
+                   "evidence's window days (it needs a year and four weeks of history before an inner origin, and "
+                   "its growth read after the history's ramp-up)")
             if any(v > 0 for v in pooled_used.values()):
                 self.fallback_notes_.append(
-                    "event windows: the planners' method has forecasts on only "
-                    f"{win_rows[PLANNERS].notna().mean():.0%} of the evidence's window days (it needs a year and "
-                    "four weeks of history before an inner origin); weighed on the window days it has, pooled over "
-                    "events and horizons and shrunk toward LightGBM, it carries "
+                    f"event windows: {has}; weighed on the window days it has, pooled over events and horizons and "
+                    "shrunk toward LightGBM, it carries "
                     + ", ".join(f"{pooled_used[b]:.0%} in {BAND_NAMES[b]}" for b in sorted(pooled_used))
                     + f" of {TOTAL}'s windows; LightGBM the rest")
             elif pooled_used:
                 self.fallback_notes_.append(
-                    "event windows: the planners' method has forecasts on only "
-                    f"{win_rows[PLANNERS].notna().mean():.0%} of the evidence's window days (it needs a year and "
-                    "four weeks of history before an inner origin), and on those it earned no weight against "
-                    "LightGBM, which carries the calendar")
-            else:
+                    f"event windows: {has}, and on those it earned no weight against LightGBM, which carries the "
+                    "calendar")
+            elif win_rows.empty or win_rows[PLANNERS].isna().all():
                 self.fallback_notes_.append(
                     "event windows: the planners' method has no forecasts on the evidence's window days (it needs a "
                     "year and four weeks of history before an inner origin), so it gets no weight there; LightGBM "
                     "carries the calendar")
+            else:
+                self.fallback_notes_.append(
+                    f"event windows: {has}, too few to weigh it on, so it gets no weight there; LightGBM carries the "
+                    "calendar")
         for (s, b, w), text in why.items():
             if s == TOTAL and "beyond the noise margin" in text:
                 self.fallback_notes_.append(f"{TOTAL}, {BAND_NAMES[b]}, {DAY_KIND_NAMES[w]}: "
