@@ -246,15 +246,17 @@ def _empty_counts() -> pd.DataFrame:
 
 
 def delivery_histogram(orders: pd.DataFrame, returns: pd.DataFrame, as_of) -> pd.DataFrame:
-    """Returns of the 365 days to ``as_of`` counted by days from delivery to request (bins of
+    """Returns of the wardrobing window to ``as_of`` counted by days from delivery to request (bins of
     :data:`DELIVERY_EDGES`; column ``count``, index the bin): summed over account partitions, the platform's."""
     as_of = as_day(as_of)
     cut = int((as_of + pd.Timedelta(days=1)).value // 1000)
     o_keep = (_us(orders["ordered_at"]) < cut) & _valid(_arrow(orders["account_id"]))
     r_t = _us(returns["requested_at"])
     r_keep = (r_t < cut) & _valid(_arrow(returns["account_id"]))
-    in_year = (cut - r_t[r_keep]) / US_PER_DAY < 365
-    hist = _return_timing(orders, o_keep, returns, r_keep, in_year, cut, "", as_of, None, hist_only=True)
+    window = max(365.0, WARDROBE_WINDOW_DAYS)  # the returns account_counts joins (its local histogram's)
+    in_window = (cut - r_t[r_keep]) / US_PER_DAY < window
+    hist = _return_timing(orders, o_keep, returns, r_keep, in_window, cut, "", as_of, None, hist_only=True,
+                          window=window)
     return pd.DataFrame({"count": hist}, index=pd.RangeIndex(len(hist), name="bin"))
 
 

@@ -155,7 +155,9 @@ def score_snapshot(X: AccountFrame, model: SerialReturnerModel, scores: np.ndarr
     an empty top_reason and the pattern 'none'.
     """
     s = model.predict(X) if scores is None else np.asarray(scores)
-    pct = pd.Series(s).rank(pct=True, method="average").to_numpy()
+    # Ranked on the scores as written (6 decimals): scores equal but for float noise (the same account scored per
+    # partition or at once) are ties, so the percentile does not depend on the engine.
+    pct = pd.Series(np.round(s, 6)).rank(pct=True, method="average").to_numpy()
     pattern = np.full(len(X), "none", dtype=object)
     top_reason = np.full(len(X), "", dtype=object)
     hot = np.where(pct >= 1 - explain_top)[0]
