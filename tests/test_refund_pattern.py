@@ -69,6 +69,10 @@ def test_an_account_claiming_only_on_time_parcels_is_more_unusual_than_one_with_
         returns = pd.concat([returns, r], ignore_index=True)
     X = account_features(orders, returns, None, "2023-06-01")
     assert X.loc["LATE2", "claims_exposure_365d"] > 3 * X.loc["ONTIME2", "claims_exposure_365d"]
+    # Claims on parcels delivered on time count whole; on late parcels, by what the lateness does not explain.
+    assert X.loc["ONTIME2", "claims_unexplained_365d"] == 2
+    assert X.loc["LATE2", "claims_unexplained_365d"] < 0.5
+    assert X.loc["LATE2", "no_item_exposure_365d"] > 3 * X.loc["ONTIME2", "no_item_exposure_365d"]
     tails = PatternDetector().fit(X).tails(X)["refund_without_return"]
     assert tails["ONTIME2"] > tails["LATE2"] + 1.0
 
@@ -78,4 +82,5 @@ def test_without_promised_dates_the_exposure_is_the_delivered_lines():
     X = account_features(orders, returns, None, "2023-06-01")
     for col in ("claims_exposure_365d", "no_item_exposure_365d"):
         np.testing.assert_allclose(X[col], X["lines_delivered_365d"])
+    np.testing.assert_allclose(X["claims_unexplained_365d"], X["claims_on_delivered_365d"])
     assert PatternDetector().fit(X).tails(X)["refund_without_return"].notna().all()
