@@ -90,8 +90,8 @@ def _combine(tails: np.ndarray) -> np.ndarray:
 
 
 CALIBRATION_QUANTILES = (0.90, 0.95)
-# Per pattern, the share of the highest rates left out when its null is fitted. A ring's record is its link group's
-# (the group without its most suspicious member), written on every member's row: a handful of rings are then a few
+# Per pattern, the share of the highest rates left out when its null is fitted. A ring's record is the rest of its
+# link group's (account_features._link_features), on every member's row: a handful of rings are then a few
 # percent of the linked accounts' rows, all far out, and fitted with them the null is wide enough to call the rings
 # ordinary (normal linked accounts reached a ring tail of 1 once in 500, not once in 10). The null is fitted on the
 # linked accounts' body instead. Tuning seeds 600-611, 700-711, 800-811, 900-911 (48 worlds, cold queue of K =
@@ -115,7 +115,7 @@ class PatternDetector:
 
     For each test of :data:`PATTERN_TESTS` (a count and its exposure: returns of order lines, refunds without the
     item of order lines, 'not received' claims of delivered lines, wardrobing returns of pre-event lines, the same
-    for an account's link group without its most suspicious member) ``fit`` learns the platform's beta-binomial
+    for the rest of an account's link group) ``fit`` learns the platform's beta-binomial
     null; ``tails`` gives, per pattern, -log10 of the chance that an ordinary account would show this much (the best
     of the pattern's tests, Bonferroni-corrected for their number). ``score`` adds the patterns' tails up (:func:`combined_score`),
     so an account far out on one pattern ranks high whatever the others say; ``predict`` maps it into (0, 1).

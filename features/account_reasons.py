@@ -47,8 +47,8 @@ _TEXT = {
                                                 f"(typical {t:.0%})",
     "claims_365d": lambda v, t, r: f"{_n(v)} 'not received' or 'damaged in transit' claims in 365 days"
                                 f"{_times(v, t)} ({_n(t)})",
-    "wardrobe_returns_365d": lambda v, t, r: f"{_n(v)} apparel/shoes items returned within a week after a sales event "
-                                          f"or holiday, fully refunded, in 365 days (typical {_n(t)})",
+    "wardrobe_returns_730d": lambda v, t, r: f"{_n(v)} apparel/shoes items returned within a week after a sales event "
+                                          f"or holiday, fully refunded, in 730 days (typical {_n(t)})",
     "wardrobe_share": lambda v, t, r: f"{v:.0%} of its returns are worn-category items sent back right after an event "
                                    f"(typical {t:.0%})",
     "days_order_to_return": lambda v, t, r: f"sends items back {_n(v)} days after ordering (typical {_n(t)})",
@@ -113,14 +113,14 @@ def pattern_text(pattern: str, r: dict, tail: float, rates: dict, typical: pd.Se
                 f"{_n(r['refund_without_return_365d'])} refunds without the item in all), "
                 f"{_n(r['claims_on_delivered_365d'])} 'not received' claims on delivered parcels")
     elif pattern == "wardrobing":
-        text = (f"wardrobing: {r['wardrobe_returns_365d']:.1f} weighted returns of items bought in the week before a "
+        text = (f"wardrobing: {r['wardrobe_returns_730d']:.1f} weighted returns of items bought in the week before a "
                 f"sales event or holiday and sent back soon after delivery, right after the event "
-                f"({_n(r['event_lines_365d'])} pre-event order lines in 365 days; platform "
-                f"{rate['wardrobe_returns_365d']:.1%})")
+                f"({_n(r['event_lines_730d'])} pre-event order lines in 730 days; platform "
+                f"{rate['wardrobe_returns_730d']:.1%})")
     else:
         text = (f"ring: one of {_n(r['link_group_size'])} accounts linked by a shared address, device or payment "
-                f"({_n(r['link_strong_group_size'])} sharing two or more); without its most suspicious member the "
-                f"group returned {_n(r['ring_returns_365d'])} of {_n(r['ring_lines_365d'])} order lines in 365 days "
+                f"({_n(r['link_strong_group_size'])} sharing two or more); the other accounts "
+                f"returned {_n(r['ring_returns_365d'])} of {_n(r['ring_lines_365d'])} order lines in 365 days "
                 f"(platform {rate['ring_returns_365d']:.0%}), {_n(r['ring_no_item_365d'])} refunds without the item "
                 f"and {_n(r['ring_claims_365d'])} 'not received' claims on delivered parcels")
     return f"{text} ({_rarity(tail)})"

@@ -154,9 +154,9 @@ def test_wardrobing_needs_an_event_bracket_and_weighs_quick_returns_more():
                         ("R2", "O2", "B", "2023-11-20", "changed_mind", 80.0, True),
                         ("R3", "O3", "C", "2023-11-13", "changed_mind", 80.0, True)])
     X = account_features(orders, returns, None, "2023-11-30", market="CN")
-    w = X["wardrobe_returns_365d"]
+    w = X["wardrobe_returns_730d"]
     assert w["A"] > w["B"] > 0 and w["C"] == 0 and w["D"] == 0
-    assert X.loc[["A", "B", "D"], "event_lines_365d"].eq(1).all()
+    assert X.loc[["A", "B", "D"], "event_lines_730d"].eq(1).all()
 
 
 def test_not_received_claims_are_checked_against_the_delivery_record():
@@ -571,3 +571,27 @@ def test_logistic_weights_keep_their_sign_whatever_a_biased_sample_says(feats):
     ref = LogisticRegression(C=0.1, max_iter=2000).fit((Zw - Zw.mean(0)) / Zw.std(0), yw)
     assert (ref.coef_[0] > 0).all()  # inside the bounds: nothing to hold
     assert np.allclose(lr.coef_[0], ref.coef_[0], atol=1e-3) and abs(lr.intercept_ - ref.intercept_[0]) < 1e-3
+
+
+def test_wardrobing_reads_two_seasons_and_the_delivery_record_one_year():
+    """Wardrobing events come once a year each: last season's bracketed return still counts (WARDROBE_WINDOW_DAYS),
+    the season before it does not, and the 365-day features keep their window."""
+    from features.account_features import WARDROBE_WINDOW_DAYS
+
+    assert 365 < WARDROBE_WINDOW_DAYS < 800
+    orders = _orders([("O1", "A", "2023-11-08", "apparel", 80.0, "2023-11-10"),   # last season: ~414 days back
+                      ("O2", "B", "2022-11-08", "apparel", 80.0, "2022-11-10"),   # the season before: ~779 days
+                      ("O3", "A", "2023-09-01", "home", 10.0, "2023-09-03"),
+                      ("O4", "C", "2024-11-08", "apparel", 80.0, "2024-11-10")])  # this season
+    returns = _returns([("R1", "O1", "A", "2023-11-13", "changed_mind", 80.0, True),
+                        ("R2", "O2", "B", "2022-11-13", "changed_mind", 80.0, True),
+                        ("R3", "O3", "A", "2023-09-20", "not_received", 10.0, False),
+                        ("R4", "O4", "C", "2024-11-13", "changed_mind", 80.0, True)])
+    X = account_features(orders, returns, None, "2024-12-31", market="CN")
+    w = X["wardrobe_returns_730d"]
+    assert w["A"] > 0 and w["C"] > 0 and w["B"] == 0
+    assert X.loc["A", "returns_730d"] == 2 and X.loc["A", "returns_365d"] == 0
+    assert X.loc["A", "event_lines_730d"] == 1 and X.loc["B", "event_lines_730d"] == 0
+    assert X.loc["A", "wardrobe_share"] == pytest.approx(w["A"] / 2)
+    # The delivery record stays a year's: A's 'not received' claim on a delivered parcel is older than that.
+    assert X.loc["A", "claims_on_delivered_365d"] == 0 and X.loc["A", "no_item_on_delivered_365d"] == 0

@@ -465,6 +465,84 @@ def test_the_noise_guard_picks_the_best_candidate_when_the_weights_lose(fitted):
     assert w == {min(errs, key=errs.get): 1.0} and "noise margin" in why
 
 
+def _partial_planners_evidence(planners_good: bool, first_with_planners: int = 10) -> pd.DataFrame:
+    """Synthetic inner-origin evidence of a history under two years: 20 origins, 40 days each, every fourth day in
+    an event window (mid-year 618 for the early origins, Singles Day for the later); the planners' method has
+    forecasts only from origin ``first_with_planners`` on (a year and four weeks behind them)."""
+    rng = np.random.default_rng(11)
+    n_o, h = 20, 40
+    origin = np.repeat(np.arange(n_o) * 8, h)
+    hh = np.tile(np.arange(1, h + 1), n_o)
+    y = rng.gamma(20.0, 5.0, n_o * h)
+    late = origin >= first_with_planners * 8
+    win = np.where(hh % 4 == 0, np.where(late, "singles_day@2024-11-11", "mid_year_618@2024-06-18"), "")
+    miss = np.where(rng.random(len(y)) < 0.5, 0.7, 1.3)
+    good = y * rng.uniform(0.97, 1.03, len(y))
+    ev = pd.DataFrame({"series": TOTAL, "origin": origin, "h": hh, "y": y, "level": 100.0,
+                       "window": win, "band": ens.band_of(hh),
+                       ens.LGBM: np.where(planners_good, y * miss, good),
+                       ens.PLANNERS: np.where(late, np.where(planners_good, good, y * miss), np.nan),
+                       ens.NAIVE: y * rng.uniform(0.5, 1.5, len(y)),
+                       ens.AUTOETS: y * rng.uniform(0.5, 1.5, len(y)), ens.MSTL: np.nan})
+    ev["date"] = pd.Timestamp("2024-01-01") + pd.to_timedelta(ev["origin"] + ev["h"], unit="D")
+    return ev
+
+
+def test_without_its_own_window_evidence_the_planners_method_is_weighed_on_the_window_days_it_has():
+    """A history under two years: the planners' method has forecasts on half the evidence's window days (the
+    later inner origins only), so no band's window cell holds its own evidence. Where it tracks those window days
+    and LightGBM misses by +-30%, each band's window weight is their fit on the pooled window days it has, shrunk
+    toward LightGBM alone by n / (n + shrink_origins) (10 origins); where it misses and LightGBM tracks, LightGBM
+    alone; the note says which. With its forecasts on every window day the cells' own evidence decides (no pooling)."""
+    from features.forecast_candidates import fit_simplex_lad as lad
+
+    ev = _partial_planners_evidence(planners_good=True)
+    model = HolidayForecaster(horizon=40)
+    weights, why = model._fit_weights(ev)
+    rows = ev[(ev["window"] != "")].dropna(subset=[ens.PLANNERS])
+    fit = lad(rows[[ens.LGBM, ens.PLANNERS]].to_numpy(float), rows["y"].to_numpy(float))[1]
+    assert fit > 0.9
+    expect = 10 / (10 + model.shrink_origins) * fit
+    for b in range(len(ens.BAND_NAMES)):
+        w = weights[(TOTAL, b, ens.SEEN)]
+        assert w[ens.PLANNERS] == pytest.approx(expect) and w[ens.LGBM] == pytest.approx(1 - expect)
+        assert "where it has them" in why[(TOTAL, b, ens.SEEN)]
+    assert any("weighed on the window days it has" in n for n in model.fallback_notes_)
+
+    bad = _partial_planners_evidence(planners_good=False)
+    weights, _ = model._fit_weights(bad)
+    for b in range(len(ens.BAND_NAMES)):
+        assert weights[(TOTAL, b, ens.SEEN)] == {ens.LGBM: 1.0}
+    assert any("earned no weight" in n for n in model.fallback_notes_)
+
+    full = _partial_planners_evidence(planners_good=True, first_with_planners=0)
+    _, why = model._fit_weights(full)
+    assert not any("where it has them" in why[(TOTAL, b, ens.SEEN)] for b in range(len(ens.BAND_NAMES)))
+    assert not any("planners' method has" in n for n in model.fallback_notes_)
+
+
+def test_evidence_drops_the_planners_rows_whose_growth_could_only_read_the_ramp_up(history):
+    """At the first origins a year and four weeks into the data the planners' growth has no 28 day pairs after the
+    ramp-up (it falls back to days whose year-before days read low); at the history's end it has them. The
+    evidence keeps the planners' forecasts of origins with their growth read and drops the others' (NaN), and
+    leaves every other candidate alone."""
+    from features.forecast_candidates import LY, planners_growth_read, ramp_days
+
+    settings = Settings(market="CN")
+    t_end = len(history.days) - 1
+    assert ramp_days(history, t_end) > 0
+    first = LY + 27
+    assert not planners_growth_read(history, first, settings)
+    assert not planners_growth_read(history, first - 1, settings)  # (no planners' forecast at all there)
+    assert planners_growth_read(history, t_end - 1, settings)
+    ev = pd.DataFrame({"series": TOTAL, "origin": np.repeat([first, t_end - 1], 3), "h": 1, "y": 10.0,
+                       ens.PLANNERS: 9.0, ens.LGBM: 11.0, "window": ""})
+    out = HolidayForecaster(horizon=H, market="CN")._drop_unread_growth(history, ev)
+    assert out.loc[out["origin"] == first, ens.PLANNERS].isna().all()
+    assert (out.loc[out["origin"] == t_end - 1, ens.PLANNERS] == 9.0).all()
+    assert (out[ens.LGBM] == 11.0).all() and (ev[ens.PLANNERS] == 9.0).all()  # the caller's frame untouched
+
+
 def test_event_window_prior_follows_the_calendar_aware_fit_on_the_window_evidence():
     """Window evidence (12 origins, two event instances) where LightGBM tracks the actuals and the planners' method
     misses by +-40%: the window cell's prior is their fit on those rows, LightGBM alone, not the half each that
