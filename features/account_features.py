@@ -89,7 +89,9 @@ FEATURES: tuple[str, ...] = (
 # claim rate on parcels delivered on time over the rate on parcels as late: ``claims_unexplained_365d``) against the
 # delivered lines. Tuning seeds 600-611, 700-711, 800-811, 900-911 (cold queue of K = abusers): top-score part median
 # 0.832 -> 0.840, mean 0.819 -> 0.832 (better on 24 worlds, worse on 3; every block better), refund-without-return
-# recall median 0.704 -> 0.732; with both tests on expected-claims exposures instead: median 0.839, mean 0.826.
+# recall median 0.704 -> 0.732; with both tests on expected-claims exposures instead: median 0.839, mean 0.826. With
+# the two-year wardrobing and capped ring record: 0.848 -> 0.860, mean 0.846 -> 0.859 (25 better, 2 worse);
+# benchmark-models seeds 700-711: top-score part median 0.843 -> 0.848, mean 0.844 -> 0.854, no world worse.
 PATTERN_TESTS: dict[str, tuple[tuple[str, str], ...]] = {
     "serial": (("returns_365d", "lines_365d"), ("returns_365d", ""), ("changed_mind_365d", "lines_365d"),
                ("changed_mind_365d", "returns_365d")),
