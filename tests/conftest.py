@@ -9,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from _service import shared_deployment
 
@@ -73,3 +74,14 @@ def deployment_shared(tmp_path_factory, worker_id) -> dict:
     """Every champion the service loads, built once per session (xdist workers share it; read only)."""
     base = tmp_path_factory.getbasetemp()
     return shared_deployment(base.parent if worker_id != "master" else base)
+
+
+@pytest.fixture(scope="session")
+def account_world(world_factory):
+    """The accounts tests' world (seed 11, 2,500 accounts, 400 days from 2023-01-01) and its truth per account:
+    ``(dataset, truth)``, generated once per run."""
+    from features.contract import load_dataset
+
+    out = world_factory(seed=11, accounts=2500, merchants=40, days=400, start="2023-01-01")
+    truth = pd.read_parquet(out / "truth" / "accounts.parquet").set_index("account_id")
+    return load_dataset(out), truth

@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 from scipy.stats import beta
 
 import features.account_features as af
 from features.account_detector import PatternDetector, _beta_prior
 from features.accounts import account_features
-from features.contract import load_dataset
 
 AS_OF = pd.Timestamp("2023-09-30", tz="UTC")
-
-
-@pytest.fixture(scope="module")
-def world(world_factory):
-    out = world_factory(seed=11, accounts=2500, merchants=40, days=400, start="2023-01-01")
-    ds = load_dataset(out)
-    truth = pd.read_parquet(out / "truth" / "accounts.parquet").set_index("account_id")
-    return ds, truth
 
 
 def _population(rng: np.random.Generator) -> tuple[pd.Index, dict[str, np.ndarray]]:
@@ -74,10 +64,10 @@ def test_capped_counts_follow_the_platform_not_a_constant():
     assert (low > cap_low).mean() < 0.05
 
 
-def test_partners_of_a_lone_abuser_stay_ordinary_and_rings_rank_together(world, monkeypatch):
+def test_partners_of_a_lone_abuser_stay_ordinary_and_rings_rank_together(account_world, monkeypatch):
     """On a generated world: ring members get their group's evidence, while the linked partners of a single
     abuser (an abuser's household, not a ring) do not inherit the abuser's record; without the cap they would."""
-    ds, truth = world
+    ds, truth = account_world
     X = account_features(ds.orders, ds.returns, ds.account_links, AS_OF, market="CN")
     active = truth["is_abuser"] & (truth["abuse_start"] <= AS_OF)
     tr = truth.reindex(X.index)

@@ -18,23 +18,14 @@ from features.accounts import (
     review_queue,
     score_snapshot,
 )
-from features.contract import load_dataset
 from training.serial_returners import learner_text
 
 AS_OF = pd.Timestamp("2023-09-30", tz="UTC")
 
 
 @pytest.fixture(scope="session")
-def world(world_factory):
-    out = world_factory(seed=11, accounts=2500, merchants=40, days=400, start="2023-01-01")
-    ds = load_dataset(out)
-    truth = pd.read_parquet(out / "truth" / "accounts.parquet").set_index("account_id")
-    return ds, truth
-
-
-@pytest.fixture(scope="session")
-def feats(world):
-    ds, _ = world
+def feats(account_world):
+    ds, _ = account_world
     return account_features(ds.orders, ds.returns, ds.account_links, AS_OF, market="CN")
 
 
@@ -73,8 +64,8 @@ def _links(rows: list[tuple]) -> pd.DataFrame:
 # Point in time
 
 
-def test_data_after_as_of_changes_nothing(world, feats):
-    ds, _ = world
+def test_data_after_as_of_changes_nothing(account_world, feats):
+    ds, _ = account_world
     cut = AS_OF + pd.Timedelta(days=1)
     orders = ds.orders[ds.orders["ordered_at"] < cut].copy()
     # A delivery after the as-of day was unknown at the time.
@@ -85,14 +76,14 @@ def test_data_after_as_of_changes_nothing(world, feats):
     pd.testing.assert_frame_equal(feats, cut_feats)
 
 
-def test_later_as_of_sees_more(world, feats):
-    ds, _ = world
+def test_later_as_of_sees_more(account_world, feats):
+    ds, _ = account_world
     later = account_features(ds.orders, ds.returns, ds.account_links, AS_OF + pd.Timedelta(days=60), market="CN")
     assert later["returns_365d"].sum() > feats["returns_365d"].sum()
 
 
-def test_as_of_outside_the_data_is_refused(world):
-    ds, _ = world
+def test_as_of_outside_the_data_is_refused(account_world):
+    ds, _ = account_world
     span = ds.time_span()
     with pytest.raises(AsOfError, match="before the data starts"):
         check_as_of(span[0] - pd.Timedelta(days=1), span)
@@ -105,9 +96,9 @@ def test_as_of_outside_the_data_is_refused(world):
 # Guests, counts, rates, wardrobing, links
 
 
-def test_guests_are_never_accounts(world, feats):
-    ds, _ = world
-    assert ds.returns["account_id"].isna().any()  # the world has guest returns
+def test_guests_are_never_accounts(account_world, feats):
+    ds, _ = account_world
+    assert ds.returns["account_id"].isna().any()  # the account_world has guest returns
     assert feats.index.notna().all()
     known = pd.concat([ds.orders.loc[ds.orders["ordered_at"] <= AS_OF + pd.Timedelta(days=1), "account_id"],
                        ds.returns.loc[ds.returns["requested_at"] <= AS_OF + pd.Timedelta(days=1), "account_id"]])
@@ -188,8 +179,8 @@ def test_link_groups_and_hubs():
     assert len(pairs) == 10 + 1
 
 
-def test_ring_members_surface_through_link_features(world, feats):
-    ds, truth = world
+def test_ring_members_surface_through_link_features(account_world, feats):
+    ds, truth = account_world
     ring = truth.index[(truth["pattern"] == "ring") & (truth["abuse_start"] <= AS_OF)]
     ring = ring[ring.isin(feats.index)]
     assert len(ring) >= 8
@@ -206,10 +197,10 @@ def test_ring_members_surface_through_link_features(world, feats):
     assert pct_with.median() > pct_without.median() + 0.05
 
 
-def test_ring_null_is_fitted_on_the_linked_accounts_body(world, feats):
+def test_ring_null_is_fitted_on_the_linked_accounts_body(account_world, feats):
     """The ring tests' null leaves out the highest group rates (the rings themselves, written on every member's row):
     fitted with them, it is wide enough to call rings ordinary. Single-account patterns keep their whole population."""
-    _, truth = world
+    _, truth = account_world
     ring = truth.index[(truth["pattern"] == "ring") & (truth["abuse_start"] <= AS_OF)]
     ring = ring[ring.isin(feats.index)]
     linked = feats.index[(feats["link_group_size"] > 1).to_numpy()].difference(truth.index[truth["is_abuser"]])
@@ -259,8 +250,8 @@ def test_reasons_mention_the_accounts_numbers():
 # Model contract and modes
 
 
-def test_model_contract_and_modes(feats, world):
-    _, truth = world
+def test_model_contract_and_modes(feats, account_world):
+    _, truth = account_world
     with pytest.raises(RuntimeError, match="not fitted"):
         SerialReturnerModel().predict(feats)
     cold = SerialReturnerModel()
@@ -312,8 +303,8 @@ def test_queue_reserves_slots_per_pattern_and_excludes(feats):
         review_queue(feats, model, 0)
 
 
-def test_detector_adds_the_patterns_evidence_up(feats, world):
-    _, truth = world
+def test_detector_adds_the_patterns_evidence_up(feats, account_world):
+    _, truth = account_world
     det = PatternDetector().fit(feats)
     tails = det.tails(feats)
     score = det.score(feats)
