@@ -51,11 +51,15 @@ def _nb_log10_tail(k: np.ndarray, r: float, p: float) -> np.ndarray:
     return np.maximum(t[inv], 0.0)
 
 
+DEEP_TAIL = np.log(1e-6)  # ln P below which a beta-binomial tail is summed from its point masses (_log10_tail)
+
+
 def _log10_tail(k: np.ndarray, n: np.ndarray, a: float, b: float) -> np.ndarray:
     """-log10 P(X >= k) for X ~ BetaBinomial(n, a, b); fractional k interpolate between whole counts.
 
     Computed once per distinct (k, n) pair: a million accounts hold a few thousand.
     """
+    from scipy.special import logsumexp
     from scipy.stats import betabinom
 
     k = np.maximum(np.asarray(k, dtype=float), 0.0)
@@ -70,10 +74,13 @@ def _log10_tail(k: np.ndarray, n: np.ndarray, a: float, b: float) -> np.ndarray:
         key = kk[use] * (1 << 32) + n[use]
         uniq, inv = np.unique(key, return_inverse=True)
         kk_u, n_u = uniq >> 32, uniq & 0xFFFFFFFF
-        ls = betabinom.logsf(kk_u - 1, n_u, a, b)
-        bad = ~np.isfinite(ls)  # sf below float precision: P(X = k) is a lower bound, and stable
-        if bad.any():
-            ls[bad] = betabinom.logpmf(kk_u[bad], n_u[bad], a, b)
+        # scipy's logsf is log(1 - cdf), the cdf a sum of up to n terms: below about n x 1e-16 the sf is rounding
+        # error (0, negative -> a warning, or a residue: 400 returns of 400 lines read 1e-13 where the tail is
+        # 1e-35). Deep tails are summed in log space from the point masses instead (:data:`DEEP_TAIL`).
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ls = betabinom.logsf(kk_u - 1, n_u, a, b)
+        for i in np.flatnonzero(~np.isfinite(ls) | (ls < DEEP_TAIL)):
+            ls[i] = logsumexp(betabinom.logpmf(np.arange(kk_u[i], n_u[i] + 1), n_u[i], a, b))
         out[use] += wgt[use] * (-ls[inv] / np.log(10))
     return np.maximum(out, 0.0)
 
