@@ -6,30 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.account_features import FEATURES, PATTERN_TESTS, PATTERNS, AccountFrame
-
-
-def _beta_prior(k: np.ndarray, n: np.ndarray, trim: float = 0.0) -> tuple[float, float]:
-    """(a, b) of the beta distribution of per-account rates k/n, by the method of moments net of binomial noise.
-
-    Accounts with no exposure say nothing. ``trim`` (default none) leaves out the top share of rates; trimming made
-    sparse counts (refunds without return) look binomial and their honest tails far too rare (random worlds 11-22).
-    """
-    ok = n >= 1
-    k, n = k[ok], n[ok]
-    if len(k) < 10 or k.sum() <= 0:
-        return 0.5, 0.5 / max(float(k.sum() / max(n.sum(), 1.0)), 1e-4)
-    r = k / n
-    keep = r <= np.quantile(r, 1 - trim) if trim > 0 else np.ones(len(r), bool)
-    if keep.sum() >= 10 and k[keep].sum() > 0:
-        k, n, r = k[keep], n[keep], r[keep]
-    p = float(np.clip(k.sum() / n.sum(), 1e-6, 1 - 1e-6))
-    # Exposure-weighted: E[sum n (r - p)^2] = p (1 - p) sum(1 + (n - 1) rho) for a beta-binomial.
-    ss = float(np.sum(n * (r - p) ** 2)) / (p * (1 - p))
-    rho = (ss - len(n)) / max(float(np.sum(n - 1)), 1.0)
-    rho = float(np.clip(rho, 1e-3, 0.5))  # intra-account correlation: 0 = binomial, 1 = all or nothing
-    m = 1 / rho - 1
-    return p * m, (1 - p) * m
+from features.account_features import FEATURES, PATTERN_TESTS, PATTERNS, AccountFrame, _beta_prior
 
 
 def _nb_prior(k: np.ndarray) -> tuple[float, float]:
