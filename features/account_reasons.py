@@ -107,11 +107,18 @@ def pattern_text(pattern: str, r: dict, tail: float, rates: dict, typical: pd.Se
                 f"{_times(r['returns_30d'], t30)}; {_n(r['changed_mind_365d'])} of the returns for a change of mind "
                 f"(platform {rate['changed_mind_365d']:.0%} of order lines)")
     elif pattern == "refund_without_return":
+        # How late its parcels came: the platform's claim rates for parcels as late as the account's give the refunds
+        # it would expect (``no_item_exposure_365d`` lines at the average rate), and the claims lateness does not
+        # explain (``claims_unexplained_365d``); both equal the plain counts where the data has no promised dates.
+        expected = float(r.get("no_item_exposure_365d", r["lines_delivered_365d"])) * rate["no_item_on_delivered_365d"]
+        claims = float(r["claims_on_delivered_365d"])
+        unexplained = float(r.get("claims_unexplained_365d", claims))
+        late = f" ({unexplained:.1f} not explained by late delivery)" if claims and unexplained < claims - 0.05 else ""
         text = (f"refund without return: {_n(r['no_item_on_delivered_365d'])} refunds without the item coming back "
                 f"on parcels the delivery record shows delivered, of {_n(r['lines_delivered_365d'])} delivered order "
-                f"lines in 365 days (platform {rate['no_item_on_delivered_365d']:.1%}; "
-                f"{_n(r['refund_without_return_365d'])} refunds without the item in all), "
-                f"{_n(r['claims_on_delivered_365d'])} 'not received' claims on delivered parcels")
+                f"lines in 365 days (platform {rate['no_item_on_delivered_365d']:.1%}: {expected:.1f} expected for "
+                f"parcels as late as its own; {_n(r['refund_without_return_365d'])} refunds without the item in all), "
+                f"{_n(claims)} 'not received' claims on delivered parcels{late}")
     elif pattern == "wardrobing":
         text = (f"wardrobing: {r['wardrobe_returns_730d']:.1f} weighted returns of items bought in the week before a "
                 f"sales event or holiday and sent back soon after delivery, right after the event "

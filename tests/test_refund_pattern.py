@@ -75,6 +75,22 @@ def test_an_account_claiming_only_on_time_parcels_is_more_unusual_than_one_with_
     assert X.loc["LATE2", "no_item_exposure_365d"] > 3 * X.loc["ONTIME2", "no_item_exposure_365d"]
     tails = PatternDetector().fit(X).tails(X)["refund_without_return"]
     assert tails["ONTIME2"] > tails["LATE2"] + 1.0
+    # The reason says so: the refunds expected for parcels as late as its own, and the claims lateness does not
+    # explain where it explains some.
+    from features.account_reasons import pattern_text
+    from features.accounts import SerialReturnerModel
+
+    model = SerialReturnerModel().fit(X)
+    rates = {k: model.detector_.rates_[k] for k in model.detector_._tests()["refund_without_return"]}
+    text = {a: pattern_text("refund_without_return", X.loc[a].to_dict(), float(tails[a]), rates, model.typical_)
+            for a in ("LATE2", "ONTIME2")}
+    assert "2 'not received' claims on delivered parcels" in text["ONTIME2"]
+    assert "not explained by late delivery" not in text["ONTIME2"], text
+    late = float(X.loc["LATE2", "claims_unexplained_365d"])
+    assert f"({late:.1f} not explained by late delivery)" in text["LATE2"], text
+    for a in ("LATE2", "ONTIME2"):
+        expected = X.loc[a, "no_item_exposure_365d"] * rates[("no_item_on_delivered_365d", "no_item_exposure_365d")]
+        assert f"{expected:.1f} expected for parcels as late as its own" in text[a], text
 
 
 def test_without_promised_dates_the_exposure_is_the_delivered_lines():
