@@ -54,6 +54,10 @@ RING_MEMBER_QUANTILE = 0.95
 # 730 / 1095 days gave median 0.809 / 0.819 / 0.821 / 0.825, mean 0.799 / 0.815 / 0.815 / 0.817, wardrobing recall
 # median 0.81 / 0.88 / 0.88 / 0.88.
 WARDROBE_WINDOW_DAYS = 730.0
+# Returns are joined to their order lines over the longer of a year (timing, the delivery record) and the wardrobing
+# window; the platform's delivery-to-return histogram is read over the same days by account_counts (its local one)
+# and by delivery_histogram (the partitioned engines' global pass), so both paths weigh wardrobing alike.
+TIMING_WINDOW_DAYS = max(365.0, WARDROBE_WINDOW_DAYS)
 DAYS_CAP = 730.0
 # Rates from a handful of lines are noise (one order, one cancellation = "100%"): rates are shrunk toward the
 # population's rate as if each account had this many more order lines at that rate (empirical Bayes).
@@ -266,17 +270,16 @@ def _empty_counts() -> pd.DataFrame:
 
 
 def delivery_histogram(orders: pd.DataFrame, returns: pd.DataFrame, as_of) -> pd.DataFrame:
-    """Returns of the wardrobing window to ``as_of`` counted by days from delivery to request (bins of
+    """Returns of the :data:`TIMING_WINDOW_DAYS` to ``as_of`` counted by days from delivery to request (bins of
     :data:`DELIVERY_EDGES`; column ``count``, index the bin): summed over account partitions, the platform's."""
     as_of = as_day(as_of)
     cut = int((as_of + pd.Timedelta(days=1)).value // 1000)
     o_keep = (_us(orders["ordered_at"]) < cut) & _valid(_arrow(orders["account_id"]))
     r_t = _us(returns["requested_at"])
     r_keep = (r_t < cut) & _valid(_arrow(returns["account_id"]))
-    window = max(365.0, WARDROBE_WINDOW_DAYS)  # the returns account_counts joins (its local histogram's)
-    in_window = (cut - r_t[r_keep]) / US_PER_DAY < window
+    in_window = (cut - r_t[r_keep]) / US_PER_DAY < TIMING_WINDOW_DAYS
     hist = _return_timing(orders, o_keep, returns, r_keep, in_window, cut, "", as_of, None, hist_only=True,
-                          window=window)
+                          window=TIMING_WINDOW_DAYS)
     return pd.DataFrame({"count": hist}, index=pd.RangeIndex(len(hist), name="bin"))
 
 
@@ -362,12 +365,12 @@ def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: s
     f["return_trend"] = (f["returns_90d"] / 90 * 30 + 0.25) / (prior_returns / 275 * 30 + 0.25)
     f["_prior_returns"] = prior_returns
 
-    # Returns joined to their order lines (one join, over the longer of 365 days and the wardrobing window): timing
-    # and the delivery record over 365 days, wardrobing over WARDROBE_WINDOW_DAYS.
-    window = max(365.0, WARDROBE_WINDOW_DAYS)
+    # Returns joined to their order lines (one join, over TIMING_WINDOW_DAYS): timing, the delivery record and the
+    # lateness of the returned parcels over 365 days, wardrobing over WARDROBE_WINDOW_DAYS.
+    window = TIMING_WINDOW_DAYS
     yl = age_r < window
     timing = _return_timing(orders, o_keep, returns, r_keep, yl, cut, market, as_of, settings,
-                            delivery_hist=delivery_hist, window=window)
+                            delivery_hist=delivery_hist, window=window, late_bin=late_bin)
     t365 = y[yl]
     f["days_order_to_return"] = _group_median(timing["order_days"][t365], pos_r[y], n)
     f["days_delivery_to_return"] = _group_median(timing["delivery_days"][t365], pos_r[y], n)
@@ -375,7 +378,7 @@ def account_counts(orders: pd.DataFrame, returns: pd.DataFrame, as_of, market: s
     delivered_before = timing["delivered_before"][t365]
     f["claims_on_delivered_365d"] = np.bincount(pos_r[y][not_rec & delivered_before], minlength=n).astype(float)
     f["no_item_on_delivered_365d"] = np.bincount(pos_r[y][no_item[y] & delivered_before], minlength=n).astype(float)
-    r_late = _return_late_bins(orders, o_keep, late_bin, returns, r_keep, y)
+    r_late = timing["late_bin"][t365]
     for kind, sel in (("claims", not_rec), ("no_item", no_item[y])):
         sel = sel & delivered_before
         f.update(_per_bin(kind, pos_r[y][sel], r_late[sel], n))
@@ -431,24 +434,6 @@ def _late_bins(orders: pd.DataFrame, o_keep: np.ndarray, deliv: np.ndarray, deli
     return out
 
 
-def _return_late_bins(orders: pd.DataFrame, o_keep: np.ndarray, late_bin: np.ndarray, returns: pd.DataFrame,
-                      r_keep: np.ndarray, in_year: np.ndarray) -> np.ndarray:
-    """Per return of the year: the latest lateness bin among its order's lines (the last bin when unknown)."""
-    out = np.full(int(in_year.sum()), N_LATE_BINS - 1, dtype=np.int64)
-    r_oid = _arrow(returns["order_id"]).filter(pa.array(r_keep)).filter(pa.array(in_year))
-    wanted = pc.unique(r_oid.drop_null())
-    if len(wanted) == 0:
-        return out
-    o_code = _positions(_arrow(orders["order_id"]).filter(pa.array(o_keep)), wanted)
-    known = (o_code >= 0) & (late_bin < N_LATE_BINS - 1)
-    best = np.full(len(wanted), -1, dtype=np.int64)
-    np.maximum.at(best, o_code[known], late_bin[known])
-    r_code = _positions(r_oid, wanted)
-    hit = r_code >= 0
-    out[hit] = np.where(best[r_code[hit]] >= 0, best[r_code[hit]], N_LATE_BINS - 1)
-    return out
-
-
 def _per_bin(kind: str, pos: np.ndarray, bins: np.ndarray, n: int) -> dict[str, np.ndarray]:
     c = np.bincount(pos * N_LATE_BINS + bins, minlength=n * N_LATE_BINS).reshape(n, N_LATE_BINS).astype(float)
     return {f"_{kind}_late{j}": c[:, j] for j in range(N_LATE_BINS)}
@@ -484,13 +469,16 @@ def _claim_exposures(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFrame, r_keep: np.ndarray,
                    in_year: np.ndarray, cut: int, market: str, as_of: Day, settings,
-                   delivery_hist: np.ndarray | None = None, hist_only: bool = False, window: float = 365):
+                   delivery_hist: np.ndarray | None = None, hist_only: bool = False, window: float = 365,
+                   late_bin: np.ndarray | None = None):
     """Returns of the last ``window`` days (``in_year``) joined to their order lines: timing, delivery record and
     wardrobing.
 
     Per return: days from order and from delivery, whether the line had been delivered before the request (a 'not
     received' claim against a delivered parcel), and its wardrobing weight. Per order line of the last ``window`` days:
-    whether it was ordered in the week before a sales event or holiday (``pre_event_lines``).
+    whether it was ordered in the week before a sales event or holiday (``pre_event_lines``). Given ``late_bin``
+    (per kept order line, :func:`_late_bins`), per return ``late_bin``: the latest lateness bin among its order's
+    lines with a known one (the last bin, 'unknown', otherwise).
 
     Wardrobing is buying just before an event, wearing, and sending back just after it: a return weighs 1 - the
     share of the platform's returns of the same category that came back as quickly after delivery (the quickest
@@ -504,7 +492,8 @@ def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFra
     o_t = _us(orders["ordered_at"])[o_keep]
     o_year = (cut - o_t) / US_PER_DAY < window
     out = {"order_days": np.full(k, np.nan), "delivery_days": np.full(k, np.nan), "wardrobe": np.zeros(k),
-           "delivered_before": np.zeros(k, bool), "pre_event_lines": np.zeros(int(o_year.sum()), bool)}
+           "delivered_before": np.zeros(k, bool), "pre_event_lines": np.zeros(int(o_year.sum()), bool),
+           "late_bin": np.full(k, N_LATE_BINS - 1, dtype=np.int64)}
     none = np.zeros(len(DELIVERY_EDGES) + 1) if hist_only else out
     if not o_year.any():
         return none
@@ -532,12 +521,18 @@ def _return_timing(orders: pd.DataFrame, o_keep: np.ndarray, returns: pd.DataFra
                        "ordered": _us(orders["ordered_at"])[o_mask],
                        # A delivery after the as-of day had not happened yet at the time.
                        "delivered": np.where((deliv > np.iinfo(np.int64).min) & (deliv < cut), deliv, -1)})
+    if late_bin is not None:  # -1: the line's lateness is unknown
+        lb = late_bin[o_code[o_keep] >= 0]
+        ol["late"] = np.where(lb < N_LATE_BINS - 1, lb, -1)
     m = ri.merge(ol, on="code", how="inner", sort=False)
     if m.empty:
         return none
     g = m.groupby("ret", sort=False).agg(ordered=("ordered", "min"), delivered=("delivered", "max"),
-                                         cat=("cat", "first"))
+                                         cat=("cat", "first"), **({"late": ("late", "max")} if "late" in m else {}))
     ret = g.index.to_numpy()
+    if "late" in g:
+        late = g["late"].to_numpy()
+        out["late_bin"][ret] = np.where(late >= 0, late, N_LATE_BINS - 1)
     t = req[ret]
     out["order_days"][ret] = (t - g["ordered"].to_numpy()) / US_PER_DAY
     dl = g["delivered"].to_numpy()
