@@ -138,6 +138,11 @@ __all__ = [
 # The forecaster
 
 
+def _column_wape(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """WAPE of each column of ``P`` (one candidate's forecasts per column) against ``y``."""
+    return np.abs(y[:, None] - P).sum(axis=0) / max(y.sum(), 1e-9)
+
+
 class HolidayForecaster:
     """Evidence-weighted combination of LightGBM, the planners' method, AutoETS/MSTL and seasonal naive.
 
@@ -455,7 +460,7 @@ class HolidayForecaster:
             return (dict(parent) if parent else {self._fallback: 1.0}), (f"{len(g)} days: too few, takes its "
                                                                           f"parent's weights")
         P, y = g[avail].to_numpy(dtype=float), g["y"].to_numpy(dtype=float)
-        err = np.abs(y[:, None] - P).sum(axis=0) / max(y.sum(), 1e-9)
+        err = _column_wape(P, y)
         best = int(np.argmin(err))
         w_opt = fit_simplex_lad(P, y)
         n_o = g["origin"].nunique()
@@ -593,7 +598,7 @@ class HolidayForecaster:
         n = g["origin"].nunique()
         lam = n / (n + self.shrink_origins)
         wp = float(lam * w[1])
-        err = np.abs(y[:, None] - P).sum(axis=0) / max(y.sum(), 1e-9)
+        err = _column_wape(P, y)
         why = (f"the planners' method has forecasts on {gw[PLANNERS].notna().mean():.0%} of this band's {len(gw)} "
                f"window days; on the {len(g)} window days of {n} origins where it has them (all bands, "
                f"{g['window'].nunique()} event instance(s)): WAPE {LGBM} {100 * err[0]:.1f}%, {PLANNERS} "
